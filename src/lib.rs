@@ -1,0 +1,16 @@
+//! seqflow: run trained sequence models (1-D CNN, RNN, LSTM, GRU, dense heads) incrementally
+//! over keyed streams on timely dataflow.
+//!
+//! The crate is layered:
+//! - [`model`]: loading PyTorch-exported models and running them, offline over whole
+//!   sequences or streamed step by step with per-key state in an arena;
+//! - [`kernels`]: the GEMM wrapper and vectorizable activation functions.
+//!
+//! See ARCHITECTURE.md for what flows where and the invariants the tests defend.
+
+pub mod error;
+pub mod kernels;
+pub mod model;
+
+pub use error::{Error, Result};
+pub use model::{Model, Packed, StateArena, Workspace};

@@ -1,0 +1,355 @@
+//! The model TOML: which layers, in which order, with which options. Sizes are not here:
+//! they come from the weights (see `weights.rs`), so the two cannot disagree silently.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The parsed model file, before any weight is read.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model file itself (for messages and to resolve relative paths).
+    pub path: PathBuf,
+    /// The safetensors file, resolved relative to the model file.
+    pub weights: Option<PathBuf>,
+    /// Number of input features, if the file states it.
+    pub input_size: Option<usize>,
+    pub layers: Vec<LayerConfig>,
+}
+
+/// Convolution padding modes; see the README's model section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Left-pad `(k-1)*dilation` zeros: output `t` sees inputs up to `t` only.
+    Causal,
+    /// No padding: no output until the receptive field is full.
+    Valid,
+    /// Symmetric padding as PyTorch's `padding="same"`: needs the whole sequence.
+    Same,
+}
+
+/// RNN nonlinearity, as `nn.RNN(nonlinearity=...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nonlinearity {
+    Tanh,
+    Relu,
+}
+
+/// Stateless elementwise or per-row functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    Relu,
+    Tanh,
+    Sigmoid,
+    Identity,
+    Softmax,
+}
+
+impl ActivationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationKind::Relu => "relu",
+            ActivationKind::Tanh => "tanh",
+            ActivationKind::Sigmoid => "sigmoid",
+            ActivationKind::Identity => "identity",
+            ActivationKind::Softmax => "softmax",
+        }
+    }
+}
+
+/// Which recurrent cell; decides the gate count and tensor layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    Rnn(Nonlinearity),
+    Lstm,
+    Gru,
+}
+
+impl CellKind {
+    /// Rows of `weight_ih` per hidden unit: PyTorch stacks the gates.
+    pub fn gates(self) -> usize {
+        match self {
+            CellKind::Rnn(_) => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellKind::Rnn(_) => "rnn",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+        }
+    }
+}
+
+/// One `[[layers]]` entry.
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    /// Position in the file (0-based), for messages.
+    pub index: usize,
+    /// The state_dict prefix (`conv` -> `conv.weight`); empty for top-level tensors.
+    pub name: Option<String>,
+    pub kind: LayerKindConfig,
+}
+
+impl LayerConfig {
+    /// `#2 (lstm "encoder.lstm")`: how messages refer to this layer.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("#{} ({} \"{}\")", self.index, self.kind.type_name(), n),
+            None => format!("#{} ({})", self.index, self.kind.type_name()),
+        }
+    }
+
+    /// Tensor name for `suffix` under this layer's prefix.
+    pub fn tensor(&self, suffix: &str) -> String {
+        match &self.name {
+            Some(n) if !n.is_empty() => format!("{n}.{suffix}"),
+            _ => suffix.to_string(),
+        }
+    }
+}
+
+/// The options of each layer kind, as written in the TOML.
+#[derive(Debug, Clone)]
+pub enum LayerKindConfig {
+    Conv1d {
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+    },
+    Pool {
+        max: bool,
+        kernel: usize,
+        stride: usize,
+    },
+    Linear,
+    Activation(ActivationKind),
+    Recurrent {
+        cell: CellKind,
+        /// Optional assertions the weights are checked against.
+        hidden_size: Option<usize>,
+        num_layers: Option<usize>,
+        bidirectional: Option<bool>,
+    },
+}
+
+impl LayerKindConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            LayerKindConfig::Conv1d { .. } => "conv1d",
+            LayerKindConfig::Pool { max: true, .. } => "maxpool1d",
+            LayerKindConfig::Pool { max: false, .. } => "avgpool1d",
+            LayerKindConfig::Linear => "linear",
+            LayerKindConfig::Activation(a) => a.as_str(),
+            LayerKindConfig::Recurrent { cell, .. } => cell.as_str(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    weights: Option<String>,
+    input_size: Option<usize>,
+    #[serde(default)]
+    layers: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawLayer {
+    Conv1d {
+        name: Option<String>,
+        stride: Option<usize>,
+        dilation: Option<usize>,
+        padding: Option<Padding>,
+    },
+    Maxpool1d {
+        name: Option<String>,
+        kernel: usize,
+        stride: Option<usize>,
+    },
+    Avgpool1d {
+        name: Option<String>,
+        kernel: usize,
+        stride: Option<usize>,
+    },
+    Linear {
+        name: Option<String>,
+    },
+    Relu {
+        name: Option<String>,
+    },
+    Tanh {
+        name: Option<String>,
+    },
+    Sigmoid {
+        name: Option<String>,
+    },
+    Identity {
+        name: Option<String>,
+    },
+    Softmax {
+        name: Option<String>,
+    },
+    Rnn {
+        name: Option<String>,
+        nonlinearity: Option<Nonlinearity>,
+        hidden_size: Option<usize>,
+        num_layers: Option<usize>,
+        bidirectional: Option<bool>,
+    },
+    Lstm {
+        name: Option<String>,
+        hidden_size: Option<usize>,
+        num_layers: Option<usize>,
+        bidirectional: Option<bool>,
+    },
+    Gru {
+        name: Option<String>,
+        hidden_size: Option<usize>,
+        num_layers: Option<usize>,
+        bidirectional: Option<bool>,
+    },
+}
+
+impl ModelConfig {
+    /// Reads and parses a model file.
+    pub fn load(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses model TOML text; `path` is used for messages and relative weights paths.
+    pub fn parse(text: &str, path: &Path) -> Result<ModelConfig> {
+        let err = |msg: String| Error::ModelConfig {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let raw: RawModel = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        if raw.layers.is_empty() {
+            return Err(err("no [[layers]]: a model needs at least one layer".into()));
+        }
+        let mut layers = Vec::with_capacity(raw.layers.len());
+        for (index, value) in raw.layers.into_iter().enumerate() {
+            let raw: RawLayer = value
+                .try_into()
+                .map_err(|e: toml::de::Error| err(format!("layer #{index}: {}", one_line(&e.to_string()))))?;
+            let layer = convert(index, raw).map_err(|m| err(format!("layer #{index}: {m}")))?;
+            layers.push(layer);
+        }
+        let base = path.parent().unwrap_or(Path::new(""));
+        Ok(ModelConfig {
+            path: path.to_path_buf(),
+            weights: raw.weights.map(|w| base.join(w)),
+            input_size: raw.input_size,
+            layers,
+        })
+    }
+}
+
+fn positive(what: &str, v: usize) -> Result<usize, String> {
+    if v == 0 {
+        Err(format!("`{what}` must be at least 1"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
+    use LayerKindConfig as K;
+    let rec = |cell, name, hidden_size, num_layers, bidirectional| -> Result<LayerConfig, String> {
+        if let Some(h) = hidden_size {
+            positive("hidden_size", h)?;
+        }
+        if let Some(n) = num_layers {
+            positive("num_layers", n)?;
+        }
+        Ok(LayerConfig {
+            index,
+            name,
+            kind: K::Recurrent {
+                cell,
+                hidden_size,
+                num_layers,
+                bidirectional,
+            },
+        })
+    };
+    let (name, kind) = match raw {
+        RawLayer::Conv1d {
+            name,
+            stride,
+            dilation,
+            padding,
+        } => {
+            let stride = positive("stride", stride.unwrap_or(1))?;
+            let dilation = positive("dilation", dilation.unwrap_or(1))?;
+            let padding = padding.unwrap_or(Padding::Causal);
+            if padding == Padding::Same && stride != 1 {
+                return Err("padding = \"same\" needs stride = 1 (as in PyTorch)".into());
+            }
+            (
+                name,
+                K::Conv1d {
+                    stride,
+                    dilation,
+                    padding,
+                },
+            )
+        }
+        RawLayer::Maxpool1d { name, kernel, stride } => (name, pool(true, kernel, stride)?),
+        RawLayer::Avgpool1d { name, kernel, stride } => (name, pool(false, kernel, stride)?),
+        RawLayer::Linear { name } => (name, K::Linear),
+        RawLayer::Relu { name } => (name, K::Activation(ActivationKind::Relu)),
+        RawLayer::Tanh { name } => (name, K::Activation(ActivationKind::Tanh)),
+        RawLayer::Sigmoid { name } => (name, K::Activation(ActivationKind::Sigmoid)),
+        RawLayer::Identity { name } => (name, K::Activation(ActivationKind::Identity)),
+        RawLayer::Softmax { name } => (name, K::Activation(ActivationKind::Softmax)),
+        RawLayer::Rnn {
+            name,
+            nonlinearity,
+            hidden_size,
+            num_layers,
+            bidirectional,
+        } => {
+            let nl = nonlinearity.unwrap_or(Nonlinearity::Tanh);
+            return rec(CellKind::Rnn(nl), name, hidden_size, num_layers, bidirectional);
+        }
+        RawLayer::Lstm {
+            name,
+            hidden_size,
+            num_layers,
+            bidirectional,
+        } => return rec(CellKind::Lstm, name, hidden_size, num_layers, bidirectional),
+        RawLayer::Gru {
+            name,
+            hidden_size,
+            num_layers,
+            bidirectional,
+        } => return rec(CellKind::Gru, name, hidden_size, num_layers, bidirectional),
+    };
+    Ok(LayerConfig { index, name, kind })
+}
+
+fn pool(max: bool, kernel: usize, stride: Option<usize>) -> Result<LayerKindConfig, String> {
+    let kernel = positive("kernel", kernel)?;
+    let stride = positive("stride", stride.unwrap_or(kernel))?;
+    Ok(LayerKindConfig::Pool { max, kernel, stride })
+}
+
+/// toml's messages span several lines with a source excerpt; keep them to one paragraph.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

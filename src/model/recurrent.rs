@@ -1,0 +1,321 @@
+//! `rnn`, `lstm` and `gru`, stacked and bidirectional, with PyTorch's tensor names, gate
+//! orders and formulas:
+//!
+//! - RNN:  `h' = act(W_ih x + b_ih + W_hh h + b_hh)`
+//! - LSTM: gates `i, f, g, o` (rows of `weight_ih`), `c' = f*c + i*g`, `h' = o * tanh(c')`,
+//!   optionally projected, `h' = W_hr h'` (`proj_size`).
+//! - GRU:  gates `r, z, n`, `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`,
+//!   `h' = (1 - z) * n + z * h` (the reset gate applies after the hidden product, as in
+//!   PyTorch and cuDNN, not before it as in the original paper).
+//!
+//! Execution is layer-major over a packed batch: the input projection of every step of every
+//! key is one GEMM, then each wavefront does one GEMM with `W_hh` over the row prefix of
+//! keys still running. State is gathered from the arena once per call and scattered back once.
+
+use super::config::{CellKind, Nonlinearity};
+use super::dense::transpose;
+use super::packed::Packed;
+use super::state::StateSpec;
+use super::StateRef;
+use crate::kernels::{self, sigmoid, tanh};
+
+/// One direction of one layer of a recurrent stack, with weights pre-transposed.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub in_w: usize,
+    /// `W_ih^T`, `[in x G*H]`.
+    w_ih_t: Vec<f32>,
+    /// `W_hh^T`, `[hout x G*H]`.
+    w_hh_t: Vec<f32>,
+    /// Bias added with the input projection: `b_ih + b_hh` (GRU: without `b_hn`).
+    bias_x: Vec<f32>,
+    /// GRU only: `b_hn`, which must stay inside the reset gate's product.
+    b_hn: Vec<f32>,
+    /// LSTM with `proj_size`: `W_hr^T`, `[H x P]`.
+    w_hr_t: Option<Vec<f32>>,
+}
+
+/// Raw PyTorch tensors of one direction of one layer, as read from the state_dict.
+pub struct CellWeights<'a> {
+    pub w_ih: &'a [f32],
+    pub w_hh: &'a [f32],
+    pub b_ih: Option<&'a [f32]>,
+    pub b_hh: Option<&'a [f32]>,
+    pub w_hr: Option<&'a [f32]>,
+}
+
+/// A recurrent stack.
+#[derive(Debug, Clone)]
+pub struct Recurrent {
+    pub cell: CellKind,
+    pub input_size: usize,
+    pub hidden: usize,
+    pub proj: Option<usize>,
+    pub num_layers: usize,
+    pub bidirectional: bool,
+    pub has_bias: bool,
+    /// Indexed `layer * dirs + direction`.
+    cells: Vec<Cell>,
+}
+
+/// Buffers reused across calls so that a running pipeline does not allocate per step.
+#[derive(Debug, Default)]
+pub struct RecScratch {
+    pre: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    gh: Vec<f32>,
+    hraw: Vec<f32>,
+    stages: [Packed; 2],
+}
+
+impl Recurrent {
+    /// Assembles a stack; `weights[layer * dirs + dir]`. Shapes were validated by the loader.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cell: CellKind,
+        input_size: usize,
+        hidden: usize,
+        proj: Option<usize>,
+        num_layers: usize,
+        bidirectional: bool,
+        weights: &[CellWeights<'_>],
+    ) -> Recurrent {
+        let g = cell.gates();
+        let hout = proj.unwrap_or(hidden);
+        let dirs = if bidirectional { 2 } else { 1 };
+        let has_bias = weights.first().is_some_and(|w| w.b_ih.is_some());
+        let cells = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let in_w = if i / dirs == 0 { input_size } else { hout * dirs };
+                let mut bias_x = vec![0.0; g * hidden];
+                let mut b_hn = vec![0.0; hidden];
+                if let Some(b) = w.b_ih {
+                    bias_x.copy_from_slice(b);
+                }
+                if let Some(b) = w.b_hh {
+                    let split = if cell == CellKind::Gru { 2 * hidden } else { g * hidden };
+                    for (x, y) in bias_x[..split].iter_mut().zip(&b[..split]) {
+                        *x += y;
+                    }
+                    if cell == CellKind::Gru {
+                        b_hn.copy_from_slice(&b[2 * hidden..]);
+                    }
+                }
+                Cell {
+                    in_w,
+                    w_ih_t: transpose(w.w_ih, g * hidden, in_w),
+                    w_hh_t: transpose(w.w_hh, g * hidden, hout),
+                    bias_x,
+                    b_hn,
+                    w_hr_t: w.w_hr.map(|m| transpose(m, hout, hidden)),
+                }
+            })
+            .collect();
+        Recurrent {
+            cell,
+            input_size,
+            hidden,
+            proj,
+            num_layers,
+            bidirectional,
+            has_bias,
+            cells,
+        }
+    }
+
+    fn dirs(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Width of `h` (the projection size when there is one).
+    pub fn hout(&self) -> usize {
+        self.proj.unwrap_or(self.hidden)
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.hout() * self.dirs()
+    }
+
+    /// Floats per layer and direction of streamed state: `h`, then `c` for an LSTM.
+    fn per_layer(&self) -> usize {
+        self.hout() + if self.cell == CellKind::Lstm { self.hidden } else { 0 }
+    }
+
+    pub(crate) fn state_spec(&self) -> StateSpec {
+        StateSpec {
+            floats: self.num_layers * self.dirs() * self.per_layer(),
+            counter: false,
+        }
+    }
+
+    pub fn params(&self) -> usize {
+        let g = self.cell.gates();
+        let bias = if self.has_bias { 2 * g * self.hidden } else { 0 };
+        self.cells
+            .iter()
+            .map(|c| c.w_ih_t.len() + c.w_hh_t.len() + c.w_hr_t.as_ref().map_or(0, Vec::len) + bias)
+            .sum()
+    }
+
+    pub(crate) fn forward(&self, input: &Packed, state: &mut StateRef<'_>, out: &mut Packed, s: &mut RecScratch) {
+        let mut stages = std::mem::take(&mut s.stages);
+        for l in 0..self.num_layers {
+            let last = l + 1 == self.num_layers;
+            let [s0, s1] = &mut stages;
+            // Layer l reads stage (l-1)%2 and writes stage l%2; the first reads the input
+            // and the last writes `out`.
+            let (src, dst): (&Packed, &mut Packed) = match (l, last) {
+                (0, true) => (input, &mut *out),
+                (0, false) => (input, s0),
+                (_, true) => (if l % 2 == 1 { &*s0 } else { &*s1 }, &mut *out),
+                (_, false) if l % 2 == 1 => (&*s0, s1),
+                (_, false) => (&*s1, s0),
+            };
+            dst.layout.clone_from(&src.layout);
+            dst.reshape(self.out_width());
+            for d in 0..self.dirs() {
+                self.run_direction(l, d, src, state, dst, s);
+            }
+        }
+        s.stages = stages;
+    }
+
+    /// Runs one direction of layer `l` over all wavefronts, writing its half of `dst`.
+    fn run_direction(
+        &self,
+        l: usize,
+        d: usize,
+        src: &Packed,
+        state: &mut StateRef<'_>,
+        dst: &mut Packed,
+        s: &mut RecScratch,
+    ) {
+        let cell = &self.cells[l * self.dirs() + d];
+        let (hid, hout) = (self.hidden, self.hout());
+        let gh = self.cell.gates() * hid;
+        let layout = &src.layout;
+        let rows = layout.rows();
+        let b0 = layout.active();
+        let lstm = self.cell == CellKind::Lstm;
+
+        // Input projection of every step of every key: one GEMM.
+        s.pre.resize(rows * gh, 0.0);
+        kernels::gemm(&mut s.pre, &src.data, &cell.w_ih_t, rows, cell.in_w, gh, false);
+        kernels::add_bias(&mut s.pre, &cell.bias_x);
+
+        // Gather state: once per call, not per step.
+        s.h.clear();
+        s.h.resize(b0 * hout, 0.0);
+        s.c.clear();
+        s.c.resize(if lstm { b0 * hid } else { 0 }, 0.0);
+        let off = (l * self.dirs() + d) * self.per_layer();
+        if let StateRef::Slots { slots, ids } = state {
+            for pos in 0..b0 {
+                let row = slots.row(ids[layout.seq[pos] as usize]);
+                s.h[pos * hout..(pos + 1) * hout].copy_from_slice(&row[off..off + hout]);
+                if lstm {
+                    s.c[pos * hid..(pos + 1) * hid].copy_from_slice(&row[off + hout..off + hout + hid]);
+                }
+            }
+        }
+
+        let waves = layout.waves();
+        let out_w = dst.width;
+        for step in 0..waves {
+            // Backward direction walks the wavefronts in reverse; keys join as their last
+            // step comes up, with the zero state they start from.
+            let w = if d == 0 { step } else { waves - 1 - step };
+            let b = layout.batch_sizes[w] as usize;
+            let r0 = layout.offsets[w];
+            let gates = &mut s.pre[r0 * gh..(r0 + b) * gh];
+            match self.cell {
+                CellKind::Rnn(nl) => {
+                    kernels::gemm(gates, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, true);
+                    match nl {
+                        Nonlinearity::Tanh => kernels::tanh_inplace(gates),
+                        Nonlinearity::Relu => kernels::relu_inplace(gates),
+                    }
+                    s.h[..b * hid].copy_from_slice(gates);
+                }
+                CellKind::Lstm => {
+                    kernels::gemm(gates, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, true);
+                    let hdst = match cell.w_hr_t {
+                        Some(_) => {
+                            s.hraw.resize(b * hid, 0.0);
+                            &mut s.hraw[..]
+                        }
+                        None => &mut s.h[..b * hid],
+                    };
+                    lstm_gates(gates, &mut s.c[..b * hid], hdst, hid);
+                    if let Some(w_hr_t) = &cell.w_hr_t {
+                        kernels::gemm(&mut s.h[..b * hout], &s.hraw[..b * hid], w_hr_t, b, hid, hout, false);
+                    }
+                }
+                CellKind::Gru => {
+                    s.gh.resize(b * gh, 0.0);
+                    let ghb = &mut s.gh[..b * gh];
+                    kernels::gemm(ghb, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, false);
+                    gru_gates(gates, ghb, &cell.b_hn, &mut s.h[..b * hid], hid);
+                }
+            }
+            for i in 0..b {
+                let r = r0 + i;
+                dst.data[r * out_w + d * hout..r * out_w + (d + 1) * hout]
+                    .copy_from_slice(&s.h[i * hout..(i + 1) * hout]);
+            }
+        }
+
+        if let StateRef::Slots { slots, ids } = state {
+            for pos in 0..b0 {
+                let row = slots.row_mut(ids[layout.seq[pos] as usize]);
+                row[off..off + hout].copy_from_slice(&s.h[pos * hout..(pos + 1) * hout]);
+                if lstm {
+                    row[off + hout..off + hout + hid].copy_from_slice(&s.c[pos * hid..(pos + 1) * hid]);
+                }
+            }
+        }
+    }
+}
+
+/// LSTM cell update for `b` rows: `gates` holds the pre-activations `[i f g o]` per row.
+#[inline]
+fn lstm_gates(gates: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
+    for ((g, c), h) in gates
+        .chunks_exact(4 * hid)
+        .zip(c.chunks_exact_mut(hid))
+        .zip(h.chunks_exact_mut(hid))
+    {
+        let (gi, rest) = g.split_at(hid);
+        let (gf, rest) = rest.split_at(hid);
+        let (gg, go) = rest.split_at(hid);
+        for u in 0..hid {
+            let cn = sigmoid(gf[u]) * c[u] + sigmoid(gi[u]) * tanh(gg[u]);
+            c[u] = cn;
+            h[u] = sigmoid(go[u]) * tanh(cn);
+        }
+    }
+}
+
+/// GRU cell update: `x` holds `W_i x + b_i (+ b_hr, b_hz)`, `hp` holds `W_h h`.
+#[inline]
+fn gru_gates(x: &[f32], hp: &[f32], b_hn: &[f32], h: &mut [f32], hid: usize) {
+    for ((x, hp), h) in x
+        .chunks_exact(3 * hid)
+        .zip(hp.chunks_exact(3 * hid))
+        .zip(h.chunks_exact_mut(hid))
+    {
+        for u in 0..hid {
+            let r = sigmoid(x[u] + hp[u]);
+            let z = sigmoid(x[hid + u] + hp[hid + u]);
+            let n = tanh(x[2 * hid + u] + r * (hp[2 * hid + u] + b_hn[u]));
+            h[u] = (1.0 - z) * n + z * h[u];
+        }
+    }
+}

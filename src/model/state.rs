@@ -1,0 +1,168 @@
+//! Per-key model state, stored as an arena: a key maps to a slot index, and each stateful
+//! layer keeps one contiguous buffer with a fixed-width row per slot (hidden and cell
+//! vectors, or a convolution/pooling history ring plus a step counter).
+//!
+//! The layers never own state; whoever drives the model owns an arena and names the slots
+//! it wants advanced. A slot can be exported and imported as a flat vector, which is what a
+//! snapshot of one key is.
+
+/// What one layer needs per slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateSpec {
+    /// f32 values per slot.
+    pub floats: usize,
+    /// Whether the layer counts the steps it has seen (strided and windowed layers).
+    pub counter: bool,
+}
+
+/// One layer's slots.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSlots {
+    pub width: usize,
+    pub data: Vec<f32>,
+    pub counters: Vec<u64>,
+    has_counter: bool,
+}
+
+impl LayerSlots {
+    /// The state row of `slot`.
+    #[inline]
+    pub fn row(&self, slot: u32) -> &[f32] {
+        let s = slot as usize * self.width;
+        &self.data[s..s + self.width]
+    }
+
+    /// The state row of `slot`, mutable.
+    #[inline]
+    pub fn row_mut(&mut self, slot: u32) -> &mut [f32] {
+        let s = slot as usize * self.width;
+        &mut self.data[s..s + self.width]
+    }
+
+    /// Steps this layer has seen for `slot` (0 for layers without a counter).
+    #[inline]
+    pub fn counter(&self, slot: u32) -> u64 {
+        if self.has_counter {
+            self.counters[slot as usize]
+        } else {
+            0
+        }
+    }
+}
+
+/// Contiguous per-slot state for every layer of one model.
+#[derive(Debug, Clone, Default)]
+pub struct StateArena {
+    layers: Vec<LayerSlots>,
+    slots: usize,
+    free: Vec<u32>,
+}
+
+impl StateArena {
+    /// An empty arena for a model whose layers need `specs` (one per layer).
+    pub fn new(specs: &[StateSpec]) -> StateArena {
+        StateArena {
+            layers: specs
+                .iter()
+                .map(|s| LayerSlots {
+                    width: s.floats,
+                    data: Vec::new(),
+                    counters: Vec::new(),
+                    has_counter: s.counter,
+                })
+                .collect(),
+            slots: 0,
+            free: Vec::new(),
+        }
+    }
+
+    /// A fresh (zero) slot, reusing a freed one if any.
+    pub fn alloc(&mut self) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            self.reset(slot);
+            return slot;
+        }
+        let slot = self.slots as u32;
+        self.slots += 1;
+        for l in &mut self.layers {
+            l.data.resize(self.slots * l.width, 0.0);
+            if l.has_counter {
+                l.counters.push(0);
+            }
+        }
+        slot
+    }
+
+    /// Returns a slot to the free list (its key is gone).
+    pub fn release(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+
+    /// Zeroes a slot: the state of a key that has seen nothing.
+    pub fn reset(&mut self, slot: u32) {
+        for l in &mut self.layers {
+            l.row_mut(slot).fill(0.0);
+            if l.has_counter {
+                l.counters[slot as usize] = 0;
+            }
+        }
+    }
+
+    /// Slots handed out and not released.
+    pub fn live(&self) -> usize {
+        self.slots - self.free.len()
+    }
+
+    /// Bytes of state per slot (floats and counters): the raw cost of one key.
+    pub fn bytes_per_slot(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.width * 4 + if l.has_counter { 8 } else { 0 })
+            .sum()
+    }
+
+    /// Bytes reserved by the buffers (capacity, not length).
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.data.capacity() * 4 + l.counters.capacity() * 8)
+            .sum()
+    }
+
+    /// Layer `i`'s slots.
+    pub fn layer(&self, i: usize) -> &LayerSlots {
+        &self.layers[i]
+    }
+
+    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut LayerSlots {
+        &mut self.layers[i]
+    }
+
+    /// One key's whole state as a flat vector (counters as f64-exact values are kept
+    /// separately): the unit of a snapshot.
+    pub fn export(&self, slot: u32) -> (Vec<f32>, Vec<u64>) {
+        let mut floats = Vec::new();
+        let mut counters = Vec::new();
+        for l in &self.layers {
+            floats.extend_from_slice(l.row(slot));
+            if l.has_counter {
+                counters.push(l.counters[slot as usize]);
+            }
+        }
+        (floats, counters)
+    }
+
+    /// Restores a key's state written by [`StateArena::export`] of the same model.
+    pub fn import(&mut self, slot: u32, floats: &[f32], counters: &[u64]) {
+        let (mut f, mut c) = (0, 0);
+        for l in &mut self.layers {
+            let w = l.width;
+            l.row_mut(slot).copy_from_slice(&floats[f..f + w]);
+            f += w;
+            if l.has_counter {
+                l.counters[slot as usize] = counters[c];
+                c += 1;
+            }
+        }
+    }
+}
