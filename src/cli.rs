@@ -5,14 +5,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use seqflow::model::summary::Summary;
 use seqflow::Model;
 
 #[derive(Parser, Debug)]
-#[command(name = "seqflow", version, about = "Run sequence models (CNN, RNN, LSTM, GRU) incrementally over keyed streams", disable_help_flag = true)]
+#[command(
+    name = "seqflow",
+    version,
+    about = "Run sequence models (CNN, RNN, LSTM, GRU) incrementally over keyed streams",
+    disable_help_flag = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { model } => {
-            let m = Model::load(&model).with_context(|| format!("cannot load model {}", model.display()))?;
+            // Library errors already name the file, layer and tensor at fault.
+            let m = Model::load(&model)?;
             print!("{}", Summary(&m));
         }
     }

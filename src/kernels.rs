@@ -9,6 +9,38 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
+/// Compiles a kernel three times (AVX-512, AVX2+FMA, baseline) and picks one at run time.
+///
+/// The crate is built for baseline x86-64 (SSE2) so the binary runs anywhere; without this
+/// the elementwise loops would be 4 lanes wide on machines that have 16.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn v512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU supports every feature v512 was compiled for.
+                    return unsafe { v512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for AVX2 and FMA.
+                    return unsafe { v256($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// Below this many rows a plain axpy loop beats faer's packing overhead.
 const SMALL_M: usize = 4;
 
@@ -29,6 +61,20 @@ pub fn gemm(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize,
         return;
     }
     if m <= SMALL_M {
+        gemm_small(out, a, b, k, n, accumulate);
+        return;
+    }
+    let dst = MatMut::from_row_major_slice_mut(out, m, n);
+    let lhs = MatRef::from_row_major_slice(a, m, k);
+    let rhs = MatRef::from_row_major_slice(b, k, n);
+    let beta = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(dst, beta, lhs, rhs, 1.0f32, Par::Seq);
+}
+
+multiversion! {
+    /// Row-by-row axpy form of a GEMM for a handful of rows: `b` is read row by row,
+    /// contiguously, which is as fast as a packed kernel when there is nothing to reuse.
+    fn gemm_small(out: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize, accumulate: bool) {
         for (orow, arow) in out.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
             if !accumulate {
                 orow.fill(0.0);
@@ -39,13 +85,7 @@ pub fn gemm(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize,
                 }
             }
         }
-        return;
     }
-    let dst = MatMut::from_row_major_slice_mut(out, m, n);
-    let lhs = MatRef::from_row_major_slice(a, m, k);
-    let rhs = MatRef::from_row_major_slice(b, k, n);
-    let beta = if accumulate { Accum::Add } else { Accum::Replace };
-    matmul(dst, beta, lhs, rhs, 1.0f32, Par::Seq);
 }
 
 /// Adds `bias` to every row of `rows` (row length = `bias.len()`).
@@ -68,7 +108,11 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.336_55, 88.376_26);
-    let n = (x * LOG2E).round();
+    // Round to nearest by adding 1.5 * 2^23: SSE2 has no `roundps`, and `f32::round` would be
+    // a libm call per element that stops the loop from vectorizing.
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -77,8 +121,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // 2^n by building the exponent bits; n is in [-126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer sitting in the low mantissa bits of `shifted` (no float->int
+    // conversion, which Rust saturates and which vectorizes poorly); n is in [-126, 127].
+    let n_int = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     y * scale
 }
 
@@ -96,24 +142,68 @@ pub fn tanh(x: f32) -> f32 {
     t.copysign(x)
 }
 
-/// In-place sigmoid over a slice.
-pub fn sigmoid_inplace(xs: &mut [f32]) {
-    for x in xs {
-        *x = sigmoid(*x);
+multiversion! {
+    /// In-place sigmoid over a slice.
+    pub fn sigmoid_inplace(xs: &mut [f32]) {
+        for x in xs {
+            *x = sigmoid(*x);
+        }
     }
 }
 
-/// In-place tanh over a slice.
-pub fn tanh_inplace(xs: &mut [f32]) {
-    for x in xs {
-        *x = tanh(*x);
+multiversion! {
+    /// In-place tanh over a slice.
+    pub fn tanh_inplace(xs: &mut [f32]) {
+        for x in xs {
+            *x = tanh(*x);
+        }
     }
 }
 
-/// In-place ReLU over a slice.
-pub fn relu_inplace(xs: &mut [f32]) {
-    for x in xs {
-        *x = x.max(0.0);
+multiversion! {
+    /// In-place ReLU over a slice.
+    pub fn relu_inplace(xs: &mut [f32]) {
+        for x in xs {
+            *x = x.max(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// LSTM cell update for `b` rows: `gates` holds the pre-activations `[i f g o]` per row.
+    pub fn lstm_gates(gates: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
+        for ((g, c), h) in gates
+            .chunks_exact(4 * hid)
+            .zip(c.chunks_exact_mut(hid))
+            .zip(h.chunks_exact_mut(hid))
+        {
+            let (gi, rest) = g.split_at(hid);
+            let (gf, rest) = rest.split_at(hid);
+            let (gg, go) = rest.split_at(hid);
+            for u in 0..hid {
+                let cn = sigmoid(gf[u]) * c[u] + sigmoid(gi[u]) * tanh(gg[u]);
+                c[u] = cn;
+                h[u] = sigmoid(go[u]) * tanh(cn);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// GRU cell update: `x` holds `W_i x + b_i (+ b_hr, b_hz)`, `hp` holds `W_h h`.
+    pub fn gru_gates(x: &[f32], hp: &[f32], b_hn: &[f32], h: &mut [f32], hid: usize) {
+        for ((x, hp), h) in x
+            .chunks_exact(3 * hid)
+            .zip(hp.chunks_exact(3 * hid))
+            .zip(h.chunks_exact_mut(hid))
+        {
+            for u in 0..hid {
+                let r = sigmoid(x[u] + hp[u]);
+                let z = sigmoid(x[hid + u] + hp[hid + u]);
+                let n = tanh(x[2 * hid + u] + r * (hp[2 * hid + u] + b_hn[u]));
+                h[u] = (1.0 - z) * n + z * h[u];
+            }
+        }
     }
 }
 

@@ -12,11 +12,13 @@ use seqflow::{Model, Packed, Workspace};
 
 const TOL: f32 = 1e-4;
 
+/// One sequence: input rows, its length, PyTorch's output rows and their step tags.
+type Seq = (Vec<f32>, usize, Vec<f32>, Vec<u32>);
+
 struct Case {
     name: String,
     model: Model,
-    /// (x rows, y rows, steps) per sequence.
-    seqs: Vec<(Vec<f32>, usize, Vec<f32>, Vec<u32>)>,
+    seqs: Vec<Seq>,
 }
 
 fn cases() -> Vec<Case> {
@@ -26,7 +28,11 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 25, "expected the full fixture set, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 25,
+        "expected the full fixture set, found {}",
+        dirs.len()
+    );
     dirs.into_iter()
         .map(|d| {
             let name = d.file_name().unwrap().to_string_lossy().into_owned();
@@ -51,7 +57,11 @@ fn offline_form_matches_pytorch() {
             let out = case.model.forward_sequence(x, *t);
             assert_eq!(&out.steps, steps, "{} seq {i}: output steps", case.name);
             let d = max_abs_diff(&out.data, y);
-            assert!(d <= TOL, "{} seq {i} (T={t}): max |diff| {d:e} > {TOL:e}", case.name);
+            assert!(
+                d <= TOL,
+                "{} seq {i} (T={t}): max |diff| {d:e} > {TOL:e}",
+                case.name
+            );
         }
     }
 }
@@ -66,7 +76,9 @@ fn batched_offline_matches_pytorch() {
         input.build(m.input_size(), &lens);
         for (i, (x, t, ..)) in case.seqs.iter().enumerate() {
             for s in 0..*t {
-                input.row_mut(i, s).copy_from_slice(&x[s * m.input_size()..(s + 1) * m.input_size()]);
+                input
+                    .row_mut(i, s)
+                    .copy_from_slice(&x[s * m.input_size()..(s + 1) * m.input_size()]);
             }
         }
         let mut ws = Workspace::default();
@@ -133,6 +145,9 @@ fn non_causal_models_refuse_to_stream_and_name_the_layer() {
     ] {
         let m = Model::load(&golden_dir().join(case).join("model.toml")).unwrap();
         let msg = m.check_streamable().unwrap_err().to_string();
-        assert!(msg.contains(layer) && msg.contains("cannot run step by step"), "{case}: {msg}");
+        assert!(
+            msg.contains(layer) && msg.contains("cannot run step by step"),
+            "{case}: {msg}"
+        );
     }
 }

@@ -38,7 +38,15 @@ impl Linear {
         out.layout.clone_from(&input.layout);
         out.reshape(self.out_features);
         let rows = input.layout.rows();
-        kernels::gemm(&mut out.data, &input.data, &self.wt, rows, self.in_features, self.out_features, false);
+        kernels::gemm(
+            &mut out.data,
+            &input.data,
+            &self.wt,
+            rows,
+            self.in_features,
+            self.out_features,
+            false,
+        );
         if let Some(b) = &self.bias {
             kernels::add_bias(&mut out.data, b);
         }

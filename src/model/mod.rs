@@ -10,6 +10,7 @@
 //! of all keys at once. The invariant the tests defend: for every key, streaming its steps in
 //! any split into calls gives the offline outputs of its whole sequence.
 
+pub mod builder;
 pub mod config;
 pub mod dense;
 pub mod packed;
@@ -76,7 +77,9 @@ impl Layer {
     pub fn non_causal(&self) -> Option<&'static str> {
         match self {
             Layer::Conv(c) if c.window().lookahead => Some("padding = \"same\" looks ahead in time"),
-            Layer::Recurrent(r) if r.bidirectional => Some("a bidirectional layer reads the sequence backwards"),
+            Layer::Recurrent(r) if r.bidirectional => {
+                Some("a bidirectional layer reads the sequence backwards")
+            }
             _ => None,
         }
     }
@@ -87,7 +90,10 @@ pub(crate) enum StateRef<'a> {
     /// Complete sequences from a zero state; nothing is kept.
     Fresh,
     /// Streaming: `ids[sequence id]` is the key's slot in `slots`.
-    Slots { slots: &'a mut LayerSlots, ids: &'a [u32] },
+    Slots {
+        slots: &'a mut LayerSlots,
+        ids: &'a [u32],
+    },
 }
 
 /// Reusable buffers for running a model. Keep one per driver (per worker): after the
@@ -396,7 +402,8 @@ fn take_tensor(
             format!("missing tensor `{name}` (expected shape [{want}], {what}){hint}"),
         ));
     };
-    let ok = t.shape.len() == expect.len() && t.shape.iter().zip(expect).all(|(&s, e)| e.is_none_or(|e| e == s));
+    let ok =
+        t.shape.len() == expect.len() && t.shape.iter().zip(expect).all(|(&s, e)| e.is_none_or(|e| e == s));
     if !ok || t.shape.contains(&0) {
         let shape = shape_str(&t.shape);
         return Err(tensor_err(
@@ -536,7 +543,9 @@ fn build_recurrent(
         ));
     }
     let hidden = shape[0] / g;
-    let layers = (0..).take_while(|k| store.contains(&lc.tensor(&format!("weight_ih_l{k}")))).count();
+    let layers = (0..)
+        .take_while(|k| store.contains(&lc.tensor(&format!("weight_ih_l{k}"))))
+        .count();
     let bidir = store.contains(&lc.tensor("weight_ih_l0_reverse"));
     let proj = if cell == CellKind::Lstm {
         store_shape(store, &lc.tensor("weight_hr_l0")).map(|s| s.first().copied().unwrap_or(0))
@@ -578,7 +587,11 @@ fn build_recurrent(
             let from = if k == 0 {
                 "the previous layer's width".to_string()
             } else {
-                format!("layer {} output{}", k - 1, if bidir { ", both directions" } else { "" })
+                format!(
+                    "layer {} output{}",
+                    k - 1,
+                    if bidir { ", both directions" } else { "" }
+                )
             };
             let (_, w_ih) = take_tensor(
                 store,
@@ -598,7 +611,11 @@ fn build_recurrent(
             let b_hh_name = lc.tensor(&format!("bias_hh_l{k}{sfx}"));
             let (has_ih, has_hh) = (store.contains(&b_ih_name), store.contains(&b_hh_name));
             if has_ih != has_hh {
-                let (present, missing) = if has_ih { (&b_ih_name, &b_hh_name) } else { (&b_hh_name, &b_ih_name) };
+                let (present, missing) = if has_ih {
+                    (&b_ih_name, &b_hh_name)
+                } else {
+                    (&b_hh_name, &b_ih_name)
+                };
                 return Err(tensor_err(
                     store,
                     lc,
@@ -627,7 +644,11 @@ fn build_recurrent(
         return Err(tensor_err(
             store,
             lc,
-            format!("proj_size {} must be between 1 and hidden_size - 1 = {}", hout, hidden - 1),
+            format!(
+                "proj_size {} must be between 1 and hidden_size - 1 = {}",
+                hout,
+                hidden - 1
+            ),
         ));
     }
     let weights: Vec<CellWeights<'_>> = owned

@@ -17,7 +17,7 @@ use super::dense::transpose;
 use super::packed::Packed;
 use super::state::StateSpec;
 use super::StateRef;
-use crate::kernels::{self, sigmoid, tanh};
+use crate::kernels;
 
 /// One direction of one layer of a recurrent stack, with weights pre-transposed.
 #[derive(Debug, Clone)]
@@ -96,7 +96,11 @@ impl Recurrent {
                     bias_x.copy_from_slice(b);
                 }
                 if let Some(b) = w.b_hh {
-                    let split = if cell == CellKind::Gru { 2 * hidden } else { g * hidden };
+                    let split = if cell == CellKind::Gru {
+                        2 * hidden
+                    } else {
+                        g * hidden
+                    };
                     for (x, y) in bias_x[..split].iter_mut().zip(&b[..split]) {
                         *x += y;
                     }
@@ -145,7 +149,12 @@ impl Recurrent {
 
     /// Floats per layer and direction of streamed state: `h`, then `c` for an LSTM.
     fn per_layer(&self) -> usize {
-        self.hout() + if self.cell == CellKind::Lstm { self.hidden } else { 0 }
+        self.hout()
+            + if self.cell == CellKind::Lstm {
+                self.hidden
+            } else {
+                0
+            }
     }
 
     pub(crate) fn state_spec(&self) -> StateSpec {
@@ -164,7 +173,13 @@ impl Recurrent {
             .sum()
     }
 
-    pub(crate) fn forward(&self, input: &Packed, state: &mut StateRef<'_>, out: &mut Packed, s: &mut RecScratch) {
+    pub(crate) fn forward(
+        &self,
+        input: &Packed,
+        state: &mut StateRef<'_>,
+        out: &mut Packed,
+        s: &mut RecScratch,
+    ) {
         let mut stages = std::mem::take(&mut s.stages);
         for l in 0..self.num_layers {
             let last = l + 1 == self.num_layers;
@@ -253,16 +268,24 @@ impl Recurrent {
                         }
                         None => &mut s.h[..b * hid],
                     };
-                    lstm_gates(gates, &mut s.c[..b * hid], hdst, hid);
+                    kernels::lstm_gates(gates, &mut s.c[..b * hid], hdst, hid);
                     if let Some(w_hr_t) = &cell.w_hr_t {
-                        kernels::gemm(&mut s.h[..b * hout], &s.hraw[..b * hid], w_hr_t, b, hid, hout, false);
+                        kernels::gemm(
+                            &mut s.h[..b * hout],
+                            &s.hraw[..b * hid],
+                            w_hr_t,
+                            b,
+                            hid,
+                            hout,
+                            false,
+                        );
                     }
                 }
                 CellKind::Gru => {
                     s.gh.resize(b * gh, 0.0);
                     let ghb = &mut s.gh[..b * gh];
                     kernels::gemm(ghb, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, false);
-                    gru_gates(gates, ghb, &cell.b_hn, &mut s.h[..b * hid], hid);
+                    kernels::gru_gates(gates, ghb, &cell.b_hn, &mut s.h[..b * hid], hid);
                 }
             }
             for i in 0..b {
@@ -280,42 +303,6 @@ impl Recurrent {
                     row[off + hout..off + hout + hid].copy_from_slice(&s.c[pos * hid..(pos + 1) * hid]);
                 }
             }
-        }
-    }
-}
-
-/// LSTM cell update for `b` rows: `gates` holds the pre-activations `[i f g o]` per row.
-#[inline]
-fn lstm_gates(gates: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
-    for ((g, c), h) in gates
-        .chunks_exact(4 * hid)
-        .zip(c.chunks_exact_mut(hid))
-        .zip(h.chunks_exact_mut(hid))
-    {
-        let (gi, rest) = g.split_at(hid);
-        let (gf, rest) = rest.split_at(hid);
-        let (gg, go) = rest.split_at(hid);
-        for u in 0..hid {
-            let cn = sigmoid(gf[u]) * c[u] + sigmoid(gi[u]) * tanh(gg[u]);
-            c[u] = cn;
-            h[u] = sigmoid(go[u]) * tanh(cn);
-        }
-    }
-}
-
-/// GRU cell update: `x` holds `W_i x + b_i (+ b_hr, b_hz)`, `hp` holds `W_h h`.
-#[inline]
-fn gru_gates(x: &[f32], hp: &[f32], b_hn: &[f32], h: &mut [f32], hid: usize) {
-    for ((x, hp), h) in x
-        .chunks_exact(3 * hid)
-        .zip(hp.chunks_exact(3 * hid))
-        .zip(h.chunks_exact_mut(hid))
-    {
-        for u in 0..hid {
-            let r = sigmoid(x[u] + hp[u]);
-            let z = sigmoid(x[hid + u] + hp[hid + u]);
-            let n = tanh(x[2 * hid + u] + r * (hp[2 * hid + u] + b_hn[u]));
-            h[u] = (1.0 - z) * n + z * h[u];
         }
     }
 }

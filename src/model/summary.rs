@@ -77,7 +77,11 @@ fn layer_detail(layer: &Layer) -> String {
                 c.out_ch,
                 c.in_ch,
                 c.kernel,
-                if c.has_bias() { format!(", bias [{}]", c.out_ch) } else { ", no bias".into() }
+                if c.has_bias() {
+                    format!(", bias [{}]", c.out_ch)
+                } else {
+                    ", no bias".into()
+                }
             )
         }
         Layer::Pool(p) => format!("kernel {}, stride {}", p.kernel, p.stride),
@@ -85,7 +89,11 @@ fn layer_detail(layer: &Layer) -> String {
             "weight [{}, {}]{}",
             l.out_features,
             l.in_features,
-            if l.has_bias() { format!(", bias [{}]", l.out_features) } else { ", no bias".into() }
+            if l.has_bias() {
+                format!(", bias [{}]", l.out_features)
+            } else {
+                ", no bias".into()
+            }
         ),
         Layer::Activation(_) => String::new(),
         Layer::Recurrent(r) => {
@@ -130,12 +138,18 @@ impl fmt::Display for Summary<'_> {
         writeln!(f, "model {}", m.path().display())?;
         writeln!(
             f,
-            "input {} features -> output {} values per emitted step",
+            "input {} feature{} -> output {} value{} per emitted step",
             m.input_size(),
-            m.output_size()
+            if m.input_size() == 1 { "" } else { "s" },
+            m.output_size(),
+            if m.output_size() == 1 { "" } else { "s" },
         )?;
         writeln!(f)?;
-        writeln!(f, "  {:<28} {:>13} {:>10} {:>11}  details", "layer", "in -> out", "params", "state/key")?;
+        writeln!(
+            f,
+            "  {:<28} {:>13} {:>10} {:>11}  details",
+            "layer", "in -> out", "params", "state/key"
+        )?;
         for (i, (lc, layer)) in m.layers().enumerate() {
             let state = layer.state_spec(m.width_at(i));
             let bytes = state.floats * 4 + if state.counter { 8 } else { 0 };
@@ -145,7 +159,11 @@ impl fmt::Display for Summary<'_> {
                 lc.label(),
                 format!("{} -> {}", m.width_at(i), m.width_at(i + 1)),
                 group_digits(layer.params()),
-                if bytes == 0 { "-".to_string() } else { format!("{bytes} B") },
+                if bytes == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{bytes} B")
+                },
                 layer_detail(layer)
             )?;
         }
@@ -160,7 +178,11 @@ impl fmt::Display for Summary<'_> {
             f,
             "delay            first output at input step {} (0-based){}",
             t.first_output,
-            if t.first_output == 0 { ", i.e. from the first step" } else { "" }
+            if t.first_output == 0 {
+                ", i.e. from the first step"
+            } else {
+                ""
+            }
         )?;
         if t.stride == 1 {
             writeln!(f, "output rate      one output per input step")?;
@@ -175,8 +197,14 @@ impl fmt::Display for Summary<'_> {
             )?,
             Err(e) => {
                 let why = e.to_string();
-                let why = why.split(": this model cannot run step by step: ").last().unwrap_or(&why);
-                writeln!(f, "streamable       no: {why}; use emit = \"sequence_end\" or \"window\"")?
+                let why = why
+                    .split(": this model cannot run step by step: ")
+                    .last()
+                    .unwrap_or(&why);
+                writeln!(
+                    f,
+                    "streamable       no: {why}; use emit = \"sequence_end\" or \"window\""
+                )?
             }
         }
         Ok(())

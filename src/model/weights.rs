@@ -48,7 +48,10 @@ impl WeightStore {
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
                 Dtype::F16 => raw
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -134,7 +137,10 @@ impl WeightStore {
 
     /// All tensor names with shapes, e.g. for "did you mean" hints.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.tensors.keys().filter(move |k| k.starts_with(prefix)).map(String::as_str)
+        self.tensors
+            .keys()
+            .filter(move |k| k.starts_with(prefix))
+            .map(String::as_str)
     }
 }
 

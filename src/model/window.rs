@@ -248,7 +248,15 @@ impl Conv1d {
         self.window().gather(input, state, out, cols, scratch);
         out.reshape(self.out_ch);
         let rows = out.layout.rows();
-        kernels::gemm(&mut out.data, cols, &self.w, rows, self.kernel * self.in_ch, self.out_ch, false);
+        kernels::gemm(
+            &mut out.data,
+            cols,
+            &self.w,
+            rows,
+            self.kernel * self.in_ch,
+            self.out_ch,
+            false,
+        );
         if let Some(b) = &self.bias {
             kernels::add_bias(&mut out.data, b);
         }
@@ -288,7 +296,11 @@ impl Pool1d {
         let c = self.channels;
         out.reshape(c);
         let inv = 1.0 / self.kernel as f32;
-        for (o, taps) in out.data.chunks_exact_mut(c).zip(cols.chunks_exact(c * self.kernel)) {
+        for (o, taps) in out
+            .data
+            .chunks_exact_mut(c)
+            .zip(cols.chunks_exact(c * self.kernel))
+        {
             o.copy_from_slice(&taps[..c]);
             for tap in taps.chunks_exact(c).skip(1) {
                 for (a, &b) in o.iter_mut().zip(tap) {

@@ -31,8 +31,18 @@ pub fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Fixture> 
                 i64s: vec![],
             };
             match v.dtype() {
-                Dtype::F32 => f.f32s = raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::I64 => f.i64s = raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::F32 => {
+                    f.f32s = raw
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect()
+                }
+                Dtype::I64 => {
+                    f.i64s = raw
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                        .collect()
+                }
                 d => panic!("unexpected fixture dtype {d:?}"),
             }
             (name, f)

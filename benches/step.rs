@@ -1,0 +1,88 @@
+//! Streamed recurrent step: B keys advance one step each in one call (one wavefront), for
+//! LSTM and GRU, input 8, hidden 64/128/256, B = 1/64/1024. Throughput is reported in
+//! key-steps/s; after the run a table adds GFLOP/s (an LSTM step costs 2*4H*(I+H) FLOPs per
+//! key, a GRU step 2*3H*(I+H)).
+//!
+//!     cargo bench --bench step
+//!     cargo bench --bench step -- --quick     # fewer samples
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use seqflow::model::builder::{ModelBuilder, SplitMix};
+use seqflow::{Packed, Workspace};
+
+const INPUT: usize = 8;
+const HIDDENS: [usize; 3] = [64, 128, 256];
+const BATCHES: [usize; 3] = [1, 64, 1024];
+
+fn bench(c: &mut Criterion) {
+    for cell in ["lstm", "gru"] {
+        let mut group = c.benchmark_group(format!("{cell}_step"));
+        group.warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(2));
+        group.sample_size(20);
+        for hidden in HIDDENS {
+            let model = ModelBuilder::new(INPUT, 7)
+                .recurrent(cell, cell, hidden, 1)
+                .build()
+                .unwrap();
+            for batch in BATCHES {
+                let mut arena = model.new_arena();
+                let slots: Vec<u32> = (0..batch).map(|_| arena.alloc()).collect();
+                let mut input = Packed::default();
+                input.build(INPUT, &vec![1; batch]);
+                let mut rng = SplitMix::new(1);
+                input.data.iter_mut().for_each(|v| *v = rng.normal());
+                let mut ws = Workspace::default();
+                group.throughput(Throughput::Elements(batch as u64));
+                group.bench_with_input(BenchmarkId::new(format!("h{hidden}"), batch), &batch, |b, _| {
+                    b.iter(|| {
+                        let out = model.advance(&mut arena, &slots, &input, &mut ws).unwrap();
+                        black_box(out.data[0]);
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+/// Reads criterion's estimates and prints key-steps/s and GFLOP/s per configuration.
+fn report() {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("criterion");
+    println!("\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (cell, gates) in [("lstm", 4.0), ("gru", 3.0)] {
+        for hidden in HIDDENS {
+            for batch in BATCHES {
+                let f = dir.join(format!("{cell}_step/h{hidden}/{batch}/new/estimates.json"));
+                let Ok(text) = std::fs::read_to_string(&f) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let ns = v["median"]["point_estimate"].as_f64().unwrap();
+                let steps = batch as f64 / (ns * 1e-9);
+                let flops = 2.0 * gates * hidden as f64 * (INPUT + hidden) as f64;
+                println!(
+                    "| {cell} | {hidden} | {batch} | {:.1} us | {:.3} M | {:.1} |",
+                    ns / 1e3,
+                    steps / 1e6,
+                    steps * flops / 1e9
+                );
+            }
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    report();
+}

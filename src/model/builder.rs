@@ -1,0 +1,195 @@
+//! Building models in code: layer by layer, weights initialized the way PyTorch initializes
+//! each module (uniform in `±1/sqrt(fan_in)` for conv and linear, `±1/sqrt(hidden)` for
+//! recurrent layers), with PyTorch's tensor names. Used by benchmarks, data generators and
+//! training; [`ModelBuilder::save`] writes the same model TOML + safetensors a user would.
+
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::config::ModelConfig;
+use super::weights::{Tensor, WeightStore};
+use super::Model;
+use crate::error::{Error, Result};
+
+/// A small deterministic generator (splitmix64), so seeds give the same weights everywhere.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in `[-bound, bound)`.
+    pub fn uniform(&mut self, bound: f32) -> f32 {
+        (self.next_f32() * 2.0 - 1.0) * bound
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.next_f32().max(1e-7);
+        let u2 = self.next_f32();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+/// Accumulates a model TOML and its tensors.
+#[derive(Debug, Clone)]
+pub struct ModelBuilder {
+    input_size: usize,
+    width: usize,
+    layers: String,
+    tensors: Vec<(String, Tensor)>,
+    rng: SplitMix,
+}
+
+impl ModelBuilder {
+    pub fn new(input_size: usize, seed: u64) -> ModelBuilder {
+        ModelBuilder {
+            input_size,
+            width: input_size,
+            layers: String::new(),
+            tensors: Vec::new(),
+            rng: SplitMix::new(seed),
+        }
+    }
+
+    fn tensor(&mut self, name: String, shape: Vec<usize>, bound: f32) {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| self.rng.uniform(bound)).collect();
+        self.tensors.push((name, Tensor { shape, data }));
+    }
+
+    /// `nn.Conv1d(width, out, kernel, stride, dilation)` with the given padding mode.
+    pub fn conv1d(
+        mut self,
+        name: &str,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        padding: &str,
+    ) -> Self {
+        let bound = 1.0 / ((self.width * kernel) as f32).sqrt();
+        self.tensor(format!("{name}.weight"), vec![out, self.width, kernel], bound);
+        self.tensor(format!("{name}.bias"), vec![out], bound);
+        self.layers.push_str(&format!(
+            "\n[[layers]]\ntype = \"conv1d\"\nname = \"{name}\"\nstride = {stride}\ndilation = {dilation}\npadding = \"{padding}\"\n"
+        ));
+        self.width = out;
+        self
+    }
+
+    /// `nn.Linear(width, out)`.
+    pub fn linear(mut self, name: &str, out: usize) -> Self {
+        let bound = 1.0 / (self.width as f32).sqrt();
+        self.tensor(format!("{name}.weight"), vec![out, self.width], bound);
+        self.tensor(format!("{name}.bias"), vec![out], bound);
+        self.layers
+            .push_str(&format!("\n[[layers]]\ntype = \"linear\"\nname = \"{name}\"\n"));
+        self.width = out;
+        self
+    }
+
+    /// An activation (`relu`, `tanh`, `sigmoid`, `identity`, `softmax`) or pooling without weights,
+    /// given as the TOML body after `type = ...`.
+    pub fn plain(mut self, kind: &str, options: &str) -> Self {
+        self.layers
+            .push_str(&format!("\n[[layers]]\ntype = \"{kind}\"\n{options}\n"));
+        self
+    }
+
+    /// `nn.RNN` / `nn.LSTM` / `nn.GRU` (`kind` = `rnn`, `lstm`, `gru`), unidirectional.
+    pub fn recurrent(mut self, kind: &str, name: &str, hidden: usize, num_layers: usize) -> Self {
+        let gates = match kind {
+            "lstm" => 4,
+            "gru" => 3,
+            _ => 1,
+        };
+        let bound = 1.0 / (hidden as f32).sqrt();
+        for l in 0..num_layers {
+            let in_w = if l == 0 { self.width } else { hidden };
+            self.tensor(
+                format!("{name}.weight_ih_l{l}"),
+                vec![gates * hidden, in_w],
+                bound,
+            );
+            self.tensor(
+                format!("{name}.weight_hh_l{l}"),
+                vec![gates * hidden, hidden],
+                bound,
+            );
+            self.tensor(format!("{name}.bias_ih_l{l}"), vec![gates * hidden], bound);
+            self.tensor(format!("{name}.bias_hh_l{l}"), vec![gates * hidden], bound);
+        }
+        self.layers
+            .push_str(&format!("\n[[layers]]\ntype = \"{kind}\"\nname = \"{name}\"\n"));
+        self.width = hidden;
+        self
+    }
+
+    /// The model file text, naming `weights` as its safetensors file.
+    pub fn toml(&self, weights: &str) -> String {
+        format!(
+            "weights = \"{weights}\"\ninput_size = {}\n{}",
+            self.input_size, self.layers
+        )
+    }
+
+    /// Builds the model in memory.
+    pub fn build(&self) -> Result<Model> {
+        let path = Path::new("<built>.toml");
+        let config = ModelConfig::parse(&self.toml("<built>.safetensors"), path)?;
+        Model::from_parts(config, WeightStore::from_tensors(path, self.tensors.clone()))
+    }
+
+    /// Writes `dir/stem.toml` and `dir/stem.safetensors`, loadable by `Model::load` and by
+    /// PyTorch's `load_state_dict`.
+    pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let weights = dir.join(format!("{stem}.safetensors"));
+        write_safetensors(&weights, &self.tensors)?;
+        let toml = dir.join(format!("{stem}.toml"));
+        std::fs::write(&toml, self.toml(&format!("{stem}.safetensors"))).map_err(|e| Error::io(&toml, e))
+    }
+}
+
+/// Writes f32 tensors as a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            TensorView::new(Dtype::F32, t.shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Output {
+                    path: path.to_path_buf(),
+                    msg: format!("tensor `{name}`: {e}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| Error::Output {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    std::fs::write(path, data).map_err(|e| Error::io(path, e))
+}
