@@ -1,13 +1,16 @@
 //! Command-line parsing and dispatch. `run` takes timely's own flags (`-w`, `-n`, `-p`,
-//! `-h`), so help is `--help` only and the timely config is built here rather than by
-//! timely's parser, which rejects flags it does not know.
+//! `-h`), so help is `--help` only and the timely config is built by the library rather
+//! than by timely's parser, which rejects flags it does not know.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use seqflow::model::summary::Summary;
+use seqflow::pipeline::config::Overrides;
+use seqflow::pipeline::run::{run, RunOptions};
 use seqflow::Model;
 
 #[derive(Parser, Debug)]
@@ -15,7 +18,8 @@ use seqflow::Model;
     name = "seqflow",
     version,
     about = "Run sequence models (CNN, RNN, LSTM, GRU) incrementally over keyed streams",
-    disable_help_flag = true
+    disable_help_flag = true,
+    disable_help_subcommand = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +31,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a pipeline: read the source, run the model per key, write the predictions.
+    #[command(disable_help_flag = true)]
+    Run {
+        /// The pipeline TOML.
+        pipeline: PathBuf,
+        /// Worker threads per process (timely's -w).
+        #[arg(short = 'w', long = "workers", visible_alias = "threads", default_value_t = 1)]
+        workers: usize,
+        /// Number of processes (timely's -n).
+        #[arg(short = 'n', long = "processes", default_value_t = 1)]
+        processes: usize,
+        /// This process's index, 0-based (timely's -p).
+        #[arg(short = 'p', long = "process", default_value_t = 0)]
+        process: usize,
+        /// Hostfile: one host:port per line, one line per process (timely's -h).
+        #[arg(short = 'h', long = "hostfile")]
+        hostfile: Option<PathBuf>,
+        /// Read this file, directory or glob instead of the pipeline's [source] path.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Write here instead of the pipeline's [output] path ("-" for stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Print a model's layers, shapes, parameter count, receptive field and whether it streams.
     Inspect {
         /// The model TOML (its weights file is read too).
@@ -42,6 +70,27 @@ pub fn main() -> anyhow::Result<ExitCode> {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
             print!("{}", Summary(&m));
+        }
+        Command::Run {
+            pipeline,
+            workers,
+            processes,
+            process,
+            hostfile,
+            input,
+            output,
+        } => {
+            let opts = RunOptions {
+                workers,
+                processes,
+                process,
+                hostfile,
+                overrides: Overrides { input, output },
+                progress: std::io::stderr().is_terminal(),
+            };
+            if let Some(report) = run(&pipeline, &opts)? {
+                eprintln!("seqflow: {report}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -41,13 +41,14 @@ macro_rules! multiversion {
     };
 }
 
-/// Below this many rows a plain axpy loop beats faer's packing overhead.
-const SMALL_M: usize = 4;
-
-/// `out[m x n] (+)= a[m x k] * b[k x n]`, all row-major and contiguous.
+/// `out[m x n] = a[m x k] * b[k x n]`, all row-major and contiguous.
 ///
 /// `b` is a weight matrix pre-transposed at load time, so the hot loop never re-arranges it.
-pub fn gemm(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+/// Always faer, always `Accum::Replace`: faer then computes each output row the same way
+/// whatever `m` is (checked by `examples/gemm_invariance.rs`; `Accum::Add` takes another
+/// path at `m = 1`), so a key's results do not depend on which other keys share its batch,
+/// and a pipeline's output is bit-identical for any worker count.
+pub fn gemm(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     debug_assert_eq!(out.len(), m * n);
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), k * n);
@@ -55,37 +56,13 @@ pub fn gemm(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize,
         return;
     }
     if k == 0 {
-        if !accumulate {
-            out.fill(0.0);
-        }
-        return;
-    }
-    if m <= SMALL_M {
-        gemm_small(out, a, b, k, n, accumulate);
+        out.fill(0.0);
         return;
     }
     let dst = MatMut::from_row_major_slice_mut(out, m, n);
     let lhs = MatRef::from_row_major_slice(a, m, k);
     let rhs = MatRef::from_row_major_slice(b, k, n);
-    let beta = if accumulate { Accum::Add } else { Accum::Replace };
-    matmul(dst, beta, lhs, rhs, 1.0f32, Par::Seq);
-}
-
-multiversion! {
-    /// Row-by-row axpy form of a GEMM for a handful of rows: `b` is read row by row,
-    /// contiguously, which is as fast as a packed kernel when there is nothing to reuse.
-    fn gemm_small(out: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize, accumulate: bool) {
-        for (orow, arow) in out.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
-            if !accumulate {
-                orow.fill(0.0);
-            }
-            for (&av, brow) in arow.iter().zip(b.chunks_exact(n)) {
-                for (o, &bv) in orow.iter_mut().zip(brow) {
-                    *o += av * bv;
-                }
-            }
-        }
-    }
+    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
 }
 
 /// Adds `bias` to every row of `rows` (row length = `bias.len()`).
@@ -170,20 +147,23 @@ multiversion! {
 }
 
 multiversion! {
-    /// LSTM cell update for `b` rows: `gates` holds the pre-activations `[i f g o]` per row.
-    pub fn lstm_gates(gates: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
-        for ((g, c), h) in gates
+    /// LSTM cell update for a block of rows: `x` holds `W_ih x + b` and `hp` holds `W_hh h`,
+    /// gates `[i f g o]` per row.
+    pub fn lstm_gates(x: &[f32], hp: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
+        for (((x, hp), c), h) in x
             .chunks_exact(4 * hid)
+            .zip(hp.chunks_exact(4 * hid))
             .zip(c.chunks_exact_mut(hid))
             .zip(h.chunks_exact_mut(hid))
         {
-            let (gi, rest) = g.split_at(hid);
-            let (gf, rest) = rest.split_at(hid);
-            let (gg, go) = rest.split_at(hid);
             for u in 0..hid {
-                let cn = sigmoid(gf[u]) * c[u] + sigmoid(gi[u]) * tanh(gg[u]);
+                let i = sigmoid(x[u] + hp[u]);
+                let f = sigmoid(x[hid + u] + hp[hid + u]);
+                let g = tanh(x[2 * hid + u] + hp[2 * hid + u]);
+                let o = sigmoid(x[3 * hid + u] + hp[3 * hid + u]);
+                let cn = f * c[u] + i * g;
                 c[u] = cn;
-                h[u] = sigmoid(go[u]) * tanh(cn);
+                h[u] = o * tanh(cn);
             }
         }
     }
@@ -203,6 +183,16 @@ multiversion! {
                 let n = tanh(x[2 * hid + u] + r * (hp[2 * hid + u] + b_hn[u]));
                 h[u] = (1.0 - z) * n + z * h[u];
             }
+        }
+    }
+}
+
+multiversion! {
+    /// RNN cell update: `h = act(x + hp)`, `x` = `W_ih x + b`, `hp` = `W_hh h`.
+    pub fn rnn_gates(x: &[f32], hp: &[f32], h: &mut [f32], relu: bool) {
+        for ((h, &x), &hp) in h.iter_mut().zip(x).zip(hp) {
+            let v = x + hp;
+            *h = if relu { v.max(0.0) } else { tanh(v) };
         }
     }
 }
@@ -251,15 +241,15 @@ mod tests {
     }
 
     #[test]
-    fn gemm_small_and_large_paths_agree_with_naive() {
+    fn gemm_agrees_with_naive() {
         for &(m, k, n) in &[(1, 3, 5), (4, 7, 2), (9, 5, 13), (70, 33, 64)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32) * 0.1 - 0.5).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 13) as f32) * 0.1 - 0.6).collect();
             let mut out = vec![1.0; m * n];
-            gemm(&mut out, &a, &b, m, k, n, true);
+            gemm(&mut out, &a, &b, m, k, n);
             for i in 0..m {
                 for j in 0..n {
-                    let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
+                    let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
                     assert!((out[i * n + j] - want).abs() < 1e-4, "{m}x{k}x{n} at {i},{j}");
                 }
             }

@@ -8,9 +8,15 @@
 //!
 //! See ARCHITECTURE.md for what flows where and the invariants the tests defend.
 
+pub mod dataflow;
 pub mod error;
 pub mod kernels;
+pub mod keyed;
 pub mod model;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod source;
 
 pub use error::{Error, Result};
 pub use model::{Model, Packed, StateArena, Workspace};

@@ -45,7 +45,6 @@ impl Linear {
             rows,
             self.in_features,
             self.out_features,
-            false,
         );
         if let Some(b) = &self.bias {
             kernels::add_bias(&mut out.data, b);

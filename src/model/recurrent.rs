@@ -222,7 +222,7 @@ impl Recurrent {
 
         // Input projection of every step of every key: one GEMM.
         s.pre.resize(rows * gh, 0.0);
-        kernels::gemm(&mut s.pre, &src.data, &cell.w_ih_t, rows, cell.in_w, gh, false);
+        kernels::gemm(&mut s.pre, &src.data, &cell.w_ih_t, rows, cell.in_w, gh);
         kernels::add_bias(&mut s.pre, &cell.bias_x);
 
         // Gather state: once per call, not per step.
@@ -249,18 +249,13 @@ impl Recurrent {
             let w = if d == 0 { step } else { waves - 1 - step };
             let b = layout.batch_sizes[w] as usize;
             let r0 = layout.offsets[w];
-            let gates = &mut s.pre[r0 * gh..(r0 + b) * gh];
+            let x = &s.pre[r0 * gh..(r0 + b) * gh];
+            s.gh.resize(b * gh, 0.0);
+            let hp = &mut s.gh[..b * gh];
+            kernels::gemm(hp, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh);
             match self.cell {
-                CellKind::Rnn(nl) => {
-                    kernels::gemm(gates, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, true);
-                    match nl {
-                        Nonlinearity::Tanh => kernels::tanh_inplace(gates),
-                        Nonlinearity::Relu => kernels::relu_inplace(gates),
-                    }
-                    s.h[..b * hid].copy_from_slice(gates);
-                }
+                CellKind::Rnn(nl) => kernels::rnn_gates(x, hp, &mut s.h[..b * hid], nl == Nonlinearity::Relu),
                 CellKind::Lstm => {
-                    kernels::gemm(gates, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, true);
                     let hdst = match cell.w_hr_t {
                         Some(_) => {
                             s.hraw.resize(b * hid, 0.0);
@@ -268,25 +263,12 @@ impl Recurrent {
                         }
                         None => &mut s.h[..b * hid],
                     };
-                    kernels::lstm_gates(gates, &mut s.c[..b * hid], hdst, hid);
+                    kernels::lstm_gates(x, hp, &mut s.c[..b * hid], hdst, hid);
                     if let Some(w_hr_t) = &cell.w_hr_t {
-                        kernels::gemm(
-                            &mut s.h[..b * hout],
-                            &s.hraw[..b * hid],
-                            w_hr_t,
-                            b,
-                            hid,
-                            hout,
-                            false,
-                        );
+                        kernels::gemm(&mut s.h[..b * hout], &s.hraw[..b * hid], w_hr_t, b, hid, hout);
                     }
                 }
-                CellKind::Gru => {
-                    s.gh.resize(b * gh, 0.0);
-                    let ghb = &mut s.gh[..b * gh];
-                    kernels::gemm(ghb, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh, false);
-                    kernels::gru_gates(gates, ghb, &cell.b_hn, &mut s.h[..b * hid], hid);
-                }
+                CellKind::Gru => kernels::gru_gates(x, hp, &cell.b_hn, &mut s.h[..b * hid], hid),
             }
             for i in 0..b {
                 let r = r0 + i;

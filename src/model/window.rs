@@ -255,7 +255,6 @@ impl Conv1d {
             rows,
             self.kernel * self.in_ch,
             self.out_ch,
-            false,
         );
         if let Some(b) = &self.bias {
             kernels::add_bias(&mut out.data, b);

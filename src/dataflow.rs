@@ -1,0 +1,198 @@
+//! The timely operators of a pipeline, as extension traits on streams:
+//!
+//! ```text
+//! input: (dest worker, SourceMsg) --exchange by dest--> keyed_model --exchange to 0--> sink_predictions
+//! ```
+//!
+//! Timestamps are coarse epochs (a record batch of a file, a few milliseconds of live input),
+//! never event times. The keyed operator stashes each epoch's batches and processes them when
+//! the input frontier has passed the epoch; steps of one key inside an epoch are ordered by
+//! the processor (timely does not order records within a timestamp).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::keyed::KeyedProcessor;
+use crate::record::{SinkMsg, SourceMsg, StepBatch};
+
+/// Records entering the dataflow: the destination worker (already a well-mixed hash of the
+/// key, reduced modulo the worker count) and the message.
+pub type Routed = (u64, SourceMsg);
+
+/// Records leaving the keyed operator for the sink on worker 0.
+pub type ToSink = (u64, SinkMsg);
+
+/// Runs the model per key: `stream.keyed_model(processor)`.
+pub trait KeyedModel<'scope> {
+    /// Exchanges records to the worker owning their key, advances every key with steps in a
+    /// completed epoch (see [`KeyedProcessor::process_epoch`]) and emits predictions,
+    /// rejects and, when the input ends, the worker's counters.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use timely::dataflow::operators::{Input, Probe};
+    /// use timely::dataflow::operators::Inspect;
+    /// use seqflow::dataflow::KeyedModel;
+    /// use seqflow::keyed::KeyedProcessor;
+    /// use seqflow::model::builder::ModelBuilder;
+    /// use seqflow::pipeline::config::{Emit, NanPolicy};
+    /// use seqflow::record::{KeyColumn, KeyRef, SinkMsg, SourceMsg, StepBatch};
+    ///
+    /// let model = Arc::new(ModelBuilder::new(2, 1).recurrent("gru", "gru", 4, 1).build().unwrap());
+    /// timely::execute_directly(move |worker| {
+    ///     let processor = KeyedProcessor::new(model.clone(), Emit::EveryStep, NanPolicy::Error, true);
+    ///     let mut input = timely::dataflow::InputHandleVec::new();
+    ///     let predictions = std::rc::Rc::new(std::cell::Cell::new(0));
+    ///     let seen = predictions.clone();
+    ///     worker.dataflow::<u64, _, _>(|scope| {
+    ///         scope
+    ///             .input_from(&mut input)
+    ///             .keyed_model(processor)
+    ///             .inspect(move |(_, msg): &(u64, SinkMsg)| {
+    ///                 if let SinkMsg::Rows(b) = msg {
+    ///                     seen.set(seen.get() + b.len());
+    ///                 }
+    ///             });
+    ///     });
+    ///     // Two steps of key 7 in epoch 0: two predictions once the epoch completes.
+    ///     let mut batch = StepBatch::new(0, KeyColumn::Int(vec![]));
+    ///     for (row, t) in [(0u64, 10i64), (1, 11)] {
+    ///         batch.rows.push(row);
+    ///         batch.keys.push(KeyRef::Int(7));
+    ///         batch.times.push(t);
+    ///         batch.features.extend([0.5, -0.5]);
+    ///     }
+    ///     input.send((0, SourceMsg::Steps(batch)));
+    ///     input.close();
+    ///     while worker.step() {}
+    ///     assert_eq!(predictions.get(), 2);
+    /// });
+    /// ```
+    fn keyed_model(self, processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink>;
+}
+
+impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Routed> {
+    fn keyed_model(self, mut processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink> {
+        self.unary_frontier::<CapacityContainerBuilder<Vec<ToSink>>, _, _, _>(
+            Exchange::new(|r: &Routed| r.0),
+            "KeyedModel",
+            move |default_cap, _info| {
+                // Held at the input frontier to emit the final counters, then dropped.
+                let mut final_cap: Option<Capability<u64>> = Some(default_cap);
+                let mut stash: BTreeMap<u64, (Capability<u64>, Vec<StepBatch>)> = BTreeMap::new();
+                let mut passthrough: Vec<SinkMsg> = Vec::new();
+                let mut out: Vec<SinkMsg> = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        let entry = stash.entry(time).or_insert_with(|| {
+                            (cap.retain_least(output.output_index()).expect("time"), Vec::new())
+                        });
+                        for container in data {
+                            for (_, msg) in container.drain(..) {
+                                match msg {
+                                    SourceMsg::Steps(b) => entry.1.push(b),
+                                    SourceMsg::Rejects(r) => passthrough.push(SinkMsg::Rejects(r)),
+                                    SourceMsg::Stats(s) => passthrough.push(SinkMsg::Stats(s)),
+                                    SourceMsg::Failed(e) => passthrough.push(SinkMsg::Failed(e)),
+                                }
+                            }
+                        }
+                        if !passthrough.is_empty() {
+                            let mut session = output.session(&entry.0);
+                            for m in passthrough.drain(..) {
+                                session.give((0, m));
+                            }
+                        }
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let (cap, batches) = entry.remove();
+                        let refs: Vec<&StepBatch> = batches.iter().collect();
+                        processor.process_epoch(&refs, &mut out);
+                        let mut session = output.session(&cap);
+                        for m in out.drain(..) {
+                            session.give((0, m));
+                        }
+                    }
+                    if let Some(cap) = final_cap.as_mut() {
+                        match frontier.frontier().as_option() {
+                            Some(t) => cap.downgrade(t),
+                            None => {
+                                processor.finish(&mut out);
+                                let mut session = output.session(&*cap);
+                                for m in out.drain(..) {
+                                    session.give((0, m));
+                                }
+                                drop(session);
+                                final_cap = None;
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// What the sink operator does with messages on worker 0.
+pub trait SinkHandler {
+    /// One epoch's messages (predictions, rejects, counters).
+    fn handle(&mut self, msg: SinkMsg);
+    /// The input frontier passed an epoch (live runs flush here).
+    fn epoch_done(&mut self) {}
+    /// The input ended.
+    fn finish(&mut self) {}
+}
+
+/// Collects everything at worker 0: `stream.sink_predictions(handler)`.
+pub trait SinkPredictions<'scope> {
+    /// Routes every message to worker 0 and hands it to `handler`; the returned stream
+    /// carries no data and exists to be probed (its frontier says what the sink has seen).
+    fn sink_predictions<H: SinkHandler + 'static>(
+        self,
+        handler: Rc<RefCell<H>>,
+    ) -> StreamVec<'scope, u64, ()>;
+}
+
+impl<'scope> SinkPredictions<'scope> for StreamVec<'scope, u64, ToSink> {
+    fn sink_predictions<H: SinkHandler + 'static>(
+        self,
+        handler: Rc<RefCell<H>>,
+    ) -> StreamVec<'scope, u64, ()> {
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &ToSink| 0),
+            "SinkPredictions",
+            move |_cap, _info| {
+                let mut finished = false;
+                let mut last_frontier: Option<u64> = None;
+                move |(input, frontier), _output| {
+                    let mut h = handler.borrow_mut();
+                    input.for_each(|_cap, data| {
+                        for (_, msg) in data.drain(..) {
+                            h.handle(msg);
+                        }
+                    });
+                    let now = frontier.frontier().as_option().copied();
+                    if now != last_frontier {
+                        last_frontier = now;
+                        h.epoch_done();
+                    }
+                    if now.is_none() && !finished {
+                        finished = true;
+                        h.finish();
+                    }
+                }
+            },
+        )
+    }
+}

@@ -1,0 +1,300 @@
+//! The records that flow through the dataflow. They are columnar batches, not rows: a
+//! source converts an Arrow record batch into one [`StepBatch`] per destination worker, and
+//! the keyed operator sends [`OutBatch`]es to the sink. Batches keep timely's per-record
+//! overhead and the serialization between processes proportional to batches, not rows.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+/// A column of keys: integers, or strings stored Arrow-style (one buffer plus offsets), so
+/// building a batch does not allocate per row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeyColumn {
+    Int(Vec<i64>),
+    Str { offsets: Vec<u32>, bytes: String },
+}
+
+/// A borrowed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyRef<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+/// An owned key, as held in a worker's key map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Key {
+    Int(i64),
+    Str(Box<str>),
+}
+
+impl Key {
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Int(i) => KeyRef::Int(*i),
+            Key::Str(s) => KeyRef::Str(s),
+        }
+    }
+}
+
+impl KeyRef<'_> {
+    pub fn to_owned(self) -> Key {
+        match self {
+            KeyRef::Int(i) => Key::Int(i),
+            KeyRef::Str(s) => Key::Str(s.into()),
+        }
+    }
+
+    /// A well-mixed 64-bit hash; timely routes by `hash & (peers - 1)` for power-of-two
+    /// peer counts, so the low bits must depend on every bit of the key.
+    pub fn route_hash(self) -> u64 {
+        let raw = match self {
+            KeyRef::Int(i) => i as u64,
+            KeyRef::Str(s) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                s.hash(&mut h);
+                h.finish()
+            }
+        };
+        mix64(raw)
+    }
+}
+
+impl fmt::Display for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::Int(i) => write!(f, "{i}"),
+            KeyRef::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// The finalizer of splitmix64: a bijection that spreads every input bit over the output.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl KeyColumn {
+    pub fn new_like(&self) -> KeyColumn {
+        match self {
+            KeyColumn::Int(_) => KeyColumn::Int(Vec::new()),
+            KeyColumn::Str { .. } => KeyColumn::Str {
+                offsets: vec![0],
+                bytes: String::new(),
+            },
+        }
+    }
+
+    pub fn empty_str() -> KeyColumn {
+        KeyColumn::Str {
+            offsets: vec![0],
+            bytes: String::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            KeyColumn::Int(v) => v.len(),
+            KeyColumn::Str { offsets, .. } => offsets.len() - 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> KeyRef<'_> {
+        match self {
+            KeyColumn::Int(v) => KeyRef::Int(v[i]),
+            KeyColumn::Str { offsets, bytes } => {
+                KeyRef::Str(&bytes[offsets[i] as usize..offsets[i + 1] as usize])
+            }
+        }
+    }
+
+    /// Appends a key; panics if the kinds differ (a batch has one key type).
+    #[inline]
+    pub fn push(&mut self, k: KeyRef<'_>) {
+        match (self, k) {
+            (KeyColumn::Int(v), KeyRef::Int(i)) => v.push(i),
+            (KeyColumn::Str { offsets, bytes }, KeyRef::Str(s)) => {
+                bytes.push_str(s);
+                offsets.push(bytes.len() as u32);
+            }
+            _ => panic!("key kind mismatch within one batch"),
+        }
+    }
+}
+
+/// Input steps bound for one worker, from one unit of input (a file's row-group batch, a
+/// slice of a live stream). Rows are in the unit's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepBatch {
+    /// Index of the source (file) in the plan, for messages.
+    pub source: u32,
+    /// Row number (in the source) of each row, for messages and the rejects file; also the
+    /// tie-break that makes the order of equal-time steps deterministic.
+    pub rows: Vec<u64>,
+    pub keys: KeyColumn,
+    pub times: Vec<i64>,
+    /// `rows.len() x width` features, already normalized.
+    pub features: Vec<f32>,
+    /// Live sources: arrival instant of each row in microseconds since the run started
+    /// (for latency accounting); empty for files.
+    pub arrivals: Vec<u64>,
+}
+
+impl StepBatch {
+    pub fn new(source: u32, keys: KeyColumn) -> StepBatch {
+        StepBatch {
+            source,
+            rows: Vec::new(),
+            keys,
+            times: Vec::new(),
+            features: Vec::new(),
+            arrivals: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
+/// Why a step was not processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// Its time is before the key's last processed step.
+    Late,
+    /// Its time equals the key's last processed step.
+    Duplicate,
+    /// A feature was NaN or infinite and the policy skips such steps.
+    NonFinite,
+    /// A live line could not be parsed.
+    Malformed,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Late => "late",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::NonFinite => "non_finite",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// One rejected step, reported in the summary and written to the rejects file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub source: u32,
+    pub row: u64,
+    pub key: Option<Key>,
+    pub time: Option<i64>,
+    /// For late and duplicate steps: the key's last processed time.
+    pub last_time: Option<i64>,
+    /// Free text (the parse error of a malformed line).
+    pub detail: String,
+}
+
+/// Predictions bound for the sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutBatch {
+    pub keys: KeyColumn,
+    pub times: Vec<i64>,
+    /// `times.len() x width`.
+    pub values: Vec<f32>,
+    pub width: usize,
+    /// Live sources: arrival of the input step that completed each row (us since start).
+    pub arrivals: Vec<u64>,
+}
+
+impl OutBatch {
+    pub fn new(keys: KeyColumn, width: usize) -> OutBatch {
+        OutBatch {
+            keys,
+            times: Vec::new(),
+            values: Vec::new(),
+            width,
+            arrivals: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
+/// Counters of one worker, summed at the sink for the final summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub rows_read: u64,
+    pub steps_processed: u64,
+    pub outputs: u64,
+    pub keys: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub non_finite: u64,
+    pub malformed: u64,
+    /// Bytes of model state held for keys (arena) at the end.
+    pub state_bytes: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.rows_read += o.rows_read;
+        self.steps_processed += o.steps_processed;
+        self.outputs += o.outputs;
+        self.keys += o.keys;
+        self.late += o.late;
+        self.duplicate += o.duplicate;
+        self.non_finite += o.non_finite;
+        self.malformed += o.malformed;
+        self.state_bytes += o.state_bytes;
+    }
+
+    pub fn count_reject(&mut self, r: RejectReason) {
+        match r {
+            RejectReason::Late => self.late += 1,
+            RejectReason::Duplicate => self.duplicate += 1,
+            RejectReason::NonFinite => self.non_finite += 1,
+            RejectReason::Malformed => self.malformed += 1,
+        }
+    }
+}
+
+/// What the keyed operator sends to the sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SinkMsg {
+    Rows(OutBatch),
+    Rejects(Vec<Reject>),
+    Stats(Stats),
+    /// A worker failed (bad input); the run fails and its output is discarded.
+    Failed(String),
+}
+
+/// What the sources send to the keyed operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SourceMsg {
+    Steps(StepBatch),
+    Rejects(Vec<Reject>),
+    /// A source worker's counters, sent once when it finishes.
+    Stats(Stats),
+    /// The source failed with this message; forwarded to the sink so every process learns it.
+    Failed(String),
+}

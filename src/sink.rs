@@ -1,0 +1,262 @@
+//! Output: predictions as Parquet (written incrementally in row groups), CSV or JSON lines,
+//! to a file or stdout; and the rejects file (JSON lines).
+//!
+//! Output rows are: the key column (same name and Arrow type as the input), the time column
+//! (same name and type), then one Float32 column per model output. One file is written, by
+//! worker 0 of process 0, whatever the worker count. Batch runs write to `PATH.partial` and
+//! rename it into place only when the whole run succeeded, so a failed run never leaves a
+//! file that looks complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+use crate::pipeline::config::{OutputConfig, OutputFormat};
+use crate::record::{KeyColumn, OutBatch, Reject};
+
+/// Names and types of the output columns.
+#[derive(Debug, Clone)]
+pub struct OutputSchema {
+    pub key_name: String,
+    pub key_type: DataType,
+    pub time_name: String,
+    pub time_type: DataType,
+    pub names: Vec<String>,
+}
+
+impl OutputSchema {
+    pub fn arrow(&self) -> SchemaRef {
+        let mut fields = vec![
+            Field::new(&self.key_name, self.key_type.clone(), false),
+            Field::new(&self.time_name, self.time_type.clone(), false),
+        ];
+        fields.extend(self.names.iter().map(|n| Field::new(n, DataType::Float32, false)));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+enum Writer {
+    Parquet(Box<ArrowWriter<File>>),
+    Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
+    Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
+}
+
+/// The prediction writer.
+pub struct Sink {
+    schema: OutputSchema,
+    arrow_schema: SchemaRef,
+    writer: Option<Writer>,
+    /// Where rows go while the run is in progress, and the final path.
+    partial: Option<(PathBuf, PathBuf)>,
+    display: PathBuf,
+    pub rows: u64,
+}
+
+fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Output {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+impl Sink {
+    /// Opens the output. `atomic`: write to `PATH.partial`, renamed by [`Sink::commit`].
+    pub fn create(cfg: &OutputConfig, schema: OutputSchema, atomic: bool) -> Result<Sink> {
+        let arrow_schema = schema.arrow();
+        let display = cfg.path.clone().unwrap_or_else(|| PathBuf::from("-"));
+        // Where bytes go now (None = stdout), and the final name if that is a partial file.
+        let (target, partial) = match &cfg.path {
+            None => (None, None),
+            Some(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                }
+                if atomic {
+                    let mut s = p.clone().into_os_string();
+                    s.push(".partial");
+                    let tmp = PathBuf::from(s);
+                    (Some(tmp.clone()), Some((tmp, p.clone())))
+                } else {
+                    (Some(p.clone()), None)
+                }
+            }
+        };
+        let create = |p: &PathBuf| File::create(p).map_err(|e| Error::io(p, e));
+        let writer = match (cfg.format, &target) {
+            (OutputFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
+            (OutputFormat::Parquet, Some(p)) => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .set_max_row_group_row_count(Some(cfg.row_group_rows))
+                    .build();
+                let w = ArrowWriter::try_new(create(p)?, arrow_schema.clone(), Some(props))
+                    .map_err(|e| out_err(p, e))?;
+                Writer::Parquet(Box::new(w))
+            }
+            (OutputFormat::Csv, t) => {
+                // Unbuffered: arrow's CSV writer pushes every batch through to it anyway.
+                let raw: Box<dyn Write + Send> = match t {
+                    Some(p) => Box::new(create(p)?),
+                    None => Box::new(std::io::stdout()),
+                };
+                Writer::Csv(Box::new(arrow::csv::WriterBuilder::new().with_header(true).build(raw)))
+            }
+            (OutputFormat::Jsonl, t) => {
+                let raw: Box<dyn Write + Send> = match t {
+                    Some(p) => Box::new(BufWriter::with_capacity(1 << 20, create(p)?)),
+                    None => Box::new(BufWriter::new(std::io::stdout())),
+                };
+                Writer::Json(arrow::json::LineDelimitedWriter::new(raw))
+            }
+        };
+        Ok(Sink {
+            schema,
+            arrow_schema,
+            writer: Some(writer),
+            partial,
+            display,
+            rows: 0,
+        })
+    }
+
+    /// The path users see in messages (`-` for stdout).
+    pub fn path(&self) -> &Path {
+        &self.display
+    }
+
+    /// Converts predictions to an Arrow batch with the output schema.
+    pub fn to_record_batch(&self, b: &OutBatch) -> Result<RecordBatch> {
+        let err = |e: arrow::error::ArrowError| out_err(&self.display, e);
+        let keys: ArrayRef = match &b.keys {
+            KeyColumn::Int(v) => Arc::new(Int64Array::from(v.clone())),
+            KeyColumn::Str { offsets, bytes } => Arc::new(StringArray::from_iter_values(
+                offsets.windows(2).map(|w| &bytes[w[0] as usize..w[1] as usize]),
+            )),
+        };
+        let keys = cast(&keys, &self.schema.key_type).map_err(err)?;
+        let times: ArrayRef = Arc::new(Int64Array::from(b.times.clone()));
+        let times = match &self.schema.time_type {
+            DataType::Date32 => {
+                cast(&cast(&times, &DataType::Int32).map_err(err)?, &DataType::Date32).map_err(err)?
+            }
+            t => cast(&times, t).map_err(err)?,
+        };
+        let mut cols = vec![keys, times];
+        let n = b.len();
+        for j in 0..b.width {
+            let col: Float32Array = (0..n).map(|i| b.values[i * b.width + j]).collect();
+            cols.push(Arc::new(col));
+        }
+        RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(err)
+    }
+
+    /// Appends predictions.
+    pub fn write(&mut self, b: &OutBatch) -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let rb = self.to_record_batch(b)?;
+        let path = self.display.clone();
+        match self.writer.as_mut().expect("sink is open") {
+            Writer::Parquet(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            Writer::Csv(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            Writer::Json(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+        }
+        self.rows += b.len() as u64;
+        Ok(())
+    }
+
+    /// Pushes buffered rows to the file or terminal (live runs call this every epoch).
+    /// Parquet rows are flushed as a row group.
+    pub fn flush(&mut self) -> Result<()> {
+        let path = self.display.clone();
+        match self.writer.as_mut().expect("sink is open") {
+            Writer::Parquet(w) => w.flush().map_err(|e| out_err(&path, e)),
+            // arrow's CSV writer pushes each batch through to its (unbuffered) writer.
+            Writer::Csv(_) => Ok(()),
+            Writer::Json(w) => w.get_mut().flush().map_err(|e| Error::io(&path, e)),
+        }
+    }
+
+    /// Closes the file (Parquet footer written). A partial file stays partial until
+    /// [`Sink::commit`].
+    pub fn close(&mut self) -> Result<()> {
+        let path = self.display.clone();
+        match self.writer.take() {
+            None => Ok(()),
+            Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| out_err(&path, e)),
+            Some(Writer::Csv(w)) => w.into_inner().flush().map_err(|e| Error::io(&path, e)),
+            Some(Writer::Json(mut w)) => {
+                w.finish().map_err(|e| out_err(&path, e))?;
+                w.into_inner().flush().map_err(|e| Error::io(&path, e))
+            }
+        }
+    }
+
+    /// Where a closed partial file is, and where it belongs (for the driver to commit or
+    /// discard once the whole run is known to have succeeded).
+    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
+        self.partial.clone()
+    }
+}
+
+/// Renames a completed partial output into place.
+pub fn commit(partial: &(PathBuf, PathBuf)) -> Result<()> {
+    std::fs::rename(&partial.0, &partial.1).map_err(|e| Error::io(&partial.1, e))
+}
+
+/// The rejects file: one JSON object per rejected step.
+pub struct RejectsWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    pub count: u64,
+}
+
+impl RejectsWriter {
+    pub fn create(path: &Path) -> Result<RejectsWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let f = File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(RejectsWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+            count: 0,
+        })
+    }
+
+    /// Writes one reject; `source_name` names the file or connection it came from, and
+    /// `place` the row or line.
+    pub fn write(&mut self, r: &Reject, source_name: &str, place: &str) -> Result<()> {
+        let key = match &r.key {
+            Some(crate::record::Key::Int(i)) => serde_json::Value::from(*i),
+            Some(crate::record::Key::Str(s)) => serde_json::Value::from(&**s),
+            None => serde_json::Value::Null,
+        };
+        let v = serde_json::json!({
+            "reason": r.reason.as_str(),
+            "source": source_name,
+            "at": place,
+            "key": key,
+            "time": r.time,
+            "last_time": r.last_time,
+            "detail": r.detail,
+        });
+        writeln!(self.out, "{v}").map_err(|e| Error::io(&self.path, e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
