@@ -24,7 +24,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use seqflow::model::builder::SplitMix;
 
-const CHANNELS: [&str; 8] = ["temp", "vib_x", "vib_y", "current", "pressure", "humidity", "rpm", "power"];
+const CHANNELS: [&str; 8] = [
+    "temp", "vib_x", "vib_y", "current", "pressure", "humidity", "rpm", "power",
+];
 const KINDS: [&str; 4] = ["spike", "stuck", "vibration", "overheat"];
 const START_MS: i64 = 1_700_000_000_000;
 
@@ -58,7 +60,10 @@ fn parse_args() -> Args {
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
-        let num = |s: &str| -> f64 { s.parse().unwrap_or_else(|_| die(&format!("{} needs a number, got {s:?}", args[i]))) };
+        let num = |s: &str| -> f64 {
+            s.parse()
+                .unwrap_or_else(|_| die(&format!("{} needs a number, got {s:?}", args[i])))
+        };
         match args[i].as_str() {
             "--sensors" => a.sensors = num(&v) as usize,
             "--days" => a.days = num(&v),
@@ -71,7 +76,15 @@ fn parse_args() -> Args {
             "--anomalies-per-day" => a.anomalies_per_day = num(&v),
             "--out" => a.out = PathBuf::from(v),
             "--help" | "-h" => {
-                println!("{}", include_str!("gen_sensors.rs").lines().take(15).map(|l| l.trim_start_matches("//!")).collect::<Vec<_>>().join("\n"));
+                println!(
+                    "{}",
+                    include_str!("gen_sensors.rs")
+                        .lines()
+                        .take(15)
+                        .map(|l| l.trim_start_matches("//!"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 std::process::exit(0);
             }
             other => die(&format!("unknown flag {other}; see --help")),
@@ -113,7 +126,9 @@ fn machines(a: &Args, steps: u64, rng: &mut SplitMix) -> Vec<Machine> {
             let mut anomalies = Vec::new();
             let expected = a.anomalies_per_day * a.days;
             // Poisson-ish count by thinning.
-            let n = (0..(expected * 4.0).ceil() as usize).filter(|_| rng.next_f32() < 0.25).count();
+            let n = (0..(expected * 4.0).ceil() as usize)
+                .filter(|_| rng.next_f32() < 0.25)
+                .count();
             for _ in 0..n {
                 let kind = (rng.next_u64() % 4) as usize;
                 let len = match kind {
@@ -268,7 +283,9 @@ fn main() {
     let paths: Vec<PathBuf> = if a.files == 1 {
         vec![a.out.clone()]
     } else {
-        (0..a.files).map(|f| a.out.join(format!("part-{f:03}.parquet"))).collect()
+        (0..a.files)
+            .map(|f| a.out.join(format!("part-{f:03}.parquet")))
+            .collect()
     };
     let steps_per_file = steps.div_ceil(a.files as u64);
     let mut live = vec![Live::default(); ms.len()];
@@ -295,7 +312,11 @@ fn main() {
                 }
             }
             let ts = START_MS + (step * a.interval_s * 1000) as i64 + m.offset_ms;
-            let copies = if rng.next_f32() < a.duplicates as f32 { 2 } else { 1 };
+            let copies = if rng.next_f32() < a.duplicates as f32 {
+                2
+            } else {
+                1
+            };
             dups += copies - 1;
             for _ in 0..copies {
                 cols.ids.push(m.id.clone());

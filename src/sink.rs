@@ -108,7 +108,9 @@ impl Sink {
                     Some(p) => Box::new(create(p)?),
                     None => Box::new(std::io::stdout()),
                 };
-                Writer::Csv(Box::new(arrow::csv::WriterBuilder::new().with_header(true).build(raw)))
+                Writer::Csv(Box::new(
+                    arrow::csv::WriterBuilder::new().with_header(true).build(raw),
+                ))
             }
             (OutputFormat::Jsonl, t) => {
                 let raw: Box<dyn Write + Send> = match t {

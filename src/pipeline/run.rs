@@ -221,7 +221,6 @@ struct Collected {
     stats: Stats,
     failed: Vec<String>,
     error: Option<String>,
-    partial: Option<(PathBuf, PathBuf)>,
     rejects: Option<u64>,
 }
 
@@ -266,6 +265,11 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         None
     };
     let output_path = cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("-"));
+    // Known here, so a failure on any worker can discard it.
+    let partial = sink_side
+        .as_ref()
+        .and_then(|s| s.sink.as_ref())
+        .and_then(Sink::partial);
     let rejects_path = cfg.source.rejects.clone();
     let sink_slot = Arc::new(Mutex::new(sink_side));
     let progress = progress_bar(opts, &plan);
@@ -350,7 +354,6 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
                     stats: std::mem::take(&mut s.stats),
                     failed: std::mem::take(&mut s.failed),
                     error: s.error.take().map(|e| e.to_string()),
-                    partial: s.sink.as_ref().and_then(Sink::partial),
                     rejects: s.rejects.as_ref().map(|w| w.count),
                 }
             }))
@@ -374,21 +377,18 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
     }
     progress.finish_and_clear();
     let elapsed = start.elapsed();
-    let Some(c) = collected else {
-        // Not process 0: worker 0's process commits the output.
-        return match first_error {
-            Some(e) => Err(Error::Runtime(e)),
-            None => Ok(None),
-        };
-    };
-    let error = first_error.or(c.error).or_else(|| c.failed.first().cloned());
+    let error = first_error
+        .or_else(|| collected.as_ref().and_then(|c| c.error.clone()))
+        .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()));
     if let Some(e) = error {
-        if let Some((partial, _)) = &c.partial {
-            let _ = std::fs::remove_file(partial);
+        if let Some((tmp, _)) = &partial {
+            let _ = std::fs::remove_file(tmp);
         }
         return Err(Error::Runtime(e));
     }
-    if let Some(p) = &c.partial {
+    // Only process 0 (worker 0) collects; the others are done.
+    let Some(c) = collected else { return Ok(None) };
+    if let Some(p) = &partial {
         commit(p)?;
     }
     Ok(Some(RunReport {

@@ -1,0 +1,181 @@
+//! Helpers for tests that run the real `seqflow` binary on real files.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use seqflow::model::builder::ModelBuilder;
+use seqflow::Model;
+
+/// One input row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub key: String,
+    pub time: i64,
+    pub feats: Vec<f32>,
+}
+
+/// Writes rows as Parquet with string keys, int64 times and float32 features `f0..`.
+pub fn write_parquet(path: &Path, rows: &[Row], row_group_rows: usize) {
+    let width = rows.first().map_or(2, |r| r.feats.len());
+    let mut fields = vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("t", DataType::Int64, false),
+    ];
+    fields.extend((0..width).map(|j| Field::new(format!("f{j}"), DataType::Float32, true)));
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.key.as_str()))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.time))),
+    ];
+    for j in 0..width {
+        cols.push(Arc::new(Float32Array::from_iter_values(
+            rows.iter().map(|r| r.feats[j]),
+        )));
+    }
+    let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Saves a model built in code as `dir/m.toml` + `dir/m.safetensors` and loads it back.
+pub fn save_model(dir: &Path, b: &ModelBuilder) -> (PathBuf, Model) {
+    b.save(dir, "m").unwrap();
+    let p = dir.join("m.toml");
+    let m = Model::load(&p).unwrap();
+    (p, m)
+}
+
+/// A causal CNN -> LSTM -> linear model with `input` features and 2 outputs.
+pub fn causal_model(input: usize) -> ModelBuilder {
+    ModelBuilder::new(input, 11)
+        .conv1d("conv", 5, 3, 1, 2, "causal")
+        .plain("relu", "")
+        .recurrent("lstm", "lstm", 8, 2)
+        .linear("head", 2)
+}
+
+/// Writes a pipeline file in `dir`.
+pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs the seqflow binary.
+pub fn seqflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success, returning stderr (the summary).
+pub fn run_ok(args: &[&str]) -> String {
+    let o = seqflow(args);
+    assert!(o.status.success(), "seqflow {args:?} failed:\n{}", stderr(&o));
+    stderr(&o)
+}
+
+/// Reads a CSV output (key, time, values...) into key -> time -> values.
+pub fn read_csv(path: &Path) -> BTreeMap<String, BTreeMap<i64, Vec<f32>>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out: BTreeMap<String, BTreeMap<i64, Vec<f32>>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let mut parts = line.split(',');
+        let key = parts.next().unwrap().to_string();
+        let time: i64 = parts.next().unwrap().parse().unwrap();
+        let vals: Vec<f32> = parts.map(|v| v.parse().unwrap()).collect();
+        let prev = out.entry(key).or_default().insert(time, vals);
+        assert!(prev.is_none(), "duplicate output row in {}", path.display());
+    }
+    out
+}
+
+/// Sorted lines of a text file (row order is not part of the contract).
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts two key -> time -> values maps agree within `tol`.
+pub fn assert_close(
+    got: &BTreeMap<String, BTreeMap<i64, Vec<f32>>>,
+    want: &BTreeMap<String, BTreeMap<i64, Vec<f32>>>,
+    tol: f32,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "keys with output differ"
+    );
+    for (k, w) in want {
+        let g = &got[k];
+        assert_eq!(
+            g.keys().collect::<Vec<_>>(),
+            w.keys().collect::<Vec<_>>(),
+            "key {k}: output times differ"
+        );
+        for (t, wv) in w {
+            let gv = &g[t];
+            let d = gv
+                .iter()
+                .zip(wv)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d <= tol, "key {k} time {t}: {gv:?} vs {wv:?} (|diff| {d:e})");
+        }
+    }
+}
+
+/// Offline reference: each key's whole sequence (in time order) through `Model::forward`,
+/// outputs keyed by the time of the step that completed them.
+pub fn offline_every_step(model: &Model, rows: &[Row]) -> BTreeMap<String, BTreeMap<i64, Vec<f32>>> {
+    let mut by_key: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by_key.entry(r.key.clone()).or_default().push(r);
+    }
+    let mut out = BTreeMap::new();
+    for (k, mut seq) in by_key {
+        seq.sort_by_key(|r| r.time);
+        let x: Vec<f32> = seq.iter().flat_map(|r| r.feats.iter().copied()).collect();
+        let res = model.forward_sequence(&x, seq.len());
+        let mut m = BTreeMap::new();
+        for (i, &s) in res.steps.iter().enumerate() {
+            m.insert(seq[s as usize].time, res.row(i).to_vec());
+        }
+        if !m.is_empty() {
+            out.insert(k, m);
+        }
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
