@@ -282,8 +282,13 @@ impl PipelineConfig {
         if s.epoch_ms == Some(0) {
             return Err(err("[source] epoch_ms must be at least 1".into()));
         }
+        // `--input x.csv` on a Parquet pipeline means CSV: a known extension picks the format.
+        let format = match (&overrides.input, s.format.is_live()) {
+            (Some(p), false) => input_format_from_extension(p).unwrap_or(s.format),
+            _ => s.format,
+        };
         let source = SourceConfig {
-            format: s.format,
+            format,
             path: path_field,
             key: s.key,
             time: s.time,
@@ -328,20 +333,24 @@ impl PipelineConfig {
                 "[output] `size` and `hop` apply to emit = \"window\" only".into()
             ));
         }
+        let out_format = match &overrides.output {
+            Some(p) => output_format_from_extension(p).unwrap_or(o.format),
+            None => o.format,
+        };
         let out_path = match (&overrides.output, o.path.as_str()) {
             (Some(p), _) if p.as_os_str() == "-" => None,
             (Some(p), _) => Some(p.clone()),
             (None, "-") => None,
             (None, p) => Some(rel(p)),
         };
-        if out_path.is_none() && o.format == OutputFormat::Parquet {
+        if out_path.is_none() && out_format == OutputFormat::Parquet {
             return Err(err(
                 "[output] parquet cannot be written to stdout (path = \"-\"); use csv or jsonl".into(),
             ));
         }
         let names = o.names.unwrap_or_default();
         let output = OutputConfig {
-            format: o.format,
+            format: out_format,
             path: out_path,
             names,
             emit,
@@ -396,6 +405,33 @@ impl PipelineConfig {
             })?;
         }
         Ok(())
+    }
+}
+
+fn extension(p: &Path) -> String {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// The output format a command-line path asks for by its extension.
+pub fn output_format_from_extension(p: &Path) -> Option<OutputFormat> {
+    match extension(p).as_str() {
+        "parquet" | "pq" => Some(OutputFormat::Parquet),
+        "csv" => Some(OutputFormat::Csv),
+        "jsonl" | "json" | "ndjson" => Some(OutputFormat::Jsonl),
+        _ => None,
+    }
+}
+
+/// The input format a command-line file path asks for by its extension.
+pub fn input_format_from_extension(p: &Path) -> Option<SourceFormat> {
+    match extension(p).as_str() {
+        "parquet" | "pq" => Some(SourceFormat::Parquet),
+        "csv" => Some(SourceFormat::Csv),
+        "jsonl" | "json" | "ndjson" => Some(SourceFormat::Jsonl),
+        _ => None,
     }
 }
 

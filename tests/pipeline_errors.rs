@@ -1,0 +1,348 @@
+//! Bad input to `seqflow run`: every case exits with code 2 and one paragraph naming the
+//! file, column, row or setting at fault; never a panic, never a complete-looking output.
+
+mod common;
+
+use std::path::Path;
+
+use common::pipeline::*;
+
+struct Case {
+    dir: tempfile::TempDir,
+    model: std::path::PathBuf,
+}
+
+impl Case {
+    fn new() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("in")).unwrap();
+        let (model, _) = save_model(dir.path(), &causal_model(2));
+        Case { dir, model }
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn good_rows(&self) {
+        let rows: Vec<Row> = (0..4)
+            .map(|i| Row {
+                key: "a".into(),
+                time: i,
+                feats: vec![0.1, 0.2],
+            })
+            .collect();
+        write_parquet(&self.path("in/x.parquet"), &rows, 10);
+    }
+
+    fn pipeline(&self, source_body: &str, output_body: &str) -> String {
+        let text = format!(
+            "[source]\n{source_body}\n[model]\npath = \"{}\"\n[output]\n{output_body}\n",
+            self.model.display()
+        );
+        write_pipeline(self.dir.path(), "p.toml", &text)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn standard(&self, source_extra: &str) -> String {
+        self.pipeline(
+            &format!(
+                "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n{source_extra}"
+            ),
+            "format = \"csv\"\npath = \"out/o.csv\"",
+        )
+    }
+
+    /// Runs and asserts failure with exit code 2, a message holding every part, no panic,
+    /// and no output file.
+    fn fails(&self, args: &[&str], parts: &[&str]) -> String {
+        let o = seqflow(args);
+        let e = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "expected exit 2 for {args:?}, got {:?}: {e}",
+            o.status
+        );
+        assert!(e.starts_with("seqflow: error: "), "{e}");
+        assert!(!e.contains("panicked") && !e.contains("RUST_BACKTRACE"), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "one paragraph: {e}");
+        for p in parts {
+            assert!(e.contains(p), "message lacks {p:?}: {e}");
+        }
+        assert!(
+            !self.path("out/o.csv").exists(),
+            "a failed run left an output file"
+        );
+        e
+    }
+}
+
+fn write_parquet_cols(path: &Path, batch: arrow::array::RecordBatch) {
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn missing_feature_column_lists_what_the_file_has() {
+    let c = Case::new();
+    c.good_rows();
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"temp\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(
+        &["run", &p],
+        &["x.parquet", "feature column `temp` not found", "key, t, f0, f1"],
+    );
+}
+
+#[test]
+fn missing_key_column() {
+    let c = Case::new();
+    c.good_rows();
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"sensor\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(&["run", &p], &["key column `sensor` not found"]);
+}
+
+#[test]
+fn mistyped_columns() {
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use std::sync::Arc;
+    let c = Case::new();
+    // A text feature.
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "key",
+            Arc::new(StringArray::from(vec!["a"])) as arrow::array::ArrayRef,
+        ),
+        ("t", Arc::new(Int64Array::from(vec![1]))),
+        ("f0", Arc::new(StringArray::from(vec!["warm"]))),
+        ("f1", Arc::new(Float64Array::from(vec![1.0]))),
+    ])
+    .unwrap();
+    write_parquet_cols(&c.path("in/x.parquet"), batch);
+    let p = c.standard("");
+    c.fails(
+        &["run", &p],
+        &[
+            "x.parquet",
+            "column `f0` has type Utf8, expected a numeric feature",
+        ],
+    );
+    // A float key and a text time.
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "key",
+            Arc::new(Float64Array::from(vec![1.5])) as arrow::array::ArrayRef,
+        ),
+        ("t", Arc::new(Int64Array::from(vec![1]))),
+        ("f0", Arc::new(Float64Array::from(vec![1.0]))),
+        ("f1", Arc::new(Float64Array::from(vec![1.0]))),
+    ])
+    .unwrap();
+    write_parquet_cols(&c.path("in/x.parquet"), batch);
+    c.fails(
+        &["run", &p],
+        &["column `key` has type Float64, expected a string or integer key"],
+    );
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "key",
+            Arc::new(StringArray::from(vec!["a"])) as arrow::array::ArrayRef,
+        ),
+        ("t", Arc::new(StringArray::from(vec!["noon"]))),
+        ("f0", Arc::new(Float64Array::from(vec![1.0]))),
+        ("f1", Arc::new(Float64Array::from(vec![1.0]))),
+    ])
+    .unwrap();
+    write_parquet_cols(&c.path("in/x.parquet"), batch);
+    c.fails(
+        &["run", &p],
+        &["column `t` has type Utf8, expected an integer or timestamp time"],
+    );
+}
+
+#[test]
+fn key_types_must_agree_across_files() {
+    use arrow::array::{Float32Array, Int64Array};
+    use std::sync::Arc;
+    let c = Case::new();
+    c.good_rows();
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "key",
+            Arc::new(Int64Array::from(vec![3])) as arrow::array::ArrayRef,
+        ),
+        ("t", Arc::new(Int64Array::from(vec![1]))),
+        ("f0", Arc::new(Float32Array::from(vec![1.0]))),
+        ("f1", Arc::new(Float32Array::from(vec![1.0]))),
+    ])
+    .unwrap();
+    write_parquet_cols(&c.path("in/y.parquet"), batch);
+    c.fails(
+        &["run", &c.standard("")],
+        &[
+            "y.parquet",
+            "key column `key` has type Int64 here but Utf8 in",
+            "x.parquet",
+        ],
+    );
+}
+
+#[test]
+fn empty_and_corrupt_files() {
+    let c = Case::new();
+    std::fs::write(c.path("in/x.parquet"), b"").unwrap();
+    let p = c.standard("");
+    c.fails(&["run", &p], &["x.parquet", "the file is empty (0 bytes)"]);
+    std::fs::write(
+        c.path("in/x.parquet"),
+        b"PAR1 this is not really parquet at all PAR1",
+    )
+    .unwrap();
+    c.fails(&["run", &p], &["x.parquet", "not a readable Parquet file"]);
+    // A truncated real file.
+    c.good_rows();
+    let bytes = std::fs::read(c.path("in/x.parquet")).unwrap();
+    std::fs::write(c.path("in/x.parquet"), &bytes[..bytes.len() / 2]).unwrap();
+    c.fails(&["run", &p], &["x.parquet", "not a readable Parquet file"]);
+}
+
+#[test]
+fn unreadable_and_empty_input_paths() {
+    let c = Case::new();
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"nowhere/x.parquet\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(&["run", &p], &["nowhere/x.parquet", "No such file or directory"]);
+    // A directory with no Parquet files; and a glob that matches nothing.
+    c.fails(
+        &["run", &c.standard(""), "--input", c.path("in").to_str().unwrap()],
+        &["no input files found"],
+    );
+    c.fails(
+        &[
+            "run",
+            &c.standard(""),
+            "--input",
+            c.path("in/*.parquet").to_str().unwrap(),
+        ],
+        &["no input files found"],
+    );
+    // The pipeline file itself.
+    c.fails(
+        &["run", c.path("missing.toml").to_str().unwrap()],
+        &["missing.toml", "No such file"],
+    );
+}
+
+#[test]
+fn nan_under_the_error_policy_names_row_and_column() {
+    let c = Case::new();
+    let rows = vec![
+        Row {
+            key: "a".into(),
+            time: 1,
+            feats: vec![0.1, 0.2],
+        },
+        Row {
+            key: "a".into(),
+            time: 2,
+            feats: vec![f32::NAN, 0.2],
+        },
+    ];
+    write_parquet(&c.path("in/x.parquet"), &rows, 10);
+    c.fails(
+        &["run", &c.standard("")],
+        &[
+            "x.parquet",
+            "row 1",
+            "feature `f0` is NaN",
+            "key \"a\", time 2",
+            "nan =",
+        ],
+    );
+}
+
+#[test]
+fn pipeline_and_model_mismatches() {
+    let c = Case::new();
+    c.good_rows();
+    // Three features for a two-input model.
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\", \"t2\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(&["run", &p], &["p.toml", "lists 3 features", "takes 2 inputs"]);
+    // One output name for a two-output model.
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"\nnames = [\"score\"]",
+    );
+    c.fails(&["run", &p], &["names has 1 entries", "outputs 2 values"]);
+    // Unknown settings and missing required ones.
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\nnormalise = 1",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(&["run", &p], &["p.toml", "unknown field `normalise`"]);
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"",
+    );
+    c.fails(&["run", &p], &["p.toml", "missing field `key`"]);
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"out/o.csv\"\nemit = \"window\"",
+    );
+    c.fails(&["run", &p], &["emit = \"window\" needs `size` and `hop`"]);
+    let p = c.standard("normalize = { mean = [0.0, 0.0], std = [1.0, 0.0] }");
+    c.fails(&["run", &p], &["normalize.std[1] (feature `f1`) is 0"]);
+}
+
+#[test]
+fn bad_worker_flags_and_hostfile() {
+    let c = Case::new();
+    c.good_rows();
+    let p = c.standard("");
+    c.fails(&["run", &p, "-w", "0"], &["-w must be at least 1"]);
+    c.fails(
+        &["run", &p, "-n", "2", "-p", "2"],
+        &["-p 2 is not a valid process index for -n 2"],
+    );
+    std::fs::write(c.path("hosts"), "127.0.0.1:2101\n").unwrap();
+    c.fails(
+        &[
+            "run",
+            &p,
+            "-n",
+            "2",
+            "-p",
+            "0",
+            "-h",
+            c.path("hosts").to_str().unwrap(),
+        ],
+        &["hosts", "lists 1 address(es)"],
+    );
+}
+
+#[test]
+fn unwritable_output() {
+    let c = Case::new();
+    c.good_rows();
+    std::fs::write(c.path("blocker"), b"a file where a directory should be").unwrap();
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"csv\"\npath = \"blocker/o.csv\"",
+    );
+    c.fails(&["run", &p], &["blocker"]);
+}
