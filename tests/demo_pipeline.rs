@@ -83,3 +83,27 @@ fn inspect_describes_the_demo_model() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no/such/model.toml"), "{}", stderr(&o));
 }
+
+#[test]
+fn every_bundled_pipeline_runs_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            // Redirected (as CSV, by the extension) so the test does not write into the checkout.
+            let out = dir
+                .path()
+                .join(format!("{}.csv", p.file_stem().unwrap().to_string_lossy()));
+            let summary = run_ok(&["run", p.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+            assert!(
+                summary.contains("43,209 rows from 1 file"),
+                "{}: {summary}",
+                p.display()
+            );
+            assert!(out.metadata().unwrap().len() > 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the bundled pipelines, found {n}");
+}

@@ -248,7 +248,7 @@ impl ModelConfig {
         let base = path.parent().unwrap_or(Path::new(""));
         Ok(ModelConfig {
             path: path.to_path_buf(),
-            weights: raw.weights.map(|w| base.join(w)),
+            weights: raw.weights.map(|w| crate::pipeline::config::clean_join(base, &w)),
             input_size: raw.input_size,
             layers,
         })

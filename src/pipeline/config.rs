@@ -200,7 +200,7 @@ impl PipelineConfig {
         };
         let raw: RawPipeline = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        let rel = |p: &str| base.join(p);
+        let rel = |p: &str| clean_join(base, p);
         let s = raw.source;
         if s.features.is_empty() {
             return Err(err(
@@ -406,6 +406,26 @@ impl PipelineConfig {
         }
         Ok(())
     }
+}
+
+/// `base/p` with `.` and `dir/..` removed lexically, so messages show `out/x.parquet`
+/// rather than `pipelines/../out/x.parquet`. Absolute `p` wins, as with `Path::join`.
+pub fn clean_join(base: &Path, p: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn extension(p: &Path) -> String {

@@ -74,7 +74,7 @@ impl fmt::Display for RunReport {
         write!(
             f,
             "{} rows from {} file{} -> {} predictions for {} keys in {:.2} s ({} rows/s, {} worker{}); \
-             late {}, duplicate {}, non-finite {}, malformed {}; key state {:.1} MB; output {}",
+             late {}, duplicate {}, non-finite {}, malformed {}; key state {}; output {}",
             group_digits(s.rows_read as usize),
             self.files,
             if self.files == 1 { "" } else { "s" },
@@ -88,13 +88,22 @@ impl fmt::Display for RunReport {
             s.duplicate,
             s.non_finite,
             s.malformed,
-            s.state_bytes as f64 / 1e6,
+            human_bytes(s.state_bytes),
             self.output.display(),
         )?;
         if let Some((p, n)) = &self.rejects {
             write!(f, "; {n} rejects in {}", p.display())?;
         }
         Ok(())
+    }
+}
+
+/// `1.5 KB`, `12.3 MB`, `2.10 GB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b < 1_000_000 => format!("{:.1} KB", b as f64 / 1e3),
+        b if b < 1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b => format!("{:.2} GB", b as f64 / 1e9),
     }
 }
 
