@@ -126,7 +126,17 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Routed> {
                     }
                     if let Some(cap) = final_cap.as_mut() {
                         match frontier.frontier().as_option() {
-                            Some(t) => cap.downgrade(t),
+                            Some(t) => {
+                                cap.downgrade(t);
+                                // Live sequence_end: keys idle past the timeout end here.
+                                processor.expire_idle(crate::source::live::now_us(), &mut out);
+                                if !out.is_empty() {
+                                    let mut session = output.session(&*cap);
+                                    for m in out.drain(..) {
+                                        session.give((0, m));
+                                    }
+                                }
+                            }
                             None => {
                                 processor.finish(&mut out);
                                 let mut session = output.session(&*cap);

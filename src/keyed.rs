@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::model::{Model, Packed, StateArena, Workspace};
 use crate::pipeline::config::{Emit, NanPolicy};
-use crate::record::{Key, KeyColumn, KeyRef, OutBatch, Reject, RejectReason, SinkMsg, Stats, StepBatch};
+use crate::record::{KeyColumn, KeyRef, OutBatch, Reject, RejectReason, SinkMsg, Stats, StepBatch};
 
 /// Rows per model call: bounds the scratch memory (the input projection of an LSTM holds
 /// `rows x 4H` floats) while keeping wavefronts wide.
@@ -65,6 +65,8 @@ type Fx = BuildHasherDefault<FxHasher>;
 /// Key -> dense index, with the reverse mapping for output. String keys are stored once.
 #[derive(Debug)]
 enum KeyIndex {
+    /// Live sources learn the key type from the first key.
+    Unset,
     Int(HashMap<i64, u32, Fx>, Vec<i64>),
     Str(HashMap<Arc<str>, u32, Fx>, Vec<Arc<str>>),
 }
@@ -72,6 +74,7 @@ enum KeyIndex {
 impl KeyIndex {
     fn len(&self) -> usize {
         match self {
+            KeyIndex::Unset => 0,
             KeyIndex::Int(_, v) => v.len(),
             KeyIndex::Str(_, v) => v.len(),
         }
@@ -80,6 +83,12 @@ impl KeyIndex {
     /// The index of `k`, and whether it is new.
     #[inline]
     fn index(&mut self, k: KeyRef<'_>) -> (u32, bool) {
+        if let KeyIndex::Unset = self {
+            *self = match k {
+                KeyRef::Int(_) => KeyIndex::Int(HashMap::default(), Vec::new()),
+                KeyRef::Str(_) => KeyIndex::Str(HashMap::default(), Vec::new()),
+            };
+        }
         match (self, k) {
             (KeyIndex::Int(m, list), KeyRef::Int(i)) => match m.get(&i) {
                 Some(&x) => (x, false),
@@ -106,6 +115,7 @@ impl KeyIndex {
 
     fn get(&self, i: u32) -> KeyRef<'_> {
         match self {
+            KeyIndex::Unset => unreachable!("no key has an index yet"),
             KeyIndex::Int(_, v) => KeyRef::Int(v[i as usize]),
             KeyIndex::Str(_, v) => KeyRef::Str(&v[i as usize]),
         }
@@ -114,13 +124,14 @@ impl KeyIndex {
     fn column(&self) -> KeyColumn {
         match self {
             KeyIndex::Int(..) => KeyColumn::Int(Vec::new()),
-            KeyIndex::Str(..) => KeyColumn::empty_str(),
+            KeyIndex::Str(..) | KeyIndex::Unset => KeyColumn::empty_str(),
         }
     }
 
     /// Rough bytes held by the index (map entries and key strings).
     fn bytes(&self) -> usize {
         match self {
+            KeyIndex::Unset => 0,
             KeyIndex::Int(m, v) => m.capacity() * 17 + v.capacity() * 8,
             KeyIndex::Str(m, v) => {
                 m.capacity() * 25 + v.capacity() * 16 + v.iter().map(|s| s.len() + 16).sum::<usize>()
@@ -181,22 +192,35 @@ pub struct KeyedProcessor {
     acc_times: Vec<i64>,
     acc_arrivals: Vec<u64>,
     runs: Vec<Run>,
+    /// Live `sequence_end`: a key's sequence ends after this long without steps.
+    idle_timeout_us: Option<u64>,
+    /// Per key: when its last step arrived (us, `now_us` clock), and whether a sequence is open.
+    last_seen: Vec<u64>,
+    open: Vec<bool>,
+    /// `(key, last_seen)` in arrival order; stale entries are skipped when popped.
+    idle_queue: std::collections::VecDeque<(u32, u64)>,
     pub stats: Stats,
 }
 
 impl KeyedProcessor {
-    /// `int_keys` selects the key index kind (the plan knows the key column's type).
-    pub fn new(model: Arc<Model>, emit: Emit, nan: NanPolicy, int_keys: bool) -> KeyedProcessor {
+    /// `int_keys` selects the key index kind (the plan knows the key column's type); `None`
+    /// takes it from the first key (live sources).
+    pub fn new(
+        model: Arc<Model>,
+        emit: Emit,
+        nan: NanPolicy,
+        int_keys: impl Into<Option<bool>>,
+    ) -> KeyedProcessor {
         let arena = model.new_arena();
         let stream_sequence_end =
             matches!(emit, Emit::SequenceEnd { .. }) && model.check_streamable().is_ok();
         KeyedProcessor {
             emit,
             nan,
-            keys: if int_keys {
-                KeyIndex::Int(HashMap::default(), Vec::new())
-            } else {
-                KeyIndex::Str(HashMap::default(), Vec::new())
+            keys: match int_keys.into() {
+                Some(true) => KeyIndex::Int(HashMap::default(), Vec::new()),
+                Some(false) => KeyIndex::Str(HashMap::default(), Vec::new()),
+                None => KeyIndex::Unset,
             },
             last_time: Vec::new(),
             has_time: Vec::new(),
@@ -211,9 +235,19 @@ impl KeyedProcessor {
             acc_times: Vec::new(),
             acc_arrivals: Vec::new(),
             runs: Vec::new(),
+            idle_timeout_us: None,
+            last_seen: Vec::new(),
+            open: Vec::new(),
+            idle_queue: std::collections::VecDeque::new(),
             stats: Stats::default(),
             model,
         }
+    }
+
+    /// Live `sequence_end`: end a key's sequence after `ms` without steps.
+    pub fn with_idle_timeout(mut self, ms: Option<u64>) -> Self {
+        self.idle_timeout_us = ms.map(|m| m * 1000);
+        self
     }
 
     /// Number of keys seen.
@@ -259,6 +293,8 @@ impl KeyedProcessor {
         debug_assert_eq!(slot as usize, self.last_time.len(), "slots follow key indices");
         self.last_time.push(i64::MIN);
         self.has_time.push(false);
+        self.last_seen.push(0);
+        self.open.push(false);
         if self.nan == NanPolicy::Ffill {
             self.ffill.extend(std::iter::repeat_n(0.0, w));
         }
@@ -367,6 +403,15 @@ impl KeyedProcessor {
             out.push(SinkMsg::Rejects(rejects));
         }
         self.stats.steps_processed += self.acc_times.len() as u64;
+        if self.idle_timeout_us.is_some() {
+            let now = crate::source::live::now_us();
+            for run in &self.runs {
+                let k = run.key as usize;
+                self.last_seen[k] = now;
+                self.open[k] = true;
+                self.idle_queue.push_back((run.key, now));
+            }
+        }
 
         match self.emit {
             Emit::EveryStep => self.advance_runs(out, true),
@@ -517,37 +562,74 @@ impl KeyedProcessor {
 
     /// End of input: emits what `sequence_end` held back, and this worker's counters.
     pub fn finish(&mut self, out: &mut Vec<SinkMsg>) {
-        if let Emit::SequenceEnd { all_steps } = self.emit {
-            let ow = self.model.output_size();
-            let mut batch = OutBatch::new(self.keys.column(), ow);
-            if self.stream_sequence_end {
-                for k in 0..self.keys.len() {
-                    for (t, &time) in self.bufs.out_times[k].iter().enumerate() {
-                        batch.keys.push(self.keys.get(k as u32));
-                        batch.times.push(time);
-                        batch
-                            .values
-                            .extend_from_slice(&self.bufs.out_vals[k][t * ow..(t + 1) * ow]);
-                    }
-                }
-            } else {
-                self.run_buffered(all_steps, &mut batch);
-            }
-            if !batch.is_empty() {
-                self.stats.outputs += batch.len() as u64;
-                out.push(SinkMsg::Rows(batch));
-            }
+        if matches!(self.emit, Emit::SequenceEnd { .. }) {
+            let all: Vec<u32> = (0..self.keys.len() as u32).collect();
+            self.end_sequences(&all, out);
         }
         self.stats.keys = self.keys.len() as u64;
         self.stats.state_bytes = self.state_bytes() as u64;
         out.push(SinkMsg::Stats(std::mem::take(&mut self.stats)));
     }
 
+    /// Live `sequence_end`: ends the sequences of keys idle for longer than the timeout.
+    pub fn expire_idle(&mut self, now_us: u64, out: &mut Vec<SinkMsg>) {
+        let Some(timeout) = self.idle_timeout_us else {
+            return;
+        };
+        let mut ended = Vec::new();
+        while let Some(&(k, seen)) = self.idle_queue.front() {
+            if now_us.saturating_sub(seen) < timeout {
+                break;
+            }
+            self.idle_queue.pop_front();
+            // Only the newest entry of a key counts; older ones are stale.
+            if self.open[k as usize] && self.last_seen[k as usize] == seen {
+                self.open[k as usize] = false;
+                ended.push(k);
+            }
+        }
+        if !ended.is_empty() {
+            self.end_sequences(&ended, out);
+        }
+    }
+
+    /// Emits the `sequence_end` output of `keys` and starts each a fresh sequence.
+    fn end_sequences(&mut self, keys: &[u32], out: &mut Vec<SinkMsg>) {
+        let Emit::SequenceEnd { all_steps } = self.emit else {
+            return;
+        };
+        let ow = self.model.output_size();
+        let mut batch = OutBatch::new(self.keys.column(), ow);
+        if self.stream_sequence_end {
+            for &k in keys {
+                let ku = k as usize;
+                for (t, &time) in self.bufs.out_times[ku].iter().enumerate() {
+                    batch.keys.push(self.keys.get(k));
+                    batch.times.push(time);
+                    batch
+                        .values
+                        .extend_from_slice(&self.bufs.out_vals[ku][t * ow..(t + 1) * ow]);
+                }
+                self.bufs.out_times[ku] = Vec::new();
+                self.bufs.out_vals[ku] = Vec::new();
+                self.arena.reset(k);
+            }
+        } else {
+            self.run_buffered(all_steps, keys, &mut batch);
+        }
+        if !batch.is_empty() {
+            self.stats.outputs += batch.len() as u64;
+            out.push(SinkMsg::Rows(batch));
+        }
+    }
+
     /// Non-causal `sequence_end`: each key's whole sequence through the offline form,
     /// many keys per call.
-    fn run_buffered(&mut self, all_steps: bool, batch: &mut OutBatch) {
+    fn run_buffered(&mut self, all_steps: bool, keys: &[u32], batch: &mut OutBatch) {
         let w = self.model.input_size();
-        let mut order: Vec<u32> = (0..self.keys.len() as u32)
+        let mut order: Vec<u32> = keys
+            .iter()
+            .copied()
             .filter(|&k| !self.bufs.times[k as usize].is_empty())
             .collect();
         // Similar lengths together keep the packed wavefronts dense.
@@ -622,9 +704,4 @@ fn emit_last(res: &Packed, mut f: impl FnMut(usize, &[f32])) {
             f(s, res.row_data(r));
         }
     }
-}
-
-/// The keys held by a processor, for tests and snapshots.
-pub fn key_of(k: &Key) -> KeyRef<'_> {
-    k.as_ref()
 }

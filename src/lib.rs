@@ -12,6 +12,7 @@ pub mod dataflow;
 pub mod error;
 pub mod kernels;
 pub mod keyed;
+pub mod latency;
 pub mod model;
 pub mod pipeline;
 pub mod record;

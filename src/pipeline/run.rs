@@ -14,13 +14,17 @@ use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::{CommunicationConfig, Config, WorkerConfig};
 
-use super::config::{Overrides, PipelineConfig};
-use crate::dataflow::{KeyedModel, Routed, SinkHandler, SinkPredictions};
+use timely::worker::Worker;
+
+use super::collect::{Collector, Namer, NoSink, SinkSlot};
+use super::config::{Emit, Overrides, PipelineConfig};
+use crate::dataflow::{KeyedModel, Routed, SinkPredictions};
 use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
+use crate::latency::{fmt_us, Histogram};
 use crate::model::summary::group_digits;
 use crate::model::Model;
-use crate::record::{SinkMsg, SourceMsg, Stats};
+use crate::record::{SourceMsg, Stats};
 use crate::sink::{commit, OutputSchema, RejectsWriter, Sink};
 use crate::source::files::{epoch_of, Plan};
 
@@ -64,7 +68,10 @@ pub struct RunReport {
     pub output: PathBuf,
     pub rejects: Option<(PathBuf, u64)>,
     pub workers: usize,
-    pub files: usize,
+    /// `3 files`, `12 connections`, `stdin`.
+    pub source: String,
+    /// Live runs: arrival-to-emission latency of each prediction.
+    pub latency: Option<Histogram>,
 }
 
 impl fmt::Display for RunReport {
@@ -73,11 +80,10 @@ impl fmt::Display for RunReport {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "{} rows from {} file{} -> {} predictions for {} keys in {:.2} s ({} rows/s, {} worker{}); \
+            "{} rows from {} -> {} predictions for {} keys in {:.2} s ({} rows/s, {} worker{}); \
              late {}, duplicate {}, non-finite {}, malformed {}; key state {}; output {}",
             group_digits(s.rows_read as usize),
-            self.files,
-            if self.files == 1 { "" } else { "s" },
+            self.source,
             group_digits(s.outputs as usize),
             group_digits(s.keys as usize),
             secs,
@@ -93,6 +99,16 @@ impl fmt::Display for RunReport {
         )?;
         if let Some((p, n)) = &self.rejects {
             write!(f, "; {n} rejects in {}", p.display())?;
+        }
+        if let Some(h) = &self.latency {
+            write!(
+                f,
+                "; latency arrival -> emission p50 {}, p99 {}, max {} over {} predictions",
+                fmt_us(h.quantile(0.5)),
+                fmt_us(h.quantile(0.99)),
+                fmt_us(h.max()),
+                group_digits(h.count() as usize)
+            )?;
         }
         Ok(())
     }
@@ -170,82 +186,123 @@ pub fn timely_config(opts: &RunOptions) -> Result<Config> {
     })
 }
 
-/// Worker 0's side of the sink: writes predictions and rejects, sums counters.
-struct SinkSide {
-    sink: Option<Sink>,
-    rejects: Option<RejectsWriter>,
-    plan: Arc<Plan>,
-    stats: Stats,
-    failed: Vec<String>,
-    error: Option<Error>,
-}
-
-impl SinkSide {
-    fn record(&mut self, r: Result<()>) {
-        if let Err(e) = r {
-            self.error.get_or_insert(e);
-        }
-    }
-}
-
-impl SinkHandler for SinkSide {
-    fn handle(&mut self, msg: SinkMsg) {
-        match msg {
-            SinkMsg::Rows(b) => {
-                if let Some(s) = self.sink.as_mut() {
-                    let r = s.write(&b);
-                    self.record(r);
-                }
-            }
-            SinkMsg::Rejects(rs) => {
-                if let Some(w) = self.rejects.as_mut() {
-                    for r in &rs {
-                        let file = self.plan.files[r.source as usize].path.display().to_string();
-                        let res = w.write(r, &file, &self.plan.describe_row(r.row));
-                        if let Err(e) = res {
-                            self.error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            SinkMsg::Stats(s) => self.stats.add(&s),
-            SinkMsg::Failed(m) => self.failed.push(m),
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(s) = self.sink.as_mut() {
-            let r = s.close();
-            self.record(r);
-        }
-        if let Some(w) = self.rejects.as_mut() {
-            let r = w.flush();
-            self.record(r);
-        }
-    }
-}
-
 /// What worker 0 hands back to the driver.
-struct Collected {
-    stats: Stats,
-    failed: Vec<String>,
-    error: Option<String>,
-    rejects: Option<u64>,
+pub(crate) struct Collected {
+    pub stats: Stats,
+    pub failed: Vec<String>,
+    pub error: Option<String>,
+    pub rejects: Option<u64>,
+    pub latency: Histogram,
 }
 
-/// Runs a pipeline over files. Returns the report on process 0, `None` on the others.
+/// Feeds one worker's input: returns the worker's source counters, or the message that
+/// stopped it. Called on every worker; the worker's `Collector` is there on worker 0.
+pub(crate) type Feed = dyn Fn(
+        &mut Worker,
+        &mut InputHandleVec<u64, Routed>,
+        &ProbeHandle<u64>,
+        Option<&Rc<RefCell<Collector>>>,
+    ) -> std::result::Result<Stats, String>
+    + Send
+    + Sync;
+
+/// Runs the dataflow on every worker of this process: `input -> keyed_model -> sink`, the
+/// input fed by `feed`. Returns what worker 0 collected (process 0 only) and the first
+/// worker failure.
+pub(crate) fn execute(
+    opts: &RunOptions,
+    cfg: Arc<PipelineConfig>,
+    model: Arc<Model>,
+    int_keys: Option<bool>,
+    collector: Option<Collector>,
+    feed: Arc<Feed>,
+) -> Result<(Option<Collected>, Option<String>)> {
+    let config = timely_config(opts)?;
+    let slot = Arc::new(Mutex::new(collector));
+    let guards = timely::execute(
+        config,
+        move |worker| -> std::result::Result<Option<Collected>, String> {
+            let index = worker.index();
+            let idle = match cfg.output.emit {
+                Emit::SequenceEnd { .. } => cfg.source.idle_timeout_ms,
+                _ => None,
+            };
+            let processor = KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.nan, int_keys)
+                .with_idle_timeout(idle);
+            let collector = if index == 0 {
+                slot.lock().expect("collector slot").take()
+            } else {
+                None
+            };
+            let collector = collector.map(|c| Rc::new(RefCell::new(c)));
+            let mut input: InputHandleVec<u64, Routed> = InputHandleVec::new();
+            let probe: ProbeHandle<u64> = ProbeHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let predictions = scope.input_from(&mut input).keyed_model(processor);
+                match &collector {
+                    Some(c) => predictions.sink_predictions(c.clone()),
+                    None => predictions.sink_predictions(Rc::new(RefCell::new(NoSink))),
+                }
+                .probe_with(&probe);
+            });
+            let result = feed(worker, &mut input, &probe, collector.as_ref());
+            let failure = match result {
+                Ok(stats) => {
+                    input.send((index as u64, SourceMsg::Stats(stats)));
+                    None
+                }
+                Err(msg) => {
+                    input.send((index as u64, SourceMsg::Failed(msg.clone())));
+                    Some(msg)
+                }
+            };
+            input.close();
+            while worker.step_or_park(None) {}
+            if let Some(msg) = failure {
+                return Err(msg);
+            }
+            Ok(collector.map(|c| {
+                let mut c = c.borrow_mut();
+                Collected {
+                    stats: std::mem::take(&mut c.stats),
+                    failed: std::mem::take(&mut c.failed),
+                    error: c.error.take().map(|e| e.to_string()),
+                    rejects: c.rejects.as_ref().map(|w| w.count),
+                    latency: std::mem::take(&mut c.latency),
+                }
+            }))
+        },
+    )
+    .map_err(Error::Runtime)?;
+    let mut first_error = None;
+    let mut collected = None;
+    for (i, r) in guards.join().into_iter().enumerate() {
+        match r {
+            Ok(Ok(Some(c))) => collected = Some(c),
+            Ok(Ok(None)) => {}
+            Ok(Err(msg)) => {
+                first_error.get_or_insert(msg);
+            }
+            Err(panic) => {
+                first_error.get_or_insert(format!("internal error: worker {i} panicked: {panic}"));
+            }
+        }
+    }
+    let first_error = first_error
+        .or_else(|| collected.as_ref().and_then(|c| c.error.clone()))
+        .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()));
+    Ok((collected, first_error))
+}
+
+/// Runs a pipeline. Returns the report on process 0, `None` on the others.
 pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
     let mut cfg = PipelineConfig::load(pipeline, &opts.overrides)?;
     let model = Arc::new(Model::load(&cfg.model_path)?);
     cfg.check_model(&model)?;
     if cfg.source.format.is_live() {
-        return Err(Error::PipelineConfig {
-            path: cfg.path.clone(),
-            msg: "live sources (tcp, stdin) are not supported yet".into(),
-        });
+        return super::live::run_live(cfg, model, opts);
     }
     let plan = Arc::new(Plan::build(&cfg.source)?);
-    let config = timely_config(opts)?;
     let schema = OutputSchema {
         key_name: cfg.source.key.clone(),
         key_type: plan.key_type.clone(),
@@ -254,7 +311,7 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         names: cfg.output.names.clone(),
     };
     // Opened before the workers start, so that a bad output path fails the run at once.
-    let sink_side = if opts.process == 0 {
+    let collector = if opts.process == 0 {
         let sink = Sink::create(&cfg.output, schema, true)?;
         let rejects = cfg
             .source
@@ -262,64 +319,30 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
             .as_deref()
             .map(RejectsWriter::create)
             .transpose()?;
-        Some(SinkSide {
-            sink: Some(sink),
+        Some(Collector::new(
+            SinkSlot::Open(sink),
             rejects,
-            plan: plan.clone(),
-            stats: Stats::default(),
-            failed: Vec::new(),
-            error: None,
-        })
+            Namer::Files(plan.clone()),
+            false,
+        ))
     } else {
         None
     };
-    let output_path = cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("-"));
     // Known here, so a failure on any worker can discard it.
-    let partial = sink_side
-        .as_ref()
-        .and_then(|s| s.sink.as_ref())
-        .and_then(Sink::partial);
+    let partial = collector.as_ref().and_then(Collector::partial);
+    let output_path = cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("-"));
     let rejects_path = cfg.source.rejects.clone();
-    let sink_slot = Arc::new(Mutex::new(sink_side));
     let progress = progress_bar(opts, &plan);
-    let total_workers = opts.workers * opts.processes;
     let cfg = Arc::new(cfg);
     let start = Instant::now();
-
-    let guards = timely::execute(config, {
-        let plan = plan.clone();
-        let progress = progress.clone();
-        move |worker| -> std::result::Result<Option<Collected>, String> {
-            let index = worker.index();
-            let peers = worker.peers();
-            let processor = KeyedProcessor::new(
-                model.clone(),
-                cfg.output.emit,
-                cfg.source.nan,
-                plan.key_type.is_integer(),
-            );
-            let side = if index == 0 {
-                sink_slot.lock().expect("sink slot").take()
-            } else {
-                None
-            };
-            let side = side.map(|s| Rc::new(RefCell::new(s)));
-            let mut input: InputHandleVec<u64, Routed> = InputHandleVec::new();
-            let probe: ProbeHandle<u64> = ProbeHandle::new();
-            worker.dataflow::<u64, _, _>(|scope| {
-                let predictions = scope.input_from(&mut input).keyed_model(processor);
-                match &side {
-                    Some(s) => predictions.sink_predictions(s.clone()),
-                    None => predictions.sink_predictions(Rc::new(RefCell::new(NoSink))),
-                }
-                .probe_with(&probe);
-            });
-
+    let feed: Arc<Feed> = {
+        let (plan, cfg, progress) = (plan.clone(), cfg.clone(), progress.clone());
+        Arc::new(move |worker, input, probe, _collector| {
+            let (index, peers) = (worker.index(), worker.peers());
             let mut stats = Stats::default();
             let mut in_flight: VecDeque<u64> = VecDeque::new();
-            let mut failure = None;
             for (u, _) in plan.units_for(index, peers) {
-                let res = plan.read_unit(u, &cfg.source, peers, |i, routed| {
+                plan.read_unit(u, &cfg.source, peers, |i, routed| {
                     let epoch = epoch_of(u, i);
                     input.advance_to(epoch);
                     for (dest, b) in routed.batches.into_iter().enumerate() {
@@ -335,60 +358,23 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
                     }
                     stats.rows_read += routed.rows;
                     progress.inc(routed.rows);
+                    // Backpressure: at most a few epochs ahead of what the sink has seen.
                     in_flight.push_back(epoch);
                     if in_flight.len() > MAX_EPOCHS_IN_FLIGHT {
                         let oldest = in_flight.pop_front().expect("non-empty");
                         worker.step_or_park_while(None, || probe.less_equal(&oldest));
                     }
                     Ok(())
-                });
-                if let Err(e) = res {
-                    failure = Some(e.to_string());
-                    break;
-                }
+                })
+                .map_err(|e| e.to_string())?;
             }
-            if let Some(msg) = &failure {
-                input.send((index as u64, SourceMsg::Failed(msg.clone())));
-            }
-            input.send((index as u64, SourceMsg::Stats(stats)));
-            input.close();
-            while worker.step_or_park(None) {}
-
-            if let Some(msg) = failure {
-                return Err(msg);
-            }
-            Ok(side.map(|s| {
-                let mut s = s.borrow_mut();
-                Collected {
-                    stats: std::mem::take(&mut s.stats),
-                    failed: std::mem::take(&mut s.failed),
-                    error: s.error.take().map(|e| e.to_string()),
-                    rejects: s.rejects.as_ref().map(|w| w.count),
-                }
-            }))
-        }
-    })
-    .map_err(Error::Runtime)?;
-
-    let mut first_error: Option<String> = None;
-    let mut collected = None;
-    for (i, r) in guards.join().into_iter().enumerate() {
-        match r {
-            Ok(Ok(Some(c))) => collected = Some(c),
-            Ok(Ok(None)) => {}
-            Ok(Err(msg)) => {
-                first_error.get_or_insert(msg);
-            }
-            Err(panic) => {
-                first_error.get_or_insert(format!("internal error: worker {i} panicked: {panic}"));
-            }
-        }
-    }
+            Ok(stats)
+        })
+    };
+    let int_keys = Some(plan.key_type.is_integer());
+    let (collected, error) = execute(opts, cfg.clone(), model, int_keys, collector, feed)?;
     progress.finish_and_clear();
     let elapsed = start.elapsed();
-    let error = first_error
-        .or_else(|| collected.as_ref().and_then(|c| c.error.clone()))
-        .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()));
     if let Some(e) = error {
         if let Some((tmp, _)) = &partial {
             let _ = std::fs::remove_file(tmp);
@@ -405,16 +391,14 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         elapsed,
         output: output_path,
         rejects: rejects_path.zip(c.rejects),
-        workers: total_workers,
-        files: plan.files.len(),
+        workers: opts.workers * opts.processes,
+        source: format!(
+            "{} file{}",
+            plan.files.len(),
+            if plan.files.len() == 1 { "" } else { "s" }
+        ),
+        latency: None,
     }))
-}
-
-/// Handler for workers other than 0, which never receive sink messages.
-struct NoSink;
-
-impl SinkHandler for NoSink {
-    fn handle(&mut self, _msg: SinkMsg) {}
 }
 
 fn progress_bar(opts: &RunOptions, plan: &Plan) -> ProgressBar {

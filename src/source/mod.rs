@@ -3,3 +3,5 @@
 
 pub mod convert;
 pub mod files;
+pub mod lines;
+pub mod live;

@@ -1,0 +1,184 @@
+//! Worker 0's end of a pipeline: writes predictions and rejects, sums every worker's
+//! counters, and for live runs flushes at each epoch and measures arrival-to-emission latency.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::DataType;
+
+use crate::dataflow::SinkHandler;
+use crate::error::{Error, Result};
+use crate::latency::Histogram;
+use crate::pipeline::config::OutputConfig;
+use crate::record::{KeyColumn, Reject, SinkMsg, Stats};
+use crate::sink::{OutputSchema, RejectsWriter, Sink};
+use crate::source::files::Plan;
+use crate::source::live::now_us;
+
+/// How rejects name where they came from.
+pub enum Namer {
+    /// File sources: the file and its row or line.
+    Files(Arc<Plan>),
+    /// Live sources: the connection and the line.
+    Live(Arc<Mutex<Vec<String>>>),
+}
+
+impl Namer {
+    fn name(&self, r: &Reject) -> (String, String) {
+        match self {
+            Namer::Files(plan) => (
+                plan.files[r.source as usize].path.display().to_string(),
+                plan.describe_row(r.row),
+            ),
+            Namer::Live(names) => (
+                names
+                    .lock()
+                    .expect("names")
+                    .get(r.source as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("connection {}", r.source)),
+                format!("line {}", r.row),
+            ),
+        }
+    }
+}
+
+/// The output, opened at once (files: types known from the plan) or at the first
+/// prediction (live: the key type comes from the first line).
+pub enum SinkSlot {
+    Open(Sink),
+    Lazy(OutputConfig, OutputSchema),
+    Failed,
+}
+
+/// Worker 0's sink state.
+pub struct Collector {
+    pub sink: SinkSlot,
+    pub rejects: Option<RejectsWriter>,
+    pub namer: Namer,
+    pub stats: Stats,
+    pub failed: Vec<String>,
+    pub error: Option<Error>,
+    /// Live runs: flush every epoch, record latency.
+    pub live: bool,
+    pub latency: Histogram,
+    pending_arrivals: Vec<u64>,
+}
+
+impl Collector {
+    pub fn new(sink: SinkSlot, rejects: Option<RejectsWriter>, namer: Namer, live: bool) -> Collector {
+        Collector {
+            sink,
+            rejects,
+            namer,
+            stats: Stats::default(),
+            failed: Vec::new(),
+            error: None,
+            live,
+            latency: Histogram::default(),
+            pending_arrivals: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, r: Result<()>) {
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// The open sink, opening a lazy one with the key type of `keys`.
+    fn sink_for(&mut self, keys: &KeyColumn) -> Option<&mut Sink> {
+        if let SinkSlot::Lazy(cfg, schema) = &self.sink {
+            let mut schema = schema.clone();
+            schema.key_type = match keys {
+                KeyColumn::Int(_) => DataType::Int64,
+                KeyColumn::Str { .. } => DataType::Utf8,
+            };
+            match Sink::create(cfg, schema, false) {
+                Ok(s) => self.sink = SinkSlot::Open(s),
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    self.sink = SinkSlot::Failed;
+                }
+            }
+        }
+        match &mut self.sink {
+            SinkSlot::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Where a partial output sits, for the driver to commit or discard.
+    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
+        match &self.sink {
+            SinkSlot::Open(s) => s.partial(),
+            _ => None,
+        }
+    }
+}
+
+impl SinkHandler for Collector {
+    fn handle(&mut self, msg: SinkMsg) {
+        match msg {
+            SinkMsg::Rows(b) => {
+                let live = self.live;
+                if let Some(s) = self.sink_for(&b.keys) {
+                    let r = s.write(&b);
+                    self.record(r);
+                    if live {
+                        self.pending_arrivals.extend_from_slice(&b.arrivals);
+                    }
+                }
+            }
+            SinkMsg::Rejects(rs) => {
+                if self.rejects.is_some() {
+                    for r in &rs {
+                        let (source, at) = self.namer.name(r);
+                        let res = self.rejects.as_mut().expect("checked").write(r, &source, &at);
+                        self.record(res);
+                    }
+                }
+            }
+            SinkMsg::Stats(s) => self.stats.add(&s),
+            SinkMsg::Failed(m) => self.failed.push(m),
+        }
+    }
+
+    fn epoch_done(&mut self) {
+        if !self.live {
+            return;
+        }
+        if let SinkSlot::Open(s) = &mut self.sink {
+            let r = s.flush();
+            self.record(r);
+        }
+        if let Some(w) = self.rejects.as_mut() {
+            let r = w.flush();
+            self.record(r);
+        }
+        // Emission = the moment the prediction was handed to the output and flushed.
+        let now = now_us();
+        for a in self.pending_arrivals.drain(..) {
+            self.latency.record(now.saturating_sub(a));
+        }
+    }
+
+    fn finish(&mut self) {
+        self.epoch_done();
+        if let SinkSlot::Open(s) = &mut self.sink {
+            let r = s.close();
+            self.record(r);
+        }
+        if let Some(w) = self.rejects.as_mut() {
+            let r = w.flush();
+            self.record(r);
+        }
+    }
+}
+
+/// Handler for workers other than 0, which never receive sink messages.
+pub struct NoSink;
+
+impl SinkHandler for NoSink {
+    fn handle(&mut self, _msg: SinkMsg) {}
+}

@@ -1,0 +1,353 @@
+//! Live sources: TCP (many concurrent clients) and stdin. One reader thread per connection
+//! turns the complete lines it has read into per-worker [`StepBatch`]es and sends them on a
+//! bounded crossbeam channel. When the model falls behind, the channel fills, the readers
+//! block, and TCP flow control pushes back on the clients: memory stays bounded.
+
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::lines::{FieldMap, ParsedKey};
+use crate::error::{Error, Result};
+use crate::pipeline::config::{LineFormat, SourceConfig, SourceFormat};
+use crate::record::{KeyColumn, Reject, RejectReason, StepBatch};
+
+/// Batches in flight between readers and the dataflow (the backpressure bound).
+const CHANNEL_BATCHES: usize = 256;
+/// How often blocked readers and the acceptor look at the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Microseconds since the process's clock started: arrival stamps and sink times share it.
+pub fn now_us() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// What a reader hands over: steps already split by destination worker, and rejects.
+#[derive(Debug)]
+pub struct LiveBatch {
+    pub batches: Vec<StepBatch>,
+    pub rejects: Vec<Reject>,
+    pub lines: u64,
+}
+
+/// Running readers.
+pub struct LiveSource {
+    pub rx: Receiver<LiveBatch>,
+    /// Connection id -> description (`tcp 127.0.0.1:5123`, `stdin`), for messages.
+    pub names: Arc<Mutex<Vec<String>>>,
+    /// The bound address (tcp).
+    pub local_addr: Option<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LiveSource {
+    /// Starts the source. A TCP listener is bound before this returns, so an address in use
+    /// is an error here, not later.
+    pub fn start(cfg: &SourceConfig, peers: usize, stop: Arc<AtomicBool>) -> Result<LiveSource> {
+        let (tx, rx) = bounded(CHANNEL_BATCHES);
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(Shared {
+            fields: FieldMap::new(cfg),
+            lines: cfg.lines,
+            columns: cfg.columns.clone(),
+            max_line: cfg.max_line_bytes,
+            peers,
+            key_kind: AtomicU8::new(KIND_UNSET),
+            stop,
+        });
+        let mut threads = Vec::new();
+        let mut local_addr = None;
+        match cfg.format {
+            SourceFormat::Tcp => {
+                let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::Io {
+                    path: PathBuf::from(format!("tcp {}", cfg.listen)),
+                    source: e,
+                })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| Error::Runtime(e.to_string()))?;
+                local_addr = listener.local_addr().ok();
+                let names = names.clone();
+                threads.push(std::thread::spawn(move || {
+                    accept_loop(listener, tx, names, shared)
+                }));
+            }
+            SourceFormat::Stdin => {
+                names.lock().expect("names").push("stdin".to_string());
+                threads.push(std::thread::spawn(move || {
+                    read_lines(std::io::stdin().lock(), 0, &tx, &shared);
+                }));
+            }
+            _ => unreachable!("file formats are not live"),
+        }
+        Ok(LiveSource {
+            rx,
+            names,
+            local_addr,
+            threads,
+        })
+    }
+
+    /// Waits for the acceptor and readers to finish (after stop or end of input).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+const KIND_UNSET: u8 = 0;
+const KIND_INT: u8 = 1;
+const KIND_STR: u8 = 2;
+
+struct Shared {
+    fields: FieldMap,
+    lines: LineFormat,
+    columns: Option<Vec<String>>,
+    max_line: usize,
+    peers: usize,
+    /// Keys are integers or strings for the whole run: the first accepted line decides.
+    key_kind: AtomicU8,
+    stop: Arc<AtomicBool>,
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    tx: Sender<LiveBatch>,
+    names: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
+) {
+    let mut readers = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                let conn = {
+                    let mut n = names.lock().expect("names");
+                    n.push(format!("tcp {addr}"));
+                    (n.len() - 1) as u32
+                };
+                let (tx, shared) = (tx.clone(), shared.clone());
+                readers.push(std::thread::spawn(move || serve(stream, conn, tx, shared)));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => std::thread::sleep(POLL),
+        }
+        readers.retain(|r: &JoinHandle<()>| !r.is_finished());
+    }
+    drop(tx);
+    for r in readers {
+        let _ = r.join();
+    }
+}
+
+fn serve(stream: TcpStream, conn: u32, tx: Sender<LiveBatch>, shared: Arc<Shared>) {
+    // Blocking reads with a timeout, so a quiet client does not keep a stopping reader alive.
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(POLL));
+    read_lines(stream, conn, &tx, &shared);
+}
+
+/// Reads lines until end of input or stop; complete lines already read are always handed on.
+fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut line_no = 0u64;
+    let mut discarding = false;
+    let mut header: Option<Vec<usize>> = None;
+    if let Some(cols) = &s.columns {
+        match s.fields.csv_header(cols) {
+            Ok(h) => header = Some(h),
+            Err(_) => return, // checked when the pipeline was loaded
+        }
+    }
+    let mut feats = vec![0f32; s.fields.width()];
+    loop {
+        let n = match r.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => 0,
+        };
+        let arrival = now_us();
+        let eof = n == 0;
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = LiveBatch {
+            batches: Vec::new(),
+            rejects: Vec::new(),
+            lines: 0,
+        };
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+            let mut line = &buf[start..start + pos];
+            start += pos + 1;
+            line_no += 1;
+            if discarding {
+                discarding = false;
+                reject(
+                    &mut out,
+                    conn,
+                    line_no,
+                    format!("line longer than {} bytes", s.max_line),
+                );
+                continue;
+            }
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            if line.len() > s.max_line {
+                reject(
+                    &mut out,
+                    conn,
+                    line_no,
+                    format!("line longer than {} bytes", s.max_line),
+                );
+                continue;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.lines += 1;
+            parse_line(s, line, conn, line_no, arrival, &mut header, &mut feats, &mut out);
+        }
+        buf.drain(..start);
+        if buf.len() > s.max_line {
+            // The rest of this line is dropped as it arrives; reported at its newline.
+            discarding = true;
+            buf.clear();
+        }
+        if eof && !buf.is_empty() && !discarding {
+            reject(
+                &mut out,
+                conn,
+                line_no + 1,
+                "incomplete last line: the client disconnected in the middle of it".into(),
+            );
+            buf.clear();
+        }
+        if (!out.batches.is_empty() || !out.rejects.is_empty()) && tx.send(out).is_err() {
+            return;
+        }
+        if eof || s.stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+}
+
+fn reject(out: &mut LiveBatch, conn: u32, line: u64, detail: String) {
+    out.rejects.push(Reject {
+        reason: RejectReason::Malformed,
+        source: conn,
+        row: line,
+        key: None,
+        time: None,
+        last_time: None,
+        detail,
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_line(
+    s: &Shared,
+    line: &[u8],
+    conn: u32,
+    line_no: u64,
+    arrival: u64,
+    header: &mut Option<Vec<usize>>,
+    feats: &mut [f32],
+    out: &mut LiveBatch,
+) {
+    let parsed: std::result::Result<(ParsedKey, i64), String> = match s.lines {
+        LineFormat::Jsonl => s.fields.parse_json(line, feats),
+        LineFormat::Csv => {
+            let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(line);
+            let mut rec = csv::StringRecord::new();
+            match rdr.read_record(&mut rec) {
+                Err(e) => Err(format!("not a CSV record: {e}")),
+                Ok(_) if header.is_none() => {
+                    let names: Vec<String> = rec.iter().map(String::from).collect();
+                    match s.fields.csv_header(&names) {
+                        Ok(h) => *header = Some(h),
+                        Err(e) => reject(out, conn, line_no, e),
+                    }
+                    return;
+                }
+                Ok(_) => s.fields.parse_csv(header.as_ref().expect("header"), &rec, feats),
+            }
+        }
+    };
+    let (key, time) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let reason = if e.contains("not a finite number") {
+                RejectReason::NonFinite
+            } else {
+                RejectReason::Malformed
+            };
+            out.rejects.push(Reject {
+                reason,
+                source: conn,
+                row: line_no,
+                key: None,
+                time: None,
+                last_time: None,
+                detail: e,
+            });
+            return;
+        }
+    };
+    let kind = if key.int.is_some() { KIND_INT } else { KIND_STR };
+    let locked = match s
+        .key_kind
+        .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => kind,
+        Err(k) => k,
+    };
+    if locked != kind {
+        let (this, first) = if kind == KIND_INT {
+            ("an integer", "strings")
+        } else {
+            ("a string", "integers")
+        };
+        reject(
+            out,
+            conn,
+            line_no,
+            format!("key is {this} but earlier lines had {first}; a stream's keys are all one type"),
+        );
+        return;
+    }
+    if out.batches.is_empty() {
+        let proto = if kind == KIND_INT {
+            KeyColumn::Int(Vec::new())
+        } else {
+            KeyColumn::empty_str()
+        };
+        out.batches = (0..s.peers)
+            .map(|_| StepBatch::new(conn, proto.new_like()))
+            .collect();
+    }
+    let k = key.as_ref();
+    let b = &mut out.batches[(k.route_hash() % s.peers as u64) as usize];
+    b.rows.push(line_no);
+    b.keys.push(k);
+    b.times.push(time);
+    b.features.extend_from_slice(feats);
+    b.arrivals.push(arrival);
+}
