@@ -55,6 +55,29 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
+    Replay {
+        /// Parquet file or directory of Parquet files.
+        data: PathBuf,
+        /// host:port of the pipeline's tcp source.
+        #[arg(long)]
+        to: String,
+        /// Rows per second over all connections (0 = as fast as the pipeline takes them).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Number of TCP connections; each key always uses the same one.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Key column (decides the connection).
+        #[arg(long, default_value = "sensor_id")]
+        key: String,
+        /// Time column (the replay order).
+        #[arg(long, default_value = "ts")]
+        time: String,
+        /// Send at most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Print a model's layers, shapes, parameter count, receptive field and whether it streams.
     Inspect {
         /// The model TOML (its weights file is read too).
@@ -70,6 +93,26 @@ pub fn main() -> anyhow::Result<ExitCode> {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
             print!("{}", Summary(&m));
+        }
+        Command::Replay {
+            data,
+            to,
+            rate,
+            connections,
+            key,
+            time,
+            limit,
+        } => {
+            let report = seqflow::replay::replay(&seqflow::replay::ReplayOptions {
+                data,
+                to,
+                rate,
+                connections,
+                key,
+                time,
+                limit,
+            })?;
+            eprintln!("seqflow replay: {report}");
         }
         Command::Run {
             pipeline,

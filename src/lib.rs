@@ -16,6 +16,7 @@ pub mod latency;
 pub mod model;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod sink;
 pub mod source;
 

@@ -1,0 +1,210 @@
+//! `seqflow replay`: sends a dataset to a live pipeline as JSON lines, in time order, at a
+//! given rate, over one or more TCP connections. Each key always goes over the same
+//! connection, so its steps arrive in order. A load generator for demos, tests and benchmarks.
+
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Float32Type, Float64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{Error, Result};
+use crate::record::KeyRef;
+
+/// What to replay and how fast.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub data: PathBuf,
+    pub to: String,
+    /// Rows per second over all connections; 0 = as fast as the server takes them.
+    pub rate: f64,
+    pub connections: usize,
+    pub key: String,
+    pub time: String,
+    /// Stop after this many rows.
+    pub limit: Option<usize>,
+}
+
+/// What was sent.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub rows: usize,
+    pub connections: usize,
+    pub elapsed: Duration,
+    pub target_rate: f64,
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.rows as f64 / self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "sent {} rows over {} connection{} in {:.2} s ({:.0} rows/s",
+            self.rows,
+            self.connections,
+            if self.connections == 1 { "" } else { "s" },
+            self.elapsed.as_secs_f64(),
+            rate
+        )?;
+        if self.target_rate > 0.0 {
+            write!(f, "; target {:.0}", self.target_rate)?;
+            if rate < 0.95 * self.target_rate {
+                write!(f, ", held back by the server")?;
+            }
+        }
+        write!(f, ")")
+    }
+}
+
+fn data_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Reads a Parquet file (or every Parquet file of a directory) into one batch.
+fn read_all(path: &Path) -> Result<RecordBatch> {
+    let files = crate::source::files::expand(path, crate::pipeline::config::SourceFormat::Parquet)?;
+    let mut batches = Vec::new();
+    for f in &files {
+        let file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| data_err(f, format!("not a readable Parquet file: {e}")))?;
+        for b in reader {
+            batches.push(b.map_err(|e| data_err(f, e))?);
+        }
+    }
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| data_err(path, "no rows"))?;
+    concat_batches(&schema, &batches).map_err(|e| data_err(path, e))
+}
+
+/// One row as a JSON object, NaN/inf as null (JSON has no NaN).
+fn json_line(cols: &[(String, ArrayRef)], row: usize, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (name, col)) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, name).expect("string");
+        out.push(b':');
+        if col.is_null(row) {
+            out.extend_from_slice(b"null");
+            continue;
+        }
+        let v: serde_json::Value = match col.data_type() {
+            DataType::Utf8 => col.as_string::<i32>().value(row).into(),
+            DataType::LargeUtf8 => col.as_string::<i64>().value(row).into(),
+            DataType::Float32 => {
+                serde_json::Number::from_f64(col.as_primitive::<Float32Type>().value(row) as f64)
+                    .map_or(serde_json::Value::Null, Into::into)
+            }
+            DataType::Float64 => serde_json::Number::from_f64(col.as_primitive::<Float64Type>().value(row))
+                .map_or(serde_json::Value::Null, Into::into),
+            t if t.is_integer() || matches!(t, DataType::Timestamp(..)) => {
+                let c = arrow::compute::cast(&col.slice(row, 1), &DataType::Int64).expect("integer cast");
+                c.as_primitive::<arrow::datatypes::Int64Type>().value(0).into()
+            }
+            _ => arrow::util::display::array_value_to_string(col, row)
+                .unwrap_or_default()
+                .into(),
+        };
+        serde_json::to_writer(&mut *out, &v).expect("value");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Replays the data; returns what was sent.
+pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
+    let batch = read_all(&o.data)?;
+    let (Ok(ki), Ok(ti)) = (batch.schema().index_of(&o.key), batch.schema().index_of(&o.time)) else {
+        return Err(data_err(
+            &o.data,
+            format!(
+                "needs columns `{}` (key) and `{}` (time); use --key / --time",
+                o.key, o.time
+            ),
+        ));
+    };
+    // Stable sort by time: equal times keep file order.
+    let order = sort_to_indices(batch.column(ti), None, None).map_err(|e| data_err(&o.data, e))?;
+    let batch = take_record_batch(&batch, &order).map_err(|e| data_err(&o.data, e))?;
+    let keys = batch.column(ki).clone();
+    let cols: Vec<(String, ArrayRef)> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| (f.name().clone(), c.clone()))
+        .collect();
+    let conns = o.connections.max(1);
+    let mut writers: Vec<BufWriter<TcpStream>> = (0..conns)
+        .map(|_| {
+            TcpStream::connect(&o.to)
+                .map(|s| BufWriter::with_capacity(1 << 16, s))
+                .map_err(|e| Error::Io {
+                    path: PathBuf::from(format!("tcp {}", o.to)),
+                    source: e,
+                })
+        })
+        .collect::<Result<_>>()?;
+    let n = o.limit.map_or(batch.num_rows(), |l| l.min(batch.num_rows()));
+    let conn_of = |row: usize| -> usize {
+        let k = match keys.data_type() {
+            DataType::Utf8 => KeyRef::Str(keys.as_string::<i32>().value(row)),
+            _ => {
+                let c = arrow::compute::cast(&keys.slice(row, 1), &DataType::Int64).expect("key cast");
+                KeyRef::Int(c.as_primitive::<arrow::datatypes::Int64Type>().value(0))
+            }
+        };
+        (k.route_hash() % conns as u64) as usize
+    };
+    let io_err = |e: std::io::Error| Error::Io {
+        path: PathBuf::from(format!("tcp {}", o.to)),
+        source: e,
+    };
+    let start = Instant::now();
+    let mut line = Vec::with_capacity(256);
+    let mut sent = 0;
+    while sent < n {
+        // Send what is due by now (all of it when there is no rate), then flush.
+        let due = if o.rate > 0.0 {
+            ((start.elapsed().as_secs_f64() * o.rate) as usize).clamp(sent + 1, n)
+        } else {
+            (sent + 4096).min(n)
+        };
+        for row in sent..due {
+            line.clear();
+            json_line(&cols, row, &mut line);
+            writers[conn_of(row)].write_all(&line).map_err(io_err)?;
+        }
+        sent = due;
+        for w in &mut writers {
+            w.flush().map_err(io_err)?;
+        }
+        if o.rate > 0.0 && sent < n {
+            let next = Duration::from_secs_f64((sent + 1) as f64 / o.rate);
+            if let Some(wait) = next.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait.min(Duration::from_millis(1)));
+            }
+        }
+    }
+    for w in writers {
+        let s = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    Ok(ReplayReport {
+        rows: n,
+        connections: conns,
+        elapsed: start.elapsed(),
+        target_rate: o.rate,
+    })
+}

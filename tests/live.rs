@@ -1,0 +1,376 @@
+//! Live sources end to end: the real binary listening on 127.0.0.1, real client sockets,
+//! real signals. Predictions must equal the offline model per key; bad lines are rejected
+//! with their reason and line number while everything else goes on; SIGTERM drains.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pipeline::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TOL: f32 = 1e-5;
+
+/// Starts `seqflow run` and returns it with the address it listens on.
+fn start(pipeline: &Path, args: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .arg("run")
+        .arg(pipeline)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .to_string();
+    (child, addr, err)
+}
+
+/// Sends SIGTERM and returns (exit success, the rest of stderr).
+fn terminate(mut child: Child, mut err: BufReader<std::process::ChildStderr>) -> (bool, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let ok = child.wait().unwrap().success();
+    (ok, rest)
+}
+
+fn live_pipeline(dir: &Path, model: &Path, extra_source: &str, output: &str) -> PathBuf {
+    write_pipeline(
+        dir,
+        "live.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"jsonl\"\nkey = \"key\"\ntime = \"t\"\n\
+             features = [\"f0\", \"f1\"]\nepoch_ms = 2\nrejects = \"out/rejects.jsonl\"\n{extra_source}\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"jsonl\"\npath = \"out/live.jsonl\"\n{output}\n",
+            model.display()
+        ),
+    )
+}
+
+fn read_jsonl(path: &Path) -> BTreeMap<String, BTreeMap<i64, Vec<f32>>> {
+    let mut out: BTreeMap<String, BTreeMap<i64, Vec<f32>>> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let vals = vec![v["y0"].as_f64().unwrap() as f32, v["y1"].as_f64().unwrap() as f32];
+        out.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(v["t"].as_i64().unwrap(), vals);
+    }
+    out
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn line(key: &str, t: i64, f: &[f32]) -> String {
+    format!(
+        "{{\"key\": \"{key}\", \"t\": {t}, \"f0\": {}, \"f1\": {}}}\n",
+        f[0], f[1]
+    )
+}
+
+#[test]
+fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = live_pipeline(dir.path(), &mpath, "max_line_bytes = 300", "");
+    let (child, addr, err) = start(&p, &["-w", "2"]);
+
+    // Three clients, each with its own 4 keys interleaved at random; bad lines in between;
+    // the last client dies in the middle of a line.
+    let mut all_rows: Vec<Row> = Vec::new();
+    let mut handles = Vec::new();
+    let mut rng = StdRng::seed_from_u64(9);
+    for c in 0..3 {
+        let mut pending: Vec<Vec<Row>> = (0..4)
+            .map(|k| {
+                (0..25)
+                    .rev()
+                    .map(|i| Row {
+                        key: format!("c{c}k{k}"),
+                        time: 100 + i as i64,
+                        feats: vec![rng.random_range(-1.0f32..1.0), rng.random_range(-1.0f32..1.0)],
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut text = String::new();
+        let mut n = 0;
+        while pending.iter().any(|p| !p.is_empty()) {
+            let k = rng.random_range(0..4);
+            if let Some(r) = pending[k].pop() {
+                text.push_str(&line(&r.key, r.time, &r.feats));
+                all_rows.push(r);
+                n += 1;
+                match n {
+                    10 => text.push_str("this is not json\n"),
+                    20 => text.push_str("{\"key\": \"x\", \"t\": 1, \"f0\": 1}\n"),
+                    30 => text.push_str("{\"key\": \"x\", \"t\": \"noon\", \"f0\": 1, \"f1\": 2}\n"),
+                    40 => text.push_str(&format!("{{\"key\": \"{}\"}}\n", "z".repeat(400))),
+                    _ => {}
+                }
+            }
+        }
+        if c == 2 {
+            text.push_str("{\"key\": \"c2k0\", \"t\": 999, \"f0\"");
+        }
+        let addr = addr.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            for chunk in text.as_bytes().chunks(97) {
+                s.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            // Dropped here: client 2 disconnects mid-line.
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let out = dir.path().join("out/live.jsonl");
+    let want = offline_every_step(&model, &all_rows);
+    // Predictions are flushed every epoch, while the pipeline runs.
+    wait_for(
+        || read_jsonl(&out).values().map(BTreeMap::len).sum::<usize>() == all_rows.len(),
+        "all predictions",
+    );
+    assert_close(&read_jsonl(&out), &want, TOL);
+
+    let (ok, rest) = terminate(child, err);
+    assert!(ok, "SIGTERM must end the run with status 0: {rest}");
+    assert!(
+        rest.contains(&format!("{} predictions for 12 keys", all_rows.len())),
+        "{rest}"
+    );
+    assert!(rest.contains("malformed 13"), "{rest}");
+    assert!(
+        rest.contains("from 3 connections") && rest.contains("latency arrival -> emission p50"),
+        "{rest}"
+    );
+    let rejects: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out/rejects.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rejects.len(), 13);
+    let details: Vec<&str> = rejects.iter().map(|r| r["detail"].as_str().unwrap()).collect();
+    for want in [
+        "not a JSON object",
+        "missing field `f1`",
+        "expected an integer time",
+        "line longer than 300 bytes",
+        "incomplete last line",
+    ] {
+        assert!(
+            details.iter().any(|d| d.contains(want)),
+            "no reject for {want:?}: {details:?}"
+        );
+    }
+    let first = rejects
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap().contains("not a JSON"))
+        .unwrap();
+    assert_eq!(first["at"], "line 11", "{first}");
+    assert!(
+        first["source"].as_str().unwrap().starts_with("tcp 127.0.0.1:"),
+        "{first}"
+    );
+}
+
+#[test]
+fn sigterm_while_clients_send_processes_everything_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let p = live_pipeline(dir.path(), &mpath, "", "");
+    let (child, addr, err) = start(&p, &[]);
+    let sender = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        for i in 0..200_000i64 {
+            if s.write_all(line(&format!("k{}", i % 100), i, &[0.5, -0.5]).as_bytes())
+                .is_err()
+            {
+                return i;
+            }
+        }
+        200_000
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let (ok, rest) = terminate(child, err);
+    let _ = sender.join();
+    assert!(ok, "{rest}");
+    // Every complete line the pipeline read became a prediction (nothing accepted is lost).
+    let rows: usize = rest
+        .split(" rows from")
+        .next()
+        .and_then(|s| s.rsplit("seqflow: ").next())
+        .map(|s| s.replace(',', "").trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no summary: {rest}"));
+    assert!(rows > 0, "{rest}");
+    let written = std::fs::read_to_string(dir.path().join("out/live.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(written, rows, "{rest}");
+    assert!(
+        rest.contains(&format!(
+            "-> {} predictions",
+            seqflow::model::summary::group_digits(rows)
+        )),
+        "{rest}"
+    );
+}
+
+#[test]
+fn stdin_csv_lines_until_end_of_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = write_pipeline(
+        dir.path(),
+        "stdin.toml",
+        &format!(
+            "[source]\nformat = \"stdin\"\nlines = \"csv\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"-\"\n",
+            mpath.display()
+        ),
+    );
+    let rows: Vec<Row> = (0..30)
+        .map(|i| Row {
+            key: format!("s{}", i % 3),
+            time: i,
+            feats: vec![(i as f32 * 0.3).sin(), 0.25],
+        })
+        .collect();
+    let mut input = String::from("t,key,f1,f0\n");
+    for r in &rows {
+        input.push_str(&format!("{},{},{},{}\n", r.time, r.key, r.feats[1], r.feats[0]));
+    }
+    input.push_str("7,s1,oops,1\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .args(["run", p.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("malformed 1") && e.contains("30 predictions for 3 keys"),
+        "{e}"
+    );
+    let out_path = dir.path().join("stdout.csv");
+    std::fs::write(&out_path, &o.stdout).unwrap();
+    assert_close(&read_csv(&out_path), &offline_every_step(&model, &rows), TOL);
+}
+
+#[test]
+fn sequence_end_in_live_mode_ends_a_key_after_its_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = live_pipeline(
+        dir.path(),
+        &mpath,
+        "idle_timeout_ms = 300",
+        "emit = \"sequence_end\"",
+    );
+    let (child, addr, err) = start(&p, &[]);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let seq1: Vec<Row> = (0..5)
+        .map(|i| Row {
+            key: "a".into(),
+            time: i,
+            feats: vec![i as f32 * 0.1, 1.0],
+        })
+        .collect();
+    for r in &seq1 {
+        s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+    }
+    s.flush().unwrap();
+    let out = dir.path().join("out/live.jsonl");
+    // The key's sequence ends 300 ms after its last step: its last output appears.
+    wait_for(
+        || read_jsonl(&out).get("a").is_some_and(|m| m.contains_key(&4)),
+        "the first sequence's output",
+    );
+    let want = offline_every_step(&model, &seq1);
+    assert_close(
+        &read_jsonl(&out),
+        &BTreeMap::from([("a".into(), BTreeMap::from([(4, want["a"][&4].clone())]))]),
+        TOL,
+    );
+    // A new sequence of the same key starts from a fresh state.
+    let seq2: Vec<Row> = (10..13)
+        .map(|i| Row {
+            key: "a".into(),
+            time: i,
+            feats: vec![-0.5, i as f32 * 0.05],
+        })
+        .collect();
+    for r in &seq2 {
+        s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+    }
+    s.flush().unwrap();
+    wait_for(
+        || read_jsonl(&out).get("a").is_some_and(|m| m.contains_key(&12)),
+        "the second sequence's output",
+    );
+    let want2 = offline_every_step(&model, &seq2);
+    let got = read_jsonl(&out)["a"][&12].clone();
+    let d = got
+        .iter()
+        .zip(&want2["a"][&12])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        d <= TOL,
+        "second sequence not from a fresh state: {got:?} vs {:?}",
+        want2["a"][&12]
+    );
+    drop(s);
+    let (ok, rest) = terminate(child, err);
+    assert!(ok, "{rest}");
+}
+
+#[test]
+fn address_in_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let p = live_pipeline(dir.path(), &mpath, "", "");
+    let text = std::fs::read_to_string(&p).unwrap().replace("127.0.0.1:0", &addr);
+    std::fs::write(&p, text).unwrap();
+    let o = seqflow(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains(&format!("tcp {addr}")) && e.contains("in use"), "{e}");
+}
