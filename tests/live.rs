@@ -374,3 +374,61 @@ fn address_in_use_is_a_clear_error() {
     let e = stderr(&o);
     assert!(e.contains(&format!("tcp {addr}")) && e.contains("in use"), "{e}");
 }
+
+#[test]
+fn csv_lines_with_configured_columns_and_parquet_output_closed_on_sigterm() {
+    use arrow::array::AsArray;
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = write_pipeline(
+        dir.path(),
+        "csv.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"csv\"\ncolumns = [\"key\", \"t\", \"f0\", \"f1\"]\n\
+             key = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\nepoch_ms = 2\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"parquet\"\npath = \"out/live.parquet\"\n",
+            mpath.display()
+        ),
+    );
+    let (child, addr, err) = start(&p, &[]);
+    let rows: Vec<Row> = (0..20)
+        .map(|i| Row {
+            key: format!("m{}", i % 2),
+            time: i,
+            feats: vec![i as f32 * 0.05, -0.3],
+        })
+        .collect();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    for r in &rows {
+        s.write_all(format!("{},{},{},{}\n", r.key, r.time, r.feats[0], r.feats[1]).as_bytes())
+            .unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, rest) = terminate(child, err);
+    assert!(ok && rest.contains("20 predictions for 2 keys"), "{rest}");
+    // The Parquet file is complete (footer written) and holds PyTorch-checked outputs.
+    let f = std::fs::File::open(dir.path().join("out/live.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut got: BTreeMap<String, BTreeMap<i64, Vec<f32>>> = BTreeMap::new();
+    for b in reader {
+        let b = b.unwrap();
+        let (k, t) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_primitive::<arrow::datatypes::Int64Type>(),
+        );
+        let (y0, y1) = (
+            b.column(2).as_primitive::<arrow::datatypes::Float32Type>(),
+            b.column(3).as_primitive::<arrow::datatypes::Float32Type>(),
+        );
+        for i in 0..b.num_rows() {
+            got.entry(k.value(i).to_string())
+                .or_default()
+                .insert(t.value(i), vec![y0.value(i), y1.value(i)]);
+        }
+    }
+    assert_close(&got, &offline_every_step(&model, &rows), TOL);
+}
