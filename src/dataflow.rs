@@ -206,3 +206,52 @@ impl<'scope> SinkPredictions<'scope> for StreamVec<'scope, u64, ToSink> {
         )
     }
 }
+
+/// A view changelog entry on its way to worker 0.
+pub type ViewChange = (crate::views::flow::ViewRow, u64, isize);
+
+/// What worker 0 does with view changes.
+pub trait ViewHandler {
+    fn view_change(&mut self, change: ViewChange);
+    /// The frontier passed an epoch (live runs flush here).
+    fn views_epoch_done(&mut self) {}
+    /// The input ended.
+    fn views_finish(&mut self) {}
+}
+
+/// Collects view changelogs at worker 0: `changes.sink_views(handler)`.
+pub trait SinkViews<'scope> {
+    /// Routes every change to worker 0 and hands it to `handler`; the returned stream exists
+    /// to be probed.
+    fn sink_views<H: ViewHandler + 'static>(self, handler: Rc<RefCell<H>>) -> StreamVec<'scope, u64, ()>;
+}
+
+impl<'scope> SinkViews<'scope> for StreamVec<'scope, u64, ViewChange> {
+    fn sink_views<H: ViewHandler + 'static>(self, handler: Rc<RefCell<H>>) -> StreamVec<'scope, u64, ()> {
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &ViewChange| 0),
+            "SinkViews",
+            move |_cap, _info| {
+                let mut finished = false;
+                let mut last_frontier: Option<u64> = None;
+                move |(input, frontier), _output| {
+                    let mut h = handler.borrow_mut();
+                    input.for_each(|_cap, data| {
+                        for c in data.drain(..) {
+                            h.view_change(c);
+                        }
+                    });
+                    let now = frontier.frontier().as_option().copied();
+                    if now != last_frontier {
+                        last_frontier = now;
+                        h.views_epoch_done();
+                    }
+                    if now.is_none() && !finished {
+                        finished = true;
+                        h.views_finish();
+                    }
+                }
+            },
+        )
+    }
+}

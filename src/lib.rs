@@ -19,6 +19,7 @@ pub mod record;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod views;
 
 pub use error::{Error, Result};
 pub use model::{Model, Packed, StateArena, Workspace};

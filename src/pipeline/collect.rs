@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
 
-use crate::dataflow::SinkHandler;
+use crate::dataflow::{SinkHandler, ViewChange, ViewHandler};
 use crate::error::{Error, Result};
 use crate::latency::Histogram;
 use crate::pipeline::config::OutputConfig;
@@ -14,6 +14,7 @@ use crate::record::{KeyColumn, Reject, SinkMsg, Stats};
 use crate::sink::{OutputSchema, RejectsWriter, Sink};
 use crate::source::files::Plan;
 use crate::source::live::now_us;
+use crate::views::output::ViewOutputs;
 
 /// How rejects name where they came from.
 pub enum Namer {
@@ -63,6 +64,8 @@ pub struct Collector {
     pub live: bool,
     pub latency: Histogram,
     pending_arrivals: Vec<u64>,
+    /// The views' changelog writers, if the pipeline has views.
+    pub views: Option<ViewOutputs>,
 }
 
 impl Collector {
@@ -77,6 +80,7 @@ impl Collector {
             live,
             latency: Histogram::default(),
             pending_arrivals: Vec::new(),
+            views: None,
         }
     }
 
@@ -176,9 +180,37 @@ impl SinkHandler for Collector {
     }
 }
 
+impl ViewHandler for Collector {
+    fn view_change(&mut self, (row, time, diff): ViewChange) {
+        if let Some(v) = self.views.as_mut() {
+            v.push(row, time, diff);
+        }
+    }
+
+    fn views_epoch_done(&mut self) {
+        if self.live {
+            if let Some(v) = self.views.as_mut() {
+                let r = v.flush();
+                self.record(r);
+            }
+        }
+    }
+
+    fn views_finish(&mut self) {
+        if let Some(v) = self.views.as_mut() {
+            let r = v.finish();
+            self.record(r);
+        }
+    }
+}
+
 /// Handler for workers other than 0, which never receive sink messages.
 pub struct NoSink;
 
 impl SinkHandler for NoSink {
     fn handle(&mut self, _msg: SinkMsg) {}
+}
+
+impl ViewHandler for NoSink {
+    fn view_change(&mut self, _change: ViewChange) {}
 }

@@ -23,6 +23,8 @@ use crate::record::{SourceMsg, Stats};
 use crate::sink::{OutputSchema, RejectsWriter};
 use crate::source::live::LiveSource;
 
+/// How often a live run looks for changed side tables.
+const SIDE_RELOAD: Duration = Duration::from_millis(500);
 /// After a stop, how long to wait for readers to hand over what they had read.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
@@ -79,6 +81,15 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
         ));
         source = Some(src);
     }
+    let (view_setup, view_outputs) = super::run::setup_views(&cfg, opts, true, None)?;
+    if let Some(c) = collector.as_mut() {
+        c.views = view_outputs;
+    }
+    let tables = Arc::new(Mutex::new(if opts.process == 0 && !view_setup.specs.is_empty() {
+        Some(crate::views::SideTables::load(&view_setup.specs)?)
+    } else {
+        None
+    }));
     let source = Arc::new(Mutex::new(source));
     let epoch = Duration::from_millis(cfg.source.epoch_ms);
     let max_rows = cfg.source.batch_rows;
@@ -86,8 +97,8 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
     let rejects_path = cfg.source.rejects.clone();
     let start = Instant::now();
     let feed: Arc<Feed> = {
-        let (source, stop) = (source.clone(), stop.clone());
-        Arc::new(move |worker, input, probe, collector| {
+        let (source, stop, tables) = (source.clone(), stop.clone(), tables.clone());
+        Arc::new(move |worker, input, mut side, probe, collector| {
             let Some(src) = (if worker.index() == 0 {
                 source.lock().expect("source").take()
             } else {
@@ -100,6 +111,7 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
             let mut deadline = Instant::now() + epoch;
             let mut rows = 0usize;
             let mut stopping: Option<Instant> = None;
+            let mut last_reload = Instant::now();
             loop {
                 let ended = match src
                     .rx
@@ -127,9 +139,27 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
                     Err(RecvTimeoutError::Timeout) => false,
                     Err(RecvTimeoutError::Disconnected) => true,
                 };
+                // Side tables that changed on disk: their differences enter this epoch.
+                if let Some(side) = side.as_deref_mut() {
+                    if last_reload.elapsed() >= SIDE_RELOAD {
+                        last_reload = Instant::now();
+                        if let Some(t) = tables.lock().expect("tables").as_mut() {
+                            let (updates, errors) = t.reload_changed();
+                            for (row, diff) in updates {
+                                side.send((row, now_epoch, diff));
+                            }
+                            for e in errors {
+                                eprintln!("seqflow: warning: side table not reloaded (keeping the previous one): {e}");
+                            }
+                        }
+                    }
+                }
                 // Close the epoch: everything sent so far becomes processable.
                 now_epoch += 1;
                 input.advance_to(now_epoch);
+                if let Some(side) = side.as_deref_mut() {
+                    side.advance_to(now_epoch);
+                }
                 rows = 0;
                 deadline = Instant::now() + epoch;
                 // Run the closed epoch through to the sink now (latency), without draining the
@@ -153,7 +183,7 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
             Ok(stats)
         })
     };
-    let (collected, error) = execute(opts, Arc::new(cfg), model, None, collector, feed)?;
+    let (collected, error) = execute(opts, Arc::new(cfg), model, None, collector, view_setup, feed)?;
     if let Some(e) = error {
         return Err(Error::Runtime(e));
     }

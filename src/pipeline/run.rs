@@ -18,15 +18,22 @@ use timely::worker::Worker;
 
 use super::collect::{Collector, Namer, NoSink, SinkSlot};
 use super::config::{Emit, Overrides, PipelineConfig};
-use crate::dataflow::{KeyedModel, Routed, SinkPredictions};
+use crate::dataflow::{KeyedModel, Routed, SinkPredictions, SinkViews};
 use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
 use crate::latency::{fmt_us, Histogram};
 use crate::model::summary::group_digits;
 use crate::model::Model;
+use crate::record::Key;
 use crate::record::{SourceMsg, Stats};
 use crate::sink::{commit, OutputSchema, RejectsWriter, Sink};
 use crate::source::files::{epoch_of, Plan};
+use crate::views::flow::{all_predictions, latest_updates, view, SideRow, ViewRow};
+use crate::views::output::ViewOutputs;
+use crate::views::spec::{parse_views, ViewSpec};
+use crate::views::{side_columns, SideTables};
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::VecCollection;
 
 /// Epochs a worker's input may run ahead of what the sink has seen (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: usize = 4;
@@ -195,16 +202,31 @@ pub(crate) struct Collected {
     pub latency: Histogram,
 }
 
+/// Side-table updates entering the views: `(row, time, diff)`.
+pub(crate) type SideInput = InputHandleVec<u64, (SideRow, u64, isize)>;
+
 /// Feeds one worker's input: returns the worker's source counters, or the message that
-/// stopped it. Called on every worker; the worker's `Collector` is there on worker 0.
+/// stopped it. Called on every worker; the worker's `Collector` is there on worker 0, and
+/// the side input only where it stays open (worker 0 of a live run with side tables).
 pub(crate) type Feed = dyn Fn(
         &mut Worker,
         &mut InputHandleVec<u64, Routed>,
+        Option<&mut SideInput>,
         &ProbeHandle<u64>,
         Option<&Rc<RefCell<Collector>>>,
     ) -> std::result::Result<Stats, String>
     + Send
     + Sync;
+
+/// The views of a run and their side tables' initial rows.
+#[derive(Clone, Default)]
+pub(crate) struct ViewSetup {
+    pub specs: Arc<Vec<ViewSpec>>,
+    pub side_rows: Arc<Vec<SideRow>>,
+    pub side_of_view: Arc<Vec<u32>>,
+    /// Live runs: worker 0 keeps the side input open (tables are reloaded when they change).
+    pub live: bool,
+}
 
 /// Runs the dataflow on every worker of this process: `input -> keyed_model -> sink`, the
 /// input fed by `feed`. Returns what worker 0 collected (process 0 only) and the first
@@ -215,6 +237,7 @@ pub(crate) fn execute(
     model: Arc<Model>,
     int_keys: Option<bool>,
     collector: Option<Collector>,
+    views: ViewSetup,
     feed: Arc<Feed>,
 ) -> Result<(Option<Collected>, Option<String>)> {
     let config = timely_config(opts)?;
@@ -236,16 +259,62 @@ pub(crate) fn execute(
             };
             let collector = collector.map(|c| Rc::new(RefCell::new(c)));
             let mut input: InputHandleVec<u64, Routed> = InputHandleVec::new();
+            let mut side: SideInput = InputHandleVec::new();
             let probe: ProbeHandle<u64> = ProbeHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
                 let predictions = scope.input_from(&mut input).keyed_model(processor);
+                if !views.specs.is_empty() {
+                    let side = scope.input_from(&mut side).as_collection();
+                    let latest = latest_updates(predictions.clone());
+                    let all = views
+                        .specs
+                        .iter()
+                        .any(|v| v.window.is_some())
+                        .then(|| all_predictions(predictions.clone()));
+                    let mut changes: Option<VecCollection<'_, u64, ViewRow, isize>> = None;
+                    for (i, v) in views.specs.iter().enumerate() {
+                        let c = view(
+                            i as u32,
+                            v,
+                            &latest,
+                            all.as_ref(),
+                            Some(&side),
+                            views.side_of_view[i],
+                        );
+                        changes = Some(match changes {
+                            None => c,
+                            Some(p) => p.concat(c),
+                        });
+                    }
+                    let changes = changes.expect("at least one view").inner;
+                    match &collector {
+                        Some(c) => changes.sink_views(c.clone()),
+                        None => changes.sink_views(Rc::new(RefCell::new(NoSink))),
+                    }
+                    .probe_with(&probe);
+                }
                 match &collector {
                     Some(c) => predictions.sink_predictions(c.clone()),
                     None => predictions.sink_predictions(Rc::new(RefCell::new(NoSink))),
                 }
                 .probe_with(&probe);
             });
-            let result = feed(worker, &mut input, &probe, collector.as_ref());
+            // Side tables enter at epoch 0, from worker 0; the input stays open only where a
+            // live run reloads them.
+            if index == 0 {
+                for r in views.side_rows.iter() {
+                    side.send((r.clone(), 0, 1));
+                }
+            }
+            let keep_side = index == 0 && views.live && !views.side_rows.is_empty();
+            let mut side = if keep_side {
+                Some(side)
+            } else {
+                side.close();
+                None
+            };
+            let result = feed(worker, &mut input, side.as_mut(), &probe, collector.as_ref());
+            drop(side);
             let failure = match result {
                 Ok(stats) => {
                     input.send((index as u64, SourceMsg::Stats(stats)));
@@ -310,6 +379,7 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         time_type: plan.time_type.clone(),
         names: cfg.output.names.clone(),
     };
+    let (view_setup, view_outputs) = setup_views(&cfg, opts, false, Some(&plan))?;
     // Opened before the workers start, so that a bad output path fails the run at once.
     let collector = if opts.process == 0 {
         let sink = Sink::create(&cfg.output, schema, true)?;
@@ -319,12 +389,9 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
             .as_deref()
             .map(RejectsWriter::create)
             .transpose()?;
-        Some(Collector::new(
-            SinkSlot::Open(sink),
-            rejects,
-            Namer::Files(plan.clone()),
-            false,
-        ))
+        let mut c = Collector::new(SinkSlot::Open(sink), rejects, Namer::Files(plan.clone()), false);
+        c.views = view_outputs;
+        Some(c)
     } else {
         None
     };
@@ -337,7 +404,7 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
     let start = Instant::now();
     let feed: Arc<Feed> = {
         let (plan, cfg, progress) = (plan.clone(), cfg.clone(), progress.clone());
-        Arc::new(move |worker, input, probe, _collector| {
+        Arc::new(move |worker, input, _side, probe, _collector| {
             let (index, peers) = (worker.index(), worker.peers());
             let mut stats = Stats::default();
             let mut in_flight: VecDeque<u64> = VecDeque::new();
@@ -372,7 +439,7 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         })
     };
     let int_keys = Some(plan.key_type.is_integer());
-    let (collected, error) = execute(opts, cfg.clone(), model, int_keys, collector, feed)?;
+    let (collected, error) = execute(opts, cfg.clone(), model, int_keys, collector, view_setup, feed)?;
     progress.finish_and_clear();
     let elapsed = start.elapsed();
     if let Some(e) = error {
@@ -399,6 +466,64 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
         ),
         latency: None,
     }))
+}
+
+/// Parses and checks the pipeline's views, reads their side tables, and (on process 0)
+/// opens their outputs.
+pub(crate) fn setup_views(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    live: bool,
+    plan: Option<&Plan>,
+) -> Result<(ViewSetup, Option<ViewOutputs>)> {
+    if cfg.views.is_empty() {
+        return Ok((ViewSetup::default(), None));
+    }
+    let specs = parse_views(
+        &cfg.views,
+        &cfg.path,
+        &cfg.source.key,
+        &cfg.output.names,
+        &side_columns,
+    )?;
+    let tables = SideTables::load(&specs)?;
+    if let Some(plan) = plan {
+        // A side table whose keys are of the other kind would never match.
+        let int_keys = plan.key_type.is_integer();
+        for (v, &t) in specs.iter().zip(&tables.of_view) {
+            if t == u32::MAX {
+                continue;
+            }
+            let rows = tables.rows();
+            if let Some((_, k, _)) = rows.iter().find(|r| r.0 == t) {
+                if matches!(k, Key::Int(_)) != int_keys {
+                    return Err(Error::PipelineConfig {
+                        path: cfg.path.clone(),
+                        msg: format!(
+                            "[[views]] \"{}\": side table {} has {} keys but `{}` holds {}",
+                            v.name,
+                            v.side.as_ref().expect("joined").path.display(),
+                            if int_keys { "text" } else { "integer" },
+                            cfg.source.key,
+                            if int_keys { "integers" } else { "text" }
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let outputs = if opts.process == 0 {
+        Some(ViewOutputs::create(&specs, &cfg.source.key)?)
+    } else {
+        None
+    };
+    let setup = ViewSetup {
+        side_rows: Arc::new(tables.rows()),
+        side_of_view: Arc::new(tables.of_view.clone()),
+        specs: Arc::new(specs),
+        live,
+    };
+    Ok((setup, outputs))
 }
 
 fn progress_bar(opts: &RunOptions, plan: &Plan) -> ProgressBar {

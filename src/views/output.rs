@@ -1,0 +1,288 @@
+//! Writing views on worker 0: each view's changelog (`group..., value..., epoch, diff`) as
+//! JSON lines, CSV or Parquet (by the file's extension), and optionally a snapshot of the
+//! final state (the changelog summed up) at the end of a bounded run.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use serde_json::{Map, Value};
+
+use super::flow::{ViewRow, ViewValue};
+use super::spec::ViewSpec;
+use crate::error::{Error, Result};
+use crate::record::Key;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+fn format_of(p: Option<&Path>) -> Format {
+    match p
+        .and_then(|p| p.extension())
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("csv") => Format::Csv,
+        Some("parquet") | Some("pq") => Format::Parquet,
+        _ => Format::Jsonl,
+    }
+}
+
+/// A table-shaped writer fed with JSON objects: JSON lines as they are; CSV and Parquet via
+/// Arrow, with the schema inferred from the first rows written.
+struct TableWriter {
+    path: PathBuf,
+    format: Format,
+    out: Option<Box<dyn Write + Send>>,
+    schema: Option<SchemaRef>,
+    csv: Option<arrow::csv::Writer<Box<dyn Write + Send>>>,
+    parquet: Option<ArrowWriter<File>>,
+}
+
+impl TableWriter {
+    fn create(path: Option<&Path>) -> Result<TableWriter> {
+        let display = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("-"));
+        let out: Box<dyn Write + Send> = match path {
+            None => Box::new(std::io::stdout()),
+            Some(p) => {
+                if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+                }
+                Box::new(BufWriter::new(File::create(p).map_err(|e| Error::io(p, e))?))
+            }
+        };
+        Ok(TableWriter {
+            path: display,
+            format: format_of(path),
+            out: Some(out),
+            schema: None,
+            csv: None,
+            parquet: None,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Output {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    fn write(&mut self, rows: &[Map<String, Value>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for r in rows {
+            serde_json::to_writer(&mut buf, r).expect("json");
+            buf.push(b'\n');
+        }
+        if self.format == Format::Jsonl {
+            let out = self.out.as_mut().expect("open");
+            return out
+                .write_all(&buf)
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::io(&self.path, e));
+        }
+        if self.schema.is_none() {
+            let (s, _) = arrow::json::reader::infer_json_schema(&buf[..], None).map_err(|e| self.err(e))?;
+            self.schema = Some(Arc::new(s));
+        }
+        let schema = self.schema.clone().expect("set");
+        let reader = arrow::json::ReaderBuilder::new(schema.clone())
+            .build(&buf[..])
+            .map_err(|e| self.err(e))?;
+        for batch in reader {
+            let batch: RecordBatch = batch.map_err(|e| self.err(e))?;
+            match self.format {
+                Format::Csv => {
+                    if self.csv.is_none() {
+                        let out = self.out.take().expect("open");
+                        self.csv = Some(arrow::csv::WriterBuilder::new().with_header(true).build(out));
+                    }
+                    self.csv
+                        .as_mut()
+                        .expect("set")
+                        .write(&batch)
+                        .map_err(|e| self.err(e))?;
+                }
+                Format::Parquet => {
+                    if self.parquet.is_none() {
+                        self.out = None;
+                        let f = File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                        self.parquet =
+                            Some(ArrowWriter::try_new(f, schema.clone(), None).map_err(|e| self.err(e))?);
+                    }
+                    self.parquet
+                        .as_mut()
+                        .expect("set")
+                        .write(&batch)
+                        .map_err(|e| self.err(e))?;
+                }
+                Format::Jsonl => unreachable!(),
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(w) = self.parquet.take() {
+            w.close().map_err(|e| self.err(e))?;
+        }
+        if let Some(w) = self.csv.take() {
+            w.into_inner().flush().map_err(|e| Error::io(&self.path, e))?;
+        }
+        if let Some(mut o) = self.out.take() {
+            o.flush().map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+struct ViewOut {
+    spec: ViewSpec,
+    changelog: TableWriter,
+    pending: Vec<(Vec<Key>, ViewValue, u64, isize)>,
+    /// The changelog summed up: the view's current state.
+    state: BTreeMap<(Vec<Key>, ViewValue), isize>,
+}
+
+/// Every view's writers, on worker 0.
+pub struct ViewOutputs {
+    views: Vec<ViewOut>,
+    key_name: String,
+}
+
+fn key_json(k: &Key) -> Value {
+    match k {
+        Key::Int(i) => Value::from(*i),
+        Key::Str(s) => Value::from(&**s),
+    }
+}
+
+impl ViewOutputs {
+    /// Opens every view's changelog. `key_name` names the key in top_k rows.
+    pub fn create(specs: &[ViewSpec], key_name: &str) -> Result<ViewOutputs> {
+        let views = specs
+            .iter()
+            .map(|s| {
+                Ok(ViewOut {
+                    spec: s.clone(),
+                    changelog: TableWriter::create(s.output.as_deref())?,
+                    pending: Vec::new(),
+                    state: BTreeMap::new(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ViewOutputs {
+            views,
+            key_name: key_name.to_string(),
+        })
+    }
+
+    /// One changelog entry.
+    pub fn push(&mut self, (view, group, value): ViewRow, time: u64, diff: isize) {
+        let v = &mut self.views[view as usize];
+        let e = v.state.entry((group.clone(), value.clone())).or_insert(0);
+        *e += diff;
+        if *e == 0 {
+            v.state.remove(&(group.clone(), value.clone()));
+        }
+        v.pending.push((group, value, time, diff));
+    }
+
+    /// The columns of a row: group, window start, value.
+    fn fields(key_name: &str, spec: &ViewSpec, group: &[Key], value: &ViewValue) -> Map<String, Value> {
+        let mut m = Map::new();
+        for ((name, _), g) in spec.group_by.iter().zip(group) {
+            m.insert(name.clone(), key_json(g));
+        }
+        if spec.window.is_some() {
+            if let Some(Key::Int(s)) = group.last() {
+                m.insert("window_start".into(), Value::from(*s));
+            }
+        }
+        match value {
+            ViewValue::Count(n) => {
+                m.insert("count".into(), Value::from(*n));
+            }
+            ViewValue::Num(x) => {
+                let name = format!("{}_{}", spec.aggregate.as_str(), spec.of_name);
+                m.insert(
+                    name,
+                    serde_json::Number::from_f64(x.0).map_or(Value::Null, Value::Number),
+                );
+            }
+            ViewValue::Top(k, s) => {
+                m.insert(key_name.to_string(), key_json(k));
+                m.insert(
+                    spec.of_name.clone(),
+                    serde_json::Number::from_f64(s.0 as f64).map_or(Value::Null, Value::Number),
+                );
+            }
+        }
+        m
+    }
+
+    /// Writes what was pushed since the last flush, in epoch order, retractions first.
+    pub fn flush(&mut self) -> Result<()> {
+        for v in &mut self.views {
+            if v.pending.is_empty() {
+                continue;
+            }
+            v.pending
+                .sort_by(|a, b| (a.2, a.3, &a.0, &a.1).cmp(&(b.2, b.3, &b.0, &b.1)));
+            let rows: Vec<Map<String, Value>> = v
+                .pending
+                .drain(..)
+                .map(|(g, val, t, d)| {
+                    let mut m = Self::fields(&self.key_name, &v.spec, &g, &val);
+                    m.insert("epoch".into(), Value::from(t));
+                    m.insert("diff".into(), Value::from(d as i64));
+                    m
+                })
+                .collect();
+            v.changelog.write(&rows)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, writes snapshots of the final state, closes everything.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        for v in &mut self.views {
+            v.changelog.close()?;
+            if let Some(p) = &v.spec.snapshot {
+                let mut w = TableWriter::create(Some(p))?;
+                let mut rows = Vec::new();
+                for ((g, val), n) in &v.state {
+                    for _ in 0..(*n).max(0) {
+                        rows.push(Self::fields(&self.key_name, &v.spec, g, val));
+                    }
+                }
+                if rows.is_empty() && w.format != Format::Jsonl {
+                    // An empty view: a CSV header-less empty file, or an empty JSON lines file.
+                    w.format = Format::Jsonl;
+                }
+                w.write(&rows)?;
+                w.close()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Current state of view `i` (for tests): `(group, value) -> multiplicity`.
+    pub fn state(&self, i: usize) -> &BTreeMap<(Vec<Key>, ViewValue), isize> {
+        &self.views[i].state
+    }
+}
