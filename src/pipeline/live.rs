@@ -35,6 +35,8 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
             .map_err(|e| Error::Runtime(format!("signal handler: {e}")))?;
     }
     let peers = opts.workers * opts.processes;
+    // Views and their outputs first: once "listening" is printed, every output exists.
+    let (view_setup, view_outputs) = super::run::setup_views(&cfg, opts, true, None)?;
     let mut collector = None;
     let mut names = None;
     let mut source = None;
@@ -81,7 +83,6 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
         ));
         source = Some(src);
     }
-    let (view_setup, view_outputs) = super::run::setup_views(&cfg, opts, true, None)?;
     if let Some(c) = collector.as_mut() {
         c.views = view_outputs;
     }

@@ -45,7 +45,6 @@ struct TableWriter {
     format: Format,
     out: Option<Box<dyn Write + Send>>,
     schema: Option<SchemaRef>,
-    csv: Option<arrow::csv::Writer<Box<dyn Write + Send>>>,
     parquet: Option<ArrowWriter<File>>,
 }
 
@@ -66,7 +65,6 @@ impl TableWriter {
             format: format_of(path),
             out: Some(out),
             schema: None,
-            csv: None,
             parquet: None,
         })
     }
@@ -94,6 +92,33 @@ impl TableWriter {
                 .and_then(|_| out.flush())
                 .map_err(|e| Error::io(&self.path, e));
         }
+        if self.format == Format::Csv {
+            // Written directly: going through Arrow would re-parse (and round) the numbers.
+            let mut text = String::new();
+            if self.schema.is_none() {
+                let header: Vec<String> = rows[0].keys().map(|k| csv_field(k)).collect();
+                text.push_str(&header.join(","));
+                text.push('\n');
+                self.schema = Some(Arc::new(arrow::datatypes::Schema::empty()));
+            }
+            for r in rows {
+                let fields: Vec<String> = r
+                    .values()
+                    .map(|v| match v {
+                        Value::String(s) => csv_field(s),
+                        Value::Null => String::new(),
+                        v => v.to_string(),
+                    })
+                    .collect();
+                text.push_str(&fields.join(","));
+                text.push('\n');
+            }
+            let out = self.out.as_mut().expect("open");
+            return out
+                .write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::io(&self.path, e));
+        }
         if self.schema.is_none() {
             let (s, _) = arrow::json::reader::infer_json_schema(&buf[..], None).map_err(|e| self.err(e))?;
             self.schema = Some(Arc::new(s));
@@ -105,17 +130,6 @@ impl TableWriter {
         for batch in reader {
             let batch: RecordBatch = batch.map_err(|e| self.err(e))?;
             match self.format {
-                Format::Csv => {
-                    if self.csv.is_none() {
-                        let out = self.out.take().expect("open");
-                        self.csv = Some(arrow::csv::WriterBuilder::new().with_header(true).build(out));
-                    }
-                    self.csv
-                        .as_mut()
-                        .expect("set")
-                        .write(&batch)
-                        .map_err(|e| self.err(e))?;
-                }
                 Format::Parquet => {
                     if self.parquet.is_none() {
                         self.out = None;
@@ -129,7 +143,7 @@ impl TableWriter {
                         .write(&batch)
                         .map_err(|e| self.err(e))?;
                 }
-                Format::Jsonl => unreachable!(),
+                Format::Jsonl | Format::Csv => unreachable!("written above"),
             }
         }
         Ok(())
@@ -139,13 +153,19 @@ impl TableWriter {
         if let Some(w) = self.parquet.take() {
             w.close().map_err(|e| self.err(e))?;
         }
-        if let Some(w) = self.csv.take() {
-            w.into_inner().flush().map_err(|e| Error::io(&self.path, e))?;
-        }
         if let Some(mut o) = self.out.take() {
             o.flush().map_err(|e| Error::io(&self.path, e))?;
         }
         Ok(())
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
     }
 }
 
@@ -161,6 +181,15 @@ struct ViewOut {
 pub struct ViewOutputs {
     views: Vec<ViewOut>,
     key_name: String,
+}
+
+/// An f32 as the JSON number with its shortest f32 digits (0.22891763, not 0.2289176285266876).
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 fn key_json(k: &Key) -> Value {
@@ -225,10 +254,7 @@ impl ViewOutputs {
             }
             ViewValue::Top(k, s) => {
                 m.insert(key_name.to_string(), key_json(k));
-                m.insert(
-                    spec.of_name.clone(),
-                    serde_json::Number::from_f64(s.0 as f64).map_or(Value::Null, Value::Number),
-                );
+                m.insert(spec.of_name.clone(), f32_json(s.0));
             }
         }
         m
