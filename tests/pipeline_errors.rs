@@ -346,3 +346,77 @@ fn unwritable_output() {
     );
     c.fails(&["run", &p], &["blocker"]);
 }
+
+#[test]
+fn view_config_errors_name_the_view_and_the_setting() {
+    let c = Case::new();
+    c.good_rows();
+    std::fs::write(c.path("sites.csv"), "key,site\na,north\n").unwrap();
+    std::fs::write(c.path("nokey.csv"), "sensor,site\na,north\n").unwrap();
+    let base = c.standard("");
+    let with_view = |body: &str| {
+        let text = std::fs::read_to_string(&base).unwrap()
+            + "\n[[views]]\nname = \"v\"\noutput = \"out/v.jsonl\"\n"
+            + body;
+        std::fs::write(&base, text).unwrap();
+        base.clone()
+    };
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "aggregate = \"count\"\ngroup_by = [\"site\"]\n",
+            &[
+                "[[views]] \"v\"",
+                "group_by column `site` is neither the key `key` nor a column of the side table",
+            ],
+        ),
+        ("aggregate = \"mean\"\n", &["aggregate = \"mean\" needs `of`"]),
+        (
+            "aggregate = \"max\"\nof = \"y9\"\n",
+            &["`of` names `y9`, not an output (outputs: y0, y1)"],
+        ),
+        (
+            "aggregate = \"count\"\nwhere = \"y0 >> 1\"\n",
+            &["`where` operator `>>`"],
+        ),
+        (
+            "aggregate = \"count\"\nwhere = \"score > 1\"\n",
+            &["`where` names `score`, not an output"],
+        ),
+        (
+            "aggregate = \"top_k\"\nof = \"y0\"\n",
+            &["top_k\" needs `k` >= 1"],
+        ),
+        (
+            "aggregate = \"median\"\n",
+            &["[[views]] #0", "unknown variant `median`"],
+        ),
+        (
+            "aggregate = \"count\"\njoin = \"missing.csv\"\n",
+            &["missing.csv", "No such file"],
+        ),
+        (
+            "aggregate = \"count\"\njoin = \"nokey.csv\"\n",
+            &[
+                "side table",
+                "nokey.csv",
+                "has no key column `key`",
+                "sensor, site",
+            ],
+        ),
+        (
+            "aggregate = \"count\"\nwindow = { size = 10, slide = 20 }\n",
+            &["window needs size > 0 and 0 < slide <= size"],
+        ),
+    ];
+    let original = std::fs::read_to_string(&base).unwrap();
+    for (body, parts) in cases {
+        std::fs::write(&base, &original).unwrap();
+        let p = with_view(body);
+        c.fails(&["run", &p], parts);
+    }
+    // A correct view over the same file runs.
+    std::fs::write(&base, &original).unwrap();
+    let p = with_view("aggregate = \"count\"\njoin = \"sites.csv\"\ngroup_by = [\"site\"]\n");
+    run_ok(&["run", &p]);
+    assert!(c.path("out/v.jsonl").exists());
+}

@@ -26,8 +26,7 @@ fn views_pipeline(dir: &Path) -> PathBuf {
     let text = text
         .replace("\"../datasets/", &format!("\"{}/../datasets/", abs("")))
         .replace("\"../models/", &format!("\"{}/../models/", abs("")))
-        .replace("\"../out/", &format!("\"{}/", dir.display()))
-        .replace("nan = \"ffill\"", "nan = \"ffill\"\nbatch_rows = 4000");
+        .replace("\"../out/", &format!("\"{}/", dir.display()));
     write_pipeline(dir, "views.toml", &text)
 }
 

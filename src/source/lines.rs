@@ -327,8 +327,9 @@ mod tests {
         let rec = csv::StringRecord::from(vec!["7", "zz", "dev1", "", "0.5"]);
         let mut f = [0.0; 2];
         let (k, t) = m.parse_csv(&header, &rec, &mut f).unwrap();
-        assert_eq!((k.as_ref(), t, f[1]), (KeyRef::Str("dev1"), 7, 0.5));
-        assert!(f[0].is_nan(), "ffill passes NaN on to the keyed operator");
+        // features = [a, b]: a = 0.5, b empty.
+        assert_eq!((k.as_ref(), t, f[0]), (KeyRef::Str("dev1"), 7, 0.5));
+        assert!(f[1].is_nan(), "ffill passes NaN on to the keyed operator");
         let e = m.csv_header(&["ts".into(), "id".into()]).unwrap_err();
         assert!(
             e.contains("missing field `a`") || e.contains("missing field `b`"),
