@@ -296,8 +296,10 @@ impl KeyedProcessor {
         debug_assert_eq!(slot as usize, self.last_time.len(), "slots follow key indices");
         self.last_time.push(i64::MIN);
         self.has_time.push(false);
-        self.last_seen.push(0);
-        self.open.push(false);
+        if self.idle_timeout_us.is_some() {
+            self.last_seen.push(0);
+            self.open.push(false);
+        }
         if self.nan == NanPolicy::Ffill {
             self.ffill.extend(std::iter::repeat_n(0.0, w));
         }

@@ -1,6 +1,11 @@
 //! Per-key model state, stored as an arena: a key maps to a slot index, and each stateful
-//! layer keeps one contiguous buffer with a fixed-width row per slot (hidden and cell
-//! vectors, or a convolution/pooling history ring plus a step counter).
+//! layer keeps its slots' fixed-width rows (hidden and cell vectors, or a convolution/pooling
+//! history ring plus a step counter) in pages of `PAGE_SLOTS` contiguous rows.
+//!
+//! Pages, not one growing `Vec`: growing by doubling reserved up to twice the state and,
+//! while reallocating, held the old and the new buffer at once (1 M keys of an LSTM h64:
+//! 512 MB of state peaked at 1.16 GB). A new page costs nothing to add and wastes at most
+//! one page.
 //!
 //! The layers never own state; whoever drives the model owns an arena and names the slots
 //! it wants advanced. A slot can be exported and imported as a flat vector, which is what a
@@ -15,11 +20,14 @@ pub struct StateSpec {
     pub counter: bool,
 }
 
+/// Slots per page.
+pub const PAGE_SLOTS: usize = 4096;
+
 /// One layer's slots.
 #[derive(Debug, Clone, Default)]
 pub struct LayerSlots {
     pub width: usize,
-    pub data: Vec<f32>,
+    pages: Vec<Box<[f32]>>,
     pub counters: Vec<u64>,
     has_counter: bool,
 }
@@ -28,15 +36,35 @@ impl LayerSlots {
     /// The state row of `slot`.
     #[inline]
     pub fn row(&self, slot: u32) -> &[f32] {
-        let s = slot as usize * self.width;
-        &self.data[s..s + self.width]
+        let (p, i) = (slot as usize / PAGE_SLOTS, slot as usize % PAGE_SLOTS);
+        match self.pages.get(p) {
+            Some(page) => &page[i * self.width..(i + 1) * self.width],
+            None => &[],
+        }
     }
 
     /// The state row of `slot`, mutable.
     #[inline]
     pub fn row_mut(&mut self, slot: u32) -> &mut [f32] {
-        let s = slot as usize * self.width;
-        &mut self.data[s..s + self.width]
+        let (p, i) = (slot as usize / PAGE_SLOTS, slot as usize % PAGE_SLOTS);
+        let w = self.width;
+        match self.pages.get_mut(p) {
+            Some(page) => &mut page[i * w..(i + 1) * w],
+            None => &mut [],
+        }
+    }
+
+    /// Makes room for slot `slot` (slots are handed out in order).
+    fn grow_to(&mut self, slots: usize) {
+        if self.width > 0 {
+            while self.pages.len() * PAGE_SLOTS < slots {
+                self.pages
+                    .push(vec![0.0; PAGE_SLOTS * self.width].into_boxed_slice());
+            }
+        }
+        if self.has_counter {
+            self.counters.resize(slots, 0);
+        }
     }
 
     /// Steps this layer has seen for `slot` (0 for layers without a counter).
@@ -66,7 +94,7 @@ impl StateArena {
                 .iter()
                 .map(|s| LayerSlots {
                     width: s.floats,
-                    data: Vec::new(),
+                    pages: Vec::new(),
                     counters: Vec::new(),
                     has_counter: s.counter,
                 })
@@ -85,10 +113,7 @@ impl StateArena {
         let slot = self.slots as u32;
         self.slots += 1;
         for l in &mut self.layers {
-            l.data.resize(self.slots * l.width, 0.0);
-            if l.has_counter {
-                l.counters.push(0);
-            }
+            l.grow_to(self.slots);
         }
         slot
     }
@@ -121,11 +146,11 @@ impl StateArena {
             .sum()
     }
 
-    /// Bytes reserved by the buffers (capacity, not length).
+    /// Bytes reserved by the buffers (whole pages, counter capacity).
     pub fn allocated_bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.data.capacity() * 4 + l.counters.capacity() * 8)
+            .map(|l| l.pages.len() * PAGE_SLOTS * l.width * 4 + l.counters.capacity() * 8)
             .sum()
     }
 

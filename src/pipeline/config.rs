@@ -354,7 +354,8 @@ impl PipelineConfig {
             path: out_path,
             names,
             emit,
-            row_group_rows: o.row_group_rows.unwrap_or(1 << 20).max(1),
+            // Row groups are buffered in memory until full: 128k rows bounds that for wide outputs.
+            row_group_rows: o.row_group_rows.unwrap_or(1 << 17).max(1),
         };
         Ok(PipelineConfig {
             path: path.to_path_buf(),
