@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::pipeline::config::{OutputConfig, OutputFormat};
@@ -94,9 +95,13 @@ impl Sink {
         let writer = match (cfg.format, &target) {
             (OutputFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
             (OutputFormat::Parquet, Some(p)) => {
+                // Dictionaries pay off for keys (repeated) but not for predictions (nearly
+                // all distinct): dictionary-encoding float columns took 36% of a run's time.
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .set_max_row_group_row_count(Some(cfg.row_group_rows))
+                    .set_dictionary_enabled(false)
+                    .set_column_dictionary_enabled(ColumnPath::from(schema.key_name.as_str()), true)
                     .build();
                 let w = ArrowWriter::try_new(create(p)?, arrow_schema.clone(), Some(props))
                     .map_err(|e| out_err(p, e))?;
@@ -153,11 +158,20 @@ impl Sink {
             t => cast(&times, t).map_err(err)?,
         };
         let mut cols = vec![keys, times];
+        // One row-major pass filling every column: a strided pass per column thrashed the
+        // cache for wide outputs (17% of a 128-output run).
         let n = b.len();
-        for j in 0..b.width {
-            let col: Float32Array = (0..n).map(|i| b.values[i * b.width + j]).collect();
-            cols.push(Arc::new(col));
+        let mut columns: Vec<Vec<f32>> = (0..b.width).map(|_| Vec::with_capacity(n)).collect();
+        for row in b.values.chunks_exact(b.width.max(1)) {
+            for (c, &v) in columns.iter_mut().zip(row) {
+                c.push(v);
+            }
         }
+        cols.extend(
+            columns
+                .into_iter()
+                .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
+        );
         RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(err)
     }
 
