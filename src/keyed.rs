@@ -13,9 +13,10 @@
 //! - `window`: each key keeps a ring of its last `size` steps; every `hop` steps the window
 //!   is run from a fresh state, all due windows of the epoch in one call.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::model::{Model, Packed, StateArena, Workspace};
 use crate::pipeline::config::{Emit, NanPolicy};
@@ -63,23 +64,52 @@ impl Hasher for FxHasher {
     }
 }
 
-type Fx = BuildHasherDefault<FxHasher>;
-
-/// Key -> dense index, with the reverse mapping for output. String keys are stored once.
+/// Key -> dense index, with the reverse mapping for output.
+///
+/// String keys live once, back to back in one buffer; the hash table holds only indices
+/// and hashes and compares through that buffer. About 30 bytes per key instead of ~90 with
+/// an allocated `Arc<str>` per key kept in both a map and a list.
 #[derive(Debug)]
 enum KeyIndex {
     /// Live sources learn the key type from the first key.
     Unset,
-    Int(HashMap<i64, u32, Fx>, Vec<i64>),
-    Str(HashMap<Arc<str>, u32, Fx>, Vec<Arc<str>>),
+    Int {
+        table: HashTable<u32>,
+        keys: Vec<i64>,
+    },
+    Str {
+        table: HashTable<u32>,
+        bytes: Vec<u8>,
+        /// Key `i` is `bytes[ends[i-1]..ends[i]]`.
+        ends: Vec<u64>,
+    },
+}
+
+#[inline]
+fn hash_int(i: i64) -> u64 {
+    crate::record::mix64(i as u64)
+}
+
+#[inline]
+fn hash_str(s: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(s);
+    h.write_usize(s.len());
+    h.finish()
+}
+
+#[inline]
+fn str_at<'a>(bytes: &'a [u8], ends: &[u64], i: usize) -> &'a [u8] {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &bytes[start..ends[i] as usize]
 }
 
 impl KeyIndex {
     fn len(&self) -> usize {
         match self {
             KeyIndex::Unset => 0,
-            KeyIndex::Int(_, v) => v.len(),
-            KeyIndex::Str(_, v) => v.len(),
+            KeyIndex::Int { keys, .. } => keys.len(),
+            KeyIndex::Str { ends, .. } => ends.len(),
         }
     }
 
@@ -88,30 +118,40 @@ impl KeyIndex {
     fn index(&mut self, k: KeyRef<'_>) -> (u32, bool) {
         if let KeyIndex::Unset = self {
             *self = match k {
-                KeyRef::Int(_) => KeyIndex::Int(HashMap::default(), Vec::new()),
-                KeyRef::Str(_) => KeyIndex::Str(HashMap::default(), Vec::new()),
+                KeyRef::Int(_) => KeyIndex::Int {
+                    table: HashTable::new(),
+                    keys: Vec::new(),
+                },
+                KeyRef::Str(_) => KeyIndex::Str {
+                    table: HashTable::new(),
+                    bytes: Vec::new(),
+                    ends: Vec::new(),
+                },
             };
         }
         match (self, k) {
-            (KeyIndex::Int(m, list), KeyRef::Int(i)) => match m.get(&i) {
-                Some(&x) => (x, false),
-                None => {
-                    let x = list.len() as u32;
-                    m.insert(i, x);
-                    list.push(i);
-                    (x, true)
+            (KeyIndex::Int { table, keys }, KeyRef::Int(i)) => {
+                let h = hash_int(i);
+                if let Some(&x) = table.find(h, |&x| keys[x as usize] == i) {
+                    return (x, false);
                 }
-            },
-            (KeyIndex::Str(m, list), KeyRef::Str(s)) => match m.get(s) {
-                Some(&x) => (x, false),
-                None => {
-                    let x = list.len() as u32;
-                    let a: Arc<str> = s.into();
-                    m.insert(a.clone(), x);
-                    list.push(a);
-                    (x, true)
+                let x = keys.len() as u32;
+                keys.push(i);
+                table.insert_unique(h, x, |&y| hash_int(keys[y as usize]));
+                (x, true)
+            }
+            (KeyIndex::Str { table, bytes, ends }, KeyRef::Str(s)) => {
+                let s = s.as_bytes();
+                let h = hash_str(s);
+                if let Some(&x) = table.find(h, |&x| str_at(bytes, ends, x as usize) == s) {
+                    return (x, false);
                 }
-            },
+                let x = ends.len() as u32;
+                bytes.extend_from_slice(s);
+                ends.push(bytes.len() as u64);
+                table.insert_unique(h, x, |&y| hash_str(str_at(bytes, ends, y as usize)));
+                (x, true)
+            }
             _ => panic!("key kind mismatch"),
         }
     }
@@ -119,25 +159,28 @@ impl KeyIndex {
     fn get(&self, i: u32) -> KeyRef<'_> {
         match self {
             KeyIndex::Unset => unreachable!("no key has an index yet"),
-            KeyIndex::Int(_, v) => KeyRef::Int(v[i as usize]),
-            KeyIndex::Str(_, v) => KeyRef::Str(&v[i as usize]),
+            KeyIndex::Int { keys, .. } => KeyRef::Int(keys[i as usize]),
+            KeyIndex::Str { bytes, ends, .. } => {
+                // Only whole `&str`s are appended, so every key is valid UTF-8.
+                KeyRef::Str(std::str::from_utf8(str_at(bytes, ends, i as usize)).expect("utf-8 keys"))
+            }
         }
     }
 
     fn column(&self) -> KeyColumn {
         match self {
-            KeyIndex::Int(..) => KeyColumn::Int(Vec::new()),
-            KeyIndex::Str(..) | KeyIndex::Unset => KeyColumn::empty_str(),
+            KeyIndex::Int { .. } => KeyColumn::Int(Vec::new()),
+            KeyIndex::Str { .. } | KeyIndex::Unset => KeyColumn::empty_str(),
         }
     }
 
-    /// Rough bytes held by the index (map entries and key strings).
+    /// Bytes held by the index.
     fn bytes(&self) -> usize {
         match self {
             KeyIndex::Unset => 0,
-            KeyIndex::Int(m, v) => m.capacity() * 17 + v.capacity() * 8,
-            KeyIndex::Str(m, v) => {
-                m.capacity() * 25 + v.capacity() * 16 + v.iter().map(|s| s.len() + 16).sum::<usize>()
+            KeyIndex::Int { table, keys } => table.capacity() * 5 + keys.capacity() * 8,
+            KeyIndex::Str { table, bytes, ends } => {
+                table.capacity() * 5 + bytes.capacity() + ends.capacity() * 8
             }
         }
     }
@@ -221,8 +264,15 @@ impl KeyedProcessor {
             emit,
             nan,
             keys: match int_keys.into() {
-                Some(true) => KeyIndex::Int(HashMap::default(), Vec::new()),
-                Some(false) => KeyIndex::Str(HashMap::default(), Vec::new()),
+                Some(true) => KeyIndex::Int {
+                    table: HashTable::new(),
+                    keys: Vec::new(),
+                },
+                Some(false) => KeyIndex::Str {
+                    table: HashTable::new(),
+                    bytes: Vec::new(),
+                    ends: Vec::new(),
+                },
                 None => KeyIndex::Unset,
             },
             last_time: Vec::new(),
