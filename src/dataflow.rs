@@ -1,7 +1,7 @@
 //! The timely operators of a pipeline, as extension traits on streams:
 //!
 //! ```text
-//! input: (dest worker, SourceMsg) --exchange by dest--> keyed_model --exchange to 0--> sink_predictions
+//! input: (dest worker, SourceMsg) --exchange by dest--> keyed_model --exchange to 0--> collect_at_worker0
 //! ```
 //!
 //! Timestamps are coarse epochs (a record batch of a file, a few milliseconds of live input),
@@ -154,42 +154,48 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Routed> {
     }
 }
 
-/// What the sink operator does with messages on worker 0.
-pub trait SinkHandler {
-    /// One epoch's messages (predictions, rejects, counters).
-    fn handle(&mut self, msg: SinkMsg);
-    /// The input frontier passed an epoch (live runs flush here).
+/// What worker 0 does with the records a pipeline routes to it (predictions, rejects and
+/// counters; view changes).
+pub trait Collect<D> {
+    fn take(&mut self, record: D);
+    /// The input frontier moved past an epoch (live runs flush here).
     fn epoch_done(&mut self) {}
     /// The input ended.
     fn finish(&mut self) {}
 }
 
-/// Collects everything at worker 0: `stream.sink_predictions(handler)`.
-pub trait SinkPredictions<'scope> {
-    /// Routes every message to worker 0 and hands it to `handler`; the returned stream
-    /// carries no data and exists to be probed (its frontier says what the sink has seen).
-    fn sink_predictions<H: SinkHandler + 'static>(
+/// A view changelog entry on its way to worker 0.
+pub type ViewChange = (crate::views::flow::ViewRow, u64, isize);
+
+/// Collects a stream at worker 0: `stream.collect_at_worker0("Sink", handler)`.
+pub trait CollectAtWorker0<'scope, D> {
+    /// Routes every record to worker 0 and hands it to `handler` there, with a call when an
+    /// epoch completes and one when the input ends. The returned stream carries no data and
+    /// exists to be probed: its frontier says what the handler has seen.
+    fn collect_at_worker0<H: Collect<D> + 'static>(
         self,
+        name: &str,
         handler: Rc<RefCell<H>>,
     ) -> StreamVec<'scope, u64, ()>;
 }
 
-impl<'scope> SinkPredictions<'scope> for StreamVec<'scope, u64, ToSink> {
-    fn sink_predictions<H: SinkHandler + 'static>(
+impl<'scope, D: timely::ExchangeData + Clone> CollectAtWorker0<'scope, D> for StreamVec<'scope, u64, D> {
+    fn collect_at_worker0<H: Collect<D> + 'static>(
         self,
+        name: &str,
         handler: Rc<RefCell<H>>,
     ) -> StreamVec<'scope, u64, ()> {
         self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Exchange::new(|_: &ToSink| 0),
-            "SinkPredictions",
+            Exchange::new(|_: &D| 0),
+            name,
             move |_cap, _info| {
                 let mut finished = false;
                 let mut last_frontier: Option<u64> = None;
                 move |(input, frontier), _output| {
                     let mut h = handler.borrow_mut();
                     input.for_each(|_cap, data| {
-                        for (_, msg) in data.drain(..) {
-                            h.handle(msg);
+                        for record in data.drain(..) {
+                            h.take(record);
                         }
                     });
                     let now = frontier.frontier().as_option().copied();
@@ -200,55 +206,6 @@ impl<'scope> SinkPredictions<'scope> for StreamVec<'scope, u64, ToSink> {
                     if now.is_none() && !finished {
                         finished = true;
                         h.finish();
-                    }
-                }
-            },
-        )
-    }
-}
-
-/// A view changelog entry on its way to worker 0.
-pub type ViewChange = (crate::views::flow::ViewRow, u64, isize);
-
-/// What worker 0 does with view changes.
-pub trait ViewHandler {
-    fn view_change(&mut self, change: ViewChange);
-    /// The frontier passed an epoch (live runs flush here).
-    fn views_epoch_done(&mut self) {}
-    /// The input ended.
-    fn views_finish(&mut self) {}
-}
-
-/// Collects view changelogs at worker 0: `changes.sink_views(handler)`.
-pub trait SinkViews<'scope> {
-    /// Routes every change to worker 0 and hands it to `handler`; the returned stream exists
-    /// to be probed.
-    fn sink_views<H: ViewHandler + 'static>(self, handler: Rc<RefCell<H>>) -> StreamVec<'scope, u64, ()>;
-}
-
-impl<'scope> SinkViews<'scope> for StreamVec<'scope, u64, ViewChange> {
-    fn sink_views<H: ViewHandler + 'static>(self, handler: Rc<RefCell<H>>) -> StreamVec<'scope, u64, ()> {
-        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Exchange::new(|_: &ViewChange| 0),
-            "SinkViews",
-            move |_cap, _info| {
-                let mut finished = false;
-                let mut last_frontier: Option<u64> = None;
-                move |(input, frontier), _output| {
-                    let mut h = handler.borrow_mut();
-                    input.for_each(|_cap, data| {
-                        for c in data.drain(..) {
-                            h.view_change(c);
-                        }
-                    });
-                    let now = frontier.frontier().as_option().copied();
-                    if now != last_frontier {
-                        last_frontier = now;
-                        h.views_epoch_done();
-                    }
-                    if now.is_none() && !finished {
-                        finished = true;
-                        h.views_finish();
                     }
                 }
             },

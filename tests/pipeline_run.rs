@@ -72,6 +72,18 @@ fn interleaved_dataset(dir: &Path, seed: u64, width: usize) -> Vec<Row> {
     all
 }
 
+/// Each key's last output only (what `sequence_end` emits).
+fn last_per_key(
+    all: &BTreeMap<String, BTreeMap<i64, Vec<f32>>>,
+) -> BTreeMap<String, BTreeMap<i64, Vec<f32>>> {
+    all.iter()
+        .map(|(k, m)| {
+            let (t, v) = m.iter().next_back().unwrap();
+            (k.clone(), BTreeMap::from([(*t, v.clone())]))
+        })
+        .collect()
+}
+
 fn pipeline_text(model: &Path, width: usize, output: &str, emit: &str, extra_source: &str) -> String {
     let feats: Vec<String> = (0..width).map(|j| format!("\"f{j}\"")).collect();
     format!(
@@ -179,13 +191,7 @@ fn sequence_end_emits_each_keys_last_or_all_outputs() {
     // Causal model: sequence_end streams; expected = the last offline output per key.
     let (mpath, model) = save_model(dir.path(), &causal_model(2));
     let all = offline_every_step(&model, &rows);
-    let last: BTreeMap<_, _> = all
-        .iter()
-        .map(|(k, m)| {
-            let (t, v) = m.iter().next_back().unwrap();
-            (k.clone(), BTreeMap::from([(*t, v.clone())]))
-        })
-        .collect();
+    let last = last_per_key(&all);
     let p = write_pipeline(
         dir.path(),
         "p.toml",
@@ -242,13 +248,7 @@ fn sequence_end_with_a_non_causal_model_runs_whole_sequences() {
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     write_parquet(&dir.path().join("in/all.parquet"), &rows4, ROW_GROUP);
     let all = offline_every_step(&model, &rows4);
-    let last: BTreeMap<_, _> = all
-        .iter()
-        .map(|(k, m)| {
-            let (t, v) = m.iter().next_back().unwrap();
-            (k.clone(), BTreeMap::from([(*t, v.clone())]))
-        })
-        .collect();
+    let last = last_per_key(&all);
     let mpath = model_dir.join("model.toml");
     let p = write_pipeline(
         dir.path(),

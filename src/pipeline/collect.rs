@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
 
-use crate::dataflow::{SinkHandler, ViewChange, ViewHandler};
+use crate::dataflow::{Collect, ToSink, ViewChange};
 use crate::error::{Error, Result};
 use crate::latency::Histogram;
 use crate::pipeline::config::OutputConfig;
@@ -121,8 +121,8 @@ impl Collector {
     }
 }
 
-impl SinkHandler for Collector {
-    fn handle(&mut self, msg: SinkMsg) {
+impl Collect<ToSink> for Collector {
+    fn take(&mut self, (_, msg): ToSink) {
         match msg {
             SinkMsg::Rows(b) => {
                 let live = self.live;
@@ -168,7 +168,7 @@ impl SinkHandler for Collector {
     }
 
     fn finish(&mut self) {
-        self.epoch_done();
+        <Self as Collect<ToSink>>::epoch_done(self);
         if let SinkSlot::Open(s) = &mut self.sink {
             let r = s.close();
             self.record(r);
@@ -180,14 +180,14 @@ impl SinkHandler for Collector {
     }
 }
 
-impl ViewHandler for Collector {
-    fn view_change(&mut self, (row, time, diff): ViewChange) {
+impl Collect<ViewChange> for Collector {
+    fn take(&mut self, (row, time, diff): ViewChange) {
         if let Some(v) = self.views.as_mut() {
             v.push(row, time, diff);
         }
     }
 
-    fn views_epoch_done(&mut self) {
+    fn epoch_done(&mut self) {
         if self.live {
             if let Some(v) = self.views.as_mut() {
                 let r = v.flush();
@@ -196,7 +196,7 @@ impl ViewHandler for Collector {
         }
     }
 
-    fn views_finish(&mut self) {
+    fn finish(&mut self) {
         if let Some(v) = self.views.as_mut() {
             let r = v.finish();
             self.record(r);
@@ -207,10 +207,6 @@ impl ViewHandler for Collector {
 /// Handler for workers other than 0, which never receive sink messages.
 pub struct NoSink;
 
-impl SinkHandler for NoSink {
-    fn handle(&mut self, _msg: SinkMsg) {}
-}
-
-impl ViewHandler for NoSink {
-    fn view_change(&mut self, _change: ViewChange) {}
+impl<D> Collect<D> for NoSink {
+    fn take(&mut self, _record: D) {}
 }

@@ -18,7 +18,7 @@ use timely::worker::Worker;
 
 use super::collect::{Collector, Namer, NoSink, SinkSlot};
 use super::config::{Emit, Overrides, PipelineConfig};
-use crate::dataflow::{KeyedModel, Routed, SinkPredictions, SinkViews};
+use crate::dataflow::{CollectAtWorker0, KeyedModel, Routed};
 use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
 use crate::latency::{fmt_us, Histogram};
@@ -288,14 +288,14 @@ pub(crate) fn execute(
                     }
                     let changes = changes.expect("at least one view").inner;
                     match &collector {
-                        Some(c) => changes.sink_views(c.clone()),
-                        None => changes.sink_views(Rc::new(RefCell::new(NoSink))),
+                        Some(c) => changes.collect_at_worker0("SinkViews", c.clone()),
+                        None => changes.collect_at_worker0("SinkViews", Rc::new(RefCell::new(NoSink))),
                     }
                     .probe_with(&probe);
                 }
                 match &collector {
-                    Some(c) => predictions.sink_predictions(c.clone()),
-                    None => predictions.sink_predictions(Rc::new(RefCell::new(NoSink))),
+                    Some(c) => predictions.collect_at_worker0("SinkPredictions", c.clone()),
+                    None => predictions.collect_at_worker0("SinkPredictions", Rc::new(RefCell::new(NoSink))),
                 }
                 .probe_with(&probe);
             });

@@ -273,8 +273,8 @@ impl Plan {
                     .unwrap_or_default()
             ),
         };
-        let mut first_row = unit.first_row;
-        match self.format {
+        type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>>;
+        let reader: Batches = match self.format {
             SourceFormat::Parquet => {
                 let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
                     .map_err(|e| parquet_err(path, e))?;
@@ -284,45 +284,36 @@ impl Plan {
                     .filter_map(|c| file.schema.index_of(c).ok())
                     .collect();
                 let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-                let reader = builder
-                    .with_row_groups(vec![unit.row_group.expect("parquet units have a row group")])
-                    .with_projection(mask)
-                    .with_batch_size(cfg.batch_rows)
-                    .build()
-                    .map_err(|e| parquet_err(path, e))?;
-                for (i, batch) in reader.enumerate() {
-                    let batch = batch.map_err(read_err)?;
-                    let n = batch.num_rows() as u64;
-                    handle(i, batch, first_row)?;
-                    first_row += n;
-                }
+                Box::new(
+                    builder
+                        .with_row_groups(vec![unit.row_group.expect("parquet units have a row group")])
+                        .with_projection(mask)
+                        .with_batch_size(cfg.batch_rows)
+                        .build()
+                        .map_err(|e| parquet_err(path, e))?,
+                )
             }
-            SourceFormat::Csv => {
-                let reader = arrow::csv::ReaderBuilder::new(file.schema.clone())
+            SourceFormat::Csv => Box::new(
+                arrow::csv::ReaderBuilder::new(file.schema.clone())
                     .with_header(true)
                     .with_batch_size(cfg.batch_rows)
                     .build(open(path)?)
-                    .map_err(read_err)?;
-                for (i, batch) in reader.enumerate() {
-                    let batch = batch.map_err(read_err)?;
-                    let n = batch.num_rows() as u64;
-                    handle(i, batch, first_row)?;
-                    first_row += n;
-                }
-            }
-            SourceFormat::Jsonl => {
-                let reader = arrow::json::ReaderBuilder::new(file.schema.clone())
+                    .map_err(read_err)?,
+            ),
+            SourceFormat::Jsonl => Box::new(
+                arrow::json::ReaderBuilder::new(file.schema.clone())
                     .with_batch_size(cfg.batch_rows)
                     .build(BufReader::new(open(path)?))
-                    .map_err(read_err)?;
-                for (i, batch) in reader.enumerate() {
-                    let batch = batch.map_err(read_err)?;
-                    let n = batch.num_rows() as u64;
-                    handle(i, batch, first_row)?;
-                    first_row += n;
-                }
-            }
+                    .map_err(read_err)?,
+            ),
             _ => unreachable!("live formats have no plan"),
+        };
+        let mut first_row = unit.first_row;
+        for (i, batch) in reader.enumerate() {
+            let batch = batch.map_err(read_err)?;
+            let n = batch.num_rows() as u64;
+            handle(i, batch, first_row)?;
+            first_row += n;
         }
         Ok(())
     }

@@ -250,8 +250,12 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
 }
 
 fn reject(out: &mut LiveBatch, conn: u32, line: u64, detail: String) {
+    reject_as(out, RejectReason::Malformed, conn, line, detail);
+}
+
+fn reject_as(out: &mut LiveBatch, reason: RejectReason, conn: u32, line: u64, detail: String) {
     out.rejects.push(Reject {
-        reason: RejectReason::Malformed,
+        reason,
         source: conn,
         row: line,
         key: None,
@@ -299,15 +303,7 @@ fn parse_line(
             } else {
                 RejectReason::Malformed
             };
-            out.rejects.push(Reject {
-                reason,
-                source: conn,
-                row: line_no,
-                key: None,
-                time: None,
-                last_time: None,
-                detail: e,
-            });
+            reject_as(out, reason, conn, line_no, e);
             return;
         }
     };

@@ -29,9 +29,38 @@ use super::spec::{Aggregate, GroupSource, ViewSpec};
 use crate::dataflow::ToSink;
 use crate::record::{Key, SinkMsg};
 
-/// An f32 usable as differential data: `Ord` by `total_cmp`, `Eq`/`Hash` by bits (they agree).
+/// Implements `Eq`, `Ord` (by `total_cmp`) and `Hash` (by bits) for a float newtype, so it
+/// can be differential data; the three agree because `total_cmp` is equal iff bits are.
+macro_rules! ordered_float {
+    ($name:ident) => {
+        impl PartialEq for $name {
+            fn eq(&self, o: &Self) -> bool {
+                self.0.to_bits() == o.0.to_bits()
+            }
+        }
+        impl Eq for $name {}
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for $name {
+            fn cmp(&self, o: &Self) -> Ordering {
+                self.0.total_cmp(&o.0)
+            }
+        }
+        impl Hash for $name {
+            fn hash<H: Hasher>(&self, h: &mut H) {
+                self.0.to_bits().hash(h)
+            }
+        }
+    };
+}
+
+/// A prediction value as differential data.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Score(pub f32);
+ordered_float!(Score);
 
 impl Score {
     pub fn new(x: f32) -> Score {
@@ -46,52 +75,10 @@ impl Score {
     }
 }
 
-impl PartialEq for Score {
-    fn eq(&self, o: &Self) -> bool {
-        self.0.to_bits() == o.0.to_bits()
-    }
-}
-impl Eq for Score {}
-impl PartialOrd for Score {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Score {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.0.total_cmp(&o.0)
-    }
-}
-impl Hash for Score {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.to_bits().hash(h)
-    }
-}
-
-/// An f64 aggregate with the same treatment.
+/// An f64 aggregate as differential data.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Num(pub f64);
-impl PartialEq for Num {
-    fn eq(&self, o: &Self) -> bool {
-        self.0.to_bits() == o.0.to_bits()
-    }
-}
-impl Eq for Num {}
-impl PartialOrd for Num {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Num {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.0.total_cmp(&o.0)
-    }
-}
-impl Hash for Num {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.to_bits().hash(h)
-    }
-}
+ordered_float!(Num);
 
 /// A view's value for a group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
