@@ -98,7 +98,11 @@ impl Sink {
                 // Dictionaries pay off for keys (repeated) but not for predictions (nearly
                 // all distinct): dictionary-encoding float columns took 36% of a run's time.
                 let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .set_compression(match cfg.compression {
+                        crate::pipeline::config::Compression::Snappy => Compression::SNAPPY,
+                        crate::pipeline::config::Compression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+                        crate::pipeline::config::Compression::None => Compression::UNCOMPRESSED,
+                    })
                     .set_max_row_group_row_count(Some(cfg.row_group_rows))
                     .set_dictionary_enabled(false)
                     .set_column_dictionary_enabled(ColumnPath::from(schema.key_name.as_str()), true)

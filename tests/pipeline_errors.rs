@@ -420,3 +420,28 @@ fn view_config_errors_name_the_view_and_the_setting() {
     run_ok(&["run", &p]);
     assert!(c.path("out/v.jsonl").exists());
 }
+
+#[test]
+fn parquet_output_compression_setting() {
+    let c = Case::new();
+    c.good_rows();
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"parquet\"\npath = \"out/o.parquet\"\ncompression = \"zstd\"",
+    );
+    run_ok(&["run", &p]);
+    let f = std::fs::File::open(c.path("out/o.parquet")).unwrap();
+    let meta = parquet::file::reader::SerializedFileReader::new(f).unwrap();
+    use parquet::file::reader::FileReader;
+    let rg = meta.metadata().row_group(0);
+    assert_eq!(rg.num_rows(), 4);
+    assert!(matches!(
+        rg.column(2).compression(),
+        parquet::basic::Compression::ZSTD(_)
+    ));
+    let p = c.pipeline(
+        "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
+        "format = \"parquet\"\npath = \"out/o2.parquet\"\ncompression = \"lz4\"",
+    );
+    c.fails(&["run", &p], &["p.toml", "unknown variant `lz4`", "snappy"]);
+}

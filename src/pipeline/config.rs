@@ -123,6 +123,19 @@ struct RawOutput {
     size: Option<usize>,
     hop: Option<usize>,
     row_group_rows: Option<usize>,
+    compression: Option<Compression>,
+}
+
+/// Parquet compression of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Fast; predictions (float noise) barely compress anyway.
+    #[default]
+    Snappy,
+    /// Smaller files, slower writes (zstd level 1).
+    Zstd,
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +179,7 @@ pub struct OutputConfig {
     pub names: Vec<String>,
     pub emit: Emit,
     pub row_group_rows: usize,
+    pub compression: Compression,
 }
 
 /// A parsed, validated pipeline.
@@ -356,6 +370,7 @@ impl PipelineConfig {
             emit,
             // Row groups are buffered in memory until full: 128k rows bounds that for wide outputs.
             row_group_rows: o.row_group_rows.unwrap_or(1 << 17).max(1),
+            compression: o.compression.unwrap_or_default(),
         };
         Ok(PipelineConfig {
             path: path.to_path_buf(),
