@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::latency::Histogram;
 use crate::pipeline::config::OutputConfig;
 use crate::record::{KeyColumn, Reject, SinkMsg, Stats};
-use crate::sink::{OutputSchema, RejectsWriter, Sink};
+use crate::sink::{OutputSchema, RejectsWriter, Sink, SinkHandle};
 use crate::source::files::Plan;
 use crate::source::live::now_us;
 use crate::views::output::ViewOutputs;
@@ -47,7 +47,7 @@ impl Namer {
 /// The output, opened at once (files: types known from the plan) or at the first
 /// prediction (live: the key type comes from the first line).
 pub enum SinkSlot {
-    Open(Sink),
+    Open(SinkHandle),
     Lazy(OutputConfig, OutputSchema),
     Failed,
 }
@@ -91,7 +91,7 @@ impl Collector {
     }
 
     /// The open sink, opening a lazy one with the key type of `keys`.
-    fn sink_for(&mut self, keys: &KeyColumn) -> Option<&mut Sink> {
+    fn sink_for(&mut self, keys: &KeyColumn) -> Option<&mut SinkHandle> {
         if let SinkSlot::Lazy(cfg, schema) = &self.sink {
             let mut schema = schema.clone();
             schema.key_type = match keys {
@@ -99,7 +99,8 @@ impl Collector {
                 KeyColumn::Str { .. } => DataType::Utf8,
             };
             match Sink::create(cfg, schema, false) {
-                Ok(s) => self.sink = SinkSlot::Open(s),
+                // Live outputs are written inline: their flush is on the latency path.
+                Ok(s) => self.sink = SinkSlot::Open(SinkHandle::new(s, false)),
                 Err(e) => {
                     self.error.get_or_insert(e);
                     self.sink = SinkSlot::Failed;
@@ -125,13 +126,12 @@ impl Collect<ToSink> for Collector {
     fn take(&mut self, (_, msg): ToSink) {
         match msg {
             SinkMsg::Rows(b) => {
-                let live = self.live;
+                if self.live {
+                    self.pending_arrivals.extend_from_slice(&b.arrivals);
+                }
                 if let Some(s) = self.sink_for(&b.keys) {
-                    let r = s.write(&b);
+                    let r = s.write(b);
                     self.record(r);
-                    if live {
-                        self.pending_arrivals.extend_from_slice(&b.arrivals);
-                    }
                 }
             }
             SinkMsg::Rejects(rs) => {

@@ -26,7 +26,7 @@ use crate::model::summary::group_digits;
 use crate::model::Model;
 use crate::record::Key;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::{commit, OutputSchema, RejectsWriter, Sink};
+use crate::sink::{commit, OutputSchema, RejectsWriter, Sink, SinkHandle};
 use crate::source::files::{epoch_of, Plan};
 use crate::views::flow::{all_predictions, latest_updates, view, SideRow, ViewRow};
 use crate::views::output::ViewOutputs;
@@ -382,6 +382,7 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
     let (view_setup, view_outputs) = setup_views(&cfg, opts, false, Some(&plan))?;
     // Opened before the workers start, so that a bad output path fails the run at once.
     let collector = if opts.process == 0 {
+        let wide = cfg.output.names.len() >= SinkHandle::WIDE;
         let sink = Sink::create(&cfg.output, schema, true)?;
         let rejects = cfg
             .source
@@ -389,7 +390,12 @@ pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
             .as_deref()
             .map(RejectsWriter::create)
             .transpose()?;
-        let mut c = Collector::new(SinkSlot::Open(sink), rejects, Namer::Files(plan.clone()), false);
+        let mut c = Collector::new(
+            SinkSlot::Open(SinkHandle::new(sink, wide)),
+            rejects,
+            Namer::Files(plan.clone()),
+            false,
+        );
         c.views = view_outputs;
         Some(c)
     } else {
