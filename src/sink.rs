@@ -393,7 +393,7 @@ impl BackgroundSink {
 /// (1 column: demo `-w 2` scaling 1.83x -> 1.67x, a third busy thread on two cores; live
 /// latency: the flush crosses threads). So: a thread for wide outputs of file runs only.
 pub enum SinkHandle {
-    Inline(Sink),
+    Inline(Box<Sink>),
     Background(BackgroundSink),
 }
 
@@ -405,7 +405,7 @@ impl SinkHandle {
         if background {
             SinkHandle::Background(BackgroundSink::spawn(sink))
         } else {
-            SinkHandle::Inline(sink)
+            SinkHandle::Inline(Box::new(sink))
         }
     }
 
