@@ -106,6 +106,19 @@ pub type ViewRow = (u32, Vec<Key>, ViewValue);
 /// A side-table row: `(table index, key, attribute values)`.
 pub type SideRow = (u32, Key, Vec<Key>);
 
+/// Calls `f(key, event time, outputs)` for each prediction of a sink message.
+fn for_each_prediction(msg: SinkMsg, mut f: impl FnMut(Key, i64, Vec<Score>)) {
+    if let SinkMsg::Rows(b) = msg {
+        for i in 0..b.len() {
+            let vals = b.values[i * b.width..(i + 1) * b.width]
+                .iter()
+                .map(|&v| Score::new(v))
+                .collect();
+            f(b.keys.get(i).to_owned(), b.times[i], vals);
+        }
+    }
+}
+
 /// Latest prediction per key as differential updates: `(key, outputs)`.
 pub fn latest_updates<'s>(predictions: StreamVec<'s, u64, ToSink>) -> VecCollection<'s, u64, Latest, isize> {
     predictions
@@ -123,15 +136,7 @@ pub fn latest_updates<'s>(predictions: StreamVec<'s, u64, ToSink>) -> VecCollect
                         });
                         for c in data {
                             for (_, msg) in c.drain(..) {
-                                if let SinkMsg::Rows(b) = msg {
-                                    for i in 0..b.len() {
-                                        let vals = b.values[i * b.width..(i + 1) * b.width]
-                                            .iter()
-                                            .map(|&v| Score::new(v))
-                                            .collect();
-                                        entry.1.push((b.keys.get(i).to_owned(), b.times[i], vals));
-                                    }
-                                }
+                                for_each_prediction(msg, |k, t, v| entry.1.push((k, t, v)));
                             }
                         }
                     });
@@ -184,19 +189,7 @@ pub fn all_predictions<'s>(predictions: StreamVec<'s, u64, ToSink>) -> VecCollec
                         let mut session = output.session(&cap);
                         for c in data {
                             for (_, msg) in c.drain(..) {
-                                if let SinkMsg::Rows(b) = msg {
-                                    for i in 0..b.len() {
-                                        let vals = b.values[i * b.width..(i + 1) * b.width]
-                                            .iter()
-                                            .map(|&v| Score::new(v))
-                                            .collect();
-                                        session.give((
-                                            (b.keys.get(i).to_owned(), (b.times[i], vals)),
-                                            time,
-                                            1,
-                                        ));
-                                    }
-                                }
+                                for_each_prediction(msg, |k, t, v| session.give(((k, (t, v)), time, 1)));
                             }
                         }
                     });
