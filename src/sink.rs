@@ -78,9 +78,6 @@ impl Sink {
         let (target, partial) = match &cfg.path {
             None => (None, None),
             Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                }
                 if atomic {
                     let mut s = p.clone().into_os_string();
                     s.push(".partial");
@@ -91,7 +88,7 @@ impl Sink {
                 }
             }
         };
-        let create = |p: &PathBuf| File::create(p).map_err(|e| Error::io(p, e));
+        let create = |p: &PathBuf| create_file(p);
         let writer = match (cfg.format, &target) {
             (OutputFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
             (OutputFormat::Parquet, Some(p)) => {
@@ -229,6 +226,15 @@ impl Sink {
     }
 }
 
+/// Creates (truncates) an output file, creating its directory first: every output path of a
+/// pipeline may name a directory that does not exist yet (`out/...`).
+pub fn create_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    File::create(path).map_err(|e| Error::io(path, e))
+}
+
 /// Renames a completed partial output into place.
 pub fn commit(partial: &(PathBuf, PathBuf)) -> Result<()> {
     std::fs::rename(&partial.0, &partial.1).map_err(|e| Error::io(&partial.1, e))
@@ -243,10 +249,7 @@ pub struct RejectsWriter {
 
 impl RejectsWriter {
     pub fn create(path: &Path) -> Result<RejectsWriter> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let f = File::create(path).map_err(|e| Error::io(path, e))?;
+        let f = create_file(path)?;
         Ok(RejectsWriter {
             path: path.to_path_buf(),
             out: BufWriter::new(f),

@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pipeline::*;
@@ -16,42 +16,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TOL: f32 = 1e-5;
-
-/// Starts `seqflow run` and returns it with the address it listens on.
-fn start(pipeline: &Path, args: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .arg("run")
-        .arg(pipeline)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-        .to_string();
-    (child, addr, err)
-}
-
-/// Sends SIGTERM and returns (exit success, the rest of stderr).
-fn terminate(mut child: Child, mut err: BufReader<std::process::ChildStderr>) -> (bool, String) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
-    let ok = child.wait().unwrap().success();
-    (ok, rest)
-}
 
 fn live_pipeline(dir: &Path, model: &Path, extra_source: &str, output: &str) -> PathBuf {
     write_pipeline(
@@ -101,7 +65,7 @@ fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
     let (mpath, model) = save_model(dir.path(), &causal_model(2));
     let p = live_pipeline(dir.path(), &mpath, "max_line_bytes = 300", "");
-    let (child, addr, err) = start(&p, &["-w", "2"]);
+    let (child, addr, err) = start_live(&p, &["-w", "2"]);
 
     // Three clients, each with its own 4 keys interleaved at random; bad lines in between;
     // the last client dies in the middle of a line.
@@ -209,7 +173,7 @@ fn sigterm_while_clients_send_processes_everything_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let (mpath, _) = save_model(dir.path(), &causal_model(2));
     let p = live_pipeline(dir.path(), &mpath, "", "");
-    let (child, addr, err) = start(&p, &[]);
+    let (child, addr, err) = start_live(&p, &[]);
     let sender = std::thread::spawn(move || {
         let mut s = TcpStream::connect(&addr).unwrap();
         for i in 0..200_000i64 {
@@ -302,7 +266,7 @@ fn sequence_end_in_live_mode_ends_a_key_after_its_idle_timeout() {
         "idle_timeout_ms = 300",
         "emit = \"sequence_end\"",
     );
-    let (child, addr, err) = start(&p, &[]);
+    let (child, addr, err) = start_live(&p, &[]);
     let mut s = TcpStream::connect(&addr).unwrap();
     let seq1: Vec<Row> = (0..5)
         .map(|i| Row {
@@ -390,7 +354,7 @@ fn csv_lines_with_configured_columns_and_parquet_output_closed_on_sigterm() {
             mpath.display()
         ),
     );
-    let (child, addr, err) = start(&p, &[]);
+    let (child, addr, err) = start_live(&p, &[]);
     let rows: Vec<Row> = (0..20)
         .map(|i| Row {
             key: format!("m{}", i % 2),

@@ -427,14 +427,16 @@ fn parquet_output_compression_setting() {
     c.good_rows();
     let p = c.pipeline(
         "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]",
-        "format = \"parquet\"\npath = \"out/o.parquet\"\ncompression = \"zstd\"",
+        "format = \"parquet\"\npath = \"out/o.parquet\"\ncompression = \"zstd\"\nrow_group_rows = 3",
     );
     run_ok(&["run", &p]);
     let f = std::fs::File::open(c.path("out/o.parquet")).unwrap();
     let meta = parquet::file::reader::SerializedFileReader::new(f).unwrap();
     use parquet::file::reader::FileReader;
+    // 4 predictions in row groups of at most 3 rows.
+    assert_eq!(meta.metadata().num_row_groups(), 2);
     let rg = meta.metadata().row_group(0);
-    assert_eq!(rg.num_rows(), 4);
+    assert_eq!(rg.num_rows(), 3);
     assert!(matches!(
         rg.column(2).compression(),
         parquet::basic::Compression::ZSTD(_)
@@ -444,4 +446,28 @@ fn parquet_output_compression_setting() {
         "format = \"parquet\"\npath = \"out/o2.parquet\"\ncompression = \"lz4\"",
     );
     c.fails(&["run", &p], &["p.toml", "unknown variant `lz4`", "snappy"]);
+}
+
+#[test]
+fn input_extension_picks_the_format() {
+    // A Parquet pipeline given `--input x.csv` reads CSV (and `--output y.jsonl` writes JSON lines).
+    let c = Case::new();
+    std::fs::write(c.path("x.csv"), "key,t,f0,f1\na,1,0.1,0.2\na,2,0.3,0.4\n").unwrap();
+    let p = c.standard("");
+    let out = c.path("y.jsonl");
+    let summary = run_ok(&[
+        "run",
+        &p,
+        "--input",
+        c.path("x.csv").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        summary.contains("2 rows from 1 file -> 2 predictions"),
+        "{summary}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    assert!(text.starts_with("{\"key\":\"a\",\"t\":1,"), "{text}");
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -222,22 +222,7 @@ fn live_views_follow_a_side_table_that_changes_on_disk() {
             mpath.display()
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .args(["run", p.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (child, addr, err) = start_live(&p, &[]);
     let mut s = TcpStream::connect(&addr).unwrap();
     for (k, t) in [("a", 1), ("b", 1), ("c", 1)] {
         s.write_all(format!("{{\"key\": \"{k}\", \"t\": {t}, \"f0\": 0.1, \"f1\": 0.2}}\n").as_bytes())
@@ -265,9 +250,6 @@ fn live_views_follow_a_side_table_that_changes_on_disk() {
         "counts after the side table changed",
     );
     drop(s);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (ok, rest) = terminate(child, err);
+    assert!(ok, "{rest}");
 }

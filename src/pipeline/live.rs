@@ -43,10 +43,7 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
     if opts.process == 0 {
         // Output problems fail the run before any client connects.
         if let Some(p) = &cfg.output.path {
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            }
-            std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
+            crate::sink::create_file(p)?;
         }
         let rejects = cfg
             .source

@@ -162,13 +162,6 @@ impl Plan {
                                 path: p.clone(),
                                 msg: format!("cannot read as CSV: {e}"),
                             })?;
-                    total_rows = None;
-                    units.push(Unit {
-                        file: fi as u32,
-                        row_group: None,
-                        first_row: 0,
-                        rows: None,
-                    });
                     Arc::new(with_csv_columns(schema, cfg))
                 }
                 SourceFormat::Jsonl => {
@@ -179,17 +172,20 @@ impl Plan {
                             msg: format!("cannot read as JSON lines: {e}"),
                         })?;
                     r.rewind().map_err(|e| Error::io(&p, e))?;
-                    total_rows = None;
-                    units.push(Unit {
-                        file: fi as u32,
-                        row_group: None,
-                        first_row: 0,
-                        rows: None,
-                    });
                     Arc::new(schema)
                 }
                 _ => unreachable!("live formats have no plan"),
             };
+            if cfg.format != SourceFormat::Parquet {
+                // A text file is one unit; its row count is unknown until read.
+                total_rows = None;
+                units.push(Unit {
+                    file: fi as u32,
+                    row_group: None,
+                    first_row: 0,
+                    rows: None,
+                });
+            }
             let cols = map_columns(&schema, cfg, &p)?;
             match &types {
                 None => types = Some((cols.key_type.clone(), cols.time_type.clone(), p.clone())),

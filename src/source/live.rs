@@ -197,20 +197,12 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
             let mut line = &buf[start..start + pos];
             start += pos + 1;
             line_no += 1;
-            if discarding {
-                discarding = false;
-                reject(
-                    &mut out,
-                    conn,
-                    line_no,
-                    format!("line longer than {} bytes", s.max_line),
-                );
-                continue;
-            }
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            if line.len() > s.max_line {
+            // The end of a line whose start was already dropped as too long, or a line
+            // that is too long on its own.
+            if std::mem::take(&mut discarding) || line.len() > s.max_line {
                 reject(
                     &mut out,
                     conn,

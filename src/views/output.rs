@@ -17,6 +17,7 @@ use super::flow::{ViewRow, ViewValue};
 use super::spec::ViewSpec;
 use crate::error::{Error, Result};
 use crate::record::Key;
+use crate::sink::create_file;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -53,12 +54,7 @@ impl TableWriter {
         let display = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("-"));
         let out: Box<dyn Write + Send> = match path {
             None => Box::new(std::io::stdout()),
-            Some(p) => {
-                if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-                }
-                Box::new(BufWriter::new(File::create(p).map_err(|e| Error::io(p, e))?))
-            }
+            Some(p) => Box::new(BufWriter::new(create_file(p)?)),
         };
         Ok(TableWriter {
             path: display,
