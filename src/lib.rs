@@ -19,6 +19,7 @@ pub mod record;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod train;
 pub mod views;
 
 pub use error::{Error, Result};

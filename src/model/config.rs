@@ -96,6 +96,22 @@ pub struct LayerConfig {
     /// The state_dict prefix (`conv` -> `conv.weight`); empty for top-level tensors.
     pub name: Option<String>,
     pub kind: LayerKindConfig,
+    /// Sizes the file may state: checked against the weights when they exist, and needed
+    /// to initialize a model that `seqflow train` creates from scratch.
+    pub sizes: Sizes,
+}
+
+/// Optional sizes of a layer with weights (PyTorch's constructor arguments).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// `out_channels` (conv1d) or `out_features` (linear).
+    pub out: Option<usize>,
+    /// `kernel_size` (conv1d).
+    pub kernel: Option<usize>,
+    /// `proj_size` (lstm).
+    pub proj: Option<usize>,
+    /// `bias` (default true, as in PyTorch).
+    pub bias: Option<bool>,
 }
 
 impl LayerConfig {
@@ -170,6 +186,9 @@ enum RawLayer {
         stride: Option<usize>,
         dilation: Option<usize>,
         padding: Option<Padding>,
+        out_channels: Option<usize>,
+        kernel_size: Option<usize>,
+        bias: Option<bool>,
     },
     Maxpool1d {
         name: Option<String>,
@@ -183,6 +202,8 @@ enum RawLayer {
     },
     Linear {
         name: Option<String>,
+        out_features: Option<usize>,
+        bias: Option<bool>,
     },
     Relu {
         name: Option<String>,
@@ -205,18 +226,22 @@ enum RawLayer {
         hidden_size: Option<usize>,
         num_layers: Option<usize>,
         bidirectional: Option<bool>,
+        bias: Option<bool>,
     },
     Lstm {
         name: Option<String>,
         hidden_size: Option<usize>,
         num_layers: Option<usize>,
         bidirectional: Option<bool>,
+        proj_size: Option<usize>,
+        bias: Option<bool>,
     },
     Gru {
         name: Option<String>,
         hidden_size: Option<usize>,
         num_layers: Option<usize>,
         bidirectional: Option<bool>,
+        bias: Option<bool>,
     },
 }
 
@@ -265,7 +290,7 @@ fn positive(what: &str, v: usize) -> Result<usize, String> {
 
 fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
     use LayerKindConfig as K;
-    let rec = |cell, name, hidden_size, num_layers, bidirectional| -> Result<LayerConfig, String> {
+    let rec = |cell, name, hidden_size, num_layers, bidirectional, sizes| -> Result<LayerConfig, String> {
         if let Some(h) = hidden_size {
             positive("hidden_size", h)?;
         }
@@ -281,15 +306,26 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 num_layers,
                 bidirectional,
             },
+            sizes,
         })
     };
+    let mut sizes = Sizes::default();
     let (name, kind) = match raw {
         RawLayer::Conv1d {
             name,
             stride,
             dilation,
             padding,
+            out_channels,
+            kernel_size,
+            bias,
         } => {
+            sizes = Sizes {
+                out: out_channels.map(|v| positive("out_channels", v)).transpose()?,
+                kernel: kernel_size.map(|v| positive("kernel_size", v)).transpose()?,
+                proj: None,
+                bias,
+            };
             let stride = positive("stride", stride.unwrap_or(1))?;
             let dilation = positive("dilation", dilation.unwrap_or(1))?;
             let padding = padding.unwrap_or(Padding::Causal);
@@ -307,7 +343,15 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
         }
         RawLayer::Maxpool1d { name, kernel, stride } => (name, pool(true, kernel, stride)?),
         RawLayer::Avgpool1d { name, kernel, stride } => (name, pool(false, kernel, stride)?),
-        RawLayer::Linear { name } => (name, K::Linear),
+        RawLayer::Linear {
+            name,
+            out_features,
+            bias,
+        } => {
+            sizes.out = out_features.map(|v| positive("out_features", v)).transpose()?;
+            sizes.bias = bias;
+            (name, K::Linear)
+        }
         RawLayer::Relu { name } => (name, K::Activation(ActivationKind::Relu)),
         RawLayer::Tanh { name } => (name, K::Activation(ActivationKind::Tanh)),
         RawLayer::Sigmoid { name } => (name, K::Activation(ActivationKind::Sigmoid)),
@@ -319,24 +363,55 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
             hidden_size,
             num_layers,
             bidirectional,
+            bias,
         } => {
             let nl = nonlinearity.unwrap_or(Nonlinearity::Tanh);
-            return rec(CellKind::Rnn(nl), name, hidden_size, num_layers, bidirectional);
+            sizes.bias = bias;
+            return rec(
+                CellKind::Rnn(nl),
+                name,
+                hidden_size,
+                num_layers,
+                bidirectional,
+                sizes,
+            );
         }
         RawLayer::Lstm {
             name,
             hidden_size,
             num_layers,
             bidirectional,
-        } => return rec(CellKind::Lstm, name, hidden_size, num_layers, bidirectional),
+            proj_size,
+            bias,
+        } => {
+            sizes.proj = proj_size.map(|v| positive("proj_size", v)).transpose()?;
+            sizes.bias = bias;
+            return rec(
+                CellKind::Lstm,
+                name,
+                hidden_size,
+                num_layers,
+                bidirectional,
+                sizes,
+            );
+        }
         RawLayer::Gru {
             name,
             hidden_size,
             num_layers,
             bidirectional,
-        } => return rec(CellKind::Gru, name, hidden_size, num_layers, bidirectional),
+            bias,
+        } => {
+            sizes.bias = bias;
+            return rec(CellKind::Gru, name, hidden_size, num_layers, bidirectional, sizes);
+        }
     };
-    Ok(LayerConfig { index, name, kind })
+    Ok(LayerConfig {
+        index,
+        name,
+        kind,
+        sizes,
+    })
 }
 
 fn pool(max: bool, kernel: usize, stride: Option<usize>) -> Result<LayerKindConfig, String> {

@@ -174,6 +174,7 @@ impl Model {
         let mut widths = vec![width];
         for lc in &config.layers {
             let layer = build_layer(lc, width, &mut store)?;
+            check_sizes(lc, &layer, &store)?;
             width = match &layer {
                 Layer::Conv(c) => c.out_ch,
                 Layer::Pool(_) | Layer::Activation(_) => width,
@@ -352,6 +353,58 @@ impl Model {
         }
         &ws.a
     }
+}
+
+/// Checks the sizes a model file states (`out_channels`, `kernel_size`, `out_features`,
+/// `proj_size`, `bias`) against what the weights have.
+fn check_sizes(lc: &LayerConfig, layer: &Layer, store: &WeightStore) -> Result<()> {
+    let (out, kernel, proj, bias) = match layer {
+        Layer::Conv(c) => (
+            Some(("out_channels", c.out_ch)),
+            Some(c.kernel),
+            None,
+            Some(c.has_bias()),
+        ),
+        Layer::Linear(l) => (
+            Some(("out_features", l.out_features)),
+            None,
+            None,
+            Some(l.has_bias()),
+        ),
+        Layer::Recurrent(r) => (None, None, Some(r.proj), Some(r.has_bias)),
+        _ => return Ok(()),
+    };
+    let s = &lc.sizes;
+    let mismatch = |what: &str, said: String, found: String| {
+        Err(tensor_err(
+            store,
+            lc,
+            format!("the model file says {what} = {said} but the weights have {found}"),
+        ))
+    };
+    if let (Some(said), Some((what, found))) = (s.out, out) {
+        if said != found {
+            return mismatch(what, said.to_string(), found.to_string());
+        }
+    }
+    if let (Some(said), Some(found)) = (s.kernel, kernel) {
+        if said != found {
+            return mismatch("kernel_size", said.to_string(), found.to_string());
+        }
+    }
+    if let (Some(said), Some(found)) = (s.proj, proj) {
+        if Some(said) != found {
+            let found = found.map_or("no projection (no `weight_hr_l0`)".to_string(), |p| p.to_string());
+            return mismatch("proj_size", said.to_string(), found);
+        }
+    }
+    if let (Some(said), Some(found)) = (s.bias, bias) {
+        if said != found {
+            let found = if found { "bias tensors" } else { "no bias tensors" };
+            return mismatch("bias", said.to_string(), found.to_string());
+        }
+    }
+    Ok(())
 }
 
 fn tensor_err(store: &WeightStore, lc: &LayerConfig, msg: String) -> Error {

@@ -16,7 +16,7 @@ pub struct Tensor {
 }
 
 /// All tensors of a weights file, by name, with a record of which were taken.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WeightStore {
     pub path: PathBuf,
     tensors: BTreeMap<String, Tensor>,

@@ -40,7 +40,7 @@ impl Window {
 
     /// Number of steps `g` in `[seen, seen + len)` that emit an output, and the first one.
     #[inline]
-    fn emitted(&self, seen: u64, len: u64) -> (u64, u64) {
+    pub(crate) fn emitted(&self, seen: u64, len: u64) -> (u64, u64) {
         let (delay, stride) = (self.delay as u64, self.stride as u64);
         let lo = seen.max(delay);
         let first = delay + (lo - delay).div_ceil(stride) * stride;

@@ -1,0 +1,308 @@
+//! The trainable form of a model: the same layers as [`Model`], read from the same model file
+//! and weights, run over padded f64 batches with a tape, and differentiated by hand.
+//!
+//! The net's structure (layer kinds, sizes, windows, tensor names) is taken from a loaded
+//! [`Model`], so everything the loader validates (shapes, names, options) holds here too, and
+//! a trained net saved with [`ParamLayout::save`] loads back as the same [`Model`].
+
+use super::dense::{activate, activate_backward, LinearSpec};
+use super::params::{ParamLayout, Params};
+use super::recurrent::{CellSpec, HiddenGrads, RecCarry, RecSpec, RecTape};
+use super::seq::Seq;
+use super::window::{advance_carry, gather, ConvSpec, Gathered, PoolSpec, WindowCarry};
+use crate::error::{Error, Result};
+use crate::model::config::{ActivationKind, LayerConfig};
+use crate::model::weights::WeightStore;
+use crate::model::{Layer, Model};
+
+/// One trainable layer.
+#[derive(Debug, Clone)]
+pub enum NetLayer {
+    Conv(ConvSpec),
+    Pool(PoolSpec),
+    Linear(LinearSpec),
+    Act(ActivationKind),
+    Rec(RecSpec),
+}
+
+/// The trainable model: layers plus the layout of their parameters.
+#[derive(Debug, Clone)]
+pub struct Net {
+    pub input_size: usize,
+    pub layers: Vec<NetLayer>,
+    /// Labels (`#2 (lstm "lstm")`) for reports.
+    pub labels: Vec<String>,
+    /// `widths[i]` = input width of layer `i`; last = output width.
+    pub widths: Vec<usize>,
+    pub layout: ParamLayout,
+    /// Why the model cannot carry state between chunks, if it cannot.
+    pub non_causal: Option<String>,
+}
+
+/// Everything the forward pass keeps for the backward pass.
+#[derive(Debug, Default)]
+pub struct Tape {
+    /// `xs[i]` is layer `i`'s input; the last entry is the output.
+    pub xs: Vec<Seq>,
+    aux: Vec<Aux>,
+}
+
+#[derive(Debug)]
+enum Aux {
+    None,
+    Window(Gathered),
+    Rec(RecTape),
+}
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gathered({} rows)", self.cols.rows())
+    }
+}
+
+/// State carried between truncated-BPTT chunks, per layer, for a fixed set of sequences.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerCarry {
+    None,
+    Window(WindowCarry),
+    Rec(RecCarry),
+}
+
+/// Per recurrent layer (by index in `Net::layers`), hidden-state gradient norms.
+#[derive(Debug, Clone, Default)]
+pub struct GradProbe {
+    pub layers: Vec<(usize, HiddenGrads)>,
+}
+
+impl Net {
+    /// Builds the trainable form of `model`, taking its parameter values from `store` (the
+    /// tensors `model` was loaded from) as f64.
+    pub fn from_model(model: &Model, store: &WeightStore) -> Result<(Net, Vec<f64>)> {
+        let mut layout = ParamLayout::default();
+        let mut layers = Vec::new();
+        let mut labels = Vec::new();
+        let mut names = Vec::new();
+        let add = |layout: &mut ParamLayout, names: &mut Vec<String>, lc: &LayerConfig, sfx: &str| {
+            let name = lc.tensor(sfx);
+            let shape = store.peek(&name).map(|t| t.shape.clone()).unwrap_or_default();
+            names.push(name.clone());
+            layout.add(name, shape)
+        };
+        let mut widths = vec![model.input_size()];
+        let mut non_causal = None;
+        for (i, (lc, layer)) in model.layers().enumerate() {
+            let width = model.width_at(i);
+            if non_causal.is_none() {
+                non_causal = layer.non_causal().map(|w| format!("layer {}: {w}", lc.label()));
+            }
+            let nl = match layer {
+                Layer::Conv(c) => NetLayer::Conv(ConvSpec {
+                    win: c.window(),
+                    in_ch: c.in_ch,
+                    out_ch: c.out_ch,
+                    weight: add(&mut layout, &mut names, lc, "weight"),
+                    bias: c.has_bias().then(|| add(&mut layout, &mut names, lc, "bias")),
+                }),
+                Layer::Pool(p) => NetLayer::Pool(PoolSpec {
+                    win: p.window(),
+                    max: p.max,
+                    ch: width,
+                }),
+                Layer::Linear(l) => NetLayer::Linear(LinearSpec {
+                    inp: l.in_features,
+                    out: l.out_features,
+                    weight: add(&mut layout, &mut names, lc, "weight"),
+                    bias: l.has_bias().then(|| add(&mut layout, &mut names, lc, "bias")),
+                }),
+                Layer::Activation(a) => NetLayer::Act(*a),
+                Layer::Recurrent(r) => {
+                    let dirs = if r.bidirectional { 2 } else { 1 };
+                    let hout = r.proj.unwrap_or(r.hidden);
+                    let mut cells = Vec::new();
+                    for k in 0..r.num_layers {
+                        for d in 0..dirs {
+                            let s = if d == 1 { "_reverse" } else { "" };
+                            let mut t = |n: &str| add(&mut layout, &mut names, lc, &format!("{n}_l{k}{s}"));
+                            let w_ih = t("weight_ih");
+                            let w_hh = t("weight_hh");
+                            let (b_ih, b_hh) = if r.has_bias {
+                                (Some(t("bias_ih")), Some(t("bias_hh")))
+                            } else {
+                                (None, None)
+                            };
+                            let w_hr = r.proj.map(|_| t("weight_hr"));
+                            cells.push(CellSpec {
+                                in_w: if k == 0 { width } else { hout * dirs },
+                                w_ih,
+                                w_hh,
+                                b_ih,
+                                b_hh,
+                                w_hr,
+                            });
+                        }
+                    }
+                    NetLayer::Rec(RecSpec {
+                        cell: r.cell,
+                        hidden: r.hidden,
+                        hout,
+                        layers: r.num_layers,
+                        dirs,
+                        cells,
+                    })
+                }
+            };
+            layers.push(nl);
+            labels.push(lc.label());
+            widths.push(model.width_at(i + 1));
+        }
+        let mut values = vec![0.0; layout.total];
+        for (id, name) in names.iter().enumerate() {
+            let t = store.peek(name).ok_or_else(|| Error::WeightsFile {
+                path: store.path.clone(),
+                msg: format!("tensor `{name}` disappeared while building the trainable model"),
+            })?;
+            for (v, &s) in values[layout.range(id)].iter_mut().zip(&t.data) {
+                *v = s as f64;
+            }
+        }
+        Ok((
+            Net {
+                input_size: model.input_size(),
+                layers,
+                labels,
+                widths,
+                layout,
+                non_causal,
+            },
+            values,
+        ))
+    }
+
+    pub fn output_size(&self) -> usize {
+        *self.widths.last().unwrap_or(&0)
+    }
+
+    /// A zero carry for `b` sequences (fresh state, no history).
+    pub fn zero_carry(&self, b: usize) -> Vec<LayerCarry> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match l {
+                NetLayer::Conv(ConvSpec { win, .. }) | NetLayer::Pool(PoolSpec { win, .. }) => {
+                    LayerCarry::Window(WindowCarry::new(b, win.back, self.widths[i]))
+                }
+                NetLayer::Rec(r) => LayerCarry::Rec(r.zero_carry(b)),
+                _ => LayerCarry::None,
+            })
+            .collect()
+    }
+
+    /// Runs layers `0..upto` over `x`. With `carry` (causal nets only), starts from its
+    /// states and histories and leaves the ones after this batch there.
+    pub fn forward(&self, values: &[f64], x: Seq, upto: usize, mut carry: Option<&mut [LayerCarry]>) -> Tape {
+        let p = Params {
+            layout: &self.layout,
+            values,
+        };
+        let mut tape = Tape {
+            xs: Vec::with_capacity(upto + 1),
+            aux: Vec::with_capacity(upto),
+        };
+        tape.xs.push(x);
+        for i in 0..upto {
+            let x = tape.xs.last().expect("input pushed");
+            let lc = carry.as_deref_mut().map(|c| &mut c[i]);
+            let (y, aux) = match &self.layers[i] {
+                NetLayer::Conv(c) => {
+                    let g = gather(&c.win, x, window_carry(&lc));
+                    let y = c.forward(p, &g);
+                    (y, Aux::Window(g))
+                }
+                NetLayer::Pool(pl) => {
+                    let g = gather(&pl.win, x, window_carry(&lc));
+                    let y = pl.forward(&g);
+                    (y, Aux::Window(g))
+                }
+                NetLayer::Linear(l) => (l.forward(p, x), Aux::None),
+                NetLayer::Act(a) => (activate(*a, x), Aux::None),
+                NetLayer::Rec(r) => {
+                    let mut rt = RecTape::default();
+                    let rc = match lc {
+                        Some(LayerCarry::Rec(rc)) => Some(rc),
+                        _ => None,
+                    };
+                    let y = r.forward(p, x, rc, &mut rt);
+                    (y, Aux::Rec(rt))
+                }
+            };
+            if let (
+                Some(carry),
+                NetLayer::Conv(ConvSpec { win, .. }) | NetLayer::Pool(PoolSpec { win, .. }),
+            ) = (carry.as_deref_mut(), &self.layers[i])
+            {
+                if let LayerCarry::Window(wc) = &mut carry[i] {
+                    advance_carry(win, x, wc);
+                }
+            }
+            tape.aux.push(aux);
+            tape.xs.push(y);
+        }
+        tape
+    }
+
+    /// Backpropagates `dy` (gradient of the loss w.r.t. the tape's output) through the
+    /// layers on the tape, adding parameter gradients into `grads`; returns the gradient
+    /// of the input.
+    pub fn backward(
+        &self,
+        values: &[f64],
+        tape: &Tape,
+        dy: Seq,
+        grads: &mut [f64],
+        mut probe: Option<&mut GradProbe>,
+    ) -> Seq {
+        let p = Params {
+            layout: &self.layout,
+            values,
+        };
+        let mut d = dy;
+        for i in (0..tape.aux.len()).rev() {
+            d.zero_padding();
+            let (x, y) = (&tape.xs[i], &tape.xs[i + 1]);
+            d = match (&self.layers[i], &tape.aux[i]) {
+                (NetLayer::Conv(c), Aux::Window(g)) => c.backward(p, g, x, &d, grads),
+                (NetLayer::Pool(pl), Aux::Window(g)) => pl.backward(g, x, &d),
+                (NetLayer::Linear(l), _) => l.backward(p, x, &d, grads),
+                (NetLayer::Act(a), _) => activate_backward(*a, y, &d),
+                (NetLayer::Rec(r), Aux::Rec(rt)) => {
+                    let mut hg = HiddenGrads::default();
+                    let dx = r.backward(p, rt, &d, grads, probe.is_some().then_some(&mut hg));
+                    if let Some(pr) = probe.as_deref_mut() {
+                        pr.layers.push((i, hg));
+                    }
+                    dx
+                }
+                _ => unreachable!("tape entries match their layers"),
+            };
+        }
+        d.zero_padding();
+        d
+    }
+}
+
+fn window_carry<'a>(lc: &'a Option<&mut LayerCarry>) -> Option<&'a WindowCarry> {
+    match lc {
+        Some(LayerCarry::Window(w)) => Some(w),
+        _ => None,
+    }
+}
+
+/// Builds the inference model and its trainable twin from a parsed model file and tensors.
+pub fn build(
+    config: crate::model::config::ModelConfig,
+    store: WeightStore,
+) -> Result<(Model, Net, Vec<f64>)> {
+    let model = Model::from_parts(config, store.clone())?;
+    let (net, values) = Net::from_model(&model, &store)?;
+    Ok((model, net, values))
+}
