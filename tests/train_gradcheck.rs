@@ -175,8 +175,8 @@ fn check(name: &str, layers: &str) {
         for chunk in [3usize, 4, 2] {
             let lens_c: Vec<usize> = lens.iter().map(|&l| l.saturating_sub(start).min(chunk)).collect();
             let mut xc = Seq::zeros(&lens_c, INPUT);
-            for i in 0..x.b {
-                for t in 0..lens_c[i] {
+            for (i, &len) in lens_c.iter().enumerate() {
+                for t in 0..len {
                     xc.row_mut(t, i).copy_from_slice(x.row(start + t, i));
                 }
             }
