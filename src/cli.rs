@@ -78,6 +78,22 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Train a model (BPTT) on Parquet/CSV data and write its weights with PyTorch's names.
+    #[command(disable_help_flag = true)]
+    Train {
+        /// The training TOML.
+        config: PathBuf,
+        /// Threads for the shards of each batch (results are identical for any count).
+        #[arg(short = 'w', long = "workers", visible_alias = "threads", default_value_t = 1)]
+        workers: usize,
+        /// Override [train] epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Write |dL/dh_t| by distance from the loss per recurrent layer (CSV, plus an SVG
+        /// next to it) for one batch, before and after training, and print it as a table.
+        #[arg(long, value_name = "CSV", num_args = 0..=1, default_missing_value = "grad_report.csv")]
+        grad_report: Option<PathBuf>,
+    },
     /// Print a model's layers, shapes, parameter count, receptive field and whether it streams.
     Inspect {
         /// The model TOML (its weights file is read too).
@@ -93,6 +109,25 @@ pub fn main() -> anyhow::Result<ExitCode> {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
             print!("{}", Summary(&m));
+        }
+        Command::Train {
+            config,
+            workers,
+            epochs,
+            grad_report,
+        } => {
+            let cfg = seqflow::train::config::TrainConfig::load(&config)?;
+            let opts = seqflow::train::trainer::TrainOptions {
+                threads: workers,
+                grad_report,
+                progress: std::io::stderr().is_terminal(),
+                epochs,
+            };
+            let report = seqflow::train::trainer::train(&cfg, &opts)?;
+            if let Some(g) = &report.grad_report {
+                println!("{}", g.table());
+            }
+            eprintln!("seqflow train: {report}");
         }
         Command::Replay {
             data,

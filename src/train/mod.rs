@@ -5,11 +5,17 @@
 //! pass. A model trained here is saved with PyTorch's tensor names and then streamed by the
 //! ordinary inference path.
 
+pub mod config;
+pub mod data;
 pub mod dense;
 pub mod init;
 pub mod linalg;
+pub mod loss;
 pub mod net;
+pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod recurrent;
 pub mod seq;
+pub mod trainer;
 pub mod window;

@@ -1,0 +1,293 @@
+//! The training file (`seqflow train TRAIN.toml`): which model, which data, which task, how
+//! to optimize, where to write. Documented in docs/training.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::config::one_line;
+use crate::pipeline::config::{clean_join, NanPolicy, Normalize, SourceFormat};
+
+/// What the model learns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// Predict `targets` `horizon` steps ahead, every step (MSE).
+    Forecast { targets: Vec<String>, horizon: usize },
+    /// Predict `targets` at the same step, every step (MSE).
+    Regress { targets: Vec<String> },
+    /// One class per sequence (the label of its last step), scored on the last step.
+    Classify { label: String },
+    /// One class per step.
+    Tag { label: String },
+}
+
+/// `normalize = "auto"` or explicit statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NormalizeSpec {
+    None,
+    Auto,
+    Fixed(Normalize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Adam,
+    Sgd,
+}
+
+/// A parsed training file; paths resolved relative to it.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub path: PathBuf,
+    pub model: PathBuf,
+    /// Start from fresh weights even if the weights file exists.
+    pub init: bool,
+    pub format: SourceFormat,
+    pub data: PathBuf,
+    pub key: String,
+    pub time: String,
+    pub features: Vec<String>,
+    pub normalize: NormalizeSpec,
+    pub nan: NanPolicy,
+    pub task: Task,
+    pub pos_weight: f64,
+    pub epochs: usize,
+    pub batch_keys: usize,
+    pub tbptt: Option<usize>,
+    pub optimizer: OptimizerName,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub clip_norm: Option<f64>,
+    pub validation: f64,
+    pub seed: u64,
+    pub patience: Option<usize>,
+    /// Output weights (default: the model file's `weights`).
+    pub weights: Option<PathBuf>,
+    pub loss_csv: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    model: RawModel,
+    data: RawData,
+    task: RawTask,
+    #[serde(default)]
+    train: RawTrain,
+    #[serde(default)]
+    output: RawOutput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: String,
+    #[serde(default)]
+    init: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    format: Option<SourceFormat>,
+    path: String,
+    key: String,
+    time: String,
+    features: Vec<String>,
+    normalize: Option<toml::Value>,
+    #[serde(default)]
+    nan: NanPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    kind: String,
+    targets: Option<Vec<String>>,
+    horizon: Option<usize>,
+    label: Option<String>,
+    pos_weight: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    epochs: Option<usize>,
+    batch_keys: Option<usize>,
+    tbptt: Option<usize>,
+    optimizer: Option<OptimizerName>,
+    lr: Option<f64>,
+    weight_decay: Option<f64>,
+    momentum: Option<f64>,
+    clip_norm: Option<f64>,
+    validation: Option<f64>,
+    seed: Option<u64>,
+    patience: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    weights: Option<String>,
+    loss_csv: Option<String>,
+    plot: Option<String>,
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<TrainConfig> {
+        let err = |msg: String| Error::PipelineConfig {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let join = |p: &str| clean_join(base, p);
+        let d = raw.data;
+        if d.features.is_empty() {
+            return Err(err(
+                "[data] features is empty: name at least one feature column".into()
+            ));
+        }
+        let format = match d.format {
+            Some(f @ (SourceFormat::Parquet | SourceFormat::Csv)) => f,
+            Some(f) => {
+                return Err(err(format!(
+                    "[data] format {f:?} is not supported for training (parquet or csv)"
+                )))
+            }
+            None if d.path.to_ascii_lowercase().ends_with(".csv") => SourceFormat::Csv,
+            None => SourceFormat::Parquet,
+        };
+        let normalize = match d.normalize {
+            None => NormalizeSpec::None,
+            Some(toml::Value::String(s)) if s == "auto" => NormalizeSpec::Auto,
+            Some(v) => {
+                let n: Normalize = v.try_into().map_err(|e: toml::de::Error| {
+                    err(format!("[data] normalize: {}", one_line(&e.to_string())))
+                })?;
+                if n.mean.len() != d.features.len() || n.std.len() != d.features.len() {
+                    return Err(err(format!(
+                        "[data] normalize has {} means and {} stds for {} features",
+                        n.mean.len(),
+                        n.std.len(),
+                        d.features.len()
+                    )));
+                }
+                if n.std.iter().any(|s| !(*s > 0.0)) {
+                    return Err(err("[data] normalize: every std must be > 0".into()));
+                }
+                NormalizeSpec::Fixed(n)
+            }
+        };
+        let t = raw.task;
+        let need = |what: Option<Vec<String>>, kind: &str| -> Result<Vec<String>> {
+            match what {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(err(format!(
+                    "[task] kind = \"{kind}\" needs `targets = [\"column\", ...]`"
+                ))),
+            }
+        };
+        let label = |l: Option<String>, kind: &str| -> Result<String> {
+            l.ok_or_else(|| err(format!("[task] kind = \"{kind}\" needs `label = \"column\"`")))
+        };
+        let task = match t.kind.as_str() {
+            "forecast" => Task::Forecast {
+                targets: need(t.targets, "forecast")?,
+                horizon: match t.horizon.unwrap_or(1) {
+                    0 => return Err(err("[task] horizon must be at least 1".into())),
+                    h => h,
+                },
+            },
+            "regress" => Task::Regress {
+                targets: need(t.targets, "regress")?,
+            },
+            "classify" => Task::Classify {
+                label: label(t.label, "classify")?,
+            },
+            "tag" => Task::Tag {
+                label: label(t.label, "tag")?,
+            },
+            other => {
+                return Err(err(format!(
+                    "[task] kind = \"{other}\" is unknown; use forecast, regress, classify or tag"
+                )))
+            }
+        };
+        let tr = raw.train;
+        let positive = |what: &str, v: Option<usize>, default: usize| -> Result<usize> {
+            match v.unwrap_or(default) {
+                0 => Err(err(format!("[train] {what} must be at least 1"))),
+                n => Ok(n),
+            }
+        };
+        let validation = tr.validation.unwrap_or(0.2);
+        if !(0.0..1.0).contains(&validation) {
+            return Err(err(
+                "[train] validation is the fraction of keys held out: 0 <= v < 1".into(),
+            ));
+        }
+        let lr = tr.lr.unwrap_or(1e-3);
+        if !(lr > 0.0) {
+            return Err(err("[train] lr must be > 0".into()));
+        }
+        if let Some(c) = tr.clip_norm {
+            if !(c > 0.0) {
+                return Err(err("[train] clip_norm must be > 0".into()));
+            }
+        }
+        let o = raw.output;
+        Ok(TrainConfig {
+            path: path.to_path_buf(),
+            model: join(&raw.model.path),
+            init: raw.model.init,
+            format,
+            data: join(&d.path),
+            key: d.key,
+            time: d.time,
+            features: d.features,
+            normalize,
+            nan: d.nan,
+            task,
+            pos_weight: t.pos_weight.unwrap_or(1.0),
+            epochs: positive("epochs", tr.epochs, 10)?,
+            batch_keys: positive("batch_keys", tr.batch_keys, 32)?,
+            tbptt: match tr.tbptt {
+                Some(0) => {
+                    return Err(err(
+                        "[train] tbptt must be at least 1 (omit it for whole sequences)".into(),
+                    ))
+                }
+                v => v,
+            },
+            optimizer: tr.optimizer.unwrap_or(OptimizerName::Adam),
+            lr,
+            weight_decay: tr.weight_decay.unwrap_or(0.0),
+            momentum: tr.momentum.unwrap_or(0.0),
+            clip_norm: tr.clip_norm,
+            validation,
+            seed: tr.seed.unwrap_or(0),
+            patience: tr.patience,
+            weights: o.weights.as_deref().map(join),
+            loss_csv: o.loss_csv.as_deref().map(join),
+            plot: o.plot.as_deref().map(join),
+        })
+    }
+
+    /// Columns read besides key, time and features: targets or the label.
+    pub fn extra_columns(&self) -> Vec<String> {
+        match &self.task {
+            Task::Forecast { targets, .. } | Task::Regress { targets } => targets.clone(),
+            Task::Classify { label } | Task::Tag { label } => vec![label.clone()],
+        }
+    }
+}
