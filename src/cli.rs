@@ -121,6 +121,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 threads: workers,
                 grad_report,
                 progress: std::io::stderr().is_terminal(),
+                log_epochs: true,
                 epochs,
             };
             let report = seqflow::train::trainer::train(&cfg, &opts)?;

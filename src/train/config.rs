@@ -182,7 +182,7 @@ impl TrainConfig {
                         d.features.len()
                     )));
                 }
-                if n.std.iter().any(|s| !(*s > 0.0)) {
+                if n.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
                     return Err(err("[data] normalize: every std must be > 0".into()));
                 }
                 NormalizeSpec::Fixed(n)
@@ -237,11 +237,11 @@ impl TrainConfig {
             ));
         }
         let lr = tr.lr.unwrap_or(1e-3);
-        if !(lr > 0.0) {
+        if lr.is_nan() || lr <= 0.0 {
             return Err(err("[train] lr must be > 0".into()));
         }
         if let Some(c) = tr.clip_norm {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 return Err(err("[train] clip_norm must be > 0".into()));
             }
         }

@@ -132,11 +132,14 @@ fn numeric(a: &Arc<dyn Array>, name: &str, role: &str, path: &Path) -> Result<Ve
         .collect())
 }
 
+/// One row before grouping: time, features, extra columns.
+type Step = (i64, Vec<f64>, Vec<f64>);
+
 /// Reads every file into per-key sequences sorted by time. A repeated `(key, time)` keeps its
 /// first row (counted); NaN/inf features follow `spec.nan` (`error` names file, row, column).
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
     let files = expand(&spec.path, spec.format)?;
-    let mut by_key: HashMap<String, Vec<(i64, Vec<f64>, Vec<f64>)>> = HashMap::new();
+    let mut by_key: HashMap<String, Vec<Step>> = HashMap::new();
     let mut rows = 0u64;
     let mut skipped_nan = 0u64;
     for path in &files {

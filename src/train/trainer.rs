@@ -35,6 +35,8 @@ pub struct TrainOptions {
     /// Write the gradient report (CSV; an SVG next to it) before and after training.
     pub grad_report: Option<PathBuf>,
     pub progress: bool,
+    /// Print one line per epoch to stderr when there is no progress bar.
+    pub log_epochs: bool,
     /// Override `[train] epochs`.
     pub epochs: Option<usize>,
 }
@@ -206,6 +208,9 @@ fn example(seq: &Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize)
     })
 }
 
+/// A shard handed to a thread: its index, keys and carried state.
+type Job<'a, 'e> = (usize, &'a [&'e Example], &'a mut Vec<LayerCarry>);
+
 /// Loss sum, count, accuracy numbers and (when training) the gradient of one shard chunk.
 struct ShardResult {
     sum: f64,
@@ -346,8 +351,7 @@ impl Runner<'_> {
         }
         let mut slots: Vec<Option<ShardResult>> = (0..shards.len()).map(|_| None).collect();
         std::thread::scope(|scope| {
-            let mut jobs: Vec<Vec<(usize, &[&Example], &mut Vec<LayerCarry>)>> =
-                (0..threads).map(|_| Vec::new()).collect();
+            let mut jobs: Vec<Vec<Job<'_, '_>>> = (0..threads).map(|_| Vec::new()).collect();
             for (i, (s, c)) in shards.iter().zip(carries.iter_mut()).enumerate() {
                 jobs[i % threads].push((i, s, c));
             }
@@ -568,8 +572,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
         } else {
             since_best += 1;
         }
-        if opts.progress {
-            bar.println(format!(
+        {
+            let line = format!(
                 "epoch {epoch:>3}: train {train_loss:.6}{}{}  |grad| {:.3}  {:.1}s",
                 val_loss.map(|v| format!("  val {v:.6}")).unwrap_or_default(),
                 val_accuracy
@@ -577,7 +581,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
                     .unwrap_or_default(),
                 st.grad_norm,
                 st.seconds
-            ));
+            );
+            if opts.progress {
+                bar.println(line);
+            } else if opts.log_epochs {
+                eprintln!("{line}");
+            }
         }
         stats.push(st);
         if cfg.patience.is_some_and(|p| since_best >= p) {

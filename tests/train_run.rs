@@ -1,0 +1,272 @@
+//! `seqflow train` end to end on real Parquet files: a learnable task reaches a loss bound,
+//! the written weights load as a model, results are identical for any thread count, early
+//! stopping stops, and bad input fails with a message naming what is wrong.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::pipeline::*;
+use seqflow::model::builder::SplitMix;
+use seqflow::Model;
+
+/// `keys` sequences of `steps`: features f0, f1 uniform in [-1, 1]; f2 = f0[t] + f1[t-1] -
+/// f0[t-2] (a target that needs memory of two steps); f3 = 1 if f0[t] + f0[t-1] > 0 (a label).
+fn dataset(dir: &Path, keys: usize, steps: usize) -> PathBuf {
+    let mut rng = SplitMix::new(5);
+    let mut rows = Vec::new();
+    for k in 0..keys {
+        let mut hist: Vec<(f32, f32)> = Vec::new();
+        for t in 0..steps {
+            let (a, b) = (rng.uniform(1.0), rng.uniform(1.0));
+            hist.push((a, b));
+            let get = |d: usize| if t >= d { hist[t - d] } else { (0.0, 0.0) };
+            let y = get(0).0 + get(1).1 - get(2).0;
+            let label = if get(0).0 + get(1).0 > 0.0 { 1.0 } else { 0.0 };
+            rows.push(Row {
+                key: format!("k{k:03}"),
+                time: 1000 + t as i64 * 10,
+                feats: vec![a, b, y, label],
+            });
+        }
+    }
+    let p = dir.join("train.parquet");
+    write_parquet(&p, &rows, 500);
+    p
+}
+
+fn model_file(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("m.toml");
+    std::fs::write(&p, format!("weights = \"m.safetensors\"\ninput_size = 2\n{body}")).unwrap();
+    p
+}
+
+const LSTM: &str = r#"
+[[layers]]
+type = "lstm"
+name = "lstm"
+hidden_size = 12
+[[layers]]
+type = "linear"
+name = "head"
+out_features = 1
+"#;
+
+fn train_file(dir: &Path, task: &str, train: &str) -> PathBuf {
+    let p = dir.join("train.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[model]
+path = "m.toml"
+init = true
+[data]
+path = "train.parquet"
+key = "key"
+time = "t"
+features = ["f0", "f1"]
+[task]
+{task}
+[train]
+{train}
+[output]
+loss_csv = "out/loss.csv"
+plot = "out/loss.svg"
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn losses(dir: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(dir.join("out/loss.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].parse().unwrap(), f[2].parse().unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+#[test]
+fn regression_with_memory_reaches_a_loss_bound_and_is_thread_count_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 40, 30);
+    model_file(d, LSTM);
+    let cfg = train_file(
+        d,
+        "kind = \"regress\"\ntargets = [\"f2\"]",
+        "epochs = 40\nbatch_keys = 8\ntbptt = 10\nlr = 0.02\nclip_norm = 1.0\nvalidation = 0.25\nseed = 3",
+    );
+    let summary = run_ok(&["train", cfg.to_str().unwrap(), "-w", "1"]);
+    assert!(summary.contains("30 train / 10 validation"), "{summary}");
+    let l = losses(d);
+    assert_eq!(l.len(), 40);
+    let (first, last) = (l[0].1, l.iter().map(|x| x.1).fold(f64::INFINITY, f64::min));
+    // The target has variance ~1; predicting 0 scores ~1. Memory of two steps is needed.
+    assert!(last < 0.05, "best validation MSE {last} (first epoch {first})");
+    assert!(std::fs::read_to_string(d.join("out/loss.svg"))
+        .unwrap()
+        .contains("<polyline"));
+    let weights1 = std::fs::read(d.join("m.safetensors")).unwrap();
+    let model = Model::load(&d.join("m.toml")).expect("trained weights load as a model");
+    assert_eq!(model.output_size(), 1);
+
+    // Same seed, three threads: the same bytes.
+    run_ok(&["train", cfg.to_str().unwrap(), "-w", "3"]);
+    assert_eq!(
+        weights1,
+        std::fs::read(d.join("m.safetensors")).unwrap(),
+        "-w 3 differs from -w 1"
+    );
+}
+
+#[test]
+fn classification_of_the_last_step_and_per_step_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 48, 12);
+    model_file(
+        d,
+        r#"
+[[layers]]
+type = "gru"
+name = "gru"
+hidden_size = 8
+[[layers]]
+type = "linear"
+name = "head"
+out_features = 1
+[[layers]]
+type = "sigmoid"
+"#,
+    );
+    for task in [
+        "kind = \"tag\"\nlabel = \"f3\"",
+        "kind = \"classify\"\nlabel = \"f3\"",
+    ] {
+        let cfg = train_file(
+            d,
+            task,
+            "epochs = 60\nbatch_keys = 16\nlr = 0.03\nvalidation = 0.25\nseed = 1",
+        );
+        let summary = run_ok(&["train", cfg.to_str().unwrap()]);
+        let acc: f64 = summary
+            .split("validation accuracy ")
+            .nth(1)
+            .and_then(|s| s.split([';', ' ', '\n']).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no accuracy in {summary}"));
+        // Chance is ~0.5; the label depends on the last two steps only.
+        let bound = if task.contains("tag") { 0.9 } else { 0.75 };
+        assert!(acc >= bound, "{task}: validation accuracy {acc}\n{summary}");
+    }
+}
+
+#[test]
+fn early_stopping_stops_and_keeps_the_best_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 16, 10);
+    model_file(d, LSTM);
+    // A learning rate far too high: validation loss stops improving quickly.
+    let cfg = train_file(
+        d,
+        "kind = \"forecast\"\ntargets = [\"f2\"]\nhorizon = 2",
+        "epochs = 200\nbatch_keys = 4\nlr = 0.5\noptimizer = \"sgd\"\nmomentum = 0.9\nclip_norm = 5.0\nvalidation = 0.25\npatience = 3",
+    );
+    let summary = run_ok(&["train", cfg.to_str().unwrap()]);
+    assert!(summary.contains("(early stop)"), "{summary}");
+    let l = losses(d);
+    assert!(l.len() < 200);
+    let best = l
+        .iter()
+        .map(|x| x.1)
+        .enumerate()
+        .fold((0, f64::INFINITY), |b, (i, v)| if v < b.1 { (i, v) } else { b });
+    assert_eq!(l.len(), best.0 + 1 + 3, "stops 3 epochs after the best");
+    assert!(
+        summary.contains(&format!("best epoch {}", best.0 + 1)),
+        "{summary}"
+    );
+}
+
+#[test]
+fn grad_report_shows_gradients_by_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 8, 25);
+    model_file(d, LSTM);
+    let cfg = train_file(
+        d,
+        "kind = \"regress\"\ntargets = [\"f2\"]",
+        "epochs = 1\nvalidation = 0",
+    );
+    let report = d.join("out/grad.csv");
+    let o = seqflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--grad-report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("initial") && table.contains("trained") && table.contains("d=10"),
+        "{table}"
+    );
+    let csv = std::fs::read_to_string(&report).unwrap();
+    // 25 distances x 2 (initial, trained) x 1 cell, plus the header.
+    assert_eq!(csv.lines().count(), 1 + 2 * 25, "{csv}");
+    let norm = |when: &str, dist: usize| -> f64 {
+        csv.lines()
+            .find(|l| l.starts_with(when) && l.split(',').nth(2) == Some(&dist.to_string()))
+            .and_then(|l| l.rsplit(',').next()?.parse().ok())
+            .unwrap()
+    };
+    // The loss sits on the last step: its own hidden state gets the largest gradient.
+    assert!(norm("initial", 0) > norm("initial", 20), "{csv}");
+    assert!(d.join("out/grad.svg").exists());
+}
+
+fn fails(d: &Path, cfg: &Path, needle: &str) {
+    let o = seqflow(&["train", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = d;
+}
+
+#[test]
+fn bad_input_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 6, 8);
+    model_file(d, LSTM);
+    let cfg = train_file(d, "kind = \"regress\"\ntargets = [\"nope\"]", "epochs = 1");
+    fails(d, &cfg, "target column `nope` not found");
+    let cfg = train_file(d, "kind = \"regress\"\ntargets = [\"f2\", \"f3\"]", "epochs = 1");
+    fails(d, &cfg, "outputs 1 value(s) per step but [task] targets names 2");
+    let cfg = train_file(d, "kind = \"tag\"\nlabel = \"f2\"", "epochs = 1");
+    fails(d, &cfg, "is not a class in 0..1");
+    let cfg = train_file(d, "kind = \"guess\"", "epochs = 1");
+    fails(d, &cfg, "kind = \"guess\" is unknown");
+    // A model that cannot be initialized without its sizes.
+    model_file(d, "[[layers]]\ntype = \"lstm\"\nname = \"lstm\"\n");
+    let cfg = train_file(d, "kind = \"regress\"\ntargets = [\"f2\"]", "epochs = 1");
+    fails(d, &cfg, "must state `hidden_size`");
+    // Truncated BPTT needs a causal model.
+    model_file(d, "[[layers]]\ntype = \"gru\"\nname = \"g\"\nhidden_size = 3\nbidirectional = true\n[[layers]]\ntype = \"linear\"\nname = \"h\"\nout_features = 1\n");
+    let cfg = train_file(
+        d,
+        "kind = \"regress\"\ntargets = [\"f2\"]",
+        "epochs = 1\ntbptt = 4",
+    );
+    fails(d, &cfg, "bidirectional");
+}
