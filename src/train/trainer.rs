@@ -752,7 +752,10 @@ impl GradReport {
     pub fn table(&self) -> String {
         let dists = [0usize, 1, 2, 5, 10, 20, 50, 100, 200, 500];
         let max = self.rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
-        let cols: Vec<usize> = dists.iter().copied().filter(|&d| d < max).collect();
+        let mut cols: Vec<usize> = dists.iter().copied().filter(|&d| d < max).collect();
+        if max > 0 && cols.last() != Some(&(max - 1)) {
+            cols.push(max - 1); // the farthest step: the start of the sequence
+        }
         let mut s = format!("{:<8} {:<32}", "when", "cell");
         for d in &cols {
             s.push_str(&format!(" {:>10}", format!("d={d}")));
