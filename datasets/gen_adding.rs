@@ -53,10 +53,10 @@ fn gen(args: &[String]) -> Result<(), String> {
         let b = lag / 2 + (rng.next_u64() % (lag - lag / 2) as u64) as usize;
         let v: Vec<f32> = (0..lag).map(|_| rng.next_f32()).collect();
         let sum = v[a] + v[b];
-        for t in 0..lag {
+        for (t, &value) in v.iter().enumerate() {
             keys.push(format!("s{s:06}"));
             ts.push(t as i64);
-            vals.push(v[t]);
+            vals.push(value);
             marks.push(if t == a || t == b { 1.0f32 } else { 0.0 });
             targets.push(if t + 1 == lag { sum } else { f32::NAN });
         }
