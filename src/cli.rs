@@ -177,7 +177,13 @@ pub fn main() -> anyhow::Result<ExitCode> {
 
 /// One paragraph: the library error already names file and place; context adds the action.
 pub fn render(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    parts.dedup();
+    // An error whose message already ends with its source's (`path: <io error>`) would
+    // otherwise print the source twice.
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain().map(|c| c.to_string()) {
+        if !parts.last().is_some_and(|p| p.ends_with(&c)) {
+            parts.push(c);
+        }
+    }
     parts.join(": ")
 }

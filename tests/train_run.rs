@@ -255,6 +255,16 @@ fn bad_input_is_reported() {
     fails(d, &cfg, "outputs 1 value(s) per step but [task] targets names 2");
     let cfg = train_file(d, "kind = \"tag\"\nlabel = \"f2\"", "epochs = 1");
     fails(d, &cfg, "is not a class in 0..1");
+    // A missing data file: named once, its OS reason printed once.
+    std::fs::rename(d.join("train.parquet"), d.join("moved.parquet")).unwrap();
+    let cfg = train_file(d, "kind = \"regress\"\ntargets = [\"f2\"]", "epochs = 1");
+    let o = seqflow(&["train", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("train.parquet") && err.matches("No such file").count() == 1,
+        "{err}"
+    );
+    std::fs::rename(d.join("moved.parquet"), d.join("train.parquet")).unwrap();
     let cfg = train_file(d, "kind = \"guess\"", "epochs = 1");
     fails(d, &cfg, "kind = \"guess\" is unknown");
     // A model that cannot be initialized without its sizes.
@@ -269,4 +279,120 @@ fn bad_input_is_reported() {
         "epochs = 1\ntbptt = 4",
     );
     fails(d, &cfg, "bidirectional");
+}
+
+#[test]
+fn csv_data_auto_normalize_nan_duplicates_then_fine_tuning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // CSV, features on very different scales, one NaN, one re-sent row.
+    let mut csv = String::from("key,t,f0,f1,f2\n");
+    let mut rng = SplitMix::new(9);
+    for k in 0..12 {
+        let mut prev = 0.0f32;
+        for t in 0..20 {
+            let (a, b) = (rng.uniform(1.0) * 100.0 + 500.0, rng.uniform(1.0));
+            let f0 = if k == 3 && t == 7 {
+                "NaN".to_string()
+            } else {
+                a.to_string()
+            };
+            csv.push_str(&format!("k{k},{t},{f0},{b},{}\n", b + prev));
+            if k == 5 && t == 4 {
+                csv.push_str(&format!("k{k},{t},{a},{b},{}\n", b + prev));
+            }
+            prev = b;
+        }
+    }
+    std::fs::write(d.join("data.csv"), csv).unwrap();
+    model_file(d, LSTM);
+    let write = |init: bool, nan: &str| {
+        let p = d.join("t.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"
+[model]
+path = "m.toml"
+init = {init}
+[data]
+path = "data.csv"
+key = "key"
+time = "t"
+features = ["f0", "f1"]
+normalize = "auto"
+nan = "{nan}"
+[task]
+kind = "regress"
+targets = ["f2"]
+[train]
+epochs = 50
+lr = 0.02
+batch_keys = 4
+validation = 0.25
+[output]
+weights = "out/w.safetensors"
+loss_csv = "out/loss.csv"
+"#
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let cfg = write(true, "error");
+    fails(d, &cfg, "row 67: feature `f0` is NaN"); // 0-based data row: keys 0..2 x 20, then t = 7
+
+    let cfg = write(true, "ffill");
+    let first = run_ok(&["train", cfg.to_str().unwrap(), "--epochs", "8"]);
+    assert!(
+        first.contains("(initialized)") && first.contains("8 epoch(s)"),
+        "{first}"
+    );
+    assert!(first.contains("dropped 1 duplicate"), "{first}");
+    // f0 is ~500 +- 100: the fitted mean says so and is printed for the pipeline.
+    let mean0: f64 = first
+        .split("normalize = { mean = [")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no normalize line in {first}"));
+    assert!((mean0 - 500.0).abs() < 20.0, "{mean0}");
+    assert!(d.join("out/w.safetensors").exists() && !d.join("m.safetensors").exists());
+    let initial = losses(d);
+    assert_eq!(initial.len(), 8);
+
+    // Fine-tuning starts from those weights: its first epoch is already better than the
+    // fresh run's first epoch.
+    let cfg = write(false, "ffill");
+    let tuned = run_ok(&["train", cfg.to_str().unwrap(), "--epochs", "1"]);
+    assert!(tuned.contains("(fine-tuned)"), "{tuned}");
+    let after = losses(d);
+    assert_eq!(after.len(), 1);
+    assert!(
+        after[0].0 < initial[0].0,
+        "fine-tune epoch 1 {} vs fresh epoch 1 {}",
+        after[0].0,
+        initial[0].0
+    );
+}
+
+#[test]
+fn bundled_training_files_parse_and_name_existing_models() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("pipelines/train")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let cfg = seqflow::train::config::TrainConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                cfg.model.exists(),
+                "{}: model {}",
+                p.display(),
+                cfg.model.display()
+            );
+            Model::load(&cfg.model).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
 }

@@ -169,7 +169,7 @@ impl ModelBuilder {
     }
 }
 
-/// Writes f32 tensors as a safetensors file.
+/// Writes f32 tensors as a safetensors file (creating its directory).
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
@@ -191,5 +191,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    std::fs::write(path, data).map_err(|e| Error::io(path, e))
+    use std::io::Write as _;
+    crate::sink::create_file(path)?
+        .write_all(&data)
+        .map_err(|e| Error::io(path, e))
 }

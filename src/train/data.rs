@@ -26,6 +26,8 @@ pub struct DataSpec {
     pub features: Vec<String>,
     /// Extra numeric columns: targets or the label.
     pub extra: Vec<String>,
+    /// What the extra columns are, for messages ("target" or "label").
+    pub extra_role: &'static str,
     pub nan: NanPolicy,
 }
 
@@ -191,7 +193,10 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
             let extra = spec
                 .extra
                 .iter()
-                .map(|f| numeric(&column(&schema, &batch, f, "target", path)?, f, "target", path))
+                .map(|f| {
+                    let role = spec.extra_role;
+                    numeric(&column(&schema, &batch, f, role, path)?, f, role, path)
+                })
                 .collect::<Result<Vec<_>>>()?;
             'rows: for r in 0..batch.num_rows() {
                 let row = row0 + r as u64;

@@ -3,7 +3,6 @@
 //! count, so that shards of a batch (threads, truncated-BPTT chunks) add up exactly to
 //! PyTorch's `reduction="mean"` over the whole batch.
 
-use super::dense::softmax;
 use super::seq::Seq;
 
 /// Which loss, with PyTorch's definitions.
@@ -107,14 +106,13 @@ impl Loss {
                     return;
                 }
                 let c = label as usize;
-                let mut p = out.to_vec();
-                softmax(&mut p);
+                // log-sum-exp once; softmax_k = exp(o_k - lse).
                 let m = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + out.iter().map(|o| (o - m).exp()).sum::<f64>().ln();
                 v.sum += lse - out[c];
                 v.count += 1.0;
-                for (k, (g, pk)) in grad.iter_mut().zip(&p).enumerate() {
-                    *g = pk - if k == c { 1.0 } else { 0.0 };
+                for (k, (g, o)) in grad.iter_mut().zip(out).enumerate() {
+                    *g = (o - lse).exp() - if k == c { 1.0 } else { 0.0 };
                 }
                 let best = (0..out.len()).fold(0, |b, k| if out[k] > out[b] { k } else { b });
                 v.scored += 1;

@@ -54,12 +54,6 @@ enum Aux {
     Rec(RecTape),
 }
 
-impl std::fmt::Debug for Gathered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gathered({} rows)", self.cols.rows())
-    }
-}
-
 /// State carried between truncated-BPTT chunks, per layer, for a fixed set of sequences.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerCarry {

@@ -163,8 +163,8 @@ fn classes(obj: &Objective, net: &Net) -> usize {
     }
 }
 
-/// Turns a sequence into an example; checks labels.
-fn example(seq: &Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) -> Result<Example> {
+/// Turns a sequence into an example (taking its features, not copying them); checks labels.
+fn example(seq: Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) -> Result<Example> {
     let len = seq.len();
     let ew = cfg.extra_columns().len();
     let check_label = |v: f64, t: usize| -> Result<f64> {
@@ -201,11 +201,7 @@ fn example(seq: &Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize)
         Task::Classify { .. } => vec![check_label(seq.extra[len - 1], len - 1)?],
     };
     debug_assert!(obj.per_step || y.len() == 1);
-    Ok(Example {
-        len,
-        x: seq.x.clone(),
-        y,
-    })
+    Ok(Example { len, x: seq.x, y })
 }
 
 /// A shard handed to a thread: its index, keys and carried state.
@@ -376,8 +372,8 @@ impl Runner<'_> {
     }
 }
 
-/// Loads the model (or initializes it), returning the inference model's config path for
-/// messages, the trainable net and its values, and whether it was initialized.
+/// Loads the model's weights (or initializes them), returning the trainable net, its values,
+/// the weights path to write and whether the weights were freshly initialized.
 fn load_model(cfg: &TrainConfig, features: usize) -> Result<(Net, Vec<f64>, PathBuf, bool)> {
     let mc = ModelConfig::load(&cfg.model)?;
     if let Some(n) = mc.input_size {
@@ -441,6 +437,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
         time: cfg.time.clone(),
         features: cfg.features.clone(),
         extra: cfg.extra_columns(),
+        extra_role: match cfg.task {
+            Task::Classify { .. } | Task::Tag { .. } => "label",
+            _ => "target",
+        },
         nan: cfg.nan,
     };
     let mut data = load(&spec)?;
@@ -471,9 +471,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     for s in &mut data.sequences {
         preprocess(s, width, normalize.as_ref(), cfg.nan);
     }
-    let examples: Vec<Example> = data
-        .sequences
-        .iter()
+    let examples: Vec<Example> = std::mem::take(&mut data.sequences)
+        .into_iter()
         .map(|s| example(s, cfg, &obj, n_classes))
         .collect::<Result<_>>()?;
     let train_ex: Vec<&Example> = train_idx.iter().map(|&i| &examples[i]).collect();
@@ -676,8 +675,10 @@ fn grad_profile(
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    crate::sink::create_file(path)?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    use std::io::Write as _;
+    crate::sink::create_file(path)?
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn write_loss_csv(path: &Path, stats: &[EpochStats]) -> Result<()> {

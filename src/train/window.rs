@@ -30,6 +30,7 @@ impl WindowCarry {
 
 /// For every output row, its `taps` input rows side by side (`cols`), and which input row
 /// each tap came from (`srcs`, -1 for padding or carried history).
+#[derive(Debug)]
 pub struct Gathered {
     pub cols: Seq,
     pub srcs: Vec<i32>,
