@@ -147,20 +147,27 @@ multiversion! {
 }
 
 multiversion! {
-    /// LSTM cell update for a block of rows: `x` holds `W_ih x + b` and `hp` holds `W_hh h`,
-    /// gates `[i f g o]` per row.
-    pub fn lstm_gates(x: &[f32], hp: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
+    /// LSTM cell update for a block of rows: `x` holds `W_ih x`, `hp` holds `W_hh h` and
+    /// `bias` is `b_ih + b_hh`; gates `[i f g o]` per row. The bias is added here, in the
+    /// pass that reads the products anyway, rather than in a pass of its own.
+    pub fn lstm_gates(x: &[f32], hp: &[f32], bias: &[f32], c: &mut [f32], h: &mut [f32], hid: usize) {
+        // Per-gate slices of length `hid`, so that the loop has no bounds checks and
+        // vectorizes (indexing `x[hid + u]` kept it scalar: 6.8 ns per unit instead of 2.7).
+        let (bi, bf, bg, bo) = (&bias[..hid], &bias[hid..2 * hid], &bias[2 * hid..3 * hid], &bias[3 * hid..4 * hid]);
         for (((x, hp), c), h) in x
             .chunks_exact(4 * hid)
             .zip(hp.chunks_exact(4 * hid))
             .zip(c.chunks_exact_mut(hid))
             .zip(h.chunks_exact_mut(hid))
         {
+            let (xi, xf, xg, xo) = (&x[..hid], &x[hid..2 * hid], &x[2 * hid..3 * hid], &x[3 * hid..]);
+            let (pi, pf, pg, po) = (&hp[..hid], &hp[hid..2 * hid], &hp[2 * hid..3 * hid], &hp[3 * hid..]);
+            let (c, h) = (&mut c[..hid], &mut h[..hid]);
             for u in 0..hid {
-                let i = sigmoid(x[u] + hp[u]);
-                let f = sigmoid(x[hid + u] + hp[hid + u]);
-                let g = tanh(x[2 * hid + u] + hp[2 * hid + u]);
-                let o = sigmoid(x[3 * hid + u] + hp[3 * hid + u]);
+                let i = sigmoid(xi[u] + bi[u] + pi[u]);
+                let f = sigmoid(xf[u] + bf[u] + pf[u]);
+                let g = tanh(xg[u] + bg[u] + pg[u]);
+                let o = sigmoid(xo[u] + bo[u] + po[u]);
                 let cn = f * c[u] + i * g;
                 c[u] = cn;
                 h[u] = o * tanh(cn);
@@ -170,17 +177,24 @@ multiversion! {
 }
 
 multiversion! {
-    /// GRU cell update: `x` holds `W_i x + b_i (+ b_hr, b_hz)`, `hp` holds `W_h h`.
-    pub fn gru_gates(x: &[f32], hp: &[f32], b_hn: &[f32], h: &mut [f32], hid: usize) {
+    /// GRU cell update: `x` holds `W_i x`, `hp` holds `W_h h`, `bias` is `b_i (+ b_hr, b_hz)`
+    /// and `b_hn` stays inside the reset gate's product.
+    pub fn gru_gates(x: &[f32], hp: &[f32], bias: &[f32], b_hn: &[f32], h: &mut [f32], hid: usize) {
+        let (br, bz, bn) = (&bias[..hid], &bias[hid..2 * hid], &bias[2 * hid..3 * hid]);
+        let b_hn = &b_hn[..hid];
         for ((x, hp), h) in x
             .chunks_exact(3 * hid)
             .zip(hp.chunks_exact(3 * hid))
             .zip(h.chunks_exact_mut(hid))
         {
+            // Per-gate slices of length `hid`: no bounds checks, so the loop vectorizes.
+            let (xr, xz, xn) = (&x[..hid], &x[hid..2 * hid], &x[2 * hid..]);
+            let (pr, pz, pn) = (&hp[..hid], &hp[hid..2 * hid], &hp[2 * hid..]);
+            let h = &mut h[..hid];
             for u in 0..hid {
-                let r = sigmoid(x[u] + hp[u]);
-                let z = sigmoid(x[hid + u] + hp[hid + u]);
-                let n = tanh(x[2 * hid + u] + r * (hp[2 * hid + u] + b_hn[u]));
+                let r = sigmoid(xr[u] + br[u] + pr[u]);
+                let z = sigmoid(xz[u] + bz[u] + pz[u]);
+                let n = tanh(xn[u] + bn[u] + r * (pn[u] + b_hn[u]));
                 h[u] = (1.0 - z) * n + z * h[u];
             }
         }
@@ -188,11 +202,18 @@ multiversion! {
 }
 
 multiversion! {
-    /// RNN cell update: `h = act(x + hp)`, `x` = `W_ih x + b`, `hp` = `W_hh h`.
-    pub fn rnn_gates(x: &[f32], hp: &[f32], h: &mut [f32], relu: bool) {
-        for ((h, &x), &hp) in h.iter_mut().zip(x).zip(hp) {
-            let v = x + hp;
-            *h = if relu { v.max(0.0) } else { tanh(v) };
+    /// RNN cell update: `h = act(x + bias + hp)`, `x` = `W_ih x`, `hp` = `W_hh h`.
+    pub fn rnn_gates(x: &[f32], hp: &[f32], bias: &[f32], h: &mut [f32], relu: bool) {
+        let hid = bias.len();
+        for ((h, x), hp) in h
+            .chunks_exact_mut(hid)
+            .zip(x.chunks_exact(hid))
+            .zip(hp.chunks_exact(hid))
+        {
+            for (((h, &x), &b), &hp) in h.iter_mut().zip(x).zip(bias).zip(hp) {
+                let v = x + b + hp;
+                *h = if relu { v.max(0.0) } else { tanh(v) };
+            }
         }
     }
 }

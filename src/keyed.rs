@@ -495,6 +495,12 @@ impl KeyedProcessor {
         let mut lens: Vec<usize> = Vec::new();
         let mut slots: Vec<u32> = Vec::new();
         let mut batch = OutBatch::new(self.keys.column(), ow);
+        if emit_now {
+            // One allocation of the epoch's size: growing by doubling re-copied every value
+            // (tens of MB per epoch for wide outputs) and faulted in fresh pages each time.
+            let steps: usize = queue.iter().map(|r| r.len).sum();
+            batch.reserve(steps);
+        }
         while !queue.is_empty() {
             call.clear();
             let mut rows = 0;

@@ -89,6 +89,14 @@ impl KeyColumn {
         }
     }
 
+    /// Room for `rows` more keys (string bytes still grow as needed).
+    pub fn reserve(&mut self, rows: usize) {
+        match self {
+            KeyColumn::Int(v) => v.reserve(rows),
+            KeyColumn::Str { offsets, .. } => offsets.reserve(rows),
+        }
+    }
+
     pub fn empty_str() -> KeyColumn {
         KeyColumn::Str {
             offsets: vec![0],
@@ -237,6 +245,14 @@ impl OutBatch {
 
     pub fn is_empty(&self) -> bool {
         self.times.is_empty()
+    }
+
+    /// Room for `rows` more rows in every column.
+    pub fn reserve(&mut self, rows: usize) {
+        self.keys.reserve(rows);
+        self.times.reserve(rows);
+        self.values.reserve(rows * self.width);
+        self.arrivals.reserve(rows);
     }
 }
 

@@ -8,9 +8,10 @@
 //!   `h' = (1 - z) * n + z * h` (the reset gate applies after the hidden product, as in
 //!   PyTorch and cuDNN, not before it as in the original paper).
 //!
-//! Execution is layer-major over a packed batch: the input projection of every step of every
-//! key is one GEMM, then each wavefront does one GEMM with `W_hh` over the row prefix of
-//! keys still running. State is gathered from the arena once per call and scattered back once.
+//! Execution is layer-major over a packed batch: each wavefront (the row prefix of keys still
+//! running at that step) is cut into blocks of rows, and per block one GEMM with `W_ih` and
+//! one with `W_hh` feed the fused gate kernel while their products are still in cache. State
+//! is gathered from the arena once per call and scattered back once.
 
 use super::config::{CellKind, Nonlinearity};
 use super::dense::transpose;
@@ -18,6 +19,10 @@ use super::packed::Packed;
 use super::state::StateSpec;
 use super::StateRef;
 use crate::kernels;
+
+/// Rows of a wavefront processed together: their input and hidden products (`G*H` floats
+/// each per row, 256 KB at LSTM h128) stay in L2 until the gate kernel has read them.
+const BLOCK_ROWS: usize = 128;
 
 /// One direction of one layer of a recurrent stack, with weights pre-transposed.
 #[derive(Debug, Clone)]
@@ -216,14 +221,8 @@ impl Recurrent {
         let (hid, hout) = (self.hidden, self.hout());
         let gh = self.cell.gates() * hid;
         let layout = &src.layout;
-        let rows = layout.rows();
         let b0 = layout.active();
         let lstm = self.cell == CellKind::Lstm;
-
-        // Input projection of every step of every key: one GEMM.
-        s.pre.resize(rows * gh, 0.0);
-        kernels::gemm(&mut s.pre, &src.data, &cell.w_ih_t, rows, cell.in_w, gh);
-        kernels::add_bias(&mut s.pre, &cell.bias_x);
 
         // Gather state: once per call, not per step.
         s.h.clear();
@@ -243,37 +242,49 @@ impl Recurrent {
 
         let waves = layout.waves();
         let out_w = dst.width;
+        let in_w = cell.in_w;
+        s.pre.resize(BLOCK_ROWS.min(b0) * gh, 0.0);
+        s.gh.resize(BLOCK_ROWS.min(b0) * gh, 0.0);
+        if cell.w_hr_t.is_some() {
+            s.hraw.resize(BLOCK_ROWS.min(b0) * hid, 0.0);
+        }
         for step in 0..waves {
             // Backward direction walks the wavefronts in reverse; keys join as their last
             // step comes up, with the zero state they start from.
             let w = if d == 0 { step } else { waves - 1 - step };
             let b = layout.batch_sizes[w] as usize;
             let r0 = layout.offsets[w];
-            let x = &s.pre[r0 * gh..(r0 + b) * gh];
-            s.gh.resize(b * gh, 0.0);
-            let hp = &mut s.gh[..b * gh];
-            kernels::gemm(hp, &s.h[..b * hout], &cell.w_hh_t, b, hout, gh);
-            match self.cell {
-                CellKind::Rnn(nl) => kernels::rnn_gates(x, hp, &mut s.h[..b * hid], nl == Nonlinearity::Relu),
-                CellKind::Lstm => {
-                    let hdst = match cell.w_hr_t {
-                        Some(_) => {
-                            s.hraw.resize(b * hid, 0.0);
-                            &mut s.hraw[..]
+            // Blocks of rows: the block's gate pre-activations (input and hidden products)
+            // stay in L2 between the two GEMMs and the gate kernel, instead of a [rows x G*H]
+            // projection of the whole call streaming through memory.
+            for k0 in (0..b).step_by(BLOCK_ROWS) {
+                let n = BLOCK_ROWS.min(b - k0);
+                let (ra, rb) = (r0 + k0, r0 + k0 + n);
+                let x = &mut s.pre[..n * gh];
+                kernels::gemm(x, &src.data[ra * in_w..rb * in_w], &cell.w_ih_t, n, in_w, gh);
+                let bias = &cell.bias_x;
+                let hp = &mut s.gh[..n * gh];
+                let h = &mut s.h[k0 * hout..(k0 + n) * hout];
+                kernels::gemm(hp, h, &cell.w_hh_t, n, hout, gh);
+                match self.cell {
+                    CellKind::Rnn(nl) => kernels::rnn_gates(x, hp, bias, h, nl == Nonlinearity::Relu),
+                    CellKind::Lstm => {
+                        let c = &mut s.c[k0 * hid..(k0 + n) * hid];
+                        match &cell.w_hr_t {
+                            Some(w_hr_t) => {
+                                let hraw = &mut s.hraw[..n * hid];
+                                kernels::lstm_gates(x, hp, bias, c, hraw, hid);
+                                kernels::gemm(h, hraw, w_hr_t, n, hid, hout);
+                            }
+                            None => kernels::lstm_gates(x, hp, bias, c, h, hid),
                         }
-                        None => &mut s.h[..b * hid],
-                    };
-                    kernels::lstm_gates(x, hp, &mut s.c[..b * hid], hdst, hid);
-                    if let Some(w_hr_t) = &cell.w_hr_t {
-                        kernels::gemm(&mut s.h[..b * hout], &s.hraw[..b * hid], w_hr_t, b, hid, hout);
                     }
+                    CellKind::Gru => kernels::gru_gates(x, hp, bias, &cell.b_hn, h, hid),
                 }
-                CellKind::Gru => kernels::gru_gates(x, hp, &cell.b_hn, &mut s.h[..b * hid], hid),
-            }
-            for i in 0..b {
-                let r = r0 + i;
-                dst.data[r * out_w + d * hout..r * out_w + (d + 1) * hout]
-                    .copy_from_slice(&s.h[i * hout..(i + 1) * hout]);
+                for (i, hrow) in h.chunks_exact(hout).enumerate() {
+                    let r = ra + i;
+                    dst.data[r * out_w + d * hout..r * out_w + (d + 1) * hout].copy_from_slice(hrow);
+                }
             }
         }
 
