@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
 """seqflow vs onnxruntime, side by side in one run, on the same weights and the same data.
 
-For each model (LSTM and GRU at hidden 64 and 128, input 8): writes a safetensors model (PyTorch
-names) + seqflow model file + a Parquet dataset of KEYS keys x STEPS steps, then measures
-  - onnxruntime 1 thread, (a) whole sequences batched (the ONNX LSTM/GRU op over [T, B, I],
-    B = 256 keys per call) and (b) step by step with state fed back (all keys, one step per call);
-  - seqflow `run` (every_step, Parquet in, Parquet out: the whole job) with -w 1 and -w 2;
-and prints key-steps/s, GFLOP/s (2*G*H*(I+H) FLOPs per key-step) and the ratio to onnxruntime's
-best mode. It also checks that seqflow's outputs equal onnxruntime's (max |diff|).
+Models (input 8): LSTM and GRU at hidden 64 and 128, and a CNN -> LSTM stack (causal conv1d
+8->32, kernel 5, ReLU, LSTM 128). For each: a safetensors file (PyTorch names), the seqflow
+model file, and one Parquet log of KEYS keys x STEPS steps (time-major rows). Measured:
+  - onnxruntime 1 thread, (a) whole sequences batched (the ONNX graph over [T, B, I], 256 keys
+    per call) and (b) step by step with state fed back (all keys per call; for the CNN the
+    last k inputs are fed back as the convolution's window);
+  - onnxruntime (b) + pyarrow reading the Parquet log and writing the predictions (whole job);
+  - seqflow `run` (every_step, Parquet in, Parquet out: the whole job, wall clock of the
+    process) with -w 1 and -w 2.
+Reported: key-steps/s, GFLOP/s (FLOPs of the matrix products per key-step), the ratio to
+onnxruntime's best inference-only mode, and the fraction of faer's single-thread GEMM peak,
+measured in the same run (`cargo run --release --example faer_peak`). It also checks that
+seqflow's outputs equal onnxruntime's (max |diff|).
 
   python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime onnx numpy pyarrow safetensors
-  cargo build --release && /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000]
+  cargo build --release --bin seqflow --example faer_peak
+  /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000 --reps 3 --models lstm128,cnn_lstm128]
 """
 import argparse
 import os
@@ -29,35 +36,84 @@ from safetensors.numpy import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT = 8
+CONV_OUT, CONV_K = 32, 5
+MODELS = {  # name: (cell, hidden, conv in front)
+    "lstm64": ("lstm", 64, False),
+    "lstm128": ("lstm", 128, False),
+    "gru64": ("gru", 64, False),
+    "gru128": ("gru", 128, False),
+    "cnn_lstm128": ("lstm", 128, True),
+}
 
 
-def make_weights(cell, hidden, seed):
+def gates(cell):
+    return 4 if cell == "lstm" else 3
+
+
+def flops_per_step(cell, hidden, conv):
+    rec_in = CONV_OUT if conv else INPUT
+    f = 2 * gates(cell) * hidden * (rec_in + hidden)
+    return f + (2 * CONV_OUT * INPUT * CONV_K if conv else 0)
+
+
+def make_weights(cell, hidden, conv, seed):
     rng = np.random.default_rng(seed)
-    g = 4 if cell == "lstm" else 3
+    u = lambda k, *s: rng.uniform(-k, k, size=s).astype(np.float32)
+    g = gates(cell)
     k = 1 / np.sqrt(hidden)
-    u = lambda *s: rng.uniform(-k, k, size=s).astype(np.float32)
-    return {
-        f"{cell}.weight_ih_l0": u(g * hidden, INPUT),
-        f"{cell}.weight_hh_l0": u(g * hidden, hidden),
-        f"{cell}.bias_ih_l0": u(g * hidden),
-        f"{cell}.bias_hh_l0": u(g * hidden),
+    rec_in = CONV_OUT if conv else INPUT
+    w = {
+        f"{cell}.weight_ih_l0": u(k, g * hidden, rec_in),
+        f"{cell}.weight_hh_l0": u(k, g * hidden, hidden),
+        f"{cell}.bias_ih_l0": u(k, g * hidden),
+        f"{cell}.bias_hh_l0": u(k, g * hidden),
     }
+    if conv:
+        kc = 1 / np.sqrt(INPUT * CONV_K)
+        w["conv.weight"] = u(kc, CONV_OUT, INPUT, CONV_K)
+        w["conv.bias"] = u(kc, CONV_OUT)
+    return w
 
 
-def onnx_model(cell, hidden, w, seq_len):
-    """The PyTorch weights as one ONNX LSTM/GRU node (gate order converted)."""
-    g = 4 if cell == "lstm" else 3
+def model_toml(name, cell, conv):
+    layers = ""
+    if conv:
+        layers += '[[layers]]\ntype = "conv1d"\nname = "conv"\npadding = "causal"\n[[layers]]\ntype = "relu"\n'
+    layers += f'[[layers]]\ntype = "{cell}"\nname = "{cell}"\n'
+    return f'weights = "{name}.safetensors"\ninput_size = {INPUT}\n' + layers
+
+
+def onnx_model(cell, hidden, conv, w, seq_len):
+    """The PyTorch weights as an ONNX graph (gate order converted). Whole mode takes X
+    [T, B, I]; step mode (seq_len 1) takes X [1, B, I], or with a conv the window [B, I, k]."""
+    g = gates(cell)
     order = [0, 3, 1, 2] if cell == "lstm" else [1, 0, 2]  # i,f,g,o -> i,o,f,c ; r,z,n -> z,r,h
     re_ = lambda m: np.concatenate([m.reshape(g, hidden, -1)[i] for i in order]).reshape(g * hidden, -1)
     W = re_(w[f"{cell}.weight_ih_l0"])[None]
     R = re_(w[f"{cell}.weight_hh_l0"])[None]
     B = np.concatenate([re_(w[f"{cell}.bias_ih_l0"][:, None])[:, 0], re_(w[f"{cell}.bias_hh_l0"][:, None])[:, 0]])[None]
     inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.flatten()) for n, a in (("W", W), ("R", R), ("B", B))]
-    ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [seq_len, None, INPUT]),
-           helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, None, hidden])]
+    nodes = []
+    rec_x = "X"
+    if conv:
+        inits += [helper.make_tensor("CW", TensorProto.FLOAT, w["conv.weight"].shape, w["conv.weight"].flatten()),
+                  helper.make_tensor("CB", TensorProto.FLOAT, w["conv.bias"].shape, w["conv.bias"].flatten())]
+        if seq_len == 1:
+            x_in = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, INPUT, CONV_K])
+            nodes.append(helper.make_node("Conv", ["X", "CW", "CB"], ["conv"]))  # [B, C, 1]
+        else:
+            x_in = helper.make_tensor_value_info("X", TensorProto.FLOAT, [seq_len, None, INPUT])
+            nodes.append(helper.make_node("Transpose", ["X"], ["xt"], perm=[1, 2, 0]))  # [B, I, T]
+            nodes.append(helper.make_node("Conv", ["xt", "CW", "CB"], ["conv"], pads=[CONV_K - 1, 0]))
+        nodes.append(helper.make_node("Relu", ["conv"], ["relu"]))
+        nodes.append(helper.make_node("Transpose", ["relu"], ["rx"], perm=[2, 0, 1]))  # [T, B, C]
+        rec_x = "rx"
+    else:
+        x_in = helper.make_tensor_value_info("X", TensorProto.FLOAT, [seq_len, None, INPUT])
+    ins = [x_in, helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, None, hidden])]
     outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
             helper.make_tensor_value_info("Yh", TensorProto.FLOAT, None)]
-    node_in = ["X", "W", "R", "B", "", "h0"]
+    node_in = [rec_x, "W", "R", "B", "", "h0"]
     node_out = ["Y", "Yh"]
     attrs = {"hidden_size": hidden}
     if cell == "lstm":
@@ -69,8 +125,8 @@ def onnx_model(cell, hidden, w, seq_len):
     else:
         attrs["linear_before_reset"] = 1
         op = "GRU"
-    node = helper.make_node(op, node_in, node_out, **attrs)
-    graph = helper.make_graph([node], "g", ins, outs, inits)
+    nodes.append(helper.make_node(op, node_in, node_out, **attrs))
+    graph = helper.make_graph(nodes, "g", ins, outs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -82,10 +138,11 @@ def session(model):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def ort_whole(cell, hidden, w, x, batch=256):
+def ort_whole(spec, w, x, batch=256):
     """x [keys, T, I]; returns (seconds, outputs [keys, T, H])."""
+    cell, hidden, conv = spec
     keys, steps, _ = x.shape
-    s = session(onnx_model(cell, hidden, w, steps))
+    s = session(onnx_model(cell, hidden, conv, w, steps))
     out = np.empty((keys, steps, hidden), np.float32)
     t = time.perf_counter()
     for b in range(0, keys, batch):
@@ -99,62 +156,82 @@ def ort_whole(cell, hidden, w, x, batch=256):
     return time.perf_counter() - t, out
 
 
-def ort_steps(cell, hidden, w, x):
-    """All keys, one step per call, state fed back."""
+class Stepper:
+    """One step of all keys per call, state (h, c, the conv window) fed back."""
+
+    def __init__(self, spec, w, keys):
+        self.cell, hidden, self.conv = spec
+        self.s = session(onnx_model(self.cell, hidden, self.conv, w, 1))
+        self.h = np.zeros((1, keys, hidden), np.float32)
+        self.c = np.zeros((1, keys, hidden), np.float32)
+        self.win = np.zeros((keys, INPUT, CONV_K), np.float32)
+
+    def step(self, xt):
+        """xt [keys, I]; returns h [keys, H]."""
+        if self.conv:
+            self.win[:, :, :-1] = self.win[:, :, 1:]
+            self.win[:, :, -1] = xt
+            feed = {"X": self.win}
+        else:
+            feed = {"X": xt[None]}
+        feed["h0"] = self.h
+        if self.cell == "lstm":
+            feed["c0"] = self.c
+            _, self.h, self.c = self.s.run(None, feed)
+        else:
+            _, self.h = self.s.run(None, feed)
+        return self.h[0]
+
+
+def ort_steps(spec, w, x):
     keys, steps, _ = x.shape
-    s = session(onnx_model(cell, hidden, w, 1))
-    h = np.zeros((1, keys, hidden), np.float32)
-    c = np.zeros((1, keys, hidden), np.float32)
+    st = Stepper(spec, w, keys)
     xt = np.ascontiguousarray(x.transpose(1, 0, 2))
     t = time.perf_counter()
     for k in range(steps):
-        feed = {"X": xt[k:k + 1], "h0": h}
-        if cell == "lstm":
-            feed["c0"] = c
-            _, h, c = s.run(None, feed)
-        else:
-            _, h = s.run(None, feed)
+        st.step(xt[k])
     return time.perf_counter() - t
 
 
-def ort_job(cell, hidden, w, data, out, keys, steps):
+def ort_job(spec, w, data, out, keys, steps):
     """The whole job with onnxruntime: pyarrow reads the Parquet log, step-by-step inference
-    with state fed back, pyarrow writes the predictions (zstd), like seqflow's run."""
+    with state fed back, pyarrow writes the predictions (snappy, as seqflow's default)."""
+    hidden = spec[1]
     t = time.perf_counter()
     tab = pq.read_table(data).sort_by([("t", "ascending"), ("key", "ascending")])
     x = np.stack([tab[f"f{j}"].to_numpy() for j in range(INPUT)], axis=1).reshape(steps, keys, INPUT)
-    s = session(onnx_model(cell, hidden, w, 1))
-    h = np.zeros((1, keys, hidden), np.float32)
-    c = np.zeros((1, keys, hidden), np.float32)
+    st = Stepper(spec, w, keys)
     ys = np.empty((steps, keys, hidden), np.float32)
     for k in range(steps):
-        feed = {"X": x[k:k + 1], "h0": h}
-        if cell == "lstm":
-            feed["c0"] = c
-            _, h, c = s.run(None, feed)
-        else:
-            _, h = s.run(None, feed)
-        ys[k] = h[0]
+        ys[k] = st.step(x[k])
     cols = {"key": tab["key"], "t": tab["t"]}
     flat = ys.reshape(-1, hidden)
     for j in range(hidden):
         cols[f"y{j}"] = flat[:, j]
-    pq.write_table(pa.table(cols), out, compression="zstd")
+    pq.write_table(pa.table(cols), out, compression="snappy")
     return time.perf_counter() - t
 
 
 def seqflow(pipe, workers):
-    r = subprocess.run([os.path.join(ROOT, "target/release/seqflow"), "run", pipe, "-w", str(workers)],
+    """Wall clock of the whole `seqflow run` process."""
+    t = time.perf_counter()
+    subprocess.run([os.path.join(ROOT, "target/release/seqflow"), "run", pipe, "-w", str(workers)],
+                   capture_output=True, text=True, check=True)
+    return time.perf_counter() - t
+
+
+def faer_peak():
+    r = subprocess.run([os.path.join(ROOT, "target/release/examples/faer_peak")],
                        capture_output=True, text=True, check=True)
-    m = re.search(r"in ([0-9.]+) s", r.stderr)
-    return float(m.group(1)), r.stderr.strip()
+    return float(re.search(r"faer_peak_gflops ([0-9.]+)", r.stdout).group(1))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--models", default=",".join(MODELS))
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.keys, a.steps, INPUT)).astype(np.float32)
@@ -165,39 +242,53 @@ def main():
     xt = x.transpose(1, 0, 2).reshape(-1, INPUT)
     for j in range(INPUT):
         cols[f"f{j}"] = xt[:, j]
-    pq.write_table(pa.table(cols), os.path.join(tmp, "data.parquet"), row_group_size=1 << 20)
+    data = os.path.join(tmp, "data.parquet")
+    pq.write_table(pa.table(cols), data, row_group_size=1 << 20)
     n = a.keys * a.steps
-    print(f"{a.keys} keys x {a.steps} steps = {n:,} key-steps, input {INPUT}; onnxruntime {ort.__version__}, 1 thread\n")
-    print("| model | mode | seconds | key-steps/s | GFLOP/s | vs ORT best |")
-    print("|---|---|---:|---:|---:|---:|")
-    for cell, hidden in (("lstm", 64), ("lstm", 128), ("gru", 64), ("gru", 128)):
-        g = 4 if cell == "lstm" else 3
-        flop = 2 * g * hidden * (INPUT + hidden)
-        w = make_weights(cell, hidden, 1)
-        save_file(w, os.path.join(tmp, f"{cell}{hidden}.safetensors"))
-        with open(os.path.join(tmp, f"{cell}{hidden}.toml"), "w") as f:
-            f.write(f'weights = "{cell}{hidden}.safetensors"\n[[layers]]\ntype = "{cell}"\nname = "{cell}"\n')
-        pipe = os.path.join(tmp, f"{cell}{hidden}.pipeline.toml")
+    peaks = [faer_peak()]
+    print(f"{a.keys} keys x {a.steps} steps = {n:,} key-steps, input {INPUT}; onnxruntime {ort.__version__}, "
+          f"1 thread; best of {a.reps}; faer single-thread GEMM peak {peaks[0]:.1f} GFLOP/s (this run)\n")
+    print("| model | mode | seconds | key-steps/s | GFLOP/s | vs ORT best | of faer peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    summary = []
+    for name in a.models.split(","):
+        spec = MODELS[name]
+        cell, hidden, conv = spec
+        flop = flops_per_step(*spec)
+        w = make_weights(*spec, seed=1)
+        save_file(w, os.path.join(tmp, f"{name}.safetensors"))
+        with open(os.path.join(tmp, f"{name}.toml"), "w") as f:
+            f.write(model_toml(name, cell, conv))
+        pipe = os.path.join(tmp, f"{name}.pipeline.toml")
         with open(pipe, "w") as f:
             f.write(f'[source]\nformat = "parquet"\npath = "data.parquet"\nkey = "key"\ntime = "t"\n'
                     f'features = {[f"f{j}" for j in range(INPUT)]}\n'.replace("'", '"')
-                    + f'[model]\npath = "{cell}{hidden}.toml"\n[output]\nformat = "parquet"\npath = "out_{cell}{hidden}.parquet"\n')
+                    + f'[model]\npath = "{name}.toml"\n[output]\nformat = "parquet"\npath = "out_{name}.parquet"\n')
         rows = []
-        whole = min(ort_whole(cell, hidden, w, x)[0] for _ in range(a.reps))
-        _, ref = ort_whole(cell, hidden, w, x)
+        whole, ref = ort_whole(spec, w, x)
+        whole = min([whole] + [ort_whole(spec, w, x)[0] for _ in range(a.reps - 1)])
         rows.append(("onnxruntime whole sequences (256 keys/call)", whole))
-        rows.append(("onnxruntime step by step (all keys/call)", min(ort_steps(cell, hidden, w, x) for _ in range(a.reps))))
-        job = min(ort_job(cell, hidden, w, os.path.join(tmp, "data.parquet"), os.path.join(tmp, "ort_out.parquet"),
-                          a.keys, a.steps) for _ in range(a.reps))
+        rows.append(("onnxruntime step by step (all keys/call)", min(ort_steps(spec, w, x) for _ in range(a.reps))))
+        job = min(ort_job(spec, w, data, os.path.join(tmp, "ort_out.parquet"), a.keys, a.steps) for _ in range(a.reps))
+        sf = {wk: min(seqflow(pipe, wk) for _ in range(a.reps)) for wk in (1, 2)}
         for wk in (1, 2):
-            rows.append((f"seqflow run -w {wk} (Parquet in/out)", min(seqflow(pipe, wk)[0] for _ in range(a.reps))))
-        best = min(s for name, s in rows if name.startswith("onnxruntime"))
+            rows.append((f"seqflow run -w {wk} (Parquet in/out, whole job)", sf[wk]))
+        best = min(s for label, s in rows if label.startswith("onnxruntime"))
         rows.insert(2, ("onnxruntime step by step + pyarrow Parquet in/out (whole job)", job))
-        for name, s in rows:
-            print(f"| {cell} h{hidden} | {name} | {s:.3f} | {n / s / 1e6:.3f} M | {n * flop / s / 1e9:.1f} | {best / s:.2f}x |")
-        got = pq.read_table(os.path.join(tmp, f"out_{cell}{hidden}.parquet")).to_pandas().sort_values(["key", "t"])
+        peaks.append(faer_peak())
+        peak = max(peaks)
+        for label, s in rows:
+            gf = n * flop / s / 1e9
+            print(f"| {name} | {label} | {s:.3f} | {n / s / 1e6:.3f} M | {gf:.1f} | {best / s:.2f}x | {gf / peak:.0%} |")
+        got = pq.read_table(os.path.join(tmp, f"out_{name}.parquet")).to_pandas().sort_values(["key", "t"])
         y = got[[f"y{j}" for j in range(hidden)]].to_numpy().reshape(a.keys, a.steps, hidden)
-        print(f"|  | max abs diff seqflow vs onnxruntime | {np.abs(y - ref).max():.1e} | | | |")
+        print(f"|  | max abs diff seqflow vs onnxruntime | {np.abs(y - ref).max():.1e} | | | | |")
+        summary.append((name, best / sf[1], best / sf[2], sf[1] / sf[2]))
+    print(f"\nfaer peak measured {len(peaks)} times in this run: " + ", ".join(f"{p:.1f}" for p in peaks) + " GFLOP/s")
+    print("\n| model | seqflow -w 1 vs ORT best | seqflow -w 2 vs ORT best | -w 2 / -w 1 |")
+    print("|---|---:|---:|---:|")
+    for name, r1, r2, sc in summary:
+        print(f"| {name} | {r1:.2f}x | {r2:.2f}x | {sc:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -494,13 +494,14 @@ impl KeyedProcessor {
         let mut call: Vec<Run> = Vec::new();
         let mut lens: Vec<usize> = Vec::new();
         let mut slots: Vec<u32> = Vec::new();
-        let mut batch = OutBatch::new(self.keys.column(), ow);
-        if emit_now {
-            // One allocation of the epoch's size: growing by doubling re-copied every value
-            // (tens of MB per epoch for wide outputs) and faulted in fresh pages each time.
-            let steps: usize = queue.iter().map(|r| r.len).sum();
-            batch.reserve(steps);
-        }
+        // Room for the whole epoch at once: growing by doubling re-copied every value (tens
+        // of MB per epoch for wide outputs).
+        let steps: usize = if emit_now {
+            queue.iter().map(|r| r.len).sum()
+        } else {
+            0
+        };
+        let mut batch = OutBatch::with_capacity(self.keys.column(), ow, steps);
         while !queue.is_empty() {
             call.clear();
             let mut rows = 0;

@@ -322,6 +322,7 @@ impl BackgroundSink {
                                     first = Some(e);
                                 }
                             }
+                            b.recycle();
                         }
                         Cmd::Flush(ack) => {
                             if first.is_none() {
@@ -414,7 +415,11 @@ impl SinkHandle {
 
     pub fn write(&mut self, b: OutBatch) -> Result<()> {
         match self {
-            SinkHandle::Inline(s) => s.write(&b),
+            SinkHandle::Inline(s) => {
+                let done = s.write(&b);
+                b.recycle();
+                done
+            }
             SinkHandle::Background(s) => s.write(b),
         }
     }
