@@ -5,6 +5,7 @@
 # sustained (replay's view: when the pipeline falls behind, TCP pushes back on the sender),
 # the latency from a line's arrival to its prediction's emission (p50/p99/max), and peak RSS.
 #   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=2 benches/live.sh: a 2 ms epoch
+#   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -20,8 +21,8 @@ sed -e 's#listen = "127.0.0.1:7600"#listen = "127.0.0.1:7699"#' -e "s#^path = \"
 echo "epoch_ms = $EPOCH_MS"
 echo "| workers | target rows/s | sustained rows/s | p50 | p99 | max | peak RSS |"
 echo "|---:|---:|---:|---:|---:|---:|---:|"
-for W in 1 2; do
-  for RATE in 10000 100000 0; do
+for W in ${WORKERS:-1 2}; do
+  for RATE in ${RATES:-10000 100000 0}; do
     LIMIT=$(( RATE > 0 ? RATE * SECS : 2000000 ))
     /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W" 2> "$OUT/server.txt" &
     TPID=$!

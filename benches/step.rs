@@ -1,7 +1,10 @@
 //! Streamed recurrent step: B keys advance one step each in one call (one wavefront), for
 //! LSTM and GRU, input 8, hidden 64/128/256, B = 1/64/1024. Throughput is reported in
 //! key-steps/s; after the run a table adds GFLOP/s (an LSTM step costs 2*4H*(I+H) FLOPs per
-//! key, a GRU step 2*3H*(I+H)).
+//! key, a GRU step 2*3H*(I+H)) and the fraction of faer's own single-thread GEMM on the
+//! same product shape, `[B x (I+H)] * [(I+H) x G*H]`, measured in the same run (group
+//! `faer_gemm`): how close the whole step (gather, two GEMMs, gates, scatter) comes to the
+//! matrix product alone.
 //!
 //!     cargo bench --bench step
 //!     cargo bench --bench step -- --quick     # fewer samples
@@ -48,6 +51,33 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+    let mut group = c.benchmark_group("faer_gemm");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(20);
+    for gates in [3, 4] {
+        for hidden in HIDDENS {
+            for batch in [64, 1024] {
+                let (k, n) = (INPUT + hidden, gates * hidden);
+                let mut rng = SplitMix::new(3);
+                let a: Vec<f32> = (0..batch * k).map(|_| rng.normal()).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+                let mut out = vec![0.0f32; batch * n];
+                group.throughput(Throughput::Elements(batch as u64));
+                group.bench_with_input(
+                    BenchmarkId::new(format!("g{gates}h{hidden}"), batch),
+                    &batch,
+                    |bn, _| {
+                        bn.iter(|| {
+                            seqflow::kernels::gemm(&mut out, &a, &b, batch, k, n);
+                            black_box(out[0]);
+                        })
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
 }
 
 /// Reads criterion's estimates and prints key-steps/s and GFLOP/s per configuration.
@@ -56,24 +86,34 @@ fn report() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("criterion");
-    println!("\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let median_ns = |path: String| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(path)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["median"]["point_estimate"].as_f64()
+    };
+    println!(
+        "\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s | faer GEMM alone | step / GEMM |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (cell, gates) in [("lstm", 4.0), ("gru", 3.0)] {
         for hidden in HIDDENS {
             for batch in BATCHES {
-                let f = dir.join(format!("{cell}_step/h{hidden}/{batch}/new/estimates.json"));
-                let Ok(text) = std::fs::read_to_string(&f) else {
+                let Some(ns) = median_ns(format!("{cell}_step/h{hidden}/{batch}/new/estimates.json")) else {
                     continue;
                 };
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                let ns = v["median"]["point_estimate"].as_f64().unwrap();
                 let steps = batch as f64 / (ns * 1e-9);
                 let flops = 2.0 * gates * hidden as f64 * (INPUT + hidden) as f64;
+                let gflops = steps * flops / 1e9;
+                let faer = median_ns(format!("faer_gemm/g{gates}h{hidden}/{batch}/new/estimates.json"))
+                    .map(|g| batch as f64 * flops / g);
+                let (faer_col, ratio_col) = match faer {
+                    Some(f) => (format!("{f:.1}"), format!("{:.0}%", 100.0 * gflops / f)),
+                    None => ("-".into(), "-".into()),
+                };
                 println!(
-                    "| {cell} | {hidden} | {batch} | {:.1} us | {:.3} M | {:.1} |",
+                    "| {cell} | {hidden} | {batch} | {:.1} us | {:.3} M | {gflops:.1} | {faer_col} | {ratio_col} |",
                     ns / 1e3,
                     steps / 1e6,
-                    steps * flops / 1e9
                 );
             }
         }

@@ -304,7 +304,7 @@ pub struct BackgroundSink {
 
 impl BackgroundSink {
     /// Batches in flight to the writer: enough to overlap, little enough to bound memory.
-    const QUEUE: usize = 16;
+    const QUEUE: usize = 4;
 
     pub fn spawn(mut sink: Sink) -> BackgroundSink {
         let (tx, rx) = crossbeam_channel::bounded::<Cmd>(Self::QUEUE);
