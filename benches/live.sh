@@ -4,7 +4,7 @@
 # the pipeline (demo model, every_step, jsonl out) runs with -w 1 and -w 2. Prints the rate
 # sustained (replay's view: when the pipeline falls behind, TCP pushes back on the sender),
 # the latency from a line's arrival to its prediction's emission (p50/p99/max), and peak RSS.
-#   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=2 benches/live.sh: a 2 ms epoch
+#   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=5 benches/live.sh: a 5 ms epoch (default 2)
 #   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ cargo build --release --quiet --bin seqflow --bin gen-sensors
 PIPE=$(mktemp --suffix=.toml -p pipelines)
 OUT=$(mktemp -d)
 trap 'rm -rf "$PIPE" "$OUT"' EXIT
-EPOCH_MS=${EPOCH_MS:-5}
+EPOCH_MS=${EPOCH_MS:-2}
 sed -e 's#listen = "127.0.0.1:7600"#listen = "127.0.0.1:7699"#' -e "s#^path = \"-\"#path = \"$OUT/live.jsonl\"#" \
     -e "s#^epoch_ms = .*#epoch_ms = $EPOCH_MS#" pipelines/live_tcp.toml > "$PIPE"
 echo "epoch_ms = $EPOCH_MS"
