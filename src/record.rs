@@ -236,8 +236,47 @@ pub struct OutBatch {
 /// hands buffers back here ([`OutBatch::recycle`]) and workers take them
 /// ([`OutBatch::with_capacity`]). A few at most: enough for the steady state of one epoch
 /// being filled while another is written.
-static SPARE_VALUES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-const SPARE_MAX: usize = 4;
+static SPARE_VALUES: Spares = Spares::new();
+
+/// A bounded pool of emptied value buffers.
+struct Spares(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Spares {
+    /// Buffers kept at most.
+    const MAX: usize = 4;
+    /// Buffers smaller than this (in floats) are not worth keeping.
+    const MIN_FLOATS: usize = 1 << 16;
+
+    const fn new() -> Spares {
+        Spares(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// The largest spare (or a new buffer), with room for `need` floats; empty.
+    fn take(&self, need: usize) -> Vec<f32> {
+        let spare = (need > 0)
+            .then(|| self.0.lock().ok())
+            .flatten()
+            .and_then(|mut s| {
+                let i = (0..s.len()).max_by_key(|&i| s[i].capacity())?;
+                Some(s.swap_remove(i))
+            });
+        let mut v = spare.unwrap_or_default();
+        v.reserve(need);
+        v
+    }
+
+    fn give(&self, mut v: Vec<f32>) {
+        if v.capacity() < Self::MIN_FLOATS {
+            return;
+        }
+        v.clear();
+        if let Ok(mut spare) = self.0.lock() {
+            if spare.len() < Self::MAX {
+                spare.push(v);
+            }
+        }
+    }
+}
 
 impl OutBatch {
     pub fn new(keys: KeyColumn, width: usize) -> OutBatch {
@@ -253,20 +292,10 @@ impl OutBatch {
     /// An empty batch with room for `rows` rows, its value buffer taken from the spares
     /// when one is there.
     pub fn with_capacity(keys: KeyColumn, width: usize, rows: usize) -> OutBatch {
-        let need = rows * width;
-        let spare = (need > 0)
-            .then(|| SPARE_VALUES.lock().ok())
-            .flatten()
-            .and_then(|mut s| {
-                let i = (0..s.len()).max_by_key(|&i| s[i].capacity())?;
-                Some(s.swap_remove(i))
-            });
-        let mut values = spare.unwrap_or_default();
-        values.reserve(need);
         let mut b = OutBatch {
             keys,
             times: Vec::with_capacity(rows),
-            values,
+            values: SPARE_VALUES.take(rows * width),
             width,
             arrivals: Vec::with_capacity(rows),
         };
@@ -276,16 +305,7 @@ impl OutBatch {
 
     /// Gives the value buffer back for a later batch (called once the batch is written).
     pub fn recycle(self) {
-        let mut values = self.values;
-        if values.capacity() < 1 << 16 {
-            return;
-        }
-        values.clear();
-        if let Ok(mut spare) = SPARE_VALUES.lock() {
-            if spare.len() < SPARE_MAX {
-                spare.push(values);
-            }
-        }
+        SPARE_VALUES.give(self.values);
     }
 
     pub fn len(&self) -> usize {
@@ -354,4 +374,35 @@ pub enum SourceMsg {
     Stats(Stats),
     /// The source failed with this message; forwarded to the sink so every process learns it.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_buffers_are_reused_emptied_and_bounded() {
+        let pool = Spares::new();
+        let mut big = Vec::with_capacity(1 << 17);
+        big.extend(std::iter::repeat_n(1.0f32, 1000));
+        let ptr = big.as_ptr();
+        pool.give(big);
+        let again = pool.take(5000);
+        assert_eq!(again.as_ptr(), ptr, "the given buffer is handed out again");
+        assert!(again.is_empty() && again.capacity() >= 1 << 17);
+        // Nothing left: a new buffer, with the room asked for.
+        let fresh = pool.take(300);
+        assert_ne!(fresh.as_ptr(), ptr);
+        assert!(fresh.capacity() >= 300);
+        // Small buffers are dropped; at most MAX are kept; the largest comes out first.
+        pool.give(Vec::with_capacity(100));
+        for i in 0..Spares::MAX + 2 {
+            pool.give(Vec::with_capacity(Spares::MIN_FLOATS + i));
+        }
+        assert_eq!(pool.0.lock().unwrap().len(), Spares::MAX);
+        assert_eq!(pool.take(1).capacity(), Spares::MIN_FLOATS + Spares::MAX - 1);
+        // Asking for nothing takes nothing.
+        assert_eq!(pool.take(0).capacity(), 0);
+        assert_eq!(pool.0.lock().unwrap().len(), Spares::MAX - 1);
+    }
 }
