@@ -243,10 +243,11 @@ impl Recurrent {
         let waves = layout.waves();
         let out_w = dst.width;
         let in_w = cell.in_w;
-        s.pre.resize(BLOCK_ROWS.min(b0) * gh, 0.0);
-        s.gh.resize(BLOCK_ROWS.min(b0) * gh, 0.0);
+        let block = BLOCK_ROWS.min(b0);
+        s.pre.resize(block * gh, 0.0);
+        s.gh.resize(block * gh, 0.0);
         if cell.w_hr_t.is_some() {
-            s.hraw.resize(BLOCK_ROWS.min(b0) * hid, 0.0);
+            s.hraw.resize(block * hid, 0.0);
         }
         for step in 0..waves {
             // Backward direction walks the wavefronts in reverse; keys join as their last
@@ -257,8 +258,8 @@ impl Recurrent {
             // Blocks of rows: the block's gate pre-activations (input and hidden products)
             // stay in L2 between the two GEMMs and the gate kernel, instead of a [rows x G*H]
             // projection of the whole call streaming through memory.
-            for k0 in (0..b).step_by(BLOCK_ROWS) {
-                let n = BLOCK_ROWS.min(b - k0);
+            for k0 in (0..b).step_by(block) {
+                let n = block.min(b - k0);
                 let (ra, rb) = (r0 + k0, r0 + k0 + n);
                 let x = &mut s.pre[..n * gh];
                 kernels::gemm(x, &src.data[ra * in_w..rb * in_w], &cell.w_ih_t, n, in_w, gh);
