@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
-use seqflow::model::builder::{ModelBuilder, SplitMix};
+use seqflow::model::builder::ModelBuilder;
+use seqflow::vocab::SplitMix;
 
 const KEYS: usize = 1_000_000;
 

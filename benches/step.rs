@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use seqflow::model::builder::{ModelBuilder, SplitMix};
+use seqflow::model::builder::ModelBuilder;
+use seqflow::vocab::SplitMix;
 use seqflow::{Packed, Workspace};
 
 const INPUT: usize = 8;

@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use differential_dataflow::collection::AsCollection;
 use seqflow::dataflow::ToSink;
-use seqflow::model::builder::SplitMix;
 use seqflow::record::{Key, KeyColumn, KeyRef, OutBatch, SinkMsg};
 use seqflow::views::flow::{latest_updates, view, SideRow};
 use seqflow::views::spec::parse_views;
+use seqflow::vocab::SplitMix;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 

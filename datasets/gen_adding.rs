@@ -21,7 +21,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBat
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use seqflow::model::builder::SplitMix;
+use seqflow::vocab::SplitMix;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()

@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use seqflow::model::builder::SplitMix;
+use seqflow::vocab::SplitMix;
 
 const CHANNELS: [&str; 8] = [
     "temp", "vib_x", "vib_y", "current", "pressure", "humidity", "rpm", "power",

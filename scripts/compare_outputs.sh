@@ -11,7 +11,7 @@ OLD=$(realpath "$1"); NEW=$(realpath "$2")
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 fail=0
 same() { # same LABEL FILE_A FILE_B
-  if cmp -s "$2" "$3"; then echo "same      $1"; else echo "DIFFERENT $1"; fail=1; fi
+  if cmp -s "$2" "$3"; then echo "same      $1"; else echo "DIFFERENT $1"; diff "$2" "$3" 2>&1 | head -4 | cut -c1-300 || true; fail=1; fi
 }
 for side in old new; do
   bin=$OLD; [ $side = new ] && bin=$NEW
@@ -19,8 +19,9 @@ for side in old new; do
   cp -r pipelines "$root/pipelines"
   ln -s "$PWD/models" "$root/models"; ln -s "$PWD/datasets" "$root/datasets"
   for p in demo last_score windows views; do
-    "$bin" run "$root/pipelines/$p.toml" > "$root/out/$p.stdout" 2> "$root/out/$p.stderr"
+    # -w 2 first: it writes the same rejects and view files, which the -w 1 run then replaces.
     "$bin" run "$root/pipelines/$p.toml" -w 2 --output "$root/w2/$p.csv" > /dev/null 2>&1
+    "$bin" run "$root/pipelines/$p.toml" > "$root/out/$p.stdout" 2> "$root/out/$p.stderr"
     sort "$root/w2/$p.csv" > "$root/w2/$p.sorted.csv"
   done
   # Live: the demo model over TCP, the sample replayed as JSON lines.
@@ -64,6 +65,10 @@ for f in demo.parquet demo_rejects.rooted.jsonl last_score.stdout windows.jsonl 
          live.sorted.jsonl trained.safetensors; do
   same "$f" "$WORK/old/out/$f" "$WORK/new/out/$f"
 done
+if ! cmp -s "$WORK/old/out/trained.safetensors" "$WORK/new/out/trained.safetensors"; then
+  echo "training losses (old | new):"
+  paste -d'|' "$WORK/old/out/trained_loss.csv" "$WORK/new/out/trained_loss.csv"
+fi
 for p in demo last_score windows views; do
   same "-w 2 $p (sorted csv)" "$WORK/old/w2/$p.sorted.csv" "$WORK/new/w2/$p.sorted.csv"
 done

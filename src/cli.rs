@@ -5,12 +5,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use seqflow::model::summary::Summary;
-use seqflow::pipeline::config::Overrides;
-use seqflow::pipeline::run::{run, RunOptions};
+use seqflow::pipeline::{run, Event, Overrides, RunOptions};
+use seqflow::train::trainer::TrainEvent;
 use seqflow::Model;
 
 #[derive(Parser, Debug)]
@@ -117,14 +121,17 @@ pub fn main() -> anyhow::Result<ExitCode> {
             grad_report,
         } => {
             let cfg = seqflow::train::config::TrainConfig::load(&config)?;
+            let bar = Arc::new(Mutex::new(ProgressBar::hidden()));
+            let shown = bar.clone();
             let opts = seqflow::train::trainer::TrainOptions {
                 threads: workers,
                 grad_report,
-                progress: std::io::stderr().is_terminal(),
-                log_epochs: true,
                 epochs,
+                observer: Some(Arc::new(move |e: &TrainEvent<'_>| train_progress(&shown, e))),
             };
-            let report = seqflow::train::trainer::train(&cfg, &opts)?;
+            let report = seqflow::train::trainer::train(&cfg, &opts);
+            bar.lock().expect("bar").finish_and_clear();
+            let report = report?;
             if let Some(g) = &report.grad_report {
                 println!("{}", g.table());
             }
@@ -159,20 +166,93 @@ pub fn main() -> anyhow::Result<ExitCode> {
             input,
             output,
         } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // A second signal ends the process at once.
+                signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let bar = Arc::new(Mutex::new(ProgressBar::hidden()));
+            let shown = bar.clone();
             let opts = RunOptions {
                 workers,
                 processes,
                 process,
                 hostfile,
                 overrides: Overrides { input, output },
-                progress: std::io::stderr().is_terminal(),
+                observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
+                stop,
             };
-            if let Some(report) = run(&pipeline, &opts)? {
+            let report = run(&pipeline, &opts);
+            bar.lock().expect("bar").finish_and_clear();
+            if let Some(report) = report? {
                 eprintln!("seqflow: {report}");
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Draws a run's progress on a terminal and prints what the library reports.
+fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
+    let bar = bar.lock().expect("bar");
+    match e {
+        Event::Started { rows } if std::io::stderr().is_terminal() => {
+            let (len, template) = match rows {
+                Some(n) => (
+                    Some(*n),
+                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows {per_sec} eta {eta}",
+                ),
+                None => (None, "{spinner} [{elapsed_precise}] {human_pos} rows {per_sec}"),
+            };
+            bar.set_style(ProgressStyle::with_template(template).expect("template"));
+            bar.set_length(len.unwrap_or(0));
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        Event::Started { .. } => {}
+        Event::Read(n) => bar.inc(*n),
+        Event::Listening {
+            addr: Some(addr),
+            lines,
+        } => eprintln!(
+            "seqflow: listening on {addr} ({} lines); Ctrl-C or SIGTERM to stop",
+            lines.name()
+        ),
+        Event::Listening { addr: None, lines } => {
+            eprintln!("seqflow: reading {} lines from stdin", lines.name())
+        }
+        Event::Warning(w) => bar.suspend(|| eprintln!("seqflow: warning: {w}")),
+        Event::Finished => bar.finish_and_clear(),
+    }
+}
+
+/// Draws training's progress on a terminal; prints one line per epoch.
+fn train_progress(bar: &Mutex<ProgressBar>, e: &TrainEvent<'_>) {
+    let mut bar = bar.lock().expect("bar");
+    match e {
+        TrainEvent::Started {
+            epochs,
+            steps_per_epoch,
+        } if std::io::stderr().is_terminal() => {
+            *bar = ProgressBar::new(*epochs as u64 * steps_per_epoch).with_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {msg} {per_sec}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+        }
+        TrainEvent::Started { .. } => {}
+        TrainEvent::Batch {
+            epoch,
+            epochs,
+            steps,
+            loss,
+        } => {
+            bar.inc(*steps);
+            bar.set_message(format!("{epoch}/{epochs} loss {loss:.5}"));
+        }
+        TrainEvent::Epoch(stats) => bar.suspend(|| eprintln!("{stats}")),
+    }
 }
 
 /// One paragraph: the library error already names file and place; context adds the action.

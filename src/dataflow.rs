@@ -20,14 +20,12 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use crate::keyed::KeyedProcessor;
+pub use crate::record::ToSink;
 use crate::record::{SinkMsg, SourceMsg, StepBatch};
 
 /// Records entering the dataflow: the destination worker (already a well-mixed hash of the
 /// key, reduced modulo the worker count) and the message.
-pub type Routed = (u64, SourceMsg);
-
-/// Records leaving the keyed operator for the sink on worker 0.
-pub type ToSink = (u64, SinkMsg);
+pub type Inbound = (u64, SourceMsg);
 
 /// Runs the model per key: `stream.keyed_model(processor)`.
 pub trait KeyedModel<'scope> {
@@ -42,7 +40,7 @@ pub trait KeyedModel<'scope> {
     /// use seqflow::dataflow::KeyedModel;
     /// use seqflow::keyed::KeyedProcessor;
     /// use seqflow::model::builder::ModelBuilder;
-    /// use seqflow::pipeline::config::{Emit, NanPolicy};
+    /// use seqflow::vocab::{Emit, NanPolicy};
     /// use seqflow::record::{KeyColumn, KeyRef, SinkMsg, SourceMsg, StepBatch};
     ///
     /// let model = Arc::new(ModelBuilder::new(2, 1).recurrent("gru", "gru", 4, 1).build().unwrap());
@@ -78,10 +76,10 @@ pub trait KeyedModel<'scope> {
     fn keyed_model(self, processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink>;
 }
 
-impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Routed> {
+impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
     fn keyed_model(self, mut processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink> {
         self.unary_frontier::<CapacityContainerBuilder<Vec<ToSink>>, _, _, _>(
-            Exchange::new(|r: &Routed| r.0),
+            Exchange::new(|r: &Inbound| r.0),
             "KeyedModel",
             move |default_cap, _info| {
                 // Held at the input frontier to emit the final counters, then dropped.
@@ -129,7 +127,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Routed> {
                             Some(t) => {
                                 cap.downgrade(t);
                                 // Live sequence_end: keys idle past the timeout end here.
-                                processor.expire_idle(crate::source::live::now_us(), &mut out);
+                                processor.expire_idle(crate::vocab::now_us(), &mut out);
                                 if !out.is_empty() {
                                     let mut session = output.session(&*cap);
                                     for m in out.drain(..) {
@@ -163,9 +161,6 @@ pub trait Collect<D> {
     /// The input ended.
     fn finish(&mut self) {}
 }
-
-/// A view changelog entry on its way to worker 0.
-pub type ViewChange = (crate::views::flow::ViewRow, u64, isize);
 
 /// Collects a stream at worker 0: `stream.collect_at_worker0("Sink", handler)`.
 pub trait CollectAtWorker0<'scope, D> {

@@ -10,6 +10,7 @@
 
 pub mod dataflow;
 pub mod error;
+pub mod input;
 pub mod kernels;
 pub mod keyed;
 pub mod latency;
@@ -18,9 +19,9 @@ pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod sink;
-pub mod source;
 pub mod train;
 pub mod views;
+pub mod vocab;
 
 pub use error::{Error, Result};
 pub use model::{Model, Packed, StateArena, Workspace};

@@ -4,9 +4,10 @@
 //! overhead and the serialization between processes proportional to batches, not rows.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
+
+use crate::vocab::mix64;
 
 /// A column of keys: integers, or strings stored Arrow-style (one buffer plus offsets), so
 /// building a batch does not allocate per row.
@@ -47,18 +48,40 @@ impl KeyRef<'_> {
         }
     }
 
-    /// A well-mixed 64-bit hash; timely routes by `hash & (peers - 1)` for power-of-two
-    /// peer counts, so the low bits must depend on every bit of the key.
-    pub fn route_hash(self) -> u64 {
-        let raw = match self {
-            KeyRef::Int(i) => i as u64,
+    /// The key's 64-bit hash, **stable forever**: it decides which worker owns a key and,
+    /// through checkpoints, is persisted, so two builds (or two toolchains) must agree on it.
+    /// std's `DefaultHasher` makes no such promise, so the algorithm is spelled out here:
+    ///
+    /// - integer `i`: `mix64(i as u64)` (the splitmix64 finalizer);
+    /// - string: `h = 0`; for each 8-byte chunk of its UTF-8 bytes (the last one zero-padded),
+    ///   read little-endian as `v`: `h = (h.rotl(5) ^ v) * 0x517c_c1b7_2722_0a95`; then the
+    ///   same step with `v = len`; result `mix64(h)`. FxHash's mixing is cheap; the
+    ///   finalizer makes the low bits depend on every input bit (plain Fx ends in a multiply,
+    ///   and sequential keys then collided into long probe chains in the key index).
+    ///
+    /// `record::tests::stable_hash_is_pinned` fails if any of this changes.
+    #[inline]
+    pub fn stable_hash(self) -> u64 {
+        match self {
+            KeyRef::Int(i) => mix64(i as u64),
             KeyRef::Str(s) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                s.hash(&mut h);
-                h.finish()
+                let step = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+                let bytes = s.as_bytes();
+                let mut h = 0u64;
+                for chunk in bytes.chunks(8) {
+                    let mut b = [0u8; 8];
+                    b[..chunk.len()].copy_from_slice(chunk);
+                    h = step(h, u64::from_le_bytes(b));
+                }
+                mix64(step(h, bytes.len() as u64))
             }
-        };
-        mix64(raw)
+        }
+    }
+
+    /// The worker (of `peers`) that owns this key.
+    #[inline]
+    pub fn route(self, peers: usize) -> usize {
+        (self.stable_hash() % peers as u64) as usize
     }
 }
 
@@ -69,13 +92,6 @@ impl fmt::Display for KeyRef<'_> {
             KeyRef::Str(s) => write!(f, "{s:?}"),
         }
     }
-}
-
-/// The finalizer of splitmix64: a bijection that spreads every input bit over the output.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl KeyColumn {
@@ -364,6 +380,9 @@ pub enum SinkMsg {
     /// A worker failed (bad input); the run fails and its output is discarded.
     Failed(String),
 }
+
+/// Records leaving the keyed operator for the sink on worker 0 (the first field routes).
+pub type ToSink = (u64, SinkMsg);
 
 /// What the sources send to the keyed operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{Error, Result};
+use crate::input::files::{self, FileSource};
 use crate::record::KeyRef;
+use crate::vocab::FileFormat;
 
 /// What to replay and how fast.
 #[derive(Debug, Clone)]
@@ -67,18 +68,16 @@ fn data_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Reads a Parquet file (or every Parquet file of a directory) into one batch.
+/// Reads a data file (or every file of a directory or glob) into one batch; Parquet unless
+/// the extension says CSV or JSON lines.
 fn read_all(path: &Path) -> Result<RecordBatch> {
-    let files = crate::source::files::expand(path, crate::pipeline::config::SourceFormat::Parquet)?;
+    let source = FileSource {
+        format: FileFormat::from_path(path).unwrap_or(FileFormat::Parquet),
+        path: path.to_path_buf(),
+    };
     let mut batches = Vec::new();
-    for f in &files {
-        let file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| data_err(f, format!("not a readable Parquet file: {e}")))?;
-        for b in reader {
-            batches.push(b.map_err(|e| data_err(f, e))?);
-        }
+    for f in &source.expand()? {
+        batches.extend(files::read_all(f, source.format)?);
     }
     let schema = batches
         .first()
@@ -165,7 +164,7 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
                 KeyRef::Int(c.as_primitive::<arrow::datatypes::Int64Type>().value(0))
             }
         };
-        (k.route_hash() % conns as u64) as usize
+        k.route(conns)
     };
     let io_err = |e: std::io::Error| Error::Io {
         path: PathBuf::from(format!("tcp {}", o.to)),

@@ -21,8 +21,21 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
-use crate::pipeline::config::{OutputConfig, OutputFormat};
 use crate::record::{KeyColumn, OutBatch, Reject};
+use crate::vocab::FileFormat;
+
+/// Where and how predictions are written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFile {
+    /// The file format.
+    pub format: FileFormat,
+    /// `None` = stdout (`path = "-"`).
+    pub path: Option<PathBuf>,
+    /// Parquet rows per row group (buffered in memory until full).
+    pub row_group_rows: usize,
+    /// Parquet compression.
+    pub compression: crate::vocab::Compression,
+}
 
 /// Names and types of the output columns.
 #[derive(Debug, Clone)]
@@ -71,7 +84,7 @@ fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 impl Sink {
     /// Opens the output. `atomic`: write to `PATH.partial`, renamed by [`Sink::commit`].
-    pub fn create(cfg: &OutputConfig, schema: OutputSchema, atomic: bool) -> Result<Sink> {
+    pub fn create(cfg: &OutputFile, schema: OutputSchema, atomic: bool) -> Result<Sink> {
         let arrow_schema = schema.arrow();
         let display = cfg.path.clone().unwrap_or_else(|| PathBuf::from("-"));
         // Where bytes go now (None = stdout), and the final name if that is a partial file.
@@ -90,15 +103,15 @@ impl Sink {
         };
         let create = |p: &PathBuf| create_file(p);
         let writer = match (cfg.format, &target) {
-            (OutputFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
-            (OutputFormat::Parquet, Some(p)) => {
+            (FileFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
+            (FileFormat::Parquet, Some(p)) => {
                 // Dictionaries pay off for keys (repeated) but not for predictions (nearly
                 // all distinct): dictionary-encoding float columns took 36% of a run's time.
                 let props = WriterProperties::builder()
                     .set_compression(match cfg.compression {
-                        crate::pipeline::config::Compression::Snappy => Compression::SNAPPY,
-                        crate::pipeline::config::Compression::Zstd => Compression::ZSTD(ZstdLevel::default()),
-                        crate::pipeline::config::Compression::None => Compression::UNCOMPRESSED,
+                        crate::vocab::Compression::Snappy => Compression::SNAPPY,
+                        crate::vocab::Compression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+                        crate::vocab::Compression::None => Compression::UNCOMPRESSED,
                     })
                     .set_max_row_group_row_count(Some(cfg.row_group_rows))
                     .set_dictionary_enabled(false)
@@ -108,7 +121,7 @@ impl Sink {
                     .map_err(|e| out_err(p, e))?;
                 Writer::Parquet(Box::new(w))
             }
-            (OutputFormat::Csv, t) => {
+            (FileFormat::Csv, t) => {
                 // Unbuffered: arrow's CSV writer pushes every batch through to it anyway.
                 let raw: Box<dyn Write + Send> = match t {
                     Some(p) => Box::new(create(p)?),
@@ -118,7 +131,7 @@ impl Sink {
                     arrow::csv::WriterBuilder::new().with_header(true).build(raw),
                 ))
             }
-            (OutputFormat::Jsonl, t) => {
+            (FileFormat::Jsonl, t) => {
                 let raw: Box<dyn Write + Send> = match t {
                     Some(p) => Box::new(BufWriter::with_capacity(1 << 20, create(p)?)),
                     None => Box::new(BufWriter::new(std::io::stdout())),

@@ -203,10 +203,7 @@ fn sigterm_while_clients_send_processes_everything_accepted() {
         .count();
     assert_eq!(written, rows, "{rest}");
     assert!(
-        rest.contains(&format!(
-            "-> {} predictions",
-            seqflow::model::summary::group_digits(rows)
-        )),
+        rest.contains(&format!("-> {} predictions", seqflow::vocab::group_digits(rows))),
         "{rest}"
     );
 }

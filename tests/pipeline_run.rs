@@ -122,7 +122,7 @@ fn every_step_equals_offline_per_key_for_any_worker_count() {
     );
     let p = p.to_str().unwrap();
     let summary = run_ok(&["run", p]);
-    let n = seqflow::model::summary::group_digits(rows.len());
+    let n = seqflow::vocab::group_digits(rows.len());
     assert!(summary.contains(&format!("{n} rows from 3 files")), "{summary}");
     assert!(summary.contains("40 keys"), "{summary}");
     let got = read_csv(&dir.path().join("out/w1.csv"));

@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use seqflow::model::builder::SplitMix;
 use seqflow::model::config::ModelConfig;
 use seqflow::model::weights::WeightStore;
 use seqflow::train::init::init_tensors;
 use seqflow::train::net::{build, Net};
 use seqflow::train::seq::Seq;
+use seqflow::vocab::SplitMix;
 use seqflow::Model;
 
 const INPUT: usize = 3;

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::pipeline::*;
-use seqflow::model::builder::SplitMix;
+use seqflow::vocab::SplitMix;
 use seqflow::Model;
 
 /// `keys` sequences of `steps`: features f0, f1 uniform in [-1, 1]; f2 = f0[t] + f1[t-1] -
@@ -340,7 +340,9 @@ loss_csv = "out/loss.csv"
         p
     };
     let cfg = write(true, "error");
-    fails(d, &cfg, "row 67: feature `f0` is NaN"); // 0-based data row: keys 0..2 x 20, then t = 7
+    // Named as a pipeline names it (the same reader): line 69 is data row 67 (keys 0..2 x 20,
+    // then k3's t = 0..6) after the header.
+    fails(d, &cfg, "line 69: feature `f0` is NaN");
 
     let cfg = write(true, "ffill");
     let first = run_ok(&["train", cfg.to_str().unwrap(), "--epochs", "8"]);

@@ -12,41 +12,7 @@ use super::config::ModelConfig;
 use super::weights::{Tensor, WeightStore};
 use super::Model;
 use crate::error::{Error, Result};
-
-/// A small deterministic generator (splitmix64), so seeds give the same weights everywhere.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in `[-bound, bound)`.
-    pub fn uniform(&mut self, bound: f32) -> f32 {
-        (self.next_f32() * 2.0 - 1.0) * bound
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u1 = self.next_f32().max(1e-7);
-        let u2 = self.next_f32();
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-    }
-}
+use crate::vocab::SplitMix;
 
 /// Accumulates a model TOML and its tensors.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::vocab::{clean_join, one_line};
 
 /// The parsed model file, before any weight is read.
 #[derive(Debug, Clone)]
@@ -273,7 +274,7 @@ impl ModelConfig {
         let base = path.parent().unwrap_or(Path::new(""));
         Ok(ModelConfig {
             path: path.to_path_buf(),
-            weights: raw.weights.map(|w| crate::pipeline::config::clean_join(base, &w)),
+            weights: raw.weights.map(|w| clean_join(base, &w)),
             input_size: raw.input_size,
             layers,
         })
@@ -418,13 +419,4 @@ fn pool(max: bool, kernel: usize, stride: Option<usize>) -> Result<LayerKindConf
     let kernel = positive("kernel", kernel)?;
     let stride = positive("stride", stride.unwrap_or(kernel))?;
     Ok(LayerKindConfig::Pool { max, kernel, stride })
-}
-
-/// toml's messages span several lines with a source excerpt; keep them to one paragraph.
-pub(crate) fn one_line(s: &str) -> String {
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

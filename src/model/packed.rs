@@ -127,6 +127,29 @@ impl Packed {
         }
     }
 
+    /// [`Packed::build`], then step `t` of sequence `s` copied from `row(s, t)`: the one
+    /// packing loop of every driver.
+    pub fn pack<'a>(&mut self, width: usize, lens: &[usize], row: impl Fn(usize, usize) -> &'a [f32]) {
+        self.build(width, lens);
+        for (s, &n) in lens.iter().enumerate() {
+            for t in 0..n {
+                self.row_mut(s, t).copy_from_slice(row(s, t));
+            }
+        }
+    }
+
+    /// Per sequence id, the row of its last output (`None` for a sequence without output).
+    pub fn last_rows(&self) -> Vec<Option<usize>> {
+        let l = &self.layout;
+        let mut last = vec![None; l.len()];
+        for pos in 0..l.len() {
+            if let Some(t) = (l.lens[pos] as usize).checked_sub(1) {
+                last[l.seq[pos] as usize] = Some(l.row(pos, t));
+            }
+        }
+        last
+    }
+
     /// The input row for step `t` of sequence `seq` (as numbered in `build`).
     #[inline]
     pub fn row_mut(&mut self, seq: usize, t: usize) -> &mut [f32] {

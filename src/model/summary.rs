@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::config::{CellKind, Nonlinearity, Padding};
 use super::{Layer, Model};
+use crate::vocab::group_digits;
 
 /// Timing of a model's outputs relative to its input steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,19 +115,6 @@ fn layer_detail(layer: &Layer) -> String {
             s
         }
     }
-}
-
-/// Thousands separators for counts shown to people.
-pub fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The `inspect` report.

@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
 
-use crate::dataflow::{Collect, ToSink, ViewChange};
+use crate::dataflow::Collect;
 use crate::error::{Error, Result};
+use crate::input::arrow::describe_row;
+use crate::input::files::Plan;
 use crate::latency::Histogram;
-use crate::pipeline::config::OutputConfig;
-use crate::record::{KeyColumn, Reject, SinkMsg, Stats};
-use crate::sink::{OutputSchema, RejectsWriter, Sink, SinkHandle};
-use crate::source::files::Plan;
-use crate::source::live::now_us;
+use crate::record::{KeyColumn, Reject, SinkMsg, Stats, ToSink};
+use crate::sink::{OutputFile, OutputSchema, RejectsWriter, Sink, SinkHandle};
+use crate::views::flow::ViewChange;
 use crate::views::output::ViewOutputs;
+use crate::vocab::now_us;
 
 /// How rejects name where they came from.
 pub enum Namer {
@@ -29,7 +30,7 @@ impl Namer {
         match self {
             Namer::Files(plan) => (
                 plan.files[r.source as usize].path.display().to_string(),
-                plan.describe_row(r.row),
+                describe_row(plan.format, r.row),
             ),
             Namer::Live(names) => (
                 names
@@ -48,7 +49,7 @@ impl Namer {
 /// prediction (live: the key type comes from the first line).
 pub enum SinkSlot {
     Open(SinkHandle),
-    Lazy(OutputConfig, OutputSchema),
+    Lazy(OutputFile, OutputSchema),
     Failed,
 }
 

@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::config::one_line;
+use crate::input::files::FileSource;
+use crate::input::live::{LiveSource, Transport};
+use crate::input::Columns;
 use crate::model::Model;
+use crate::sink::OutputFile;
+use crate::vocab::{clean_join, one_line, Compression, Emit, FileFormat, LineFormat, NanPolicy, Normalize};
 
-/// Input formats.
+/// The `format` of `[source]`: a file format or a live transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SourceFormat {
+enum RawFormat {
     Parquet,
     Csv,
     Jsonl,
@@ -20,67 +24,10 @@ pub enum SourceFormat {
     Stdin,
 }
 
-impl SourceFormat {
-    pub fn is_live(self) -> bool {
-        matches!(self, SourceFormat::Tcp | SourceFormat::Stdin)
-    }
-}
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Parquet,
-    Csv,
-    Jsonl,
-}
-
-/// What to do with a NaN or infinite feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NanPolicy {
-    /// Stop with an error naming the file, row and column.
-    #[default]
-    Error,
-    /// Drop the step (counted, and written to the rejects file).
-    Skip,
-    /// Replace the value by 0 (the mean, after normalization).
-    Zero,
-    /// Replace the value by the key's last finite value of that feature (0 if none yet).
-    Ffill,
-}
-
-/// Line format of live sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LineFormat {
-    Jsonl,
-    Csv,
-}
-
-/// When predictions are emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Emit {
-    /// Each step's output as soon as its epoch is processed (causal models only).
-    EveryStep,
-    /// When a key's sequence ends: the last output, or every step's with `all_steps`.
-    SequenceEnd { all_steps: bool },
-    /// Every `hop` steps, the key's last `size` steps run from a fresh state.
-    Window { size: usize, hop: usize },
-}
-
-/// Per-feature `(x - mean) / std`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Normalize {
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    format: SourceFormat,
+    format: RawFormat,
     path: Option<String>,
     key: String,
     time: String,
@@ -115,7 +62,7 @@ enum RawEmit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOutput {
-    format: OutputFormat,
+    format: FileFormat,
     path: String,
     names: Option<Vec<String>>,
     emit: Option<RawEmit>,
@@ -124,18 +71,6 @@ struct RawOutput {
     hop: Option<usize>,
     row_group_rows: Option<usize>,
     compression: Option<Compression>,
-}
-
-/// Parquet compression of the output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// Fast; predictions (float noise) barely compress anyway.
-    #[default]
-    Snappy,
-    /// Smaller files, slower writes (zstd level 1).
-    Zstd,
-    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,43 +86,47 @@ struct RawPipeline {
 /// Source settings, paths resolved.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    pub format: SourceFormat,
-    /// File, directory or glob (file formats).
-    pub path: Option<PathBuf>,
-    pub key: String,
-    pub time: String,
-    pub features: Vec<String>,
-    pub normalize: Option<Normalize>,
-    pub nan: NanPolicy,
+    /// Key, time, features and their preparation.
+    pub columns: Columns,
+    /// Where late, duplicate and malformed steps are written.
     pub rejects: Option<PathBuf>,
-    pub listen: String,
-    pub lines: LineFormat,
-    pub columns: Option<Vec<String>>,
-    pub epoch_ms: u64,
-    pub idle_timeout_ms: Option<u64>,
-    /// Rows per record batch read from files (one timely epoch each).
+    /// Rows per record batch read from files (one epoch each); live: the most rows an epoch
+    /// takes before it closes early.
     pub batch_rows: usize,
-    pub max_line_bytes: usize,
+    /// Files or a live stream.
+    pub kind: SourceKind,
+}
+
+/// The two kinds of source: each carries only the settings that apply to it.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// Parquet, CSV or JSON-lines files.
+    Files(FileSource),
+    /// Lines from TCP clients or stdin.
+    Live(LiveSource),
 }
 
 /// Output settings, paths resolved.
 #[derive(Debug, Clone)]
 pub struct OutputConfig {
-    pub format: OutputFormat,
-    /// `None` = stdout (`path = "-"`).
-    pub path: Option<PathBuf>,
+    /// The file and its format.
+    pub file: OutputFile,
+    /// One name per model output.
     pub names: Vec<String>,
+    /// When predictions are emitted.
     pub emit: Emit,
-    pub row_group_rows: usize,
-    pub compression: Compression,
 }
 
 /// A parsed, validated pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// The pipeline file.
     pub path: PathBuf,
+    /// `[source]`.
     pub source: SourceConfig,
+    /// `[model] path`, resolved.
     pub model_path: PathBuf,
+    /// `[output]`.
     pub output: OutputConfig,
     /// `[[views]]` tables, parsed by the views module.
     pub views: Vec<toml::Value>,
@@ -196,17 +135,28 @@ pub struct PipelineConfig {
 /// Command-line overrides (relative to the working directory).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--input`: a file, directory or glob instead of `[source] path`.
     pub input: Option<PathBuf>,
+    /// `--output`: instead of `[output] path` (`-` for stdout).
     pub output: Option<PathBuf>,
 }
 
 impl PipelineConfig {
+    /// The live settings, if the source is live.
+    pub fn live(&self) -> Option<&LiveSource> {
+        match &self.source.kind {
+            SourceKind::Live(l) => Some(l),
+            SourceKind::Files(_) => None,
+        }
+    }
+
     /// Reads a pipeline file and applies `--input` / `--output`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<PipelineConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, path, overrides)
     }
 
+    /// Parses pipeline text; `path` resolves relative paths and names the file in messages.
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<PipelineConfig> {
         let err = |msg: String| Error::PipelineConfig {
             path: path.to_path_buf(),
@@ -216,107 +166,92 @@ impl PipelineConfig {
         let base = path.parent().unwrap_or(Path::new(""));
         let rel = |p: &str| clean_join(base, p);
         let s = raw.source;
-        if s.features.is_empty() {
-            return Err(err(
-                "[source] features is empty: name the model's input columns in order".into(),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for f in &s.features {
-            if !seen.insert(f) {
-                return Err(err(format!("[source] features lists `{f}` twice")));
-            }
-        }
-        for (what, col) in [("key", &s.key), ("time", &s.time)] {
-            if s.features.contains(col) {
-                return Err(err(format!(
-                    "[source] {what} column `{col}` is also listed as a feature"
-                )));
-            }
-        }
-        if s.key == s.time {
-            return Err(err(format!(
-                "[source] key and time are the same column `{}`",
-                s.key
-            )));
-        }
-        if let Some(n) = &s.normalize {
-            let k = s.features.len();
-            if n.mean.len() != k || n.std.len() != k {
-                return Err(err(format!(
-                    "[source] normalize has {} means and {} stds for {k} features",
-                    n.mean.len(),
-                    n.std.len()
-                )));
-            }
-            if let Some(i) = n.std.iter().position(|&v| !(v.is_finite() && v > 0.0)) {
-                return Err(err(format!(
-                    "[source] normalize.std[{i}] (feature `{}`) is {}; it must be a positive number",
-                    s.features[i], n.std[i]
-                )));
-            }
-            if let Some(i) = n.mean.iter().position(|v| !v.is_finite()) {
-                return Err(err(format!("[source] normalize.mean[{i}] is not finite")));
-            }
-        }
-        let live = s.format.is_live();
-        let path_field = match (&overrides.input, &s.path) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(p)) => Some(rel(p)),
-            (None, None) if !live => {
-                return Err(err(format!(
-                    "[source] format = \"{}\" needs `path` (a file, a directory or a glob) or --input",
-                    format_name(s.format)
-                )))
-            }
-            (None, None) => None,
-        };
-        if s.format == SourceFormat::Tcp && s.listen.is_none() {
-            return Err(err(
-                "[source] format = \"tcp\" needs `listen = \"127.0.0.1:PORT\"`".into(),
-            ));
-        }
-        if !live {
-            for (name, set) in [
-                ("listen", s.listen.is_some()),
-                ("lines", s.lines.is_some()),
-                ("epoch_ms", s.epoch_ms.is_some()),
-                ("idle_timeout_ms", s.idle_timeout_ms.is_some()),
-            ] {
-                if set {
-                    return Err(err(format!(
-                        "[source] `{name}` applies to live sources (tcp, stdin) only"
-                    )));
-                }
-            }
-        }
-        if s.columns.is_some() && !(s.format == SourceFormat::Csv || s.lines == Some(LineFormat::Csv)) {
-            return Err(err("[source] `columns` applies to csv input only".into()));
-        }
-        if s.epoch_ms == Some(0) {
-            return Err(err("[source] epoch_ms must be at least 1".into()));
-        }
-        // `--input x.csv` on a Parquet pipeline means CSV: a known extension picks the format.
-        let format = match (&overrides.input, s.format.is_live()) {
-            (Some(p), false) => input_format_from_extension(p).unwrap_or(s.format),
-            _ => s.format,
-        };
-        let source = SourceConfig {
-            format,
-            path: path_field,
+        let columns = Columns {
             key: s.key,
             time: s.time,
             features: s.features,
             normalize: s.normalize,
             nan: s.nan,
+        };
+        columns.check().map_err(|m| err(format!("[source] {m}")))?;
+        let file_format = match s.format {
+            RawFormat::Parquet => Some(FileFormat::Parquet),
+            RawFormat::Csv => Some(FileFormat::Csv),
+            RawFormat::Jsonl => Some(FileFormat::Jsonl),
+            RawFormat::Tcp | RawFormat::Stdin => None,
+        };
+        if s.columns.is_some() && s.lines != Some(LineFormat::Csv) {
+            return Err(err(
+                "[source] `columns` names the fields of a headerless live csv stream (lines = \"csv\")"
+                    .into(),
+            ));
+        }
+        let kind = match file_format {
+            Some(format) => {
+                for (name, set) in [
+                    ("listen", s.listen.is_some()),
+                    ("lines", s.lines.is_some()),
+                    ("epoch_ms", s.epoch_ms.is_some()),
+                    ("idle_timeout_ms", s.idle_timeout_ms.is_some()),
+                    ("max_line_bytes", s.max_line_bytes.is_some()),
+                ] {
+                    if set {
+                        return Err(err(format!(
+                            "[source] `{name}` applies to live sources (tcp, stdin) only"
+                        )));
+                    }
+                }
+                let path = match (&overrides.input, &s.path) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(p)) => rel(p),
+                    (None, None) => return Err(err(format!(
+                        "[source] format = \"{}\" needs `path` (a file, a directory or a glob) or --input",
+                        format.name()
+                    ))),
+                };
+                // `--input x.csv` on a Parquet pipeline means CSV: a known extension picks the format.
+                let format = match &overrides.input {
+                    Some(p) => FileFormat::from_path(p).unwrap_or(format),
+                    None => format,
+                };
+                SourceKind::Files(FileSource { format, path })
+            }
+            None => {
+                let transport = match (s.format, s.listen) {
+                    (RawFormat::Tcp, Some(listen)) => Transport::Tcp { listen },
+                    (RawFormat::Tcp, None) => {
+                        return Err(err(
+                            "[source] format = \"tcp\" needs `listen = \"127.0.0.1:PORT\"`".into(),
+                        ))
+                    }
+                    (_, Some(_)) => {
+                        return Err(err("[source] `listen` applies to format = \"tcp\" only".into()))
+                    }
+                    _ => Transport::Stdin,
+                };
+                if s.epoch_ms == Some(0) {
+                    return Err(err("[source] epoch_ms must be at least 1".into()));
+                }
+                if s.path.is_some() || overrides.input.is_some() {
+                    return Err(err(
+                        "[source] `path` and --input apply to file sources only; a live source reads its stream".into(),
+                    ));
+                }
+                SourceKind::Live(LiveSource {
+                    transport,
+                    lines: s.lines.unwrap_or(LineFormat::Jsonl),
+                    header: s.columns,
+                    epoch_ms: s.epoch_ms.unwrap_or(5),
+                    idle_timeout_ms: s.idle_timeout_ms,
+                    max_line_bytes: s.max_line_bytes.unwrap_or(1 << 20),
+                })
+            }
+        };
+        let source = SourceConfig {
+            columns,
             rejects: s.rejects.map(|p| rel(&p)),
-            listen: s.listen.unwrap_or_else(|| "127.0.0.1:7600".into()),
-            lines: s.lines.unwrap_or(LineFormat::Jsonl),
-            columns: s.columns,
-            epoch_ms: s.epoch_ms.unwrap_or(5),
-            idle_timeout_ms: s.idle_timeout_ms,
             batch_rows: s.batch_rows.unwrap_or(65_536).max(1),
-            max_line_bytes: s.max_line_bytes.unwrap_or(1 << 20),
+            kind,
         };
 
         let o = raw.output;
@@ -348,7 +283,7 @@ impl PipelineConfig {
             ));
         }
         let out_format = match &overrides.output {
-            Some(p) => output_format_from_extension(p).unwrap_or(o.format),
+            Some(p) => FileFormat::from_path(p).unwrap_or(o.format),
             None => o.format,
         };
         let out_path = match (&overrides.output, o.path.as_str()) {
@@ -357,20 +292,22 @@ impl PipelineConfig {
             (None, "-") => None,
             (None, p) => Some(rel(p)),
         };
-        if out_path.is_none() && out_format == OutputFormat::Parquet {
+        if out_path.is_none() && out_format == FileFormat::Parquet {
             return Err(err(
                 "[output] parquet cannot be written to stdout (path = \"-\"); use csv or jsonl".into(),
             ));
         }
         let names = o.names.unwrap_or_default();
         let output = OutputConfig {
-            format: out_format,
-            path: out_path,
+            file: OutputFile {
+                format: out_format,
+                path: out_path,
+                // Row groups are buffered in memory until full: 128k rows bounds that for wide outputs.
+                row_group_rows: o.row_group_rows.unwrap_or(1 << 17).max(1),
+                compression: o.compression.unwrap_or_default(),
+            },
             names,
             emit,
-            // Row groups are buffered in memory until full: 128k rows bounds that for wide outputs.
-            row_group_rows: o.row_group_rows.unwrap_or(1 << 17).max(1),
-            compression: o.compression.unwrap_or_default(),
         };
         Ok(PipelineConfig {
             path: path.to_path_buf(),
@@ -388,7 +325,7 @@ impl PipelineConfig {
             path: self.path.clone(),
             msg,
         };
-        let k = self.source.features.len();
+        let k = self.source.columns.features.len();
         if k != model.input_size() {
             return Err(err(format!(
                 "[source] lists {k} features but model {} takes {} inputs per step",
@@ -407,7 +344,7 @@ impl PipelineConfig {
             )));
         }
         for name in &self.output.names {
-            if name == &self.source.key || name == &self.source.time {
+            if name == &self.source.columns.key || name == &self.source.columns.time {
                 return Err(err(format!(
                     "[output] name `{name}` collides with the key or time column"
                 )));
@@ -421,62 +358,5 @@ impl PipelineConfig {
             })?;
         }
         Ok(())
-    }
-}
-
-/// `base/p` with `.` and `dir/..` removed lexically, so messages show `out/x.parquet`
-/// rather than `pipelines/../out/x.parquet`. Absolute `p` wins, as with `Path::join`.
-pub fn clean_join(base: &Path, p: &str) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in base.join(p).components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            c => out.push(c.as_os_str()),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
-}
-
-fn extension(p: &Path) -> String {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
-/// The output format a command-line path asks for by its extension.
-pub fn output_format_from_extension(p: &Path) -> Option<OutputFormat> {
-    match extension(p).as_str() {
-        "parquet" | "pq" => Some(OutputFormat::Parquet),
-        "csv" => Some(OutputFormat::Csv),
-        "jsonl" | "json" | "ndjson" => Some(OutputFormat::Jsonl),
-        _ => None,
-    }
-}
-
-/// The input format a command-line file path asks for by its extension.
-pub fn input_format_from_extension(p: &Path) -> Option<SourceFormat> {
-    match extension(p).as_str() {
-        "parquet" | "pq" => Some(SourceFormat::Parquet),
-        "csv" => Some(SourceFormat::Csv),
-        "jsonl" | "json" | "ndjson" => Some(SourceFormat::Jsonl),
-        _ => None,
-    }
-}
-
-pub fn format_name(f: SourceFormat) -> &'static str {
-    match f {
-        SourceFormat::Parquet => "parquet",
-        SourceFormat::Csv => "csv",
-        SourceFormat::Jsonl => "jsonl",
-        SourceFormat::Tcp => "tcp",
-        SourceFormat::Stdin => "stdin",
     }
 }

@@ -4,101 +4,101 @@
 //! parsed, and closes the open epoch every `epoch_ms` (or sooner when `batch_rows` rows are
 //! waiting), so a step's prediction is emitted within a few milliseconds of its arrival.
 //! Every other worker closes its input at once, leaving worker 0's clock to drive the
-//! frontier. SIGINT/SIGTERM stop the readers; what they had accepted is processed, the
-//! output flushed and closed, the summary printed, and the run exits 0.
+//! frontier. When the run's stop flag is set (the binary sets it on SIGINT/SIGTERM) the
+//! readers stop; what they had accepted is processed, the output flushed and closed, and the
+//! run ends normally with its report.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use super::collect::{Collector, Namer, SinkSlot};
-use super::config::{LineFormat, PipelineConfig, SourceFormat};
-use super::run::{execute, Feed, RunOptions, RunReport};
+use super::collect::{Namer, SinkSlot};
+use super::config::PipelineConfig;
+use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
+use super::report::{count, Event, RunReport};
 use crate::error::{Error, Result};
+use crate::input::live::{LiveSource, Readers, Transport};
 use crate::model::Model;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::{OutputSchema, RejectsWriter};
-use crate::source::live::LiveSource;
+use crate::sink::OutputSchema;
 
 /// How often a live run looks for changed side tables.
 const SIDE_RELOAD: Duration = Duration::from_millis(500);
 /// After a stop, how long to wait for readers to hand over what they had read.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Result<Option<RunReport>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::Runtime(format!("signal handler: {e}")))?;
-    }
+/// Runs a pipeline over a live source until the input ends or the stop flag is set.
+pub(super) fn run(
+    cfg: PipelineConfig,
+    source: LiveSource,
+    model: Arc<Model>,
+    opts: &RunOptions,
+) -> Result<Option<RunReport>> {
+    let stop = opts.stop.clone();
     let peers = opts.workers * opts.processes;
-    // Views and their outputs first: once "listening" is printed, every output exists.
-    let (view_setup, view_outputs) = super::run::setup_views(&cfg, opts, true, None)?;
-    let mut collector = None;
+    // Views and their outputs first: once the source is listening, every output exists.
+    let (view_setup, view_outputs) = setup_views(&cfg, opts, true, None)?;
     let mut names = None;
-    let mut source = None;
-    if opts.process == 0 {
+    let mut readers = None;
+    let open = || {
         // Output problems fail the run before any client connects.
-        if let Some(p) = &cfg.output.path {
+        if let Some(p) = &cfg.output.file.path {
             crate::sink::create_file(p)?;
         }
-        let rejects = cfg
-            .source
-            .rejects
-            .as_deref()
-            .map(RejectsWriter::create)
-            .transpose()?;
-        let src = LiveSource::start(&cfg.source, peers, stop.clone())?;
-        match (cfg.source.format, src.local_addr) {
-            (SourceFormat::Tcp, Some(addr)) => {
-                eprintln!(
-                    "seqflow: listening on {addr} ({} lines); Ctrl-C or SIGTERM to stop",
-                    line_name(cfg.source.lines)
-                )
-            }
-            _ => eprintln!(
-                "seqflow: reading {} lines from stdin",
-                line_name(cfg.source.lines)
-            ),
-        }
         let schema = OutputSchema {
-            key_name: cfg.source.key.clone(),
+            key_name: cfg.source.columns.key.clone(),
             key_type: arrow::datatypes::DataType::Utf8, // decided by the first line
-            time_name: cfg.source.time.clone(),
+            time_name: cfg.source.columns.time.clone(),
             time_type: arrow::datatypes::DataType::Int64,
             names: cfg.output.names.clone(),
         };
-        names = Some(src.names.clone());
-        collector = Some(Collector::new(
-            SinkSlot::Lazy(cfg.output.clone(), schema),
-            rejects,
-            Namer::Live(src.names.clone()),
-            true,
-        ));
-        source = Some(src);
-    }
-    if let Some(c) = collector.as_mut() {
-        c.views = view_outputs;
-    }
+        Ok(SinkSlot::Lazy(cfg.output.file.clone(), schema))
+    };
+    let collector = match collector(
+        &cfg,
+        opts,
+        open,
+        Namer::Live(Default::default()),
+        true,
+        view_outputs,
+    )? {
+        Some(mut c) => {
+            let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone())?;
+            let addr = matches!(source.transport, Transport::Tcp { .. })
+                .then_some(src.local_addr)
+                .flatten();
+            (opts.observer)(&Event::Listening {
+                addr,
+                lines: source.lines,
+            });
+            c.namer = Namer::Live(src.names.clone());
+            names = Some(src.names.clone());
+            readers = Some(src);
+            Some(c)
+        }
+        None => None,
+    };
     let tables = Arc::new(Mutex::new(if opts.process == 0 && !view_setup.specs.is_empty() {
         Some(crate::views::SideTables::load(&view_setup.specs)?)
     } else {
         None
     }));
-    let source = Arc::new(Mutex::new(source));
-    let epoch = Duration::from_millis(cfg.source.epoch_ms);
+    let readers = Arc::new(Mutex::new(readers));
+    let epoch = Duration::from_millis(source.epoch_ms);
     let max_rows = cfg.source.batch_rows;
-    let output_path = cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("-"));
-    let rejects_path = cfg.source.rejects.clone();
     let start = Instant::now();
     let feed: Arc<Feed> = {
-        let (source, stop, tables) = (source.clone(), stop.clone(), tables.clone());
+        let (readers, stop, tables, observer) = (
+            readers.clone(),
+            stop.clone(),
+            tables.clone(),
+            opts.observer.clone(),
+        );
         Arc::new(move |worker, input, mut side, probe, collector| {
             let Some(src) = (if worker.index() == 0 {
-                source.lock().expect("source").take()
+                readers.lock().expect("readers").take()
             } else {
                 None
             }) else {
@@ -119,7 +119,7 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
                         for r in &lb.rejects {
                             stats.count_reject(r.reason);
                         }
-                        stats.rows_read += lb.lines;
+                        stats.rows_read += lb.rows;
                         for (dest, b) in lb.batches.into_iter().enumerate() {
                             if !b.is_empty() {
                                 rows += b.len();
@@ -147,7 +147,8 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
                                 side.send((row, now_epoch, diff));
                             }
                             for e in errors {
-                                eprintln!("seqflow: warning: side table not reloaded (keeping the previous one): {e}");
+                                let msg = format!("side table not reloaded (keeping the previous one): {e}");
+                                observer(&Event::Warning(&msg));
                             }
                         }
                     }
@@ -181,29 +182,16 @@ pub fn run_live(cfg: PipelineConfig, model: Arc<Model>, opts: &RunOptions) -> Re
             Ok(stats)
         })
     };
-    let (collected, error) = execute(opts, Arc::new(cfg), model, None, collector, view_setup, feed)?;
+    let cfg = Arc::new(cfg);
+    let (collected, error) = execute(opts, cfg.clone(), model, None, collector, view_setup, feed)?;
+    (opts.observer)(&Event::Finished);
     if let Some(e) = error {
         return Err(Error::Runtime(e));
     }
     let Some(c) = collected else { return Ok(None) };
-    let connections = names.map(|n| n.lock().expect("names").len()).unwrap_or(0);
-    Ok(Some(RunReport {
-        stats: c.stats,
-        elapsed: start.elapsed(),
-        output: output_path,
-        rejects: rejects_path.zip(c.rejects),
-        workers: opts.workers * opts.processes,
-        source: format!(
-            "{connections} connection{}",
-            if connections == 1 { "" } else { "s" }
-        ),
-        latency: Some(c.latency),
-    }))
-}
-
-fn line_name(l: LineFormat) -> &'static str {
-    match l {
-        LineFormat::Jsonl => "jsonl",
-        LineFormat::Csv => "csv",
-    }
+    let source = match &source.transport {
+        Transport::Stdin => "stdin".to_string(),
+        Transport::Tcp { .. } => count(names.map_or(0, |n| n.lock().expect("names").len()), "connection"),
+    };
+    Ok(Some(report(&cfg, opts, c, start, source, true)))
 }

@@ -1,6 +1,32 @@
-//! Pipelines: the pipeline file, and running one (`seqflow run`) over files or a live source.
+//! Pipelines: the pipeline file, and running one (`seqflow run`). Two drivers, files and
+//! live, are peers over one executor ([`exec`]); [`run`] picks one by the source's kind.
 
 pub mod collect;
 pub mod config;
-pub mod live;
-pub mod run;
+pub mod exec;
+mod files;
+mod live;
+pub mod report;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::{Overrides, PipelineConfig};
+pub use exec::RunOptions;
+pub use report::{Event, Observer, RunReport};
+
+use crate::error::Result;
+use crate::model::Model;
+use config::SourceKind;
+
+/// Runs a pipeline file: loads and checks it against its model, then runs it over its files
+/// or its live stream. Returns the report on process 0, `None` on the others.
+pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
+    let mut cfg = PipelineConfig::load(pipeline, &opts.overrides)?;
+    let model = Arc::new(Model::load(&cfg.model_path)?);
+    cfg.check_model(&model)?;
+    match cfg.source.kind.clone() {
+        SourceKind::Files(source) => files::run(cfg, source, model, opts),
+        SourceKind::Live(source) => live::run(cfg, source, model, opts),
+    }
+}

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::config::one_line;
-use crate::pipeline::config::{clean_join, NanPolicy, Normalize, SourceFormat};
+use crate::input::files::FileSource;
+use crate::input::Columns;
+use crate::vocab::{clean_join, one_line, FileFormat, NanPolicy, Normalize};
 
 /// What the model learns.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,14 +21,6 @@ pub enum Task {
     Classify { label: String },
     /// One class per step.
     Tag { label: String },
-}
-
-/// `normalize = "auto"` or explicit statistics.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NormalizeSpec {
-    None,
-    Auto,
-    Fixed(Normalize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -44,13 +37,14 @@ pub struct TrainConfig {
     pub model: PathBuf,
     /// Start from fresh weights even if the weights file exists.
     pub init: bool,
-    pub format: SourceFormat,
-    pub data: PathBuf,
-    pub key: String,
-    pub time: String,
-    pub features: Vec<String>,
-    pub normalize: NormalizeSpec,
-    pub nan: NanPolicy,
+    /// The data files.
+    pub data: FileSource,
+    /// Key, time, features and their preparation, as a pipeline's `[source]` has them
+    /// (`normalize` fixed, or filled in by `normalize = "auto"`).
+    pub columns: Columns,
+    /// `normalize = "auto"`: fit the statistics on the training keys.
+    pub auto_normalize: bool,
+    /// What the model learns.
     pub task: Task,
     pub pos_weight: f64,
     pub epochs: usize,
@@ -93,7 +87,7 @@ struct RawModel {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawData {
-    format: Option<SourceFormat>,
+    format: Option<FileFormat>,
     path: String,
     key: String,
     time: String,
@@ -138,11 +132,13 @@ struct RawOutput {
 }
 
 impl TrainConfig {
+    /// Reads and parses a training file.
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, path)
     }
 
+    /// Parses training TOML; `path` resolves relative paths and names the file in messages.
     pub fn parse(text: &str, path: &Path) -> Result<TrainConfig> {
         let err = |msg: String| Error::PipelineConfig {
             path: path.to_path_buf(),
@@ -152,42 +148,28 @@ impl TrainConfig {
         let base = path.parent().unwrap_or(Path::new(""));
         let join = |p: &str| clean_join(base, p);
         let d = raw.data;
-        if d.features.is_empty() {
-            return Err(err(
-                "[data] features is empty: name at least one feature column".into()
-            ));
-        }
-        let format = match d.format {
-            Some(f @ (SourceFormat::Parquet | SourceFormat::Csv)) => f,
-            Some(f) => {
-                return Err(err(format!(
-                    "[data] format {f:?} is not supported for training (parquet or csv)"
-                )))
-            }
-            None if d.path.to_ascii_lowercase().ends_with(".csv") => SourceFormat::Csv,
-            None => SourceFormat::Parquet,
-        };
-        let normalize = match d.normalize {
-            None => NormalizeSpec::None,
-            Some(toml::Value::String(s)) if s == "auto" => NormalizeSpec::Auto,
+        let format = d
+            .format
+            .or_else(|| FileFormat::from_path(Path::new(&d.path)))
+            .unwrap_or(FileFormat::Parquet);
+        let (normalize, auto_normalize) = match d.normalize {
+            None => (None, false),
+            Some(toml::Value::String(s)) if s == "auto" => (None, true),
             Some(v) => {
                 let n: Normalize = v.try_into().map_err(|e: toml::de::Error| {
                     err(format!("[data] normalize: {}", one_line(&e.to_string())))
                 })?;
-                if n.mean.len() != d.features.len() || n.std.len() != d.features.len() {
-                    return Err(err(format!(
-                        "[data] normalize has {} means and {} stds for {} features",
-                        n.mean.len(),
-                        n.std.len(),
-                        d.features.len()
-                    )));
-                }
-                if n.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
-                    return Err(err("[data] normalize: every std must be > 0".into()));
-                }
-                NormalizeSpec::Fixed(n)
+                (Some(n), false)
             }
         };
+        let columns = Columns {
+            key: d.key,
+            time: d.time,
+            features: d.features,
+            normalize,
+            nan: d.nan,
+        };
+        columns.check().map_err(|m| err(format!("[data] {m}")))?;
         let t = raw.task;
         let need = |what: Option<Vec<String>>, kind: &str| -> Result<Vec<String>> {
             match what {
@@ -250,13 +232,12 @@ impl TrainConfig {
             path: path.to_path_buf(),
             model: join(&raw.model.path),
             init: raw.model.init,
-            format,
-            data: join(&d.path),
-            key: d.key,
-            time: d.time,
-            features: d.features,
-            normalize,
-            nan: d.nan,
+            data: FileSource {
+                format,
+                path: join(&d.path),
+            },
+            columns,
+            auto_normalize,
             task,
             pos_weight: t.pos_weight.unwrap_or(1.0),
             epochs: positive("epochs", tr.epochs, 10)?,

@@ -5,9 +5,9 @@
 //! `out_features`, `hidden_size`, `num_layers`, `bidirectional`, `proj_size`, `bias`).
 
 use crate::error::{Error, Result};
-use crate::model::builder::SplitMix;
 use crate::model::config::{CellKind, LayerConfig, LayerKindConfig, ModelConfig};
 use crate::model::weights::Tensor;
+use crate::vocab::SplitMix;
 
 /// The tensors of a freshly initialized model, in PyTorch's state_dict order.
 pub fn init_tensors(config: &ModelConfig, input_size: usize, seed: u64) -> Result<Vec<(String, Tensor)>> {

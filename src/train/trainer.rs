@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
 
-use super::config::{NormalizeSpec, OptimizerName, Task, TrainConfig};
-use super::data::{fit_normalize, load, preprocess, DataSpec, Sequence};
+use super::config::{OptimizerName, Task, TrainConfig};
+use super::data::{fit_normalize, load, DataSpec, Dataset, Sequence};
 use super::init::init_tensors;
 use super::loss::{Loss, Targets};
 use super::net::{build, GradProbe, LayerCarry, Net};
@@ -20,25 +20,52 @@ use super::optim::{clip_grad_norm, Optimizer, OptimizerKind};
 use super::plot::{line_chart, Series};
 use super::seq::Seq;
 use crate::error::{Error, Result};
-use crate::model::builder::SplitMix;
 use crate::model::config::{ActivationKind, ModelConfig};
 use crate::model::weights::WeightStore;
-use crate::pipeline::config::Normalize;
+use crate::vocab::{NanPolicy, Normalize, SplitMix};
 
 /// Keys per shard: the unit of work of a thread, fixed so results do not depend on `-w`.
 pub const SHARD_KEYS: usize = 16;
 
 /// Command-line options of `seqflow train`.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TrainOptions {
+    /// Threads for the shards of each batch (results are identical for any count).
     pub threads: usize,
     /// Write the gradient report (CSV; an SVG next to it) before and after training.
     pub grad_report: Option<PathBuf>,
-    pub progress: bool,
-    /// Print one line per epoch to stderr when there is no progress bar.
-    pub log_epochs: bool,
     /// Override `[train] epochs`.
     pub epochs: Option<usize>,
+    /// Receives progress as training goes (the binary draws and prints from it).
+    pub observer: Option<TrainObserver>,
+}
+
+/// Receives training's events.
+pub type TrainObserver = Arc<dyn Fn(&TrainEvent<'_>) + Send + Sync>;
+
+/// What training tells its observer as it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent<'a> {
+    /// Training starts.
+    Started {
+        /// Epochs to run (at most: early stopping may end sooner).
+        epochs: usize,
+        /// Training steps per epoch.
+        steps_per_epoch: u64,
+    },
+    /// A batch was trained.
+    Batch {
+        /// The epoch, from 1.
+        epoch: usize,
+        /// Epochs to run.
+        epochs: usize,
+        /// Steps in the batch.
+        steps: u64,
+        /// Mean loss of the epoch so far.
+        loss: f64,
+    },
+    /// An epoch ended.
+    Epoch(&'a EpochStats),
 }
 
 /// One epoch's numbers, as written to the loss CSV.
@@ -163,7 +190,7 @@ fn classes(obj: &Objective, net: &Net) -> usize {
     }
 }
 
-/// Turns a sequence into an example (taking its features, not copying them); checks labels.
+/// Turns a sequence into an example (features widened to f64 for training); checks labels.
 fn example(seq: Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) -> Result<Example> {
     let len = seq.len();
     let ew = cfg.extra_columns().len();
@@ -173,7 +200,7 @@ fn example(seq: Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) 
         }
         if v.fract() != 0.0 || v < 0.0 || v as usize >= n_classes {
             return Err(Error::Data {
-                path: cfg.data.clone(),
+                path: cfg.data.path.clone(),
                 msg: format!(
                     "key `{}` time {}: label {v} is not a class in 0..{} (the model's outputs decide \
                      the classes: 1 output = binary 0/1)",
@@ -201,7 +228,8 @@ fn example(seq: Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) 
         Task::Classify { .. } => vec![check_label(seq.extra[len - 1], len - 1)?],
     };
     debug_assert!(obj.per_step || y.len() == 1);
-    Ok(Example { len, x: seq.x, y })
+    let x = seq.x.iter().map(|&v| v as f64).collect();
+    Ok(Example { len, x, y })
 }
 
 /// A shard handed to a thread: its index, keys and carried state.
@@ -414,7 +442,7 @@ fn shuffle<T>(v: &mut [T], rng: &mut SplitMix) {
 /// Runs `seqflow train`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     let t0 = Instant::now();
-    let width = cfg.features.len();
+    let width = cfg.columns.features.len();
     let (net, mut values, weights_path, initialized) = load_model(cfg, width)?;
     if cfg.tbptt.is_some() {
         if let Some(why) = &net.non_causal {
@@ -430,47 +458,51 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     let obj = objective(&net, cfg)?;
     let n_classes = classes(&obj, &net);
 
-    let spec = DataSpec {
-        format: cfg.format,
-        path: cfg.data.clone(),
-        key: cfg.key.clone(),
-        time: cfg.time.clone(),
-        features: cfg.features.clone(),
+    let mut spec = DataSpec {
+        source: cfg.data.clone(),
+        columns: cfg.columns.clone(),
         extra: cfg.extra_columns(),
         extra_role: match cfg.task {
             Task::Classify { .. } | Task::Tag { .. } => "label",
             _ => "target",
         },
-        nan: cfg.nan,
     };
-    let mut data = load(&spec)?;
-    data.sequences.retain(|s| !s.is_empty());
-    if data.sequences.is_empty() {
-        return Err(Error::Data {
-            path: cfg.data.clone(),
-            msg: "no rows to train on".into(),
-        });
-    }
-    let mut order: Vec<usize> = (0..data.sequences.len()).collect();
-    let mut rng = SplitMix::new(cfg.seed ^ 0x5EED_5EED);
-    shuffle(&mut order, &mut rng);
-    let n_val = if cfg.validation > 0.0 && order.len() >= 2 {
-        ((order.len() as f64 * cfg.validation).round() as usize).clamp(1, order.len() - 1)
-    } else {
-        0
+    let split = |n: usize| -> (Vec<usize>, Vec<usize>) {
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut order, &mut SplitMix::new(cfg.seed ^ 0x5EED_5EED));
+        let n_val = if cfg.validation > 0.0 && n >= 2 {
+            ((n as f64 * cfg.validation).round() as usize).clamp(1, n - 1)
+        } else {
+            0
+        };
+        let (v, t) = order.split_at(n_val);
+        (v.to_vec(), t.to_vec())
     };
-    let (val_idx, train_idx) = order.split_at(n_val);
-    let normalize = match &cfg.normalize {
-        NormalizeSpec::None => None,
-        NormalizeSpec::Fixed(n) => Some(n.clone()),
-        NormalizeSpec::Auto => {
-            let seqs: Vec<&Sequence> = train_idx.iter().map(|&i| &data.sequences[i]).collect();
-            Some(fit_normalize(&seqs, width))
+    let nonempty = |mut d: Dataset| -> Result<Dataset> {
+        d.sequences.retain(|s| !s.is_empty());
+        if d.sequences.is_empty() {
+            return Err(Error::Data {
+                path: cfg.data.path.clone(),
+                msg: "no rows to train on".into(),
+            });
         }
+        Ok(d)
     };
-    for s in &mut data.sequences {
-        preprocess(s, width, normalize.as_ref(), cfg.nan);
+    if cfg.auto_normalize {
+        // Fit on the training keys' raw values (NaN kept out), then read again normalized.
+        let mut raw = spec.clone();
+        raw.columns.normalize = None;
+        if raw.columns.nan == NanPolicy::Zero {
+            raw.columns.nan = NanPolicy::Ffill;
+        }
+        let raw = nonempty(load(&raw, false)?)?;
+        let (_, train_idx) = split(raw.sequences.len());
+        let seqs: Vec<&Sequence> = train_idx.iter().map(|&i| &raw.sequences[i]).collect();
+        spec.columns.normalize = Some(fit_normalize(&seqs, width));
     }
+    let normalize = spec.columns.normalize.clone();
+    let mut data = nonempty(load(&spec, true)?)?;
+    let (val_idx, train_idx) = split(data.sequences.len());
     let examples: Vec<Example> = std::mem::take(&mut data.sequences)
         .into_iter()
         .map(|s| example(s, cfg, &obj, n_classes))
@@ -503,17 +535,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     };
     let mut opt = Optimizer::new(kind, cfg.lr, cfg.weight_decay, values.len());
     let epochs = opts.epochs.unwrap_or(cfg.epochs);
-    let bar = if opts.progress {
-        let b = ProgressBar::new(epochs as u64 * steps_per_epoch);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {msg} {per_sec}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
+    let tell = |e: &TrainEvent<'_>| {
+        if let Some(o) = &opts.observer {
+            o(e)
+        }
     };
+    tell(&TrainEvent::Started {
+        epochs,
+        steps_per_epoch,
+    });
     let mut stats = Vec::new();
     let mut best = (f64::INFINITY, 0usize, values.clone());
     let mut stopped_early = false;
@@ -533,8 +563,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
             });
             sum += s;
             count += c;
-            bar.inc(batch.iter().map(|e| e.len as u64).sum());
-            bar.set_message(format!("{epoch}/{epochs} loss {:.5}", sum / count.max(1.0)));
+            tell(&TrainEvent::Batch {
+                epoch,
+                epochs,
+                steps: batch.iter().map(|e| e.len as u64).sum(),
+                loss: sum / count.max(1.0),
+            });
         }
         let train_loss = sum / count.max(1.0);
         let (val_loss, val_accuracy) = if val_ex.is_empty() {
@@ -560,7 +594,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
         };
         let score = val_loss.unwrap_or(train_loss);
         if !score.is_finite() {
-            bar.finish_and_clear();
             return Err(Error::Runtime(format!(
                 "training diverged at epoch {epoch} (loss {score}); lower [train] lr or set clip_norm"
             )));
@@ -571,29 +604,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
         } else {
             since_best += 1;
         }
-        {
-            let line = format!(
-                "epoch {epoch:>3}: train {train_loss:.6}{}{}  |grad| {:.3}  {:.1}s",
-                val_loss.map(|v| format!("  val {v:.6}")).unwrap_or_default(),
-                val_accuracy
-                    .map(|a| format!("  val acc {:.4}", a))
-                    .unwrap_or_default(),
-                st.grad_norm,
-                st.seconds
-            );
-            if opts.progress {
-                bar.println(line);
-            } else if opts.log_epochs {
-                eprintln!("{line}");
-            }
-        }
+        tell(&TrainEvent::Epoch(&st));
         stats.push(st);
         if cfg.patience.is_some_and(|p| since_best >= p) {
             stopped_early = true;
             break;
         }
     }
-    bar.finish_and_clear();
     // Keep the weights of the best epoch (by validation loss, or training loss without a
     // validation split).
     let best_epoch = best.1;
@@ -773,6 +790,24 @@ impl GradReport {
             s.push('\n');
         }
         s
+    }
+}
+
+impl std::fmt::Display for EpochStats {
+    /// The line printed per epoch.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "epoch {:>3}: train {:.6}{}{}  |grad| {:.3}  {:.1}s",
+            self.epoch,
+            self.train_loss,
+            self.val_loss.map(|v| format!("  val {v:.6}")).unwrap_or_default(),
+            self.val_accuracy
+                .map(|a| format!("  val acc {:.4}", a))
+                .unwrap_or_default(),
+            self.grad_norm,
+            self.seconds
+        )
     }
 }
 

@@ -26,7 +26,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use super::spec::{Aggregate, GroupSource, ViewSpec};
-use crate::dataflow::ToSink;
+use crate::record::ToSink;
 use crate::record::{Key, SinkMsg};
 
 /// Implements `Eq`, `Ord` (by `total_cmp`) and `Hash` (by bits) for a float newtype, so it
@@ -105,6 +105,9 @@ pub type ViewRow = (u32, Vec<Key>, ViewValue);
 
 /// A side-table row: `(table index, key, attribute values)`.
 pub type SideRow = (u32, Key, Vec<Key>);
+
+/// A view changelog entry on its way to worker 0: the row, its epoch and its diff.
+pub type ViewChange = (ViewRow, u64, isize);
 
 /// Calls `f(key, event time, outputs)` for each prediction of a sink message.
 fn for_each_prediction(msg: SinkMsg, mut f: impl FnMut(Key, i64, Vec<Score>)) {

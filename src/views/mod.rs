@@ -16,37 +16,17 @@ use arrow::datatypes::DataType;
 
 use crate::error::{Error, Result};
 use crate::record::Key;
+use crate::vocab::FileFormat;
 use flow::SideRow;
 use spec::ViewSpec;
 
+/// A side table's rows: Parquet by its extension, CSV otherwise.
 fn read_side_batches(path: &Path) -> Result<Vec<RecordBatch>> {
-    let err = |msg: String| Error::Data {
-        path: path.to_path_buf(),
-        msg,
+    let format = match FileFormat::from_path(path) {
+        Some(FileFormat::Parquet) => FileFormat::Parquet,
+        _ => FileFormat::Csv,
     };
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    if ext == "parquet" || ext == "pq" {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| err(format!("side table is not a readable Parquet file: {e}")))?;
-        reader.map(|b| b.map_err(|e| err(e.to_string()))).collect()
-    } else {
-        let (schema, _) = arrow::csv::reader::Format::default()
-            .with_header(true)
-            .infer_schema(&file, None)
-            .map_err(|e| err(format!("side table is not readable as CSV: {e}")))?;
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = arrow::csv::ReaderBuilder::new(std::sync::Arc::new(schema))
-            .with_header(true)
-            .build(file)
-            .map_err(|e| err(e.to_string()))?;
-        reader.map(|b| b.map_err(|e| err(e.to_string()))).collect()
-    }
+    crate::input::files::read_all(path, format)
 }
 
 /// Column names of a side table (CSV with a header, or Parquet).

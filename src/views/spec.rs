@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::pipeline::config::clean_join;
+use crate::vocab::{clean_join, one_line};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,7 +208,7 @@ pub fn parse_views(
         let v: RawView = value
             .clone()
             .try_into()
-            .map_err(|e: toml::de::Error| err(crate::model::config::one_line(&e.to_string())))?;
+            .map_err(|e: toml::de::Error| err(one_line(&e.to_string())))?;
         let err = |msg: String| Error::PipelineConfig {
             path: pipeline.to_path_buf(),
             msg: format!("[[views]] \"{}\": {msg}", v.name),

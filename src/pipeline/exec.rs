@@ -1,45 +1,41 @@
-//! `seqflow run` over files: builds timely's configuration from our flags, plans the input,
-//! runs the dataflow on every worker, and commits the output only if every worker succeeded.
+//! The executor both drivers (files, live) run on: timely's configuration from our flags,
+//! the dataflow on every worker (`input -> keyed_model -> sink`, plus the views), worker 0's
+//! collector with the output, rejects and view writers, and the report at the end. A driver
+//! supplies only how its worker feeds the input.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::VecCollection;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::worker::Worker;
 use timely::{CommunicationConfig, Config, WorkerConfig};
 
-use timely::worker::Worker;
-
 use super::collect::{Collector, Namer, NoSink, SinkSlot};
-use super::config::{Emit, Overrides, PipelineConfig};
-use crate::dataflow::{CollectAtWorker0, KeyedModel, Routed};
+use super::config::{Overrides, PipelineConfig};
+use super::report::{quiet, Observer, RunReport};
+use crate::dataflow::{CollectAtWorker0, Inbound, KeyedModel};
 use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
-use crate::latency::{fmt_us, Histogram};
-use crate::model::summary::group_digits;
+use crate::latency::Histogram;
 use crate::model::Model;
-use crate::record::Key;
-use crate::record::{SourceMsg, Stats};
-use crate::sink::{commit, OutputSchema, RejectsWriter, Sink, SinkHandle};
-use crate::source::files::{epoch_of, Plan};
+use crate::record::{Key, SourceMsg, Stats};
+use crate::sink::RejectsWriter;
 use crate::views::flow::{all_predictions, latest_updates, view, SideRow, ViewRow};
 use crate::views::output::ViewOutputs;
 use crate::views::spec::{parse_views, ViewSpec};
 use crate::views::{side_columns, SideTables};
-use differential_dataflow::collection::AsCollection;
-use differential_dataflow::VecCollection;
+use crate::vocab::Emit;
 
-/// Epochs a worker's input may run ahead of what the sink has seen (backpressure).
-const MAX_EPOCHS_IN_FLIGHT: usize = 4;
-
-/// How to run: timely's worker flags and the path overrides.
-#[derive(Debug, Clone)]
+/// How to run: timely's worker flags, the path overrides, who hears the events, and the
+/// flag that stops a run.
+#[derive(Clone)]
 pub struct RunOptions {
     /// Worker threads per process (`-w`).
     pub workers: usize,
@@ -49,9 +45,13 @@ pub struct RunOptions {
     pub process: usize,
     /// One `host:port` per line (`-h`); default `localhost:2101+i`.
     pub hostfile: Option<PathBuf>,
+    /// `--input` / `--output`.
     pub overrides: Overrides,
-    /// Show a progress bar (when stderr is a terminal).
-    pub progress: bool,
+    /// Receives the run's events (progress, warnings, the live address).
+    pub observer: Observer,
+    /// Set to stop the run: a live run drains what it accepted and ends normally; a file
+    /// run stops reading and fails without writing its output.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for RunOptions {
@@ -62,71 +62,9 @@ impl Default for RunOptions {
             process: 0,
             hostfile: None,
             overrides: Overrides::default(),
-            progress: false,
+            observer: quiet(),
+            stop: Arc::default(),
         }
-    }
-}
-
-/// What a finished run reports (process 0 only).
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    pub stats: Stats,
-    pub elapsed: Duration,
-    pub output: PathBuf,
-    pub rejects: Option<(PathBuf, u64)>,
-    pub workers: usize,
-    /// `3 files`, `12 connections`, `stdin`.
-    pub source: String,
-    /// Live runs: arrival-to-emission latency of each prediction.
-    pub latency: Option<Histogram>,
-}
-
-impl fmt::Display for RunReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &self.stats;
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
-        write!(
-            f,
-            "{} rows from {} -> {} predictions for {} keys in {:.2} s ({} rows/s, {} worker{}); \
-             late {}, duplicate {}, non-finite {}, malformed {}; key state {}; output {}",
-            group_digits(s.rows_read as usize),
-            self.source,
-            group_digits(s.outputs as usize),
-            group_digits(s.keys as usize),
-            secs,
-            group_digits((s.rows_read as f64 / secs) as usize),
-            self.workers,
-            if self.workers == 1 { "" } else { "s" },
-            s.late,
-            s.duplicate,
-            s.non_finite,
-            s.malformed,
-            human_bytes(s.state_bytes),
-            self.output.display(),
-        )?;
-        if let Some((p, n)) = &self.rejects {
-            write!(f, "; {n} rejects in {}", p.display())?;
-        }
-        if let Some(h) = &self.latency {
-            write!(
-                f,
-                "; latency arrival -> emission p50 {}, p99 {}, max {} over {} predictions",
-                fmt_us(h.quantile(0.5)),
-                fmt_us(h.quantile(0.99)),
-                fmt_us(h.max()),
-                group_digits(h.count() as usize)
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// `1.5 KB`, `12.3 MB`, `2.10 GB`.
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        b if b < 1_000_000 => format!("{:.1} KB", b as f64 / 1e3),
-        b if b < 1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
-        b => format!("{:.2} GB", b as f64 / 1e9),
     }
 }
 
@@ -210,7 +148,7 @@ pub(crate) type SideInput = InputHandleVec<u64, (SideRow, u64, isize)>;
 /// the side input only where it stays open (worker 0 of a live run with side tables).
 pub(crate) type Feed = dyn Fn(
         &mut Worker,
-        &mut InputHandleVec<u64, Routed>,
+        &mut InputHandleVec<u64, Inbound>,
         Option<&mut SideInput>,
         &ProbeHandle<u64>,
         Option<&Rc<RefCell<Collector>>>,
@@ -247,18 +185,19 @@ pub(crate) fn execute(
         move |worker| -> std::result::Result<Option<Collected>, String> {
             let index = worker.index();
             let idle = match cfg.output.emit {
-                Emit::SequenceEnd { .. } => cfg.source.idle_timeout_ms,
+                Emit::SequenceEnd { .. } => cfg.live().and_then(|l| l.idle_timeout_ms),
                 _ => None,
             };
-            let processor = KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.nan, int_keys)
-                .with_idle_timeout(idle);
+            let processor =
+                KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
+                    .with_idle_timeout(idle);
             let collector = if index == 0 {
                 slot.lock().expect("collector slot").take()
             } else {
                 None
             };
             let collector = collector.map(|c| Rc::new(RefCell::new(c)));
-            let mut input: InputHandleVec<u64, Routed> = InputHandleVec::new();
+            let mut input: InputHandleVec<u64, Inbound> = InputHandleVec::new();
             let mut side: SideInput = InputHandleVec::new();
             let probe: ProbeHandle<u64> = ProbeHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
@@ -363,124 +302,59 @@ pub(crate) fn execute(
     Ok((collected, first_error))
 }
 
-/// Runs a pipeline. Returns the report on process 0, `None` on the others.
-pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
-    let mut cfg = PipelineConfig::load(pipeline, &opts.overrides)?;
-    let model = Arc::new(Model::load(&cfg.model_path)?);
-    cfg.check_model(&model)?;
-    if cfg.source.format.is_live() {
-        return super::live::run_live(cfg, model, opts);
+/// Worker 0's collector (process 0 only): the output as `sink`, the rejects file, the
+/// views' writers; opened before any worker starts, so a bad path fails the run at once.
+pub(crate) fn collector(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    sink: impl FnOnce() -> Result<SinkSlot>,
+    namer: Namer,
+    live: bool,
+    views: Option<ViewOutputs>,
+) -> Result<Option<Collector>> {
+    if opts.process != 0 {
+        return Ok(None);
     }
-    let plan = Arc::new(Plan::build(&cfg.source)?);
-    let schema = OutputSchema {
-        key_name: cfg.source.key.clone(),
-        key_type: plan.key_type.clone(),
-        time_name: cfg.source.time.clone(),
-        time_type: plan.time_type.clone(),
-        names: cfg.output.names.clone(),
-    };
-    let (view_setup, view_outputs) = setup_views(&cfg, opts, false, Some(&plan))?;
-    // Opened before the workers start, so that a bad output path fails the run at once.
-    let collector = if opts.process == 0 {
-        let wide = cfg.output.names.len() >= SinkHandle::WIDE;
-        let sink = Sink::create(&cfg.output, schema, true)?;
-        let rejects = cfg
-            .source
-            .rejects
-            .as_deref()
-            .map(RejectsWriter::create)
-            .transpose()?;
-        let mut c = Collector::new(
-            SinkSlot::Open(SinkHandle::new(sink, wide)),
-            rejects,
-            Namer::Files(plan.clone()),
-            false,
-        );
-        c.views = view_outputs;
-        Some(c)
-    } else {
-        None
-    };
-    // Known here, so a failure on any worker can discard it.
-    let partial = collector.as_ref().and_then(Collector::partial);
-    let output_path = cfg.output.path.clone().unwrap_or_else(|| PathBuf::from("-"));
-    let rejects_path = cfg.source.rejects.clone();
-    let progress = progress_bar(opts, &plan);
-    let cfg = Arc::new(cfg);
-    let start = Instant::now();
-    let feed: Arc<Feed> = {
-        let (plan, cfg, progress) = (plan.clone(), cfg.clone(), progress.clone());
-        Arc::new(move |worker, input, _side, probe, _collector| {
-            let (index, peers) = (worker.index(), worker.peers());
-            let mut stats = Stats::default();
-            let mut in_flight: VecDeque<u64> = VecDeque::new();
-            for (u, _) in plan.units_for(index, peers) {
-                plan.read_unit(u, &cfg.source, peers, |i, routed| {
-                    let epoch = epoch_of(u, i);
-                    input.advance_to(epoch);
-                    for (dest, b) in routed.batches.into_iter().enumerate() {
-                        if !b.is_empty() {
-                            input.send((dest as u64, SourceMsg::Steps(b)));
-                        }
-                    }
-                    if !routed.rejects.is_empty() {
-                        for r in &routed.rejects {
-                            stats.count_reject(r.reason);
-                        }
-                        input.send((index as u64, SourceMsg::Rejects(routed.rejects)));
-                    }
-                    stats.rows_read += routed.rows;
-                    progress.inc(routed.rows);
-                    // Backpressure: at most a few epochs ahead of what the sink has seen.
-                    in_flight.push_back(epoch);
-                    if in_flight.len() > MAX_EPOCHS_IN_FLIGHT {
-                        let oldest = in_flight.pop_front().expect("non-empty");
-                        worker.step_or_park_while(None, || probe.less_equal(&oldest));
-                    }
-                    Ok(())
-                })
-                .map_err(|e| e.to_string())?;
-            }
-            Ok(stats)
-        })
-    };
-    let int_keys = Some(plan.key_type.is_integer());
-    let (collected, error) = execute(opts, cfg.clone(), model, int_keys, collector, view_setup, feed)?;
-    progress.finish_and_clear();
-    let elapsed = start.elapsed();
-    if let Some(e) = error {
-        if let Some((tmp, _)) = &partial {
-            let _ = std::fs::remove_file(tmp);
-        }
-        return Err(Error::Runtime(e));
-    }
-    // Only process 0 (worker 0) collects; the others are done.
-    let Some(c) = collected else { return Ok(None) };
-    if let Some(p) = &partial {
-        commit(p)?;
-    }
-    Ok(Some(RunReport {
+    let sink = sink()?;
+    let rejects = cfg
+        .source
+        .rejects
+        .as_deref()
+        .map(RejectsWriter::create)
+        .transpose()?;
+    let mut c = Collector::new(sink, rejects, namer, live);
+    c.views = views;
+    Ok(Some(c))
+}
+
+/// The report of a run that ended without error (process 0 only).
+pub(crate) fn report(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    c: Collected,
+    start: Instant,
+    source: String,
+    latency: bool,
+) -> RunReport {
+    RunReport {
         stats: c.stats,
-        elapsed,
-        output: output_path,
-        rejects: rejects_path.zip(c.rejects),
+        elapsed: start.elapsed(),
+        output: cfg.output.file.path.clone().unwrap_or_else(|| PathBuf::from("-")),
+        rejects: cfg.source.rejects.clone().zip(c.rejects),
         workers: opts.workers * opts.processes,
-        source: format!(
-            "{} file{}",
-            plan.files.len(),
-            if plan.files.len() == 1 { "" } else { "s" }
-        ),
-        latency: None,
-    }))
+        source,
+        latency: latency.then_some(c.latency),
+    }
 }
 
 /// Parses and checks the pipeline's views, reads their side tables, and (on process 0)
 /// opens their outputs.
+/// `int_keys`: the key kind, when the plan knows it (files).
 pub(crate) fn setup_views(
     cfg: &PipelineConfig,
     opts: &RunOptions,
     live: bool,
-    plan: Option<&Plan>,
+    int_keys: Option<bool>,
 ) -> Result<(ViewSetup, Option<ViewOutputs>)> {
     if cfg.views.is_empty() {
         return Ok((ViewSetup::default(), None));
@@ -488,14 +362,13 @@ pub(crate) fn setup_views(
     let specs = parse_views(
         &cfg.views,
         &cfg.path,
-        &cfg.source.key,
+        &cfg.source.columns.key,
         &cfg.output.names,
         &side_columns,
     )?;
     let tables = SideTables::load(&specs)?;
-    if let Some(plan) = plan {
+    if let Some(int_keys) = int_keys {
         // A side table whose keys are of the other kind would never match.
-        let int_keys = plan.key_type.is_integer();
         for (v, &t) in specs.iter().zip(&tables.of_view) {
             if t == u32::MAX {
                 continue;
@@ -510,7 +383,7 @@ pub(crate) fn setup_views(
                             v.name,
                             v.side.as_ref().expect("joined").path.display(),
                             if int_keys { "text" } else { "integer" },
-                            cfg.source.key,
+                            cfg.source.columns.key,
                             if int_keys { "integers" } else { "text" }
                         ),
                     });
@@ -519,7 +392,7 @@ pub(crate) fn setup_views(
         }
     }
     let outputs = if opts.process == 0 {
-        Some(ViewOutputs::create(&specs, &cfg.source.key)?)
+        Some(ViewOutputs::create(&specs, &cfg.source.columns.key)?)
     } else {
         None
     };
@@ -530,27 +403,4 @@ pub(crate) fn setup_views(
         live,
     };
     Ok((setup, outputs))
-}
-
-fn progress_bar(opts: &RunOptions, plan: &Plan) -> ProgressBar {
-    if !opts.progress {
-        return ProgressBar::hidden();
-    }
-    let local_rows: Option<u64> = (0..opts.workers)
-        .map(|w| plan.rows_for(opts.process * opts.workers + w, opts.workers * opts.processes))
-        .sum();
-    let pb = match local_rows {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows {per_sec} eta {eta}",
-            )
-            .expect("template"),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} rows {per_sec}")
-                .expect("template"),
-        ),
-    };
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
 }

@@ -9,37 +9,55 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::lines::{FieldMap, ParsedKey};
+use super::columns::Columns;
+use super::lines::{FieldMap, LineError};
+use super::Routed;
 use crate::error::{Error, Result};
-use crate::pipeline::config::{LineFormat, SourceConfig, SourceFormat};
-use crate::record::{KeyColumn, Reject, RejectReason, StepBatch};
+use crate::record::RejectReason;
+use crate::vocab::{now_us, LineFormat};
 
 /// Batches in flight between readers and the dataflow (the backpressure bound).
 const CHANNEL_BATCHES: usize = 256;
 /// How often blocked readers and the acceptor look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Microseconds since the process's clock started: arrival stamps and sink times share it.
-pub fn now_us() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
-}
-
-/// What a reader hands over: steps already split by destination worker, and rejects.
-#[derive(Debug)]
-pub struct LiveBatch {
-    pub batches: Vec<StepBatch>,
-    pub rejects: Vec<Reject>,
-    pub lines: u64,
-}
-
-/// Running readers.
+/// A live source's settings: where lines arrive and how they are framed.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LiveSource {
-    pub rx: Receiver<LiveBatch>,
+    /// TCP or stdin.
+    pub transport: Transport,
+    /// JSON objects or CSV records.
+    pub lines: LineFormat,
+    /// CSV column names when the stream has no header line.
+    pub header: Option<Vec<String>>,
+    /// How often the open epoch closes.
+    pub epoch_ms: u64,
+    /// `sequence_end`: a key's sequence ends after this long without steps.
+    pub idle_timeout_ms: Option<u64>,
+    /// Longer lines are rejected (and skipped to their end).
+    pub max_line_bytes: usize,
+}
+
+/// Where live lines arrive.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// A TCP listener, one reader per connection.
+    Tcp {
+        /// `host:port` to bind.
+        listen: String,
+    },
+    /// The process's standard input.
+    Stdin,
+}
+
+/// Running readers: parsed steps arrive on `rx`, one [`Routed`] per chunk read.
+pub struct Readers {
+    /// Steps and rejects; `rows` counts the non-blank lines.
+    pub rx: Receiver<Routed>,
     /// Connection id -> description (`tcp 127.0.0.1:5123`, `stdin`), for messages.
     pub names: Arc<Mutex<Vec<String>>>,
     /// The bound address (tcp).
@@ -47,16 +65,21 @@ pub struct LiveSource {
     threads: Vec<JoinHandle<()>>,
 }
 
-impl LiveSource {
-    /// Starts the source. A TCP listener is bound before this returns, so an address in use
+impl Readers {
+    /// Starts reading. A TCP listener is bound before this returns, so an address in use
     /// is an error here, not later.
-    pub fn start(cfg: &SourceConfig, peers: usize, stop: Arc<AtomicBool>) -> Result<LiveSource> {
+    pub fn start(
+        cfg: &LiveSource,
+        columns: &Columns,
+        peers: usize,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Readers> {
         let (tx, rx) = bounded(CHANNEL_BATCHES);
         let names = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
-            fields: FieldMap::new(cfg),
+            fields: FieldMap::new(columns),
             lines: cfg.lines,
-            columns: cfg.columns.clone(),
+            header: cfg.header.clone(),
             max_line: cfg.max_line_bytes,
             peers,
             key_kind: AtomicU8::new(KIND_UNSET),
@@ -64,10 +87,10 @@ impl LiveSource {
         });
         let mut threads = Vec::new();
         let mut local_addr = None;
-        match cfg.format {
-            SourceFormat::Tcp => {
-                let listener = TcpListener::bind(&cfg.listen).map_err(|e| Error::Io {
-                    path: PathBuf::from(format!("tcp {}", cfg.listen)),
+        match &cfg.transport {
+            Transport::Tcp { listen } => {
+                let listener = TcpListener::bind(listen).map_err(|e| Error::Io {
+                    path: PathBuf::from(format!("tcp {listen}")),
                     source: e,
                 })?;
                 listener
@@ -79,15 +102,14 @@ impl LiveSource {
                     accept_loop(listener, tx, names, shared)
                 }));
             }
-            SourceFormat::Stdin => {
+            Transport::Stdin => {
                 names.lock().expect("names").push("stdin".to_string());
                 threads.push(std::thread::spawn(move || {
                     read_lines(std::io::stdin().lock(), 0, &tx, &shared);
                 }));
             }
-            _ => unreachable!("file formats are not live"),
         }
-        Ok(LiveSource {
+        Ok(Readers {
             rx,
             names,
             local_addr,
@@ -110,7 +132,7 @@ const KIND_STR: u8 = 2;
 struct Shared {
     fields: FieldMap,
     lines: LineFormat,
-    columns: Option<Vec<String>>,
+    header: Option<Vec<String>>,
     max_line: usize,
     peers: usize,
     /// Keys are integers or strings for the whole run: the first accepted line decides.
@@ -120,7 +142,7 @@ struct Shared {
 
 fn accept_loop(
     listener: TcpListener,
-    tx: Sender<LiveBatch>,
+    tx: Sender<Routed>,
     names: Arc<Mutex<Vec<String>>>,
     shared: Arc<Shared>,
 ) {
@@ -147,7 +169,7 @@ fn accept_loop(
     }
 }
 
-fn serve(stream: TcpStream, conn: u32, tx: Sender<LiveBatch>, shared: Arc<Shared>) {
+fn serve(stream: TcpStream, conn: u32, tx: Sender<Routed>, shared: Arc<Shared>) {
     // Blocking reads with a timeout, so a quiet client does not keep a stopping reader alive.
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(POLL));
@@ -155,13 +177,13 @@ fn serve(stream: TcpStream, conn: u32, tx: Sender<LiveBatch>, shared: Arc<Shared
 }
 
 /// Reads lines until end of input or stop; complete lines already read are always handed on.
-fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) {
+fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut chunk = vec![0u8; 1 << 16];
     let mut line_no = 0u64;
     let mut discarding = false;
     let mut header: Option<Vec<usize>> = None;
-    if let Some(cols) = &s.columns {
+    if let Some(cols) = &s.header {
         match s.fields.csv_header(cols) {
             Ok(h) => header = Some(h),
             Err(_) => return, // checked when the pipeline was loaded
@@ -187,11 +209,7 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
         let arrival = now_us();
         let eof = n == 0;
         buf.extend_from_slice(&chunk[..n]);
-        let mut out = LiveBatch {
-            batches: Vec::new(),
-            rejects: Vec::new(),
-            lines: 0,
-        };
+        let mut out = Routed::new(s.peers, conn);
         let mut start = 0;
         while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
             let mut line = &buf[start..start + pos];
@@ -203,19 +221,15 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
             // The end of a line whose start was already dropped as too long, or a line
             // that is too long on its own.
             if std::mem::take(&mut discarding) || line.len() > s.max_line {
-                reject(
-                    &mut out,
-                    conn,
-                    line_no,
-                    format!("line longer than {} bytes", s.max_line),
-                );
+                let detail = format!("line longer than {} bytes", s.max_line);
+                out.reject(RejectReason::Malformed, line_no, None, None, detail);
                 continue;
             }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            out.lines += 1;
-            parse_line(s, line, conn, line_no, arrival, &mut header, &mut feats, &mut out);
+            out.rows += 1;
+            parse_line(s, line, line_no, arrival, &mut header, &mut feats, &mut out);
         }
         buf.drain(..start);
         if buf.len() > s.max_line {
@@ -224,15 +238,11 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
             buf.clear();
         }
         if eof && !buf.is_empty() && !discarding {
-            reject(
-                &mut out,
-                conn,
-                line_no + 1,
-                "incomplete last line: the client disconnected in the middle of it".into(),
-            );
+            let detail = "incomplete last line: the client disconnected in the middle of it";
+            out.reject(RejectReason::Malformed, line_no + 1, None, None, detail.into());
             buf.clear();
         }
-        if (!out.batches.is_empty() || !out.rejects.is_empty()) && tx.send(out).is_err() {
+        if !out.is_empty() && tx.send(out).is_err() {
             return;
         }
         if eof || s.stop.load(Ordering::Relaxed) {
@@ -241,45 +251,27 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<LiveBatch>, s: &Shared) 
     }
 }
 
-fn reject(out: &mut LiveBatch, conn: u32, line: u64, detail: String) {
-    reject_as(out, RejectReason::Malformed, conn, line, detail);
-}
-
-fn reject_as(out: &mut LiveBatch, reason: RejectReason, conn: u32, line: u64, detail: String) {
-    out.rejects.push(Reject {
-        reason,
-        source: conn,
-        row: line,
-        key: None,
-        time: None,
-        last_time: None,
-        detail,
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
 fn parse_line(
     s: &Shared,
     line: &[u8],
-    conn: u32,
     line_no: u64,
     arrival: u64,
     header: &mut Option<Vec<usize>>,
     feats: &mut [f32],
-    out: &mut LiveBatch,
+    out: &mut Routed,
 ) {
-    let parsed: std::result::Result<(ParsedKey, i64), String> = match s.lines {
+    let parsed = match s.lines {
         LineFormat::Jsonl => s.fields.parse_json(line, feats),
         LineFormat::Csv => {
             let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(line);
             let mut rec = csv::StringRecord::new();
             match rdr.read_record(&mut rec) {
-                Err(e) => Err(format!("not a CSV record: {e}")),
+                Err(e) => Err((RejectReason::Malformed, format!("not a CSV record: {e}"))),
                 Ok(_) if header.is_none() => {
                     let names: Vec<String> = rec.iter().map(String::from).collect();
                     match s.fields.csv_header(&names) {
                         Ok(h) => *header = Some(h),
-                        Err(e) => reject(out, conn, line_no, e),
+                        Err(e) => out.reject(RejectReason::Malformed, line_no, None, None, e),
                     }
                     return;
                 }
@@ -289,15 +281,7 @@ fn parse_line(
     };
     let (key, time) = match parsed {
         Ok(v) => v,
-        Err(e) => {
-            let reason = if e.contains("not a finite number") {
-                RejectReason::NonFinite
-            } else {
-                RejectReason::Malformed
-            };
-            reject_as(out, reason, conn, line_no, e);
-            return;
-        }
+        Err::<_, LineError>((reason, detail)) => return out.reject(reason, line_no, None, None, detail),
     };
     let kind = if key.int.is_some() { KIND_INT } else { KIND_STR };
     let locked = match s
@@ -313,29 +297,8 @@ fn parse_line(
         } else {
             ("a string", "integers")
         };
-        reject(
-            out,
-            conn,
-            line_no,
-            format!("key is {this} but earlier lines had {first}; a stream's keys are all one type"),
-        );
-        return;
+        let detail = format!("key is {this} but earlier lines had {first}; a stream's keys are all one type");
+        return out.reject(RejectReason::Malformed, line_no, None, None, detail);
     }
-    if out.batches.is_empty() {
-        let proto = if kind == KIND_INT {
-            KeyColumn::Int(Vec::new())
-        } else {
-            KeyColumn::empty_str()
-        };
-        out.batches = (0..s.peers)
-            .map(|_| StepBatch::new(conn, proto.new_like()))
-            .collect();
-    }
-    let k = key.as_ref();
-    let b = &mut out.batches[(k.route_hash() % s.peers as u64) as usize];
-    b.rows.push(line_no);
-    b.keys.push(k);
-    b.times.push(time);
-    b.features.extend_from_slice(feats);
-    b.arrivals.push(arrival);
+    out.push(key.as_ref(), time, line_no, feats, Some(arrival));
 }

@@ -1,33 +1,43 @@
 //! Parsing live input lines (JSON objects or CSV records) into steps. Each line stands alone:
 //! a bad line becomes a reject naming its line number and the reason, and the stream goes on.
+//! Values are prepared by the same [`Prep`] as files and training.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::pipeline::config::{NanPolicy, SourceConfig};
-use crate::record::KeyRef;
+use super::columns::Columns;
+use super::prep::Prep;
+use crate::record::{KeyRef, RejectReason};
+
+/// Why a line is rejected: the reason (malformed or non-finite) and what is wrong.
+pub type LineError = (RejectReason, String);
+
+fn malformed(msg: String) -> LineError {
+    (RejectReason::Malformed, msg)
+}
 
 /// Where the configured columns sit: field name -> slot (0 key, 1 time, 2.. features).
 #[derive(Debug, Clone)]
 pub struct FieldMap {
     slots: HashMap<String, usize>,
     width: usize,
-    nan: NanPolicy,
-    mean: Option<Vec<f64>>,
-    std: Option<Vec<f64>>,
+    prep: Prep,
     features: Vec<String>,
 }
 
-/// A parsed step, borrowing its key from the line or the parser's buffer.
+/// A parsed key: an integer, or text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedKey {
+    /// The integer key, if the line had one.
     pub int: Option<i64>,
+    /// The text key otherwise.
     pub text: String,
 }
 
 impl ParsedKey {
+    /// The key as routed and indexed.
     pub fn as_ref(&self) -> KeyRef<'_> {
         match self.int {
             Some(i) => KeyRef::Int(i),
@@ -37,7 +47,8 @@ impl ParsedKey {
 }
 
 impl FieldMap {
-    pub fn new(cfg: &SourceConfig) -> FieldMap {
+    /// The slots of `cfg`'s columns.
+    pub fn new(cfg: &Columns) -> FieldMap {
         let mut slots = HashMap::new();
         slots.insert(cfg.key.clone(), 0);
         slots.insert(cfg.time.clone(), 1);
@@ -47,42 +58,28 @@ impl FieldMap {
         FieldMap {
             slots,
             width: cfg.features.len(),
-            nan: cfg.nan,
-            mean: cfg.normalize.as_ref().map(|n| n.mean.clone()),
-            std: cfg.normalize.as_ref().map(|n| n.std.clone()),
+            prep: Prep::new(cfg),
             features: cfg.features.clone(),
         }
     }
 
+    /// Features per step.
     pub fn width(&self) -> usize {
         self.width
     }
 
-    /// Normalizes and applies the NaN policy to `feats` (raw values, NaN for null).
-    /// Returns why the line is rejected, if it is.
-    fn finish(&self, feats: &mut [f32], raw: &[f64]) -> Result<(), String> {
-        for j in 0..self.width {
-            let mut v = raw[j];
-            if let (Some(m), Some(s)) = (&self.mean, &self.std) {
-                v = (v - m[j]) / s[j];
-            }
-            let mut v = v as f32;
-            if !v.is_finite() {
-                match self.nan {
-                    NanPolicy::Error | NanPolicy::Skip => {
-                        return Err(format!("feature `{}` is not a finite number", self.features[j]))
-                    }
-                    NanPolicy::Zero => v = 0.0,
-                    NanPolicy::Ffill => v = f32::NAN,
-                }
-            }
-            feats[j] = v;
-        }
-        Ok(())
+    /// Prepares `raw` (NaN for null) into `feats`.
+    fn finish(&self, feats: &mut [f32], raw: &[f64]) -> Result<(), LineError> {
+        self.prep.row(|j| raw[j], feats).map_err(|j| {
+            (
+                RejectReason::NonFinite,
+                format!("feature `{}` is not a finite number", self.features[j]),
+            )
+        })
     }
 
     /// Parses one JSON object line into key, time and features (`feats.len() == width`).
-    pub fn parse_json(&self, line: &[u8], feats: &mut [f32]) -> Result<(ParsedKey, i64), String> {
+    pub fn parse_json(&self, line: &[u8], feats: &mut [f32]) -> Result<(ParsedKey, i64), LineError> {
         let mut raw = vec![f64::NAN; self.width];
         let mut seen = vec![false; self.width + 2];
         let mut key = None;
@@ -97,20 +94,20 @@ impl FieldMap {
         };
         seed.deserialize(&mut de).map_err(|e| {
             let msg = e.to_string();
-            if e.is_syntax() || e.is_eof() {
+            malformed(if e.is_syntax() || e.is_eof() {
                 format!("not a JSON object: {msg}")
             } else {
                 msg
-            }
+            })
         })?;
         de.end()
-            .map_err(|e| format!("trailing characters after the JSON object: {e}"))?;
+            .map_err(|e| malformed(format!("trailing characters after the JSON object: {e}")))?;
         self.missing(&seen)?;
         self.finish(feats, &raw)?;
         Ok((key.expect("seen"), time.expect("seen")))
     }
 
-    fn missing(&self, seen: &[bool]) -> Result<(), String> {
+    fn missing(&self, seen: &[bool]) -> Result<(), LineError> {
         if let Some(i) = seen.iter().position(|s| !s) {
             let name = self
                 .slots
@@ -118,7 +115,7 @@ impl FieldMap {
                 .find(|(_, &v)| v == i)
                 .map(|(k, _)| k.as_str())
                 .unwrap_or("?");
-            return Err(format!("missing field `{name}`"));
+            return Err(malformed(format!("missing field `{name}`")));
         }
         Ok(())
     }
@@ -129,9 +126,13 @@ impl FieldMap {
         header: &[usize],
         rec: &csv::StringRecord,
         feats: &mut [f32],
-    ) -> Result<(ParsedKey, i64), String> {
+    ) -> Result<(ParsedKey, i64), LineError> {
         if rec.len() != header.len() {
-            return Err(format!("{} fields, the header has {}", rec.len(), header.len()));
+            return Err(malformed(format!(
+                "{} fields, the header has {}",
+                rec.len(),
+                header.len()
+            )));
         }
         let mut raw = vec![f64::NAN; self.width];
         let mut seen = vec![false; self.width + 2];
@@ -153,7 +154,7 @@ impl FieldMap {
                 1 => {
                     time = Some(
                         f.parse::<i64>()
-                            .map_err(|_| format!("time `{f}` is not an integer"))?,
+                            .map_err(|_| malformed(format!("time `{f}` is not an integer")))?,
                     )
                 }
                 s => {
@@ -162,7 +163,10 @@ impl FieldMap {
                             f64::NAN
                         } else {
                             f.parse::<f64>().map_err(|_| {
-                                format!("feature `{}` = `{f}` is not a number", self.features[s - 2])
+                                malformed(format!(
+                                    "feature `{}` = `{f}` is not a number",
+                                    self.features[s - 2]
+                                ))
                             })?
                         }
                 }
@@ -187,7 +191,7 @@ impl FieldMap {
             }
         }
         self.missing(&seen)
-            .map_err(|e| format!("csv header: {e} (header: {})", names.join(",")))?;
+            .map_err(|e| format!("csv header: {} (header: {})", e.1, names.join(",")))?;
         Ok(slots)
     }
 }
@@ -254,19 +258,10 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::config::{Overrides, PipelineConfig};
-    use std::path::Path;
 
     fn map(nan: &str) -> FieldMap {
-        let text = format!(
-            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nkey = \"id\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\nnan = \"{nan}\"\n\
-             [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"-\"\n"
-        );
-        FieldMap::new(
-            &PipelineConfig::parse(&text, Path::new("p.toml"), &Overrides::default())
-                .unwrap()
-                .source,
-        )
+        let text = format!("key = \"id\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\nnan = \"{nan}\"\n");
+        FieldMap::new(&toml::from_str::<Columns>(&text).unwrap())
     }
 
     #[test]
@@ -309,7 +304,7 @@ mod tests {
             ),
             (br#"[1, 2]"#, "expected a JSON object"),
         ] {
-            let e = m.parse_json(line, &mut f).unwrap_err();
+            let (_, e) = m.parse_json(line, &mut f).unwrap_err();
             assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(line));
         }
         let z = map("zero");
@@ -339,6 +334,7 @@ mod tests {
         assert!(m
             .parse_csv(&header, &short, &mut f)
             .unwrap_err()
+            .1
             .contains("2 fields, the header has 5"));
     }
 }

@@ -1,0 +1,360 @@
+//! Data files (Parquet, CSV, JSON lines): expanding a path (file, directory or glob), reading
+//! schemas once, opening record-batch readers, and cutting the input into *units* (a Parquet
+//! row group, or a whole text file) that the workers of all processes divide among
+//! themselves. Every reader of data files in seqflow (runs, training, side tables, replay)
+//! opens them here.
+//!
+//! A unit's record batches get fixed timely epochs, `(unit << 32) | batch`, whichever worker
+//! reads it. So every key sees its steps in the same epochs for any worker count, and the
+//! decisions made per epoch (order, lateness) are the same: the output does not depend on
+//! `-w`, `-n`.
+
+use std::fs::File;
+use std::io::{BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use super::columns::Columns;
+use crate::error::{Error, Result};
+use crate::vocab::FileFormat;
+
+/// Where a file source reads: a file, a directory of files, or a glob, of one format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSource {
+    /// The format of every file.
+    pub format: FileFormat,
+    /// File, directory or glob.
+    pub path: PathBuf,
+}
+
+/// One input file.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its schema, read once.
+    pub schema: SchemaRef,
+}
+
+/// A piece of input read by one worker: a Parquet row group or a whole text file.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Index of the file in the plan.
+    pub file: u32,
+    /// The row group (Parquet).
+    pub row_group: Option<usize>,
+    /// Row number (in the file) of the unit's first row.
+    pub first_row: u64,
+    /// Rows, when known without reading (Parquet).
+    pub rows: Option<u64>,
+}
+
+/// The files and units of a run, identical on every worker and process.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The format of every file.
+    pub format: FileFormat,
+    /// The files, sorted by path.
+    pub files: Vec<SourceFile>,
+    /// The units, file by file.
+    pub units: Vec<Unit>,
+    /// Arrow type of the key column (the output repeats it).
+    pub key_type: DataType,
+    /// Arrow type of the time column (the output repeats it).
+    pub time_type: DataType,
+    /// Total rows when known (Parquet).
+    pub total_rows: Option<u64>,
+}
+
+/// The epoch of batch `batch` of unit `unit`.
+pub fn epoch_of(unit: usize, batch: usize) -> u64 {
+    ((unit as u64) << 32) | batch as u64
+}
+
+impl FileSource {
+    /// The files: a file, a directory's files with the format's extension, or a glob's
+    /// matches, sorted.
+    pub fn expand(&self) -> Result<Vec<PathBuf>> {
+        let path = &self.path;
+        let s = path.to_string_lossy();
+        let mut files = if s.contains(['*', '?', '[']) {
+            let paths = glob::glob(&s).map_err(|e| Error::Data {
+                path: path.to_path_buf(),
+                msg: format!("bad glob pattern: {e}"),
+            })?;
+            paths
+                .filter_map(|p| p.ok())
+                .filter(|p| p.is_file())
+                .collect::<Vec<_>>()
+        } else if path.is_dir() {
+            let rd = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && FileFormat::from_path(p) == Some(self.format))
+                .collect()
+        } else {
+            std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            vec![path.to_path_buf()]
+        };
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Data {
+                path: path.to_path_buf(),
+                msg: "no input files found there".into(),
+            });
+        }
+        Ok(files)
+    }
+}
+
+fn open(path: &Path) -> Result<File> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len == 0 {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            msg: "the file is empty (0 bytes)".into(),
+        });
+    }
+    Ok(f)
+}
+
+fn parquet_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        msg: format!("not a readable Parquet file: {e}"),
+    }
+}
+
+/// A file's schema and, for Parquet, the rows of each row group. Text formats are read in
+/// full to infer their schema; numeric columns named in `floats` are read as Float64, so a
+/// feature that is integer in one CSV file and float in another does not disagree.
+pub fn schema_of(path: &Path, format: FileFormat, floats: &[String]) -> Result<(SchemaRef, Vec<u64>)> {
+    let text_err = |e: arrow::error::ArrowError| Error::Data {
+        path: path.to_path_buf(),
+        msg: format!(
+            "cannot read as {}: {e}",
+            if format == FileFormat::Csv {
+                "CSV"
+            } else {
+                "JSON lines"
+            }
+        ),
+    };
+    let schema = match format {
+        FileFormat::Parquet => {
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| parquet_err(path, e))?;
+            let groups = builder
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|g| g.num_rows() as u64)
+                .collect();
+            return Ok((builder.schema().clone(), groups));
+        }
+        FileFormat::Csv => {
+            arrow::csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(open(path)?, None)
+                .map_err(text_err)?
+                .0
+        }
+        FileFormat::Jsonl => {
+            let mut r = BufReader::new(open(path)?);
+            let (schema, _) = arrow::json::reader::infer_json_schema(&mut r, None).map_err(text_err)?;
+            r.rewind().map_err(|e| Error::io(path, e))?;
+            schema
+        }
+    };
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(
+            |f| match floats.contains(f.name()) && f.data_type().is_numeric() {
+                true => Arc::new(f.as_ref().clone().with_data_type(DataType::Float64)),
+                false => f.clone(),
+            },
+        )
+        .collect();
+    Ok((Arc::new(Schema::new(fields)), Vec::new()))
+}
+
+/// Record batches of a file.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
+
+/// Opens a reader of `path` (whose schema [`schema_of`] read) in batches of `batch_rows`;
+/// Parquet reads only `row_group` (if given) and the columns named in `columns` (if given).
+pub fn batches(
+    path: &Path,
+    format: FileFormat,
+    schema: &SchemaRef,
+    row_group: Option<usize>,
+    columns: Option<&[&str]>,
+    batch_rows: usize,
+) -> Result<Batches> {
+    let at = path.to_path_buf();
+    let read_err = move |e: arrow::error::ArrowError| Error::Data {
+        path: at.clone(),
+        msg: format!(
+            "{}read failed: {e}",
+            row_group
+                .map(|rg| format!("row group {rg}: "))
+                .unwrap_or_default()
+        ),
+    };
+    Ok(match format {
+        FileFormat::Parquet => {
+            let mut builder =
+                ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| parquet_err(path, e))?;
+            if let Some(cols) = columns {
+                let wanted = cols.iter().filter_map(|c| schema.index_of(c).ok());
+                let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+                builder = builder.with_projection(mask);
+            }
+            if let Some(rg) = row_group {
+                builder = builder.with_row_groups(vec![rg]);
+            }
+            let reader = builder
+                .with_batch_size(batch_rows)
+                .build()
+                .map_err(|e| parquet_err(path, e))?;
+            Box::new(reader.map(move |b| b.map_err(&read_err)))
+        }
+        FileFormat::Csv => {
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_header(true)
+                .with_batch_size(batch_rows)
+                .build(open(path)?)
+                .map_err(&read_err)?;
+            Box::new(reader.map(move |b| b.map_err(&read_err)))
+        }
+        FileFormat::Jsonl => {
+            let reader = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(batch_rows)
+                .build(BufReader::new(open(path)?))
+                .map_err(&read_err)?;
+            Box::new(reader.map(move |b| b.map_err(&read_err)))
+        }
+    })
+}
+
+/// Every row of a whole file, all columns (side tables, replay).
+pub fn read_all(path: &Path, format: FileFormat) -> Result<Vec<RecordBatch>> {
+    let (schema, _) = schema_of(path, format, &[])?;
+    batches(path, format, &schema, None, None, 65_536)?.collect()
+}
+
+impl Plan {
+    /// Reads every file's schema (Parquet footers; CSV/JSONL by inference over the whole
+    /// file) and checks `columns` in each.
+    pub fn build(source: &FileSource, columns: &Columns) -> Result<Plan> {
+        let paths = source.expand()?;
+        let mut files = Vec::with_capacity(paths.len());
+        let mut units = Vec::new();
+        let mut total_rows = Some(0u64);
+        let mut types: Option<(DataType, DataType, PathBuf)> = None;
+        for (fi, p) in paths.into_iter().enumerate() {
+            let (schema, groups) = schema_of(&p, source.format, &columns.features)?;
+            if source.format == FileFormat::Parquet {
+                let mut first = 0u64;
+                for (rg, &rows) in groups.iter().enumerate() {
+                    units.push(Unit {
+                        file: fi as u32,
+                        row_group: Some(rg),
+                        first_row: first,
+                        rows: Some(rows),
+                    });
+                    first += rows;
+                }
+                total_rows = total_rows.map(|t| t + first);
+            } else {
+                // A text file is one unit; its row count is unknown until read.
+                total_rows = None;
+                units.push(Unit {
+                    file: fi as u32,
+                    row_group: None,
+                    first_row: 0,
+                    rows: None,
+                });
+            }
+            let cols = columns.map(&schema, &p)?;
+            match &types {
+                None => types = Some((cols.key_type.clone(), cols.time_type.clone(), p.clone())),
+                Some((k, t, first)) => {
+                    for (what, a, b, col) in [
+                        ("key", k, &cols.key_type, &columns.key),
+                        ("time", t, &cols.time_type, &columns.time),
+                    ] {
+                        if a != b {
+                            return Err(Error::Data {
+                                path: p.clone(),
+                                msg: format!(
+                                    "{what} column `{col}` has type {b} here but {a} in {}; all input files must agree",
+                                    first.display()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            files.push(SourceFile { path: p, schema });
+        }
+        let (key_type, time_type, _) = types.expect("expand returns at least one file");
+        Ok(Plan {
+            format: source.format,
+            files,
+            units,
+            key_type,
+            time_type,
+            total_rows,
+        })
+    }
+
+    /// Units read by global worker `index` of `peers`: round-robin, so workers advance
+    /// through the epochs together.
+    pub fn units_for(&self, index: usize, peers: usize) -> impl Iterator<Item = (usize, &Unit)> + '_ {
+        self.units
+            .iter()
+            .enumerate()
+            .filter(move |(u, _)| u % peers == index)
+    }
+
+    /// Rows of the units a worker reads, when known.
+    pub fn rows_for(&self, index: usize, peers: usize) -> Option<u64> {
+        self.units_for(index, peers).map(|(_, u)| u.rows).sum()
+    }
+
+    /// Reads unit `u` in record batches of `batch_rows` (Parquet: only the named columns),
+    /// handing each to `f` with its index within the unit and the file row of its first row.
+    pub fn read_unit(
+        &self,
+        u: usize,
+        columns: &[&str],
+        batch_rows: usize,
+        mut f: impl FnMut(usize, RecordBatch, u64) -> Result<()>,
+    ) -> Result<()> {
+        let unit = &self.units[u];
+        let file = &self.files[unit.file as usize];
+        let reader = batches(
+            &file.path,
+            self.format,
+            &file.schema,
+            unit.row_group,
+            Some(columns),
+            batch_rows,
+        )?;
+        let mut first_row = unit.first_row;
+        for (i, batch) in reader.enumerate() {
+            let batch = batch?;
+            let n = batch.num_rows() as u64;
+            f(i, batch, first_row)?;
+            first_row += n;
+        }
+        Ok(())
+    }
+}

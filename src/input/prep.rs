@@ -1,0 +1,106 @@
+//! Feature preparation: normalization, the NaN policy and forward fill. Files, live lines
+//! and training all turn raw values into model inputs here, so a model is trained on
+//! exactly the f32 values it is later served (`tests/keyed_oracle.rs` and
+//! `train::data::tests` hold the paths to it).
+
+use super::columns::Columns;
+use crate::vocab::{NanPolicy, Normalize};
+
+/// One step's raw feature values (f64, NaN for a null) to the f32 values the model sees.
+#[derive(Debug, Clone)]
+pub struct Prep {
+    norm: Option<Normalize>,
+    nan: NanPolicy,
+}
+
+impl Prep {
+    /// The preparation `columns` asks for.
+    pub fn new(columns: &Columns) -> Prep {
+        Prep {
+            norm: columns.normalize.clone(),
+            nan: columns.nan,
+        }
+    }
+
+    /// Writes feature `j`'s prepared value of `raw(j)` into `out[j]` for every feature:
+    /// `(x - mean) / std` in f64 (as the statistics were computed; f32 would cost ~1e-7
+    /// relative per input), then rounded to f32. A value that is not finite in f32 becomes 0
+    /// under `zero`, stays NaN under `ffill` (filled per key in time order by
+    /// [`fill_forward`]), and under `error` and `skip` makes this return the feature's index.
+    #[inline]
+    pub fn row(&self, raw: impl Fn(usize) -> f64, out: &mut [f32]) -> Result<(), usize> {
+        for (j, o) in out.iter_mut().enumerate() {
+            let x = raw(j);
+            let v = match &self.norm {
+                Some(n) => ((x - n.mean[j]) / n.std[j]) as f32,
+                None => x as f32,
+            };
+            *o = if v.is_finite() {
+                v
+            } else {
+                match self.nan {
+                    NanPolicy::Error | NanPolicy::Skip => return Err(j),
+                    NanPolicy::Zero => 0.0,
+                    NanPolicy::Ffill => f32::NAN,
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Whether non-finite values reach the keyed state to be forward-filled.
+    pub fn fills_forward(&self) -> bool {
+        self.nan == NanPolicy::Ffill
+    }
+}
+
+/// Forward fill of one step of a key, in time order: a NaN takes the key's last finite
+/// value of that feature (`last`, zero before the first), a finite value becomes the last.
+#[inline]
+pub fn fill_forward(row: &mut [f32], last: &mut [f32]) {
+    for (v, l) in row.iter_mut().zip(last.iter_mut()) {
+        if v.is_finite() {
+            *l = *v;
+        } else {
+            *v = *l;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols(nan: NanPolicy, norm: Option<Normalize>) -> Columns {
+        Columns {
+            key: "k".into(),
+            time: "t".into(),
+            features: vec!["a".into(), "b".into()],
+            normalize: norm,
+            nan,
+        }
+    }
+
+    #[test]
+    fn normalizes_in_f64_then_applies_the_policy() {
+        let norm = Normalize {
+            mean: vec![1.0, 0.0],
+            std: vec![4.0, 1e-40],
+        };
+        let p = Prep::new(&cols(NanPolicy::Zero, Some(norm.clone())));
+        let mut out = [9.0f32; 2];
+        // 1e-39 / 1e-40 = 10 in f64; b's division overflows f32 for 1.0 -> zero.
+        p.row(|j| [3.0, 1e-39][j], &mut out).unwrap();
+        assert_eq!(out, [0.5, 10.0]);
+        p.row(|j| [3.0, 1.0][j], &mut out).unwrap();
+        assert_eq!(out, [0.5, 0.0]);
+        let p = Prep::new(&cols(NanPolicy::Skip, Some(norm)));
+        assert_eq!(p.row(|j| [f64::NAN, f64::NAN][j], &mut out), Err(0));
+        let p = Prep::new(&cols(NanPolicy::Ffill, None));
+        p.row(|j| [f64::NAN, 2.0][j], &mut out).unwrap();
+        assert!(out[0].is_nan() && out[1] == 2.0);
+        let mut last = [7.0, 0.0];
+        fill_forward(&mut out, &mut last);
+        assert_eq!((out, last), ([7.0, 2.0], [7.0, 2.0]));
+    }
+}

@@ -1,0 +1,455 @@
+//! The emit modes. Each [`Emitter`] owns exactly the per-key buffers its mode needs:
+//!
+//! - `every_step`: the model state of every key (an arena); all accepted steps of all keys
+//!   go through [`Model::advance`] in a few large packed calls (every wavefront batches all
+//!   keys that still have a step), and every output is emitted at once;
+//! - `sequence_end`: causal models advance the same way and keep each key's outputs (all,
+//!   or only the last) until the sequence ends; other models keep the inputs and run
+//!   [`Model::forward`] over the whole sequence at the end. Live runs end a key's sequence
+//!   after an idle timeout;
+//! - `window`: a ring of the key's last `size` inputs; every `hop` steps the window is run
+//!   from a fresh state, all windows due in an epoch in one call.
+
+use std::collections::VecDeque;
+
+use super::index::KeyIndex;
+use super::order::{Accepted, Run};
+use crate::model::{Model, Packed, StateArena, Workspace};
+use crate::record::{OutBatch, SinkMsg, Stats};
+use crate::vocab::Emit;
+
+/// Rows per model call: bounds the scratch memory (an LSTM's input projection holds up to
+/// `128 x 4H` floats per block, its outputs `rows x H`) while keeping wavefronts wide.
+const CALL_ROWS: usize = 16_384;
+
+/// What an emitter borrows from its processor for one call.
+pub struct Ctx<'a> {
+    /// The model.
+    pub model: &'a Model,
+    /// Scratch buffers of the model.
+    pub ws: &'a mut Workspace,
+    /// The packed input of a call.
+    pub packed: &'a mut Packed,
+    /// Key names for the output.
+    pub keys: &'a KeyIndex,
+    /// Counters (outputs).
+    pub stats: &'a mut Stats,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, batch: OutBatch, out: &mut Vec<SinkMsg>) {
+        if !batch.is_empty() {
+            self.stats.outputs += batch.len() as u64;
+            out.push(SinkMsg::Rows(batch));
+        }
+    }
+}
+
+/// The per-key state of one emit mode.
+pub enum Emitter {
+    /// `every_step`.
+    EveryStep(StateArena),
+    /// `sequence_end`.
+    SequenceEnd(SequenceEnd),
+    /// `window`.
+    Window(Windows),
+}
+
+/// `sequence_end`: what is held per key until its sequence ends.
+pub struct SequenceEnd {
+    all_steps: bool,
+    held: Held,
+    idle: Option<Idle>,
+}
+
+enum Held {
+    /// Causal models: state advanced per epoch, outputs kept (all, or the last).
+    Outputs {
+        arena: StateArena,
+        vals: Vec<Vec<f32>>,
+        times: Vec<Vec<i64>>,
+    },
+    /// Other models: the whole input, run at the end.
+    Inputs {
+        feats: Vec<Vec<f32>>,
+        times: Vec<Vec<i64>>,
+    },
+}
+
+/// Live `sequence_end`: when each key's last step arrived, to end idle sequences.
+struct Idle {
+    timeout_us: u64,
+    /// Per key: when its last step arrived (us, `now_us` clock), and whether it is open.
+    last_seen: Vec<u64>,
+    open: Vec<bool>,
+    /// `(key, last_seen)` in arrival order; stale entries are skipped when popped.
+    queue: VecDeque<(u32, u64)>,
+}
+
+/// `window`: a ring of each key's last `size` inputs and its step count.
+pub struct Windows {
+    size: usize,
+    hop: usize,
+    width: usize,
+    rings: Vec<Vec<f32>>,
+    counts: Vec<u64>,
+}
+
+fn vec_bytes<T>(v: &[Vec<T>]) -> usize {
+    v.iter()
+        .map(|x| x.capacity() * std::mem::size_of::<T>() + 24)
+        .sum()
+}
+
+impl Emitter {
+    /// The emitter of `emit` for `model`.
+    pub fn new(model: &Model, emit: Emit) -> Emitter {
+        match emit {
+            Emit::EveryStep => Emitter::EveryStep(model.new_arena()),
+            Emit::SequenceEnd { all_steps } => Emitter::SequenceEnd(SequenceEnd {
+                all_steps,
+                held: if model.check_streamable().is_ok() {
+                    Held::Outputs {
+                        arena: model.new_arena(),
+                        vals: Vec::new(),
+                        times: Vec::new(),
+                    }
+                } else {
+                    Held::Inputs {
+                        feats: Vec::new(),
+                        times: Vec::new(),
+                    }
+                },
+                idle: None,
+            }),
+            Emit::Window { size, hop } => Emitter::Window(Windows {
+                size,
+                hop,
+                width: model.input_size(),
+                rings: Vec::new(),
+                counts: Vec::new(),
+            }),
+        }
+    }
+
+    /// Live `sequence_end`: a key's sequence ends after `us` without steps. Set before the
+    /// first key; other modes ignore it.
+    pub fn set_idle_timeout(&mut self, us: u64) {
+        if let Emitter::SequenceEnd(s) = self {
+            s.idle = Some(Idle {
+                timeout_us: us,
+                last_seen: Vec::new(),
+                open: Vec::new(),
+                queue: VecDeque::new(),
+            });
+        }
+    }
+
+    /// Makes room for the next key index.
+    pub fn add_key(&mut self) {
+        match self {
+            Emitter::EveryStep(arena) => {
+                arena.alloc();
+            }
+            Emitter::SequenceEnd(s) => {
+                match &mut s.held {
+                    Held::Outputs { arena, vals, times } => {
+                        arena.alloc();
+                        vals.push(Vec::new());
+                        times.push(Vec::new());
+                    }
+                    Held::Inputs { feats, times } => {
+                        feats.push(Vec::new());
+                        times.push(Vec::new());
+                    }
+                }
+                if let Some(idle) = &mut s.idle {
+                    idle.last_seen.push(0);
+                    idle.open.push(false);
+                }
+            }
+            Emitter::Window(w) => {
+                w.rings.push(vec![0.0; w.size * w.width]);
+                w.counts.push(0);
+            }
+        }
+    }
+
+    /// Handles the accepted steps of one epoch.
+    pub fn epoch(&mut self, cx: &mut Ctx<'_>, acc: &Accepted, out: &mut Vec<SinkMsg>) {
+        match self {
+            Emitter::EveryStep(arena) => {
+                // Room for the whole epoch at once: growing by doubling re-copied every
+                // value (tens of MB per epoch for wide outputs).
+                let mut batch = OutBatch::with_capacity(cx.keys.column(), cx.model.output_size(), acc.len());
+                advance(cx.model, cx.ws, cx.packed, arena, acc, |key, a, vals| {
+                    batch.keys.push(cx.keys.get(key));
+                    batch.times.push(acc.times[a]);
+                    batch.values.extend_from_slice(vals);
+                    batch.arrivals.push(acc.arrivals[a]);
+                });
+                cx.send(batch, out);
+            }
+            Emitter::SequenceEnd(s) => s.epoch(cx, acc),
+            Emitter::Window(w) => w.epoch(cx, acc, out),
+        }
+    }
+
+    /// End of input: emits what `sequence_end` held back.
+    pub fn finish(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<SinkMsg>) {
+        if let Emitter::SequenceEnd(s) = self {
+            let all: Vec<u32> = (0..cx.keys.len() as u32).collect();
+            s.end(cx, &all, out);
+        }
+    }
+
+    /// Live `sequence_end`: ends the sequences of keys idle for longer than the timeout.
+    pub fn expire_idle(&mut self, cx: &mut Ctx<'_>, now_us: u64, out: &mut Vec<SinkMsg>) {
+        let Emitter::SequenceEnd(s) = self else { return };
+        let Some(idle) = &mut s.idle else { return };
+        let mut ended = Vec::new();
+        while let Some(&(k, seen)) = idle.queue.front() {
+            if now_us.saturating_sub(seen) < idle.timeout_us {
+                break;
+            }
+            idle.queue.pop_front();
+            // Only the newest entry of a key counts; older ones are stale.
+            if idle.open[k as usize] && idle.last_seen[k as usize] == seen {
+                idle.open[k as usize] = false;
+                ended.push(k);
+            }
+        }
+        if !ended.is_empty() {
+            s.end(cx, &ended, out);
+        }
+    }
+
+    /// Bytes of per-key state held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Emitter::EveryStep(arena) => arena.allocated_bytes(),
+            Emitter::SequenceEnd(s) => match &s.held {
+                Held::Outputs { arena, vals, times } => {
+                    arena.allocated_bytes() + vec_bytes(vals) + vec_bytes(times)
+                }
+                Held::Inputs { feats, times } => vec_bytes(feats) + vec_bytes(times),
+            },
+            Emitter::Window(w) => vec_bytes(&w.rings) + w.counts.capacity() * 8,
+        }
+    }
+}
+
+/// Streams the epoch's runs through the model, carrying each key's state in `arena`, in
+/// calls of at most `CALL_ROWS` rows (a run longer than what is left of a call continues in
+/// the next one). `emit(key, step, values)` gets every output row, call by call.
+fn advance(
+    model: &Model,
+    ws: &mut Workspace,
+    packed: &mut Packed,
+    arena: &mut StateArena,
+    acc: &Accepted,
+    mut emit: impl FnMut(u32, usize, &[f32]),
+) {
+    let mut queue: Vec<Run> = acc.runs.clone();
+    let mut next = Vec::new();
+    let mut call: Vec<Run> = Vec::new();
+    let mut lens: Vec<usize> = Vec::new();
+    let mut slots: Vec<u32> = Vec::new();
+    while !queue.is_empty() {
+        call.clear();
+        let mut rows = 0;
+        for run in queue.drain(..) {
+            if rows >= CALL_ROWS {
+                next.push(run);
+                continue;
+            }
+            let take = run.len.min(CALL_ROWS - rows);
+            call.push(Run { len: take, ..run });
+            rows += take;
+            if take < run.len {
+                next.push(Run {
+                    key: run.key,
+                    start: run.start + take,
+                    len: run.len - take,
+                });
+            }
+        }
+        std::mem::swap(&mut queue, &mut next);
+        lens.clear();
+        lens.extend(call.iter().map(|r| r.len));
+        slots.clear();
+        slots.extend(call.iter().map(|r| r.key));
+        packed.pack(model.input_size(), &lens, |s, t| acc.row(call[s].start + t));
+        let res = model
+            .advance(arena, &slots, packed, ws)
+            .expect("streaming emitters are only built for causal models");
+        for (s, tag, vals) in res.rows() {
+            let run = call[s as usize];
+            emit(run.key, run.start + tag as usize, vals);
+        }
+    }
+}
+
+impl SequenceEnd {
+    fn epoch(&mut self, cx: &mut Ctx<'_>, acc: &Accepted) {
+        if let Some(idle) = &mut self.idle {
+            let now = crate::vocab::now_us();
+            for run in &acc.runs {
+                idle.last_seen[run.key as usize] = now;
+                idle.open[run.key as usize] = true;
+                idle.queue.push_back((run.key, now));
+            }
+        }
+        let all_steps = self.all_steps;
+        match &mut self.held {
+            Held::Outputs { arena, vals, times } => {
+                advance(cx.model, cx.ws, cx.packed, arena, acc, |key, a, v| {
+                    let k = key as usize;
+                    if !all_steps {
+                        vals[k].clear();
+                        times[k].clear();
+                    }
+                    vals[k].extend_from_slice(v);
+                    times[k].push(acc.times[a]);
+                });
+            }
+            Held::Inputs { feats, times } => {
+                for run in &acc.runs {
+                    let k = run.key as usize;
+                    let (a, b) = (run.start, run.start + run.len);
+                    feats[k].extend_from_slice(&acc.feats[a * acc.width..b * acc.width]);
+                    times[k].extend_from_slice(&acc.times[a..b]);
+                }
+            }
+        }
+    }
+
+    /// Emits the output of `keys`' sequences and starts each a fresh sequence.
+    fn end(&mut self, cx: &mut Ctx<'_>, keys: &[u32], out: &mut Vec<SinkMsg>) {
+        let ow = cx.model.output_size();
+        let mut batch = OutBatch::new(cx.keys.column(), ow);
+        match &mut self.held {
+            Held::Outputs { arena, vals, times } => {
+                for &k in keys {
+                    let ku = k as usize;
+                    for (t, &time) in times[ku].iter().enumerate() {
+                        batch.keys.push(cx.keys.get(k));
+                        batch.times.push(time);
+                        batch.values.extend_from_slice(&vals[ku][t * ow..(t + 1) * ow]);
+                    }
+                    times[ku] = Vec::new();
+                    vals[ku] = Vec::new();
+                    arena.reset(k);
+                }
+            }
+            Held::Inputs { feats, times } => {
+                run_whole(cx, self.all_steps, keys, feats, times, &mut batch);
+            }
+        }
+        cx.send(batch, out);
+    }
+}
+
+/// Non-causal `sequence_end`: each key's whole sequence through the offline form, many keys
+/// per call (longest first, so the packed wavefronts stay dense).
+fn run_whole(
+    cx: &mut Ctx<'_>,
+    all_steps: bool,
+    keys: &[u32],
+    feats: &mut [Vec<f32>],
+    times: &mut [Vec<i64>],
+    batch: &mut OutBatch,
+) {
+    let w = cx.model.input_size();
+    let mut order: Vec<u32> = keys
+        .iter()
+        .copied()
+        .filter(|&k| !times[k as usize].is_empty())
+        .collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(times[k as usize].len()));
+    let mut i = 0;
+    while i < order.len() {
+        let mut rows = 0;
+        let mut j = i;
+        while j < order.len() && (j == i || rows + times[order[j] as usize].len() <= CALL_ROWS) {
+            rows += times[order[j] as usize].len();
+            j += 1;
+        }
+        let chunk = &order[i..j];
+        let lens: Vec<usize> = chunk.iter().map(|&k| times[k as usize].len()).collect();
+        cx.packed
+            .pack(w, &lens, |s, t| &feats[chunk[s] as usize][t * w..(t + 1) * w]);
+        let res = cx.model.forward(cx.packed, cx.ws);
+        let mut emit = |k: u32, tag: u32, vals: &[f32]| {
+            batch.keys.push(cx.keys.get(k));
+            batch.times.push(times[k as usize][tag as usize]);
+            batch.values.extend_from_slice(vals);
+        };
+        if all_steps {
+            for (s, tag, vals) in res.rows() {
+                emit(chunk[s as usize], tag, vals);
+            }
+        } else {
+            for (s, r) in res.last_rows().into_iter().enumerate() {
+                if let Some(r) = r {
+                    emit(chunk[s], res.layout.tags[r], res.row_data(r));
+                }
+            }
+        }
+        for &k in chunk {
+            feats[k as usize] = Vec::new();
+            times[k as usize] = Vec::new();
+        }
+        i = j;
+    }
+}
+
+impl Windows {
+    /// Pushes the epoch's steps into each key's ring and runs every window that became due,
+    /// from a fresh state, emitting its last output at the window's last time.
+    fn epoch(&mut self, cx: &mut Ctx<'_>, acc: &Accepted, out: &mut Vec<SinkMsg>) {
+        let (w, size) = (self.width, self.size);
+        // Due windows: (key, step), input rows copied oldest first (a later step of the
+        // same epoch may overwrite the ring).
+        let mut due: Vec<(u32, usize)> = Vec::new();
+        let mut rows: Vec<f32> = Vec::new();
+        for run in &acc.runs {
+            let k = run.key as usize;
+            for a in run.start..run.start + run.len {
+                let n = self.counts[k];
+                let pos = (n % size as u64) as usize;
+                self.rings[k][pos * w..(pos + 1) * w].copy_from_slice(acc.row(a));
+                let n = n + 1;
+                self.counts[k] = n;
+                if n >= size as u64 && (n - size as u64) % self.hop as u64 == 0 {
+                    // Oldest first: the ring starts after the newest entry.
+                    for j in 0..size {
+                        let p = ((n as usize) + j) % size;
+                        rows.extend_from_slice(&self.rings[k][p * w..(p + 1) * w]);
+                    }
+                    due.push((run.key, a));
+                }
+            }
+        }
+        let per_call = (CALL_ROWS / size).max(1);
+        let mut batch = OutBatch::new(cx.keys.column(), cx.model.output_size());
+        for (c, chunk) in due.chunks(per_call).enumerate() {
+            let base = c * per_call * size;
+            cx.packed.pack(w, &vec![size; chunk.len()], |s, t| {
+                let r = base + s * size + t;
+                &rows[r * w..(r + 1) * w]
+            });
+            let res = cx.model.forward(cx.packed, cx.ws);
+            for (s, r) in res.last_rows().into_iter().enumerate() {
+                if let Some(r) = r {
+                    let (key, a) = chunk[s];
+                    batch.keys.push(cx.keys.get(key));
+                    batch.times.push(acc.times[a]);
+                    batch.values.extend_from_slice(res.row_data(r));
+                    batch.arrivals.push(acc.arrivals[a]);
+                }
+            }
+        }
+        cx.send(batch, out);
+    }
+}

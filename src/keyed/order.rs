@@ -1,0 +1,183 @@
+//! Epoch ordering: the steps of one completed epoch grouped by key and put in time order,
+//! late and duplicate steps rejected against each key's last processed time, and NaN
+//! features forward-filled, so the emitters see only accepted steps, key by key.
+
+use super::index::KeyIndex;
+use crate::input::fill_forward;
+use crate::record::{Reject, RejectReason, Stats, StepBatch};
+
+/// One pending row of the epoch being ordered.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    key: u32,
+    time: i64,
+    source: u32,
+    row: u64,
+    batch: u32,
+    idx: u32,
+}
+
+/// A key's run of accepted steps in this epoch: steps `start..start + len`.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// The key's index.
+    pub key: u32,
+    /// First step of the run in [`Accepted`].
+    pub start: usize,
+    /// Number of steps.
+    pub len: usize,
+}
+
+/// The accepted steps of one epoch, key by key, each key's steps in time order.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// Features per step.
+    pub width: usize,
+    /// `steps x width` prepared (and forward-filled) features.
+    pub feats: Vec<f32>,
+    /// Time of each step.
+    pub times: Vec<i64>,
+    /// Arrival of each step (live; 0 for files).
+    pub arrivals: Vec<u64>,
+    /// One run per key with accepted steps, in key order.
+    pub runs: Vec<Run>,
+}
+
+impl Accepted {
+    /// Features of step `a`.
+    #[inline]
+    pub fn row(&self, a: usize) -> &[f32] {
+        &self.feats[a * self.width..(a + 1) * self.width]
+    }
+
+    /// Number of accepted steps.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether no step was accepted.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
+/// Per-key ordering state: the last processed time and forward-fill values.
+#[derive(Debug, Default)]
+pub struct Sequencer {
+    width: usize,
+    last_time: Vec<i64>,
+    has_time: Vec<bool>,
+    /// `keys x width` last finite values, when the NaN policy forward-fills.
+    ffill: Option<Vec<f32>>,
+    pending: Vec<Pending>,
+}
+
+impl Sequencer {
+    /// State for steps of `width` features; `ffill` keeps the last finite values per key.
+    pub fn new(width: usize, ffill: bool) -> Sequencer {
+        Sequencer {
+            width,
+            ffill: ffill.then(Vec::new),
+            ..Sequencer::default()
+        }
+    }
+
+    /// Makes room for the next key index.
+    pub fn add_key(&mut self) {
+        self.last_time.push(i64::MIN);
+        self.has_time.push(false);
+        if let Some(f) = &mut self.ffill {
+            f.extend(std::iter::repeat_n(0.0, self.width));
+        }
+    }
+
+    /// Starts a new epoch.
+    pub fn begin(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Adds row `idx` of batch `batch` (of the epoch), whose key has index `key`.
+    #[inline]
+    pub fn pend(&mut self, key: u32, b: &StepBatch, batch: usize, idx: usize) {
+        self.pending.push(Pending {
+            key,
+            time: b.times[idx],
+            source: b.source,
+            row: b.rows[idx],
+            batch: batch as u32,
+            idx: idx as u32,
+        });
+    }
+
+    /// Orders the pending rows by `(key, time, source, row)` (so equal times resolve the same
+    /// way on any worker count), rejects each step whose time is not after its key's last
+    /// processed step, and fills `acc` with the rest.
+    pub fn accept(
+        &mut self,
+        keys: &KeyIndex,
+        batches: &[&StepBatch],
+        acc: &mut Accepted,
+        stats: &mut Stats,
+    ) -> Vec<Reject> {
+        let w = self.width;
+        acc.width = w;
+        acc.feats.clear();
+        acc.times.clear();
+        acc.arrivals.clear();
+        acc.runs.clear();
+        let mut rejects = Vec::new();
+        self.pending
+            .sort_unstable_by_key(|p| (p.key, p.time, p.source, p.row));
+        let mut i = 0;
+        while i < self.pending.len() {
+            let key = self.pending[i].key;
+            let k = key as usize;
+            let start = acc.times.len();
+            while i < self.pending.len() && self.pending[i].key == key {
+                let p = self.pending[i];
+                i += 1;
+                if self.has_time[k] && p.time <= self.last_time[k] {
+                    let reason = if p.time == self.last_time[k] {
+                        RejectReason::Duplicate
+                    } else {
+                        RejectReason::Late
+                    };
+                    stats.count_reject(reason);
+                    rejects.push(Reject {
+                        reason,
+                        source: p.source,
+                        row: p.row,
+                        key: Some(keys.get(key).to_owned()),
+                        time: Some(p.time),
+                        last_time: Some(self.last_time[k]),
+                        detail: String::new(),
+                    });
+                    continue;
+                }
+                self.last_time[k] = p.time;
+                self.has_time[k] = true;
+                let b = batches[p.batch as usize];
+                let at = acc.feats.len();
+                acc.feats
+                    .extend_from_slice(&b.features[p.idx as usize * w..(p.idx as usize + 1) * w]);
+                if let Some(f) = &mut self.ffill {
+                    fill_forward(&mut acc.feats[at..], &mut f[k * w..(k + 1) * w]);
+                }
+                acc.times.push(p.time);
+                acc.arrivals
+                    .push(b.arrivals.get(p.idx as usize).copied().unwrap_or(0));
+            }
+            let len = acc.times.len() - start;
+            if len > 0 {
+                acc.runs.push(Run { key, start, len });
+            }
+        }
+        stats.steps_processed += acc.len() as u64;
+        rejects
+    }
+
+    /// Bytes held per key.
+    pub fn bytes(&self) -> usize {
+        self.last_time.capacity() * 9 + self.ffill.as_ref().map_or(0, |f| f.capacity() * 4)
+    }
+}
