@@ -400,6 +400,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stable_hash_is_pinned() {
+        // Persisted in checkpoints and used to route keys: these values must never change.
+        // They were computed by a Python transcription of `stable_hash`'s doc comment.
+        let got: Vec<u64> = [
+            KeyRef::Int(0),
+            KeyRef::Int(-1),
+            KeyRef::Int(1_700_000_000_123),
+            KeyRef::Str(""),
+            KeyRef::Str("a7"),
+            KeyRef::Str("site01-m00019"),
+            KeyRef::Str("ключ-🔑"),
+        ]
+        .iter()
+        .map(|k| k.stable_hash())
+        .collect();
+        let want = [
+            0x0000000000000000,
+            0xb4d055fcf2cbbd7b,
+            0x0d17c2679fef436c,
+            0x0000000000000000,
+            0xc9a98a036925c82d,
+            0xefa1bf550c09e29d,
+            0x4638e95fe6f859c6,
+        ];
+        assert_eq!(got, want);
+        assert_eq!(KeyRef::Str("a7").route(3), (got[4] % 3) as usize);
+    }
+
+    #[test]
     fn spare_buffers_are_reused_emptied_and_bounded() {
         let pool = Spares::new();
         let mut big = Vec::with_capacity(1 << 17);

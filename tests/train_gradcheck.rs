@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use seqflow::model::config::ModelConfig;
+use seqflow::model::tensors::init as init_tensors;
 use seqflow::model::weights::WeightStore;
-use seqflow::train::init::init_tensors;
 use seqflow::train::net::{build, Net};
 use seqflow::train::seq::Seq;
 use seqflow::vocab::SplitMix;

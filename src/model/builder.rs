@@ -1,7 +1,7 @@
-//! Building models in code: layer by layer, weights initialized the way PyTorch initializes
-//! each module (uniform in `±1/sqrt(fan_in)` for conv and linear, `±1/sqrt(hidden)` for
-//! recurrent layers), with PyTorch's tensor names. Used by benchmarks, data generators and
-//! training; [`ModelBuilder::save`] writes the same model TOML + safetensors a user would.
+//! Building models in code: a model file written layer by layer with its sizes, and weights
+//! drawn as PyTorch's constructors draw them by [`tensors::init`] (the same initialization
+//! `seqflow train` uses). Used by benchmarks, data generators and tests;
+//! [`ModelBuilder::save`] writes the same model TOML + safetensors a user would.
 
 use std::path::Path;
 
@@ -9,41 +9,45 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::config::ModelConfig;
+use super::tensors;
 use super::weights::{Tensor, WeightStore};
 use super::Model;
 use crate::error::{Error, Result};
-use crate::vocab::SplitMix;
 
-/// Accumulates a model TOML and its tensors.
+/// Accumulates a model file's layers.
 #[derive(Debug, Clone)]
 pub struct ModelBuilder {
     input_size: usize,
-    width: usize,
     layers: String,
-    tensors: Vec<(String, Tensor)>,
-    rng: SplitMix,
+    seed: u64,
 }
 
 impl ModelBuilder {
+    /// A model taking `input_size` features, with weights drawn from `seed`.
     pub fn new(input_size: usize, seed: u64) -> ModelBuilder {
         ModelBuilder {
             input_size,
-            width: input_size,
             layers: String::new(),
-            tensors: Vec::new(),
-            rng: SplitMix::new(seed),
+            seed,
         }
     }
 
-    fn tensor(&mut self, name: String, shape: Vec<usize>, bound: f32) {
-        let n = shape.iter().product();
-        let data = (0..n).map(|_| self.rng.uniform(bound)).collect();
-        self.tensors.push((name, Tensor { shape, data }));
+    /// Appends `[[layers]]` with `type = kind` and the given TOML body.
+    pub fn layer(mut self, kind: &str, body: &str) -> Self {
+        self.layers
+            .push_str(&format!("\n[[layers]]\ntype = \"{kind}\"\n{body}\n"));
+        self
+    }
+
+    /// Adds `key = value` to the last layer (e.g. `bidirectional`, `proj_size`, `bias`).
+    pub fn with(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.layers.push_str(&format!("{key} = {value}\n"));
+        self
     }
 
     /// `nn.Conv1d(width, out, kernel, stride, dilation)` with the given padding mode.
     pub fn conv1d(
-        mut self,
+        self,
         name: &str,
         out: usize,
         kernel: usize,
@@ -51,62 +55,33 @@ impl ModelBuilder {
         dilation: usize,
         padding: &str,
     ) -> Self {
-        let bound = 1.0 / ((self.width * kernel) as f32).sqrt();
-        self.tensor(format!("{name}.weight"), vec![out, self.width, kernel], bound);
-        self.tensor(format!("{name}.bias"), vec![out], bound);
-        self.layers.push_str(&format!(
-            "\n[[layers]]\ntype = \"conv1d\"\nname = \"{name}\"\nstride = {stride}\ndilation = {dilation}\npadding = \"{padding}\"\n"
-        ));
-        self.width = out;
-        self
+        self.layer(
+            "conv1d",
+            &format!(
+                "name = \"{name}\"\nout_channels = {out}\nkernel_size = {kernel}\nstride = {stride}\n\
+                 dilation = {dilation}\npadding = \"{padding}\""
+            ),
+        )
     }
 
     /// `nn.Linear(width, out)`.
-    pub fn linear(mut self, name: &str, out: usize) -> Self {
-        let bound = 1.0 / (self.width as f32).sqrt();
-        self.tensor(format!("{name}.weight"), vec![out, self.width], bound);
-        self.tensor(format!("{name}.bias"), vec![out], bound);
-        self.layers
-            .push_str(&format!("\n[[layers]]\ntype = \"linear\"\nname = \"{name}\"\n"));
-        self.width = out;
-        self
+    pub fn linear(self, name: &str, out: usize) -> Self {
+        self.layer("linear", &format!("name = \"{name}\"\nout_features = {out}"))
     }
 
-    /// An activation (`relu`, `tanh`, `sigmoid`, `identity`, `softmax`) or pooling without weights,
-    /// given as the TOML body after `type = ...`.
-    pub fn plain(mut self, kind: &str, options: &str) -> Self {
-        self.layers
-            .push_str(&format!("\n[[layers]]\ntype = \"{kind}\"\n{options}\n"));
-        self
+    /// An activation (`relu`, `tanh`, `sigmoid`, `identity`, `softmax`) or pooling without
+    /// weights, given as the TOML body after `type = ...`.
+    pub fn plain(self, kind: &str, options: &str) -> Self {
+        self.layer(kind, options)
     }
 
-    /// `nn.RNN` / `nn.LSTM` / `nn.GRU` (`kind` = `rnn`, `lstm`, `gru`), unidirectional.
-    pub fn recurrent(mut self, kind: &str, name: &str, hidden: usize, num_layers: usize) -> Self {
-        let gates = match kind {
-            "lstm" => 4,
-            "gru" => 3,
-            _ => 1,
-        };
-        let bound = 1.0 / (hidden as f32).sqrt();
-        for l in 0..num_layers {
-            let in_w = if l == 0 { self.width } else { hidden };
-            self.tensor(
-                format!("{name}.weight_ih_l{l}"),
-                vec![gates * hidden, in_w],
-                bound,
-            );
-            self.tensor(
-                format!("{name}.weight_hh_l{l}"),
-                vec![gates * hidden, hidden],
-                bound,
-            );
-            self.tensor(format!("{name}.bias_ih_l{l}"), vec![gates * hidden], bound);
-            self.tensor(format!("{name}.bias_hh_l{l}"), vec![gates * hidden], bound);
-        }
-        self.layers
-            .push_str(&format!("\n[[layers]]\ntype = \"{kind}\"\nname = \"{name}\"\n"));
-        self.width = hidden;
-        self
+    /// `nn.RNN` / `nn.LSTM` / `nn.GRU` (`kind` = `rnn`, `lstm`, `gru`); add
+    /// `.with("bidirectional", true)`, `.with("proj_size", p)` or `.with("bias", false)`.
+    pub fn recurrent(self, kind: &str, name: &str, hidden: usize, num_layers: usize) -> Self {
+        self.layer(
+            kind,
+            &format!("name = \"{name}\"\nhidden_size = {hidden}\nnum_layers = {num_layers}"),
+        )
     }
 
     /// The model file text, naming `weights` as its safetensors file.
@@ -117,21 +92,28 @@ impl ModelBuilder {
         )
     }
 
+    fn parts(&self, path: &Path, weights: &str) -> Result<(ModelConfig, Vec<(String, Tensor)>)> {
+        let config = ModelConfig::parse(&self.toml(weights), path)?;
+        let tensors = tensors::init(&config, self.input_size, self.seed)?;
+        Ok((config, tensors))
+    }
+
     /// Builds the model in memory.
     pub fn build(&self) -> Result<Model> {
         let path = Path::new("<built>.toml");
-        let config = ModelConfig::parse(&self.toml("<built>.safetensors"), path)?;
-        Model::from_parts(config, WeightStore::from_tensors(path, self.tensors.clone()))
+        let (config, tensors) = self.parts(path, "<built>.safetensors")?;
+        Model::from_parts(config, WeightStore::from_tensors(path, tensors))
     }
 
     /// Writes `dir/stem.toml` and `dir/stem.safetensors`, loadable by `Model::load` and by
     /// PyTorch's `load_state_dict`.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let weights = dir.join(format!("{stem}.safetensors"));
-        write_safetensors(&weights, &self.tensors)?;
+        let weights = format!("{stem}.safetensors");
         let toml = dir.join(format!("{stem}.toml"));
-        std::fs::write(&toml, self.toml(&format!("{stem}.safetensors"))).map_err(|e| Error::io(&toml, e))
+        let (_, tensors) = self.parts(&toml, &weights)?;
+        write_safetensors(&dir.join(&weights), &tensors)?;
+        std::fs::write(&toml, self.toml(&weights)).map_err(|e| Error::io(&toml, e))
     }
 }
 
@@ -161,4 +143,27 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     crate::sink::create_file(path)?
         .write_all(&data)
         .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_bidirectional_projected_and_biasless_layers() {
+        let m = ModelBuilder::new(3, 1)
+            .recurrent("lstm", "enc", 6, 2)
+            .with("bidirectional", true)
+            .with("proj_size", 4)
+            .linear("head", 2)
+            .with("bias", false)
+            .build()
+            .unwrap();
+        assert_eq!((m.input_size(), m.output_size()), (3, 2));
+        // Per layer and direction: w_ih [24, in], w_hh [24, 4], two biases [24], w_hr [4, 6];
+        // layer 0 reads 3 features, layer 1 both directions' 4; the head has no bias.
+        let lstm = 2 * (24 * 3 + 24 * 4 + 48 + 24) + 2 * (24 * 8 + 24 * 4 + 48 + 24);
+        assert_eq!(m.params(), lstm + 2 * 8);
+        assert!(m.check_streamable().is_err(), "bidirectional");
+    }
 }

@@ -10,6 +10,7 @@
 //! of all keys at once. The invariant the tests defend: for every key, streaming its steps in
 //! any split into calls gives the offline outputs of its whole sequence.
 
+mod bind;
 pub mod builder;
 pub mod config;
 pub mod dense;
@@ -17,17 +18,19 @@ pub mod packed;
 pub mod recurrent;
 pub mod state;
 pub mod summary;
+pub mod tensors;
 pub mod weights;
 pub mod window;
 
 use std::path::{Path, PathBuf};
 
-use config::{ActivationKind, CellKind, LayerConfig, LayerKindConfig, ModelConfig};
+use config::{ActivationKind, LayerConfig, LayerKindConfig, ModelConfig};
 use dense::Linear;
 pub use packed::{Layout, Packed};
-use recurrent::{CellWeights, RecScratch, Recurrent};
+use recurrent::{RecScratch, Recurrent};
 pub use state::{StateArena, StateSpec};
-use weights::{shape_str, WeightStore};
+use tensors::Shape;
+use weights::WeightStore;
 use window::{Conv1d, Pool1d, Window};
 
 use crate::error::{Error, Result};
@@ -71,6 +74,33 @@ impl Layer {
             Layer::Recurrent(r) => r.params(),
             Layer::Pool(_) | Layer::Activation(_) => 0,
         }
+    }
+
+    /// The sizes of the layer's parameters (`None` for layers without any).
+    pub fn shape(&self) -> Option<Shape> {
+        Some(match self {
+            Layer::Conv(c) => Shape::Conv {
+                in_ch: c.in_ch,
+                out_ch: c.out_ch,
+                kernel: c.kernel,
+                bias: c.has_bias(),
+            },
+            Layer::Linear(l) => Shape::Linear {
+                inp: l.in_features,
+                out: l.out_features,
+                bias: l.has_bias(),
+            },
+            Layer::Recurrent(r) => Shape::Recurrent {
+                cell: r.cell,
+                input: r.input_size,
+                hidden: r.hidden,
+                layers: r.num_layers,
+                bidirectional: r.bidirectional,
+                proj: r.proj,
+                bias: r.has_bias,
+            },
+            Layer::Pool(_) | Layer::Activation(_) => return None,
+        })
     }
 
     /// Why this layer needs the future of the sequence, if it does.
@@ -167,14 +197,13 @@ impl Model {
                 })
             }
             Some(n) => n,
-            None => infer_input_size(&config, &store)?,
+            None => bind::infer_input_size(&config, &store)?,
         };
         let input_size = width;
         let mut layers = Vec::with_capacity(config.layers.len());
         let mut widths = vec![width];
         for lc in &config.layers {
-            let layer = build_layer(lc, width, &mut store)?;
-            check_sizes(lc, &layer, &store)?;
+            let layer = bind::build_layer(lc, width, &mut store)?;
             width = match &layer {
                 Layer::Conv(c) => c.out_ch,
                 Layer::Pool(_) | Layer::Activation(_) => width,
@@ -353,368 +382,4 @@ impl Model {
         }
         &ws.a
     }
-}
-
-/// Checks the sizes a model file states (`out_channels`, `kernel_size`, `out_features`,
-/// `proj_size`, `bias`) against what the weights have.
-fn check_sizes(lc: &LayerConfig, layer: &Layer, store: &WeightStore) -> Result<()> {
-    let (out, kernel, proj, bias) = match layer {
-        Layer::Conv(c) => (
-            Some(("out_channels", c.out_ch)),
-            Some(c.kernel),
-            None,
-            Some(c.has_bias()),
-        ),
-        Layer::Linear(l) => (
-            Some(("out_features", l.out_features)),
-            None,
-            None,
-            Some(l.has_bias()),
-        ),
-        Layer::Recurrent(r) => (None, None, Some(r.proj), Some(r.has_bias)),
-        _ => return Ok(()),
-    };
-    let s = &lc.sizes;
-    let mismatch = |what: &str, said: String, found: String| {
-        Err(tensor_err(
-            store,
-            lc,
-            format!("the model file says {what} = {said} but the weights have {found}"),
-        ))
-    };
-    if let (Some(said), Some((what, found))) = (s.out, out) {
-        if said != found {
-            return mismatch(what, said.to_string(), found.to_string());
-        }
-    }
-    if let (Some(said), Some(found)) = (s.kernel, kernel) {
-        if said != found {
-            return mismatch("kernel_size", said.to_string(), found.to_string());
-        }
-    }
-    if let (Some(said), Some(found)) = (s.proj, proj) {
-        if Some(said) != found {
-            let found = found.map_or("no projection (no `weight_hr_l0`)".to_string(), |p| p.to_string());
-            return mismatch("proj_size", said.to_string(), found);
-        }
-    }
-    if let (Some(said), Some(found)) = (s.bias, bias) {
-        if said != found {
-            let found = if found { "bias tensors" } else { "no bias tensors" };
-            return mismatch("bias", said.to_string(), found.to_string());
-        }
-    }
-    Ok(())
-}
-
-fn tensor_err(store: &WeightStore, lc: &LayerConfig, msg: String) -> Error {
-    Error::Tensor {
-        path: store.path.clone(),
-        layer: lc.label(),
-        msg,
-    }
-}
-
-/// What the weights file has under a layer's prefix, for "missing tensor" messages.
-fn available_hint(store: &WeightStore, lc: &LayerConfig) -> String {
-    let prefix = match &lc.name {
-        Some(n) if !n.is_empty() => format!("{n}."),
-        _ => String::new(),
-    };
-    let names: Vec<&str> = store.names_with_prefix(&prefix).take(8).collect();
-    if names.is_empty() {
-        if prefix.is_empty() {
-            "; the file has no top-level tensors (does the layer need a `name`?)".into()
-        } else {
-            format!("; the file has no tensor starting with `{prefix}` (is `name` right?)")
-        }
-    } else {
-        format!("; tensors under that prefix: {}", names.join(", "))
-    }
-}
-
-/// Takes a required tensor, checking its rank and the dimensions given as `Some`.
-fn take_tensor(
-    store: &mut WeightStore,
-    lc: &LayerConfig,
-    suffix: &str,
-    expect: &[Option<usize>],
-    what: &str,
-) -> Result<(Vec<usize>, Vec<f32>)> {
-    let name = lc.tensor(suffix);
-    let want = expect
-        .iter()
-        .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let Some(t) = store.take(&name) else {
-        let hint = available_hint(store, lc);
-        return Err(tensor_err(
-            store,
-            lc,
-            format!("missing tensor `{name}` (expected shape [{want}], {what}){hint}"),
-        ));
-    };
-    let ok =
-        t.shape.len() == expect.len() && t.shape.iter().zip(expect).all(|(&s, e)| e.is_none_or(|e| e == s));
-    if !ok || t.shape.contains(&0) {
-        let shape = shape_str(&t.shape);
-        return Err(tensor_err(
-            store,
-            lc,
-            format!("tensor `{name}` has shape {shape}, expected [{want}] ({what})"),
-        ));
-    }
-    Ok((t.shape.clone(), t.data.clone()))
-}
-
-/// Takes an optional bias of length `n`.
-fn take_bias(store: &mut WeightStore, lc: &LayerConfig, suffix: &str, n: usize) -> Result<Option<Vec<f32>>> {
-    if !store.contains(&lc.tensor(suffix)) {
-        return Ok(None);
-    }
-    let (_, data) = take_tensor(store, lc, suffix, &[Some(n)], "one value per output")?;
-    Ok(Some(data))
-}
-
-fn infer_input_size(config: &ModelConfig, store: &WeightStore) -> Result<usize> {
-    let err = |msg: String| Error::ModelConfig {
-        path: config.path.clone(),
-        msg,
-    };
-    let first = &config.layers[0];
-    let tensor = match first.kind {
-        LayerKindConfig::Conv1d { .. } | LayerKindConfig::Linear => first.tensor("weight"),
-        LayerKindConfig::Recurrent { .. } => first.tensor("weight_ih_l0"),
-        _ => {
-            return Err(err(
-                "`input_size` is required when the first layer has no weights to read it from".into(),
-            ))
-        }
-    };
-    // Shape problems are reported by the layer builder; here only the width is needed.
-    match store_shape(store, &tensor) {
-        Some(shape) if shape.len() >= 2 => Ok(shape[1]),
-        _ => Err(err(format!(
-            "`input_size` is not given and tensor `{tensor}` (which would tell it) is missing or malformed in {}",
-            store.path.display()
-        ))),
-    }
-}
-
-fn store_shape(store: &WeightStore, name: &str) -> Option<Vec<usize>> {
-    store.peek(name).map(|t| t.shape.clone())
-}
-
-fn build_layer(lc: &LayerConfig, width: usize, store: &mut WeightStore) -> Result<Layer> {
-    match &lc.kind {
-        LayerKindConfig::Conv1d {
-            stride,
-            dilation,
-            padding,
-        } => {
-            let (shape, w) = take_tensor(
-                store,
-                lc,
-                "weight",
-                &[None, Some(width), None],
-                &format!("[out_channels, in_channels = {width} from the previous layer, kernel]"),
-            )?;
-            let bias = take_bias(store, lc, "bias", shape[0])?;
-            Ok(Layer::Conv(Conv1d::new(
-                &w,
-                [shape[0], shape[1], shape[2]],
-                bias,
-                *stride,
-                *dilation,
-                *padding,
-            )))
-        }
-        LayerKindConfig::Pool { max, kernel, stride } => Ok(Layer::Pool(Pool1d {
-            max: *max,
-            kernel: *kernel,
-            stride: *stride,
-            channels: width,
-        })),
-        LayerKindConfig::Linear => {
-            let (shape, w) = take_tensor(
-                store,
-                lc,
-                "weight",
-                &[None, Some(width)],
-                &format!("[out_features, in_features = {width} from the previous layer]"),
-            )?;
-            let bias = take_bias(store, lc, "bias", shape[0])?;
-            Ok(Layer::Linear(Linear::new(&w, shape[0], shape[1], bias)))
-        }
-        LayerKindConfig::Activation(kind) => Ok(Layer::Activation(*kind)),
-        LayerKindConfig::Recurrent {
-            cell,
-            hidden_size,
-            num_layers,
-            bidirectional,
-        } => build_recurrent(lc, *cell, width, *hidden_size, *num_layers, *bidirectional, store),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_recurrent(
-    lc: &LayerConfig,
-    cell: CellKind,
-    width: usize,
-    hidden_size: Option<usize>,
-    num_layers: Option<usize>,
-    bidirectional: Option<bool>,
-    store: &mut WeightStore,
-) -> Result<Layer> {
-    let g = cell.gates();
-    let gates_doc = match cell {
-        CellKind::Rnn(_) => "hidden_size rows",
-        CellKind::Lstm => "4*hidden_size rows, gates i, f, g, o",
-        CellKind::Gru => "3*hidden_size rows, gates r, z, n",
-    };
-    let first = lc.tensor("weight_ih_l0");
-    let Some(shape) = store_shape(store, &first) else {
-        let hint = available_hint(store, lc);
-        return Err(tensor_err(
-            store,
-            lc,
-            format!(
-                "missing tensor `{first}` (expected shape [{}*hidden_size, {width}]){hint}",
-                g
-            ),
-        ));
-    };
-    if shape.len() != 2 || shape[0] == 0 || shape[0] % g != 0 {
-        return Err(tensor_err(
-            store,
-            lc,
-            format!(
-                "tensor `{first}` has shape {}, expected [{g}*hidden_size, {width}] ({gates_doc})",
-                shape_str(&shape)
-            ),
-        ));
-    }
-    let hidden = shape[0] / g;
-    let layers = (0..)
-        .take_while(|k| store.contains(&lc.tensor(&format!("weight_ih_l{k}"))))
-        .count();
-    let bidir = store.contains(&lc.tensor("weight_ih_l0_reverse"));
-    let proj = if cell == CellKind::Lstm {
-        store_shape(store, &lc.tensor("weight_hr_l0")).map(|s| s.first().copied().unwrap_or(0))
-    } else {
-        None
-    };
-    let hout = proj.unwrap_or(hidden);
-    let dirs = if bidir { 2 } else { 1 };
-    let check = |what: &str, file: Option<usize>, found: usize| -> Result<()> {
-        match file {
-            Some(v) if v != found => Err(tensor_err(
-                store,
-                lc,
-                format!("the model file says {what} = {v} but the weights have {found}"),
-            )),
-            _ => Ok(()),
-        }
-    };
-    check("hidden_size", hidden_size, hidden)?;
-    check("num_layers", num_layers, layers)?;
-    if let Some(b) = bidirectional {
-        if b != bidir {
-            return Err(tensor_err(
-                store,
-                lc,
-                format!(
-                    "the model file says bidirectional = {b} but the weights {} `{}`",
-                    if bidir { "have" } else { "lack" },
-                    lc.tensor("weight_ih_l0_reverse")
-                ),
-            ));
-        }
-    }
-    let mut owned = Vec::with_capacity(layers * dirs);
-    for k in 0..layers {
-        let in_w = if k == 0 { width } else { hout * dirs };
-        for d in 0..dirs {
-            let sfx = if d == 1 { "_reverse" } else { "" };
-            let from = if k == 0 {
-                "the previous layer's width".to_string()
-            } else {
-                format!(
-                    "layer {} output{}",
-                    k - 1,
-                    if bidir { ", both directions" } else { "" }
-                )
-            };
-            let (_, w_ih) = take_tensor(
-                store,
-                lc,
-                &format!("weight_ih_l{k}{sfx}"),
-                &[Some(g * hidden), Some(in_w)],
-                &format!("{gates_doc}; input {in_w} = {from}"),
-            )?;
-            let (_, w_hh) = take_tensor(
-                store,
-                lc,
-                &format!("weight_hh_l{k}{sfx}"),
-                &[Some(g * hidden), Some(hout)],
-                gates_doc,
-            )?;
-            let b_ih_name = lc.tensor(&format!("bias_ih_l{k}{sfx}"));
-            let b_hh_name = lc.tensor(&format!("bias_hh_l{k}{sfx}"));
-            let (has_ih, has_hh) = (store.contains(&b_ih_name), store.contains(&b_hh_name));
-            if has_ih != has_hh {
-                let (present, missing) = if has_ih {
-                    (&b_ih_name, &b_hh_name)
-                } else {
-                    (&b_hh_name, &b_ih_name)
-                };
-                return Err(tensor_err(
-                    store,
-                    lc,
-                    format!("tensor `{present}` is present but `{missing}` is missing (PyTorch has both or neither)"),
-                ));
-            }
-            let b_ih = take_bias(store, lc, &format!("bias_ih_l{k}{sfx}"), g * hidden)?;
-            let b_hh = take_bias(store, lc, &format!("bias_hh_l{k}{sfx}"), g * hidden)?;
-            let w_hr = match proj {
-                Some(p) => Some(
-                    take_tensor(
-                        store,
-                        lc,
-                        &format!("weight_hr_l{k}{sfx}"),
-                        &[Some(p), Some(hidden)],
-                        "[proj_size, hidden_size]",
-                    )?
-                    .1,
-                ),
-                None => None,
-            };
-            owned.push((w_ih, w_hh, b_ih, b_hh, w_hr));
-        }
-    }
-    if proj == Some(0) || proj.is_some_and(|p| p >= hidden) {
-        return Err(tensor_err(
-            store,
-            lc,
-            format!(
-                "proj_size {} must be between 1 and hidden_size - 1 = {}",
-                hout,
-                hidden - 1
-            ),
-        ));
-    }
-    let weights: Vec<CellWeights<'_>> = owned
-        .iter()
-        .map(|(w_ih, w_hh, b_ih, b_hh, w_hr)| CellWeights {
-            w_ih,
-            w_hh,
-            b_ih: b_ih.as_deref(),
-            b_hh: b_hh.as_deref(),
-            w_hr: w_hr.as_deref(),
-        })
-        .collect();
-    Ok(Layer::Recurrent(Recurrent::new(
-        cell, width, hidden, proj, layers, bidir, &weights,
-    )))
 }

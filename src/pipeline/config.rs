@@ -204,10 +204,12 @@ impl PipelineConfig {
                 let path = match (&overrides.input, &s.path) {
                     (Some(p), _) => p.clone(),
                     (None, Some(p)) => rel(p),
-                    (None, None) => return Err(err(format!(
+                    (None, None) => {
+                        return Err(err(format!(
                         "[source] format = \"{}\" needs `path` (a file, a directory or a glob) or --input",
                         format.name()
-                    ))),
+                    )))
+                    }
                 };
                 // `--input x.csv` on a Parquet pipeline means CSV: a known extension picks the format.
                 let format = match &overrides.input {

@@ -8,7 +8,6 @@
 pub mod config;
 pub mod data;
 pub mod dense;
-pub mod init;
 pub mod linalg;
 pub mod loss;
 pub mod net;

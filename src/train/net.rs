@@ -6,12 +6,12 @@
 //! a trained net saved with [`ParamLayout::save`] loads back as the same [`Model`].
 
 use super::dense::{activate, activate_backward, LinearSpec};
-use super::params::{ParamLayout, Params};
+use super::params::{ParamId, ParamLayout, Params};
 use super::recurrent::{CellSpec, HiddenGrads, RecCarry, RecSpec, RecTape};
 use super::seq::Seq;
 use super::window::{advance_carry, gather, ConvSpec, Gathered, PoolSpec, WindowCarry};
 use crate::error::{Error, Result};
-use crate::model::config::{ActivationKind, LayerConfig};
+use crate::model::config::ActivationKind;
 use crate::model::weights::WeightStore;
 use crate::model::{Layer, Model};
 
@@ -75,13 +75,6 @@ impl Net {
         let mut layout = ParamLayout::default();
         let mut layers = Vec::new();
         let mut labels = Vec::new();
-        let mut names = Vec::new();
-        let add = |layout: &mut ParamLayout, names: &mut Vec<String>, lc: &LayerConfig, sfx: &str| {
-            let name = lc.tensor(sfx);
-            let shape = store.peek(&name).map(|t| t.shape.clone()).unwrap_or_default();
-            names.push(name.clone());
-            layout.add(name, shape)
-        };
         let mut widths = vec![model.input_size()];
         let mut non_causal = None;
         for (i, (lc, layer)) in model.layers().enumerate() {
@@ -89,13 +82,21 @@ impl Net {
             if non_causal.is_none() {
                 non_causal = layer.non_causal().map(|w| format!("layer {}: {w}", lc.label()));
             }
+            // The layer's tensors in state_dict order, laid out as parameters.
+            let ids: Vec<ParamId> = layer
+                .shape()
+                .map(|sh| sh.tensors(lc))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| layout.add(t.name, t.shape))
+                .collect();
             let nl = match layer {
                 Layer::Conv(c) => NetLayer::Conv(ConvSpec {
                     win: c.window(),
                     in_ch: c.in_ch,
                     out_ch: c.out_ch,
-                    weight: add(&mut layout, &mut names, lc, "weight"),
-                    bias: c.has_bias().then(|| add(&mut layout, &mut names, lc, "bias")),
+                    weight: ids[0],
+                    bias: ids.get(1).copied(),
                 }),
                 Layer::Pool(p) => NetLayer::Pool(PoolSpec {
                     win: p.window(),
@@ -105,36 +106,27 @@ impl Net {
                 Layer::Linear(l) => NetLayer::Linear(LinearSpec {
                     inp: l.in_features,
                     out: l.out_features,
-                    weight: add(&mut layout, &mut names, lc, "weight"),
-                    bias: l.has_bias().then(|| add(&mut layout, &mut names, lc, "bias")),
+                    weight: ids[0],
+                    bias: ids.get(1).copied(),
                 }),
                 Layer::Activation(a) => NetLayer::Act(*a),
                 Layer::Recurrent(r) => {
                     let dirs = if r.bidirectional { 2 } else { 1 };
                     let hout = r.proj.unwrap_or(r.hidden);
-                    let mut cells = Vec::new();
-                    for k in 0..r.num_layers {
-                        for d in 0..dirs {
-                            let s = if d == 1 { "_reverse" } else { "" };
-                            let mut t = |n: &str| add(&mut layout, &mut names, lc, &format!("{n}_l{k}{s}"));
-                            let w_ih = t("weight_ih");
-                            let w_hh = t("weight_hh");
-                            let (b_ih, b_hh) = if r.has_bias {
-                                (Some(t("bias_ih")), Some(t("bias_hh")))
-                            } else {
-                                (None, None)
-                            };
-                            let w_hr = r.proj.map(|_| t("weight_hr"));
-                            cells.push(CellSpec {
-                                in_w: if k == 0 { width } else { hout * dirs },
-                                w_ih,
-                                w_hh,
-                                b_ih,
-                                b_hh,
-                                w_hr,
-                            });
-                        }
-                    }
+                    // Per layer and direction: w_ih, w_hh, [b_ih, b_hh], [w_hr].
+                    let per_cell = 2 + 2 * r.has_bias as usize + r.proj.is_some() as usize;
+                    let cells = ids
+                        .chunks(per_cell)
+                        .enumerate()
+                        .map(|(c, id)| CellSpec {
+                            in_w: if c / dirs == 0 { width } else { hout * dirs },
+                            w_ih: id[0],
+                            w_hh: id[1],
+                            b_ih: r.has_bias.then(|| id[2]),
+                            b_hh: r.has_bias.then(|| id[3]),
+                            w_hr: r.proj.map(|_| id[per_cell - 1]),
+                        })
+                        .collect();
                     NetLayer::Rec(RecSpec {
                         cell: r.cell,
                         hidden: r.hidden,
@@ -150,7 +142,8 @@ impl Net {
             widths.push(model.width_at(i + 1));
         }
         let mut values = vec![0.0; layout.total];
-        for (id, name) in names.iter().enumerate() {
+        for (id, e) in layout.entries.iter().enumerate() {
+            let name = &e.name;
             let t = store.peek(name).ok_or_else(|| Error::WeightsFile {
                 path: store.path.clone(),
                 msg: format!("tensor `{name}` disappeared while building the trainable model"),

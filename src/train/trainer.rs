@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use super::config::{OptimizerName, Task, TrainConfig};
 use super::data::{fit_normalize, load, DataSpec, Dataset, Sequence};
-use super::init::init_tensors;
 use super::loss::{Loss, Targets};
 use super::net::{build, GradProbe, LayerCarry, Net};
 use super::optim::{clip_grad_norm, Optimizer, OptimizerKind};
@@ -422,7 +421,7 @@ fn load_model(cfg: &TrainConfig, features: usize) -> Result<(Net, Vec<f64>, Path
         })?;
     let fresh = cfg.init || !weights.exists();
     let store = if fresh {
-        let tensors = init_tensors(&mc, features, cfg.seed)?;
+        let tensors = crate::model::tensors::init(&mc, features, cfg.seed)?;
         WeightStore::from_tensors(&weights, tensors)
     } else {
         WeightStore::load(&weights)?
