@@ -6,8 +6,10 @@
 //! so `seqflow train` with `kind = "regress"` scores the last step only. Predicting the mean
 //! (1.0) gives MSE 1/6 = 0.167; a sequence is "solved" when |prediction - target| < 0.04.
 //!
-//!     gen-adding gen --lag 100 --sequences 4000 --seed 1 --out datasets/generated/adding_100.parquet
-//!     gen-adding score --data test.parquet --predictions preds.csv
+//! ```sh
+//! gen-adding gen --lag 100 --sequences 4000 --seed 1 --out datasets/generated/adding_100.parquet
+//! gen-adding score --data test.parquet --predictions preds.csv
+//! ```
 //!
 //! `score` reads the predictions `seqflow run` wrote (CSV: seq, t, prediction; emit =
 //! "sequence_end") and prints MSE and the fraction solved.

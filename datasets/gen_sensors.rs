@@ -3,10 +3,12 @@
 //! drifts, noise, occasional missing readings (NaN) and re-sent duplicates, and injected
 //! anomalies with labels. Deterministic for a given seed.
 //!
-//!     cargo run --release --bin gen-sensors -- --sensors 50 --days 3 --interval-s 300 \
-//!         --out datasets/sample/sensors.parquet
-//!     cargo run --release --bin gen-sensors -- --sensors 2000 --days 30 --files 8 \
-//!         --out datasets/generated/big          # ~86 M rows, ~3 GB, a directory of files
+//! ```sh
+//! cargo run --release --bin gen-sensors -- --sensors 50 --days 3 --interval-s 300 \
+//!     --out datasets/sample/sensors.parquet
+//! cargo run --release --bin gen-sensors -- --sensors 2000 --days 30 --files 8 \
+//!     --out datasets/generated/big          # ~86 M rows, ~3 GB, a directory of files
+//! ```
 //!
 //! Columns: sensor_id (string), ts (int64, ms since the Unix epoch), temp, vib_x, vib_y,
 //! current, pressure, humidity, rpm, power (float32), label (int8: 1 inside an anomaly),

@@ -155,6 +155,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
 /// What worker 0 does with the records a pipeline routes to it (predictions, rejects and
 /// counters; view changes).
 pub trait Collect<D> {
+    /// Handles one record.
     fn take(&mut self, record: D);
     /// The input frontier moved past an epoch (live runs flush here).
     fn epoch_done(&mut self) {}

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in seqflow for reasons of the user's input or environment.
+/// In every variant `path` is the file at fault and `msg` says what is wrong there.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are the same in every variant: documented above
 pub enum Error {
     /// A file or directory could not be read or written.
     #[error("{path}: {source}")]

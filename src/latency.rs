@@ -22,6 +22,7 @@ fn upper(b: usize) -> u64 {
 }
 
 impl Histogram {
+    /// Records one latency, in microseconds.
     pub fn record(&mut self, us: u64) {
         let b = bucket(us);
         if self.counts.len() <= b {
@@ -32,10 +33,12 @@ impl Histogram {
         self.max = self.max.max(us);
     }
 
+    /// Number of latencies recorded.
     pub fn count(&self) -> u64 {
         self.n
     }
 
+    /// The largest latency recorded (exact, not bucketed).
     pub fn max(&self) -> u64 {
         self.max
     }
@@ -56,6 +59,7 @@ impl Histogram {
         self.max
     }
 
+    /// Adds another histogram's counts.
     pub fn merge(&mut self, o: &Histogram) {
         if self.counts.len() < o.counts.len() {
             self.counts.resize(o.counts.len(), 0);

@@ -1,12 +1,29 @@
 //! seqflow: run trained sequence models (1-D CNN, RNN, LSTM, GRU, dense heads) incrementally
 //! over keyed streams on timely dataflow.
 //!
-//! The crate is layered:
-//! - [`model`]: loading PyTorch-exported models and running them, offline over whole
-//!   sequences or streamed step by step with per-key state in an arena;
-//! - [`kernels`]: the GEMM wrapper and vectorizable activation functions.
+//! The crate is layered; each module uses only the ones listed before it:
+//!
+//! 1. [`vocab`], [`error`]: the shared words (formats, NaN policy, normalization, emit
+//!    modes, path and message helpers, the clock, the seeded generator) and the error type;
+//! 2. [`kernels`], [`model`]: the GEMM wrapper and vectorized activations; models loaded
+//!    from a model file and PyTorch weights, run offline over whole sequences or streamed
+//!    step by step with per-key state in an arena;
+//! 3. [`record`]: what flows through the dataflow (columnar step and output batches,
+//!    rejects, counters) and the stable key hash that routes keys;
+//! 4. [`input`]: the one input layer: file plans and readers, live line readers, column
+//!    mapping, normalization and the NaN policy, routing; [`sink`]: output writers;
+//!    [`latency`]: the latency histogram;
+//! 5. [`keyed`]: a worker's keyed state: key index, epoch ordering, one emitter per emit
+//!    mode;
+//! 6. [`views`]: aggregates over the predictions (differential dataflow);
+//!    [`dataflow`]: the timely operators;
+//! 7. [`train`]: backpropagation through time for the same models, on the same input;
+//! 8. [`pipeline`]: the pipeline file and the drivers (files, live) over one executor;
+//!    [`replay`]: a load generator.
 //!
 //! See ARCHITECTURE.md for what flows where and the invariants the tests defend.
+
+#![warn(missing_docs)]
 
 pub mod dataflow;
 pub mod error;

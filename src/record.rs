@@ -13,25 +13,37 @@ use crate::vocab::mix64;
 /// building a batch does not allocate per row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KeyColumn {
+    /// Integer keys.
     Int(Vec<i64>),
-    Str { offsets: Vec<u32>, bytes: String },
+    /// String keys.
+    Str {
+        /// Key `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+        offsets: Vec<u32>,
+        /// Every key's text, back to back.
+        bytes: String,
+    },
 }
 
 /// A borrowed key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyRef<'a> {
+    /// An integer key.
     Int(i64),
+    /// A string key.
     Str(&'a str),
 }
 
 /// An owned key, as held in a worker's key map.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Key {
+    /// An integer key.
     Int(i64),
+    /// A string key.
     Str(Box<str>),
 }
 
 impl Key {
+    /// Borrows the key.
     pub fn as_ref(&self) -> KeyRef<'_> {
         match self {
             Key::Int(i) => KeyRef::Int(*i),
@@ -41,6 +53,7 @@ impl Key {
 }
 
 impl KeyRef<'_> {
+    /// An owned copy (for rejects and views).
     pub fn to_owned(self) -> Key {
         match self {
             KeyRef::Int(i) => Key::Int(i),
@@ -95,6 +108,7 @@ impl fmt::Display for KeyRef<'_> {
 }
 
 impl KeyColumn {
+    /// An empty column of the same key kind.
     pub fn new_like(&self) -> KeyColumn {
         match self {
             KeyColumn::Int(_) => KeyColumn::Int(Vec::new()),
@@ -113,6 +127,7 @@ impl KeyColumn {
         }
     }
 
+    /// An empty string column.
     pub fn empty_str() -> KeyColumn {
         KeyColumn::Str {
             offsets: vec![0],
@@ -120,6 +135,7 @@ impl KeyColumn {
         }
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         match self {
             KeyColumn::Int(v) => v.len(),
@@ -127,11 +143,13 @@ impl KeyColumn {
         }
     }
 
+    /// Whether the column has no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     #[inline]
+    /// Key `i`.
     pub fn get(&self, i: usize) -> KeyRef<'_> {
         match self {
             KeyColumn::Int(v) => KeyRef::Int(v[i]),
@@ -164,7 +182,9 @@ pub struct StepBatch {
     /// Row number (in the source) of each row, for messages and the rejects file; also the
     /// tie-break that makes the order of equal-time steps deterministic.
     pub rows: Vec<u64>,
+    /// Key of each row.
     pub keys: KeyColumn,
+    /// Time of each row (the time column as i64: integers, or timestamps in their unit).
     pub times: Vec<i64>,
     /// `rows.len() x width` features, already normalized.
     pub features: Vec<f32>,
@@ -174,6 +194,7 @@ pub struct StepBatch {
 }
 
 impl StepBatch {
+    /// An empty batch from `source`, keys of the kind of `keys`.
     pub fn new(source: u32, keys: KeyColumn) -> StepBatch {
         StepBatch {
             source,
@@ -185,10 +206,12 @@ impl StepBatch {
         }
     }
 
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.times.len()
     }
 
+    /// Whether the batch has no row.
     pub fn is_empty(&self) -> bool {
         self.times.is_empty()
     }
@@ -208,6 +231,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// The name written in the rejects file and the summary.
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::Late => "late",
@@ -221,10 +245,15 @@ impl RejectReason {
 /// One rejected step, reported in the summary and written to the rejects file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reject {
+    /// Why.
     pub reason: RejectReason,
+    /// The file (index in the plan) or connection it came from.
     pub source: u32,
+    /// Its row (files) or line (live) there.
     pub row: u64,
+    /// Its key, when it could be read.
     pub key: Option<Key>,
+    /// Its time, when it could be read.
     pub time: Option<i64>,
     /// For late and duplicate steps: the key's last processed time.
     pub last_time: Option<i64>,
@@ -235,10 +264,13 @@ pub struct Reject {
 /// Predictions bound for the sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutBatch {
+    /// Key of each row.
     pub keys: KeyColumn,
+    /// Time of the input step that completed each row.
     pub times: Vec<i64>,
     /// `times.len() x width`.
     pub values: Vec<f32>,
+    /// Values per row: the model's outputs.
     pub width: usize,
     /// Live sources: arrival of the input step that completed each row (us since start).
     pub arrivals: Vec<u64>,
@@ -295,6 +327,7 @@ impl Spares {
 }
 
 impl OutBatch {
+    /// An empty batch of `width` values per row, keys of the kind of `keys`.
     pub fn new(keys: KeyColumn, width: usize) -> OutBatch {
         OutBatch {
             keys,
@@ -324,10 +357,12 @@ impl OutBatch {
         SPARE_VALUES.give(self.values);
     }
 
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.times.len()
     }
 
+    /// Whether the batch has no row.
     pub fn is_empty(&self) -> bool {
         self.times.is_empty()
     }
@@ -336,19 +371,28 @@ impl OutBatch {
 /// Counters of one worker, summed at the sink for the final summary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Rows (file rows, live lines) read, accepted or not.
     pub rows_read: u64,
+    /// Steps accepted and run through the model.
     pub steps_processed: u64,
+    /// Predictions emitted.
     pub outputs: u64,
+    /// Keys seen.
     pub keys: u64,
+    /// Steps older than their key's last processed step.
     pub late: u64,
+    /// Steps at their key's last processed time.
     pub duplicate: u64,
+    /// Steps with a NaN or infinite feature that the policy skips.
     pub non_finite: u64,
+    /// Rows or lines that could not be read as a step.
     pub malformed: u64,
     /// Bytes of model state held for keys (arena) at the end.
     pub state_bytes: u64,
 }
 
 impl Stats {
+    /// Adds another worker's counters.
     pub fn add(&mut self, o: &Stats) {
         self.rows_read += o.rows_read;
         self.steps_processed += o.steps_processed;
@@ -361,6 +405,7 @@ impl Stats {
         self.state_bytes += o.state_bytes;
     }
 
+    /// Counts one reject.
     pub fn count_reject(&mut self, r: RejectReason) {
         match r {
             RejectReason::Late => self.late += 1,
@@ -374,8 +419,11 @@ impl Stats {
 /// What the keyed operator sends to the sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SinkMsg {
+    /// Predictions.
     Rows(OutBatch),
+    /// Rejected steps.
     Rejects(Vec<Reject>),
+    /// A worker's counters, sent once when its input ends.
     Stats(Stats),
     /// A worker failed (bad input); the run fails and its output is discarded.
     Failed(String),
@@ -387,7 +435,9 @@ pub type ToSink = (u64, SinkMsg);
 /// What the sources send to the keyed operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SourceMsg {
+    /// Steps for the receiving worker.
     Steps(StepBatch),
+    /// Rows rejected while reading (passed on to the sink).
     Rejects(Vec<Reject>),
     /// A source worker's counters, sent once when it finishes.
     Stats(Stats),

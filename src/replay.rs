@@ -19,12 +19,17 @@ use crate::vocab::FileFormat;
 /// What to replay and how fast.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
+    /// The data file, directory or glob.
     pub data: PathBuf,
+    /// `host:port` of the pipeline's tcp source.
     pub to: String,
     /// Rows per second over all connections; 0 = as fast as the server takes them.
     pub rate: f64,
+    /// TCP connections; each key always uses the same one.
     pub connections: usize,
+    /// Key column (decides the connection).
     pub key: String,
+    /// Time column (the replay order).
     pub time: String,
     /// Stop after this many rows.
     pub limit: Option<usize>,
@@ -33,9 +38,13 @@ pub struct ReplayOptions {
 /// What was sent.
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
+    /// Rows sent.
     pub rows: usize,
+    /// Connections used.
     pub connections: usize,
+    /// Time taken.
     pub elapsed: Duration,
+    /// The rate asked for (0 = unlimited).
     pub target_rate: f64,
 }
 

@@ -22,7 +22,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::record::{KeyColumn, OutBatch, Reject};
-use crate::vocab::FileFormat;
+use crate::vocab::{create_file, FileFormat};
 
 /// Where and how predictions are written.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,14 +40,20 @@ pub struct OutputFile {
 /// Names and types of the output columns.
 #[derive(Debug, Clone)]
 pub struct OutputSchema {
+    /// The key column's name (the input's).
     pub key_name: String,
+    /// The key column's type (the input's).
     pub key_type: DataType,
+    /// The time column's name (the input's).
     pub time_name: String,
+    /// The time column's type (the input's).
     pub time_type: DataType,
+    /// One name per model output.
     pub names: Vec<String>,
 }
 
 impl OutputSchema {
+    /// The Arrow schema of the output.
     pub fn arrow(&self) -> SchemaRef {
         let mut fields = vec![
             Field::new(&self.key_name, self.key_type.clone(), false),
@@ -72,6 +78,7 @@ pub struct Sink {
     /// Where rows go while the run is in progress, and the final path.
     partial: Option<(PathBuf, PathBuf)>,
     display: PathBuf,
+    /// Rows written.
     pub rows: u64,
 }
 
@@ -83,7 +90,7 @@ fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl Sink {
-    /// Opens the output. `atomic`: write to `PATH.partial`, renamed by [`Sink::commit`].
+    /// Opens the output. `atomic`: write to `PATH.partial`, renamed into place by [`commit`].
     pub fn create(cfg: &OutputFile, schema: OutputSchema, atomic: bool) -> Result<Sink> {
         let arrow_schema = schema.arrow();
         let display = cfg.path.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -218,7 +225,7 @@ impl Sink {
     }
 
     /// Closes the file (Parquet footer written). A partial file stays partial until
-    /// [`Sink::commit`].
+    /// [`commit`].
     pub fn close(&mut self) -> Result<()> {
         let path = self.display.clone();
         match self.writer.take() {
@@ -239,15 +246,6 @@ impl Sink {
     }
 }
 
-/// Creates (truncates) an output file, creating its directory first: every output path of a
-/// pipeline may name a directory that does not exist yet (`out/...`).
-pub fn create_file(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    File::create(path).map_err(|e| Error::io(path, e))
-}
-
 /// Renames a completed partial output into place.
 pub fn commit(partial: &(PathBuf, PathBuf)) -> Result<()> {
     std::fs::rename(&partial.0, &partial.1).map_err(|e| Error::io(&partial.1, e))
@@ -257,10 +255,12 @@ pub fn commit(partial: &(PathBuf, PathBuf)) -> Result<()> {
 pub struct RejectsWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// Rejects written.
     pub count: u64,
 }
 
 impl RejectsWriter {
+    /// Creates (truncates) the rejects file.
     pub fn create(path: &Path) -> Result<RejectsWriter> {
         let f = create_file(path)?;
         Ok(RejectsWriter {
@@ -292,6 +292,7 @@ impl RejectsWriter {
         Ok(())
     }
 
+    /// Pushes buffered rejects to the file.
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))
     }
@@ -319,6 +320,7 @@ impl BackgroundSink {
     /// Batches in flight to the writer: enough to overlap, little enough to bound memory.
     const QUEUE: usize = 4;
 
+    /// Moves `sink` to a new writer thread.
     pub fn spawn(mut sink: Sink) -> BackgroundSink {
         let (tx, rx) = crossbeam_channel::bounded::<Cmd>(Self::QUEUE);
         let partial = sink.partial();
@@ -410,7 +412,9 @@ impl BackgroundSink {
 /// (1 column: demo `-w 2` scaling 1.83x -> 1.67x, a third busy thread on two cores; live
 /// latency: the flush crosses threads). So: a thread for wide outputs of file runs only.
 pub enum SinkHandle {
+    /// Written by worker 0 itself.
     Inline(Box<Sink>),
+    /// Written by a writer thread.
     Background(BackgroundSink),
 }
 
@@ -418,6 +422,7 @@ impl SinkHandle {
     /// Output columns from which file runs write on their own thread.
     pub const WIDE: usize = 8;
 
+    /// `sink`, on its own thread if `background`.
     pub fn new(sink: Sink, background: bool) -> SinkHandle {
         if background {
             SinkHandle::Background(BackgroundSink::spawn(sink))
@@ -426,6 +431,7 @@ impl SinkHandle {
         }
     }
 
+    /// Writes (or hands over) a batch of predictions.
     pub fn write(&mut self, b: OutBatch) -> Result<()> {
         match self {
             SinkHandle::Inline(s) => {
@@ -437,6 +443,7 @@ impl SinkHandle {
         }
     }
 
+    /// Writes everything handed over so far through to the file.
     pub fn flush(&mut self) -> Result<()> {
         match self {
             SinkHandle::Inline(s) => s.flush(),
@@ -444,6 +451,7 @@ impl SinkHandle {
         }
     }
 
+    /// Writes the rest and closes the file.
     pub fn close(&mut self) -> Result<()> {
         match self {
             SinkHandle::Inline(s) => s.close(),
@@ -451,6 +459,7 @@ impl SinkHandle {
         }
     }
 
+    /// Where a partial output sits, and where it belongs.
     pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
         match self {
             SinkHandle::Inline(s) => s.partial(),

@@ -1,5 +1,5 @@
 //! Live sources: TCP (many concurrent clients) and stdin. One reader thread per connection
-//! turns the complete lines it has read into per-worker [`StepBatch`]es and sends them on a
+//! turns the complete lines it has read into per-worker [`StepBatch`](crate::record::StepBatch)es and sends them on a
 //! bounded crossbeam channel. When the model falls behind, the channel fills, the readers
 //! block, and TCP flow control pushes back on the clients: memory stays bounded.
 

@@ -140,7 +140,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         msg: e.to_string(),
     })?;
     use std::io::Write as _;
-    crate::sink::create_file(path)?
+    crate::vocab::create_file(path)?
         .write_all(&data)
         .map_err(|e| Error::io(path, e))
 }

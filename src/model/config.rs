@@ -17,6 +17,7 @@ pub struct ModelConfig {
     pub weights: Option<PathBuf>,
     /// Number of input features, if the file states it.
     pub input_size: Option<usize>,
+    /// The `[[layers]]`, in order.
     pub layers: Vec<LayerConfig>,
 }
 
@@ -36,21 +37,29 @@ pub enum Padding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Nonlinearity {
+    /// `tanh` (PyTorch's default).
     Tanh,
+    /// `relu`.
     Relu,
 }
 
 /// Stateless elementwise or per-row functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActivationKind {
+    /// `max(x, 0)`.
     Relu,
+    /// `tanh(x)`.
     Tanh,
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
+    /// `x`.
     Identity,
+    /// Softmax over the features of each step.
     Softmax,
 }
 
 impl ActivationKind {
+    /// The `type` in the model file.
     pub fn as_str(self) -> &'static str {
         match self {
             ActivationKind::Relu => "relu",
@@ -65,8 +74,11 @@ impl ActivationKind {
 /// Which recurrent cell; decides the gate count and tensor layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellKind {
+    /// `nn.RNN` with its nonlinearity.
     Rnn(Nonlinearity),
+    /// `nn.LSTM`.
     Lstm,
+    /// `nn.GRU`.
     Gru,
 }
 
@@ -80,6 +92,7 @@ impl CellKind {
         }
     }
 
+    /// The `type` in the model file.
     pub fn as_str(self) -> &'static str {
         match self {
             CellKind::Rnn(_) => "rnn",
@@ -96,6 +109,7 @@ pub struct LayerConfig {
     pub index: usize,
     /// The state_dict prefix (`conv` -> `conv.weight`); empty for top-level tensors.
     pub name: Option<String>,
+    /// The kind and its options.
     pub kind: LayerKindConfig,
     /// Sizes the file may state: checked against the weights when they exist, and needed
     /// to initialize a model that `seqflow train` creates from scratch.
@@ -136,28 +150,43 @@ impl LayerConfig {
 /// The options of each layer kind, as written in the TOML.
 #[derive(Debug, Clone)]
 pub enum LayerKindConfig {
+    /// `conv1d`.
     Conv1d {
+        /// Steps between outputs.
         stride: usize,
+        /// Steps between taps.
         dilation: usize,
+        /// Causal, valid or same.
         padding: Padding,
     },
+    /// `maxpool1d` (`max`) or `avgpool1d`.
     Pool {
+        /// Max (else average) pooling.
         max: bool,
+        /// Steps per window.
         kernel: usize,
+        /// Steps between windows (default: `kernel`).
         stride: usize,
     },
+    /// `linear`.
     Linear,
+    /// An activation.
     Activation(ActivationKind),
+    /// `rnn`, `lstm` or `gru`.
     Recurrent {
+        /// Which cell.
         cell: CellKind,
         /// Optional assertions the weights are checked against.
         hidden_size: Option<usize>,
+        /// Stacked layers, if stated.
         num_layers: Option<usize>,
+        /// Whether bidirectional, if stated.
         bidirectional: Option<bool>,
     },
 }
 
 impl LayerKindConfig {
+    /// The `type` in the model file.
     pub fn type_name(&self) -> &'static str {
         match self {
             LayerKindConfig::Conv1d { .. } => "conv1d",

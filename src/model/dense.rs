@@ -8,7 +8,9 @@ use crate::kernels;
 /// `nn.Linear`: `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `nn.Linear`'s `in_features`.
     pub in_features: usize,
+    /// `nn.Linear`'s `out_features`.
     pub out_features: usize,
     /// `W^T`, `[in x out]` row-major.
     wt: Vec<f32>,
@@ -26,10 +28,12 @@ impl Linear {
         }
     }
 
+    /// Number of parameters.
     pub fn params(&self) -> usize {
         self.wt.len() + self.bias.as_ref().map_or(0, Vec::len)
     }
 
+    /// Whether there is a bias (`bias=True`).
     pub fn has_bias(&self) -> bool {
         self.bias.is_some()
     }

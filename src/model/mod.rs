@@ -39,10 +39,15 @@ use state::LayerSlots;
 /// A loaded layer, weights pre-arranged for its kernels.
 #[derive(Debug, Clone)]
 pub enum Layer {
+    /// `conv1d`.
     Conv(Conv1d),
+    /// `maxpool1d` / `avgpool1d`.
     Pool(Pool1d),
+    /// `linear`.
     Linear(Linear),
+    /// An activation.
     Activation(ActivationKind),
+    /// `rnn`, `lstm`, `gru`.
     Recurrent(Recurrent),
 }
 
@@ -152,13 +157,16 @@ pub struct Model {
 /// Output of [`Model::forward_sequence`]: `steps.len()` rows of `width` values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceOutput {
+    /// Values per row.
     pub width: usize,
+    /// `rows x width`.
     pub data: Vec<f32>,
     /// For each output row, the input step that completed it.
     pub steps: Vec<u32>,
 }
 
 impl SequenceOutput {
+    /// Output row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.width..(i + 1) * self.width]
     }

@@ -74,6 +74,7 @@ impl Layout {
         self.seq.len()
     }
 
+    /// Whether there is no sequence.
     pub fn is_empty(&self) -> bool {
         self.seq.is_empty()
     }
@@ -104,8 +105,11 @@ impl Layout {
 /// A packed batch: a layout plus `rows x width` values.
 #[derive(Debug, Clone, Default)]
 pub struct Packed {
+    /// Which row is which sequence's step.
     pub layout: Layout,
+    /// Values per row.
     pub width: usize,
+    /// `rows x width`, row-major.
     pub data: Vec<f32>,
     /// Sequence id -> position, filled by [`Packed::build`] for [`Packed::row_mut`].
     pos_of_seq: Vec<u32>,

@@ -27,6 +27,7 @@ const BLOCK_ROWS: usize = 128;
 /// One direction of one layer of a recurrent stack, with weights pre-transposed.
 #[derive(Debug, Clone)]
 pub struct Cell {
+    /// Input width of this layer.
     pub in_w: usize,
     /// `W_ih^T`, `[in x G*H]`.
     w_ih_t: Vec<f32>,
@@ -42,22 +43,34 @@ pub struct Cell {
 
 /// Raw PyTorch tensors of one direction of one layer, as read from the state_dict.
 pub struct CellWeights<'a> {
+    /// `weight_ih_l{k}`, `[G*H x in]` as PyTorch stores it.
     pub w_ih: &'a [f32],
+    /// `weight_hh_l{k}`, `[G*H x hout]`.
     pub w_hh: &'a [f32],
+    /// `bias_ih_l{k}`, `[G*H]`.
     pub b_ih: Option<&'a [f32]>,
+    /// `bias_hh_l{k}`, `[G*H]`.
     pub b_hh: Option<&'a [f32]>,
+    /// `weight_hr_l{k}` (LSTM projection), `[proj x H]`.
     pub w_hr: Option<&'a [f32]>,
 }
 
 /// A recurrent stack.
 #[derive(Debug, Clone)]
 pub struct Recurrent {
+    /// Which cell.
     pub cell: CellKind,
+    /// Input width of the first layer.
     pub input_size: usize,
+    /// `hidden_size`.
     pub hidden: usize,
+    /// `proj_size` (LSTM only).
     pub proj: Option<usize>,
+    /// `num_layers`.
     pub num_layers: usize,
+    /// `bidirectional`.
     pub bidirectional: bool,
+    /// `bias`.
     pub has_bias: bool,
     /// Indexed `layer * dirs + direction`.
     cells: Vec<Cell>,
@@ -148,6 +161,7 @@ impl Recurrent {
         self.proj.unwrap_or(self.hidden)
     }
 
+    /// Width of the output: `hout`, times two when bidirectional.
     pub fn out_width(&self) -> usize {
         self.hout() * self.dirs()
     }
@@ -169,6 +183,7 @@ impl Recurrent {
         }
     }
 
+    /// Number of parameters.
     pub fn params(&self) -> usize {
         let g = self.cell.gates();
         let bias = if self.has_bias { 2 * g * self.hidden } else { 0 };

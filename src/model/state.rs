@@ -26,8 +26,10 @@ pub const PAGE_SLOTS: usize = 4096;
 /// One layer's slots.
 #[derive(Debug, Clone, Default)]
 pub struct LayerSlots {
+    /// Floats per slot.
     pub width: usize,
     pages: Vec<Vec<f32>>,
+    /// Steps seen per slot (layers that count them).
     pub counters: Vec<u64>,
     has_counter: bool,
 }

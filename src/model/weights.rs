@@ -11,13 +11,16 @@ use crate::error::{Error, Result};
 /// One tensor converted to f32, row-major as stored.
 #[derive(Debug, Clone)]
 pub struct Tensor {
+    /// Shape, as stored.
     pub shape: Vec<usize>,
+    /// Values, row-major.
     pub data: Vec<f32>,
 }
 
 /// All tensors of a weights file, by name, with a record of which were taken.
 #[derive(Debug, Clone)]
 pub struct WeightStore {
+    /// The file, for messages.
     pub path: PathBuf,
     tensors: BTreeMap<String, Tensor>,
     taken: BTreeSet<String>,

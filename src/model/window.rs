@@ -157,11 +157,17 @@ impl Window {
 /// `nn.Conv1d` with weights re-arranged for one GEMM over im2col rows.
 #[derive(Debug, Clone)]
 pub struct Conv1d {
+    /// `in_channels`.
     pub in_ch: usize,
+    /// `out_channels`.
     pub out_ch: usize,
+    /// `kernel_size`.
     pub kernel: usize,
+    /// `stride`.
     pub stride: usize,
+    /// `dilation`.
     pub dilation: usize,
+    /// Causal, valid or same.
     pub padding: Padding,
     /// `[kernel*in_ch x out_ch]`: row `j*in_ch + c`, column `o` = `weight[o, c, j]`.
     w: Vec<f32>,
@@ -199,6 +205,7 @@ impl Conv1d {
         }
     }
 
+    /// The layer's window geometry.
     pub fn window(&self) -> Window {
         let reach = (self.kernel - 1) * self.dilation;
         match self.padding {
@@ -229,10 +236,12 @@ impl Conv1d {
         }
     }
 
+    /// Number of parameters.
     pub fn params(&self) -> usize {
         self.w.len() + self.bias.as_ref().map_or(0, Vec::len)
     }
 
+    /// Whether there is a bias (`bias=True`).
     pub fn has_bias(&self) -> bool {
         self.bias.is_some()
     }
@@ -265,13 +274,18 @@ impl Conv1d {
 /// `nn.MaxPool1d` / `nn.AvgPool1d` without padding.
 #[derive(Debug, Clone)]
 pub struct Pool1d {
+    /// Max (else average) pooling.
     pub max: bool,
+    /// `kernel_size`.
     pub kernel: usize,
+    /// `stride`.
     pub stride: usize,
+    /// Features pooled (the input width).
     pub channels: usize,
 }
 
 impl Pool1d {
+    /// The layer's window geometry.
     pub fn window(&self) -> Window {
         Window {
             taps: self.kernel,

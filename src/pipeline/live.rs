@@ -45,7 +45,7 @@ pub(super) fn run(
     let open = || {
         // Output problems fail the run before any client connects.
         if let Some(p) = &cfg.output.file.path {
-            crate::sink::create_file(p)?;
+            crate::vocab::create_file(p)?;
         }
         let schema = OutputSchema {
             key_name: cfg.source.columns.key.clone(),

@@ -1,9 +1,9 @@
 //! Pipelines: the pipeline file, and running one (`seqflow run`). Two drivers, files and
-//! live, are peers over one executor ([`exec`]); [`run`] picks one by the source's kind.
+//! live, are peers over one executor (`exec.rs`); [`run`] picks one by the source's kind.
 
-pub mod collect;
+mod collect;
 pub mod config;
-pub mod exec;
+mod exec;
 mod files;
 mod live;
 pub mod report;

@@ -14,26 +14,45 @@ use crate::vocab::{clean_join, one_line, FileFormat, NanPolicy, Normalize};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
     /// Predict `targets` `horizon` steps ahead, every step (MSE).
-    Forecast { targets: Vec<String>, horizon: usize },
+    Forecast {
+        /// Target columns, one per model output.
+        targets: Vec<String>,
+        /// Steps ahead (at least 1; default 1): step `t` is scored against `t + horizon`.
+        horizon: usize,
+    },
     /// Predict `targets` at the same step, every step (MSE).
-    Regress { targets: Vec<String> },
+    Regress {
+        /// Target columns, one per model output.
+        targets: Vec<String>,
+    },
     /// One class per sequence (the label of its last step), scored on the last step.
-    Classify { label: String },
+    Classify {
+        /// Label column: a class index (0/1 for a one-output model; NaN = unlabeled).
+        label: String,
+    },
     /// One class per step.
-    Tag { label: String },
+    Tag {
+        /// Label column: a class index per step (0/1 for a one-output model; NaN = unlabeled).
+        label: String,
+    },
 }
 
+/// `[train] optimizer`: which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
+    /// `torch.optim.Adam` with betas (0.9, 0.999) and eps 1e-8; the default.
     Adam,
+    /// `torch.optim.SGD` with `[train] momentum`.
     Sgd,
 }
 
 /// A parsed training file; paths resolved relative to it.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
+    /// The training file itself (names it in messages).
     pub path: PathBuf,
+    /// The model file to train (`[model] path`).
     pub model: PathBuf,
     /// Start from fresh weights even if the weights file exists.
     pub init: bool,
@@ -46,21 +65,37 @@ pub struct TrainConfig {
     pub auto_normalize: bool,
     /// What the model learns.
     pub task: Task,
+    /// `[task] pos_weight`: `BCEWithLogitsLoss`'s `pos_weight` for binary labels (default 1).
     pub pos_weight: f64,
+    /// Epochs to run, at least 1 (default 10); the command line may override it.
     pub epochs: usize,
+    /// Keys (whole sequences) per batch, at least 1 (default 32).
     pub batch_keys: usize,
+    /// Truncated-BPTT chunk length in steps (one optimizer step per chunk, state carried
+    /// between chunks); `None` = whole sequences.
     pub tbptt: Option<usize>,
+    /// Update rule (default Adam).
     pub optimizer: OptimizerName,
+    /// Learning rate, > 0 (default 1e-3).
     pub lr: f64,
+    /// L2 penalty added to the gradient, torch.optim's `weight_decay` (default 0).
     pub weight_decay: f64,
+    /// SGD momentum, as `torch.optim.SGD(momentum=...)` (default 0; unused by Adam).
     pub momentum: f64,
+    /// Max global gradient L2 norm, as `clip_grad_norm_` (> 0); `None` = no clipping.
     pub clip_norm: Option<f64>,
+    /// Fraction of keys held out for validation, `0 <= v < 1` (default 0.2).
     pub validation: f64,
+    /// Seeds weight initialization, the validation split and shuffling (default 0).
     pub seed: u64,
+    /// Early stopping: stop after this many epochs in a row without a better score
+    /// (validation loss, or training loss without validation); `None` = never.
     pub patience: Option<usize>,
     /// Output weights (default: the model file's `weights`).
     pub weights: Option<PathBuf>,
+    /// Per-epoch numbers as CSV (`[output] loss_csv`), if wanted.
     pub loss_csv: Option<PathBuf>,
+    /// SVG chart of the loss curves (`[output] plot`), if wanted.
     pub plot: Option<PathBuf>,
 }
 

@@ -9,13 +9,18 @@ use crate::model::config::ActivationKind;
 /// `nn.Linear`: `y = x W^T + b`, `W` is `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct LinearSpec {
+    /// `in_features`.
     pub inp: usize,
+    /// `out_features`.
     pub out: usize,
+    /// `weight`, `[out, in]`.
     pub weight: ParamId,
+    /// `bias`, `[out]`; `None` for `bias=False`.
     pub bias: Option<ParamId>,
 }
 
 impl LinearSpec {
+    /// `y = x W^T + b` on every row; padding rows stay zero.
     pub fn forward(&self, p: Params<'_>, x: &Seq) -> Seq {
         let mut y = x.like(self.out);
         mm(
@@ -36,6 +41,7 @@ impl LinearSpec {
         y
     }
 
+    /// Adds `dW = dy^T x` and `db` into `grads`; returns the input gradient `dy W`.
     pub fn backward(&self, p: Params<'_>, x: &Seq, dy: &Seq, grads: &mut [f64]) -> Seq {
         let rows = x.rows();
         mm(
@@ -68,6 +74,7 @@ impl LinearSpec {
     }
 }
 
+/// Applies an activation to every row (softmax over each row); padding rows stay zero.
 pub fn activate(kind: ActivationKind, x: &Seq) -> Seq {
     let mut y = x.clone();
     match kind {
@@ -109,6 +116,7 @@ pub fn activate_backward(kind: ActivationKind, y: &Seq, dy: &Seq) -> Seq {
     dx
 }
 
+/// Softmax of one row in place, with the max subtracted first for stability.
 pub fn softmax(row: &mut [f64]) {
     let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut s = 0.0;

@@ -8,7 +8,9 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// How an operand is read: as stored (`[rows x cols]` row-major) or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// As stored.
     N,
+    /// Transposed.
     T,
 }
 
@@ -66,6 +68,7 @@ pub fn sum_rows(acc: &mut [f64], rows: &[f64]) {
     }
 }
 
+/// The logistic function `1 / (1 + e^-x)`.
 pub fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }

@@ -11,7 +11,10 @@ pub enum Loss {
     /// `nn.MSELoss`: mean over every finite target value.
     Mse,
     /// `nn.BCEWithLogitsLoss(pos_weight)`: one logit per row, label 0 or 1.
-    BinaryLogits { pos_weight: f64 },
+    BinaryLogits {
+        /// Weight of the positive-label term, as PyTorch's `pos_weight` (1 = unweighted).
+        pos_weight: f64,
+    },
     /// `nn.CrossEntropyLoss`: one logit per class, label = class index.
     CrossEntropy,
 }
@@ -20,24 +23,39 @@ pub enum Loss {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
     /// Per input row (`t * b + i`, `w` values each; NaN = no target): forecast, regress, tag.
-    Steps { w: usize, data: Vec<f64> },
+    Steps {
+        /// Target values per row (the output width for MSE; 1 for tag labels).
+        w: usize,
+        /// `T*B x w`, row-major, by input row.
+        data: Vec<f64>,
+    },
     /// One label per sequence, scored on the sequence's last output row, only for the
     /// sequences whose end is in this batch (`ends[i]`): classify.
-    Last { labels: Vec<f64>, ends: Vec<bool> },
+    Last {
+        /// Class index of each sequence (NaN = unlabeled).
+        labels: Vec<f64>,
+        /// Whether sequence `i` ends within this batch (or truncated-BPTT chunk).
+        ends: Vec<bool>,
+    },
 }
 
 /// Sum of the loss terms, their count, and the gradient of the sum w.r.t. the output.
 #[derive(Debug, Clone)]
 pub struct LossValue {
+    /// Sum of the loss terms; `sum / count` is PyTorch's `reduction="mean"`.
     pub sum: f64,
+    /// Number of terms summed (rows or values with a finite target).
     pub count: f64,
+    /// Gradient of `sum` w.r.t. the output, shaped like it; zero on rows not scored.
     pub grad: Seq,
-    /// Correct predictions and how many were scored (classification losses).
+    /// Correct predictions (classification losses).
     pub correct: usize,
+    /// Predictions scored for accuracy (the denominator of `correct`).
     pub scored: usize,
 }
 
 impl Loss {
+    /// Scores output `y` against `targets` on its valid rows: loss sum, count and gradient.
     pub fn eval(&self, y: &Seq, targets: &Targets) -> LossValue {
         let mut grads = y.like(y.w);
         let mut v = LossValue {

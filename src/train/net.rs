@@ -18,22 +18,30 @@ use crate::model::{Layer, Model};
 /// One trainable layer.
 #[derive(Debug, Clone)]
 pub enum NetLayer {
+    /// `conv1d`.
     Conv(ConvSpec),
+    /// `maxpool1d` / `avgpool1d`.
     Pool(PoolSpec),
+    /// `linear` (`nn.Linear`).
     Linear(LinearSpec),
+    /// An activation: element-wise, or row-wise for softmax.
     Act(ActivationKind),
+    /// An `rnn` / `lstm` / `gru` stack.
     Rec(RecSpec),
 }
 
 /// The trainable model: layers plus the layout of their parameters.
 #[derive(Debug, Clone)]
 pub struct Net {
+    /// Features per input step.
     pub input_size: usize,
+    /// The layers, in model order.
     pub layers: Vec<NetLayer>,
     /// Labels (`#2 (lstm "lstm")`) for reports.
     pub labels: Vec<String>,
     /// `widths[i]` = input width of layer `i`; last = output width.
     pub widths: Vec<usize>,
+    /// Names, shapes and offsets of every layer's tensors in the flat value vector.
     pub layout: ParamLayout,
     /// Why the model cannot carry state between chunks, if it cannot.
     pub non_causal: Option<String>,
@@ -57,14 +65,18 @@ enum Aux {
 /// State carried between truncated-BPTT chunks, per layer, for a fixed set of sequences.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerCarry {
+    /// A stateless layer (linear, activation).
     None,
+    /// A conv or pool layer's input history.
     Window(WindowCarry),
+    /// A recurrent stack's hidden (and LSTM cell) states.
     Rec(RecCarry),
 }
 
-/// Per recurrent layer (by index in `Net::layers`), hidden-state gradient norms.
+/// Per recurrent layer (by index in `Net::layers`), squared hidden-state gradient norms.
 #[derive(Debug, Clone, Default)]
 pub struct GradProbe {
+    /// `(layer index, its squared norms)`, in backward order (last layer first).
     pub layers: Vec<(usize, HiddenGrads)>,
 }
 
@@ -165,6 +177,7 @@ impl Net {
         ))
     }
 
+    /// Width of the last layer's output: the model's outputs.
     pub fn output_size(&self) -> usize {
         *self.widths.last().unwrap_or(&0)
     }

@@ -4,14 +4,28 @@
 /// Which optimizer, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerKind {
-    Adam { beta1: f64, beta2: f64, eps: f64 },
-    Sgd { momentum: f64 },
+    /// `torch.optim.Adam` (L2 `weight_decay` as in Adam, not AdamW; no amsgrad).
+    Adam {
+        /// Decay of the first-moment (mean) estimate, PyTorch's `betas[0]`.
+        beta1: f64,
+        /// Decay of the second-moment (uncentered variance) estimate, `betas[1]`.
+        beta2: f64,
+        /// Added to the denominator `sqrt(v_hat)` for numerical stability.
+        eps: f64,
+    },
+    /// `torch.optim.SGD` (no dampening, no Nesterov).
+    Sgd {
+        /// Momentum factor; 0 = plain SGD.
+        momentum: f64,
+    },
 }
 
 /// Optimizer state for one parameter vector.
 #[derive(Debug, Clone)]
 pub struct Optimizer {
+    /// The update rule and its hyper-parameters.
     pub kind: OptimizerKind,
+    /// Learning rate.
     pub lr: f64,
     /// L2 penalty added to the gradient (`weight_decay` in torch.optim).
     pub weight_decay: f64,
@@ -21,6 +35,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// Fresh state (zero moments or momentum buffer, no steps) for `n` parameters.
     pub fn new(kind: OptimizerKind, lr: f64, weight_decay: f64, n: usize) -> Optimizer {
         Optimizer {
             kind,

@@ -12,9 +12,13 @@ use crate::model::weights::Tensor;
 /// One named tensor inside the flat vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The tensor's PyTorch state_dict name.
     pub name: String,
+    /// Its PyTorch shape; values are stored row-major.
     pub shape: Vec<usize>,
+    /// Start of its values in the flat vector.
     pub offset: usize,
+    /// Number of values: the product of `shape`.
     pub len: usize,
 }
 
@@ -22,7 +26,9 @@ pub struct Entry {
 /// (one for parameters, one per gradient buffer, two for Adam's moments).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParamLayout {
+    /// Every tensor, in state_dict order; a [`ParamId`] indexes this.
     pub entries: Vec<Entry>,
+    /// Length of the flat vector: the sum of the entries' `len`.
     pub total: usize,
 }
 
@@ -30,6 +36,7 @@ pub struct ParamLayout {
 pub type ParamId = usize;
 
 impl ParamLayout {
+    /// Appends a tensor after the last one and returns its id.
     pub fn add(&mut self, name: String, shape: Vec<usize>) -> ParamId {
         let len = shape.iter().product();
         self.entries.push(Entry {
@@ -42,12 +49,14 @@ impl ParamLayout {
         self.entries.len() - 1
     }
 
+    /// Where tensor `id`'s values are in the flat vector.
     #[inline]
     pub fn range(&self, id: ParamId) -> Range<usize> {
         let e = &self.entries[id];
         e.offset..e.offset + e.len
     }
 
+    /// The id of the tensor named `name`, if any.
     pub fn find(&self, name: &str) -> Option<ParamId> {
         self.entries.iter().position(|e| e.name == name)
     }
@@ -81,16 +90,20 @@ impl ParamLayout {
 /// Read-only view of parameter values with their layout.
 #[derive(Clone, Copy)]
 pub struct Params<'a> {
+    /// Where each tensor is in `values`.
     pub layout: &'a ParamLayout,
+    /// The flat parameter vector.
     pub values: &'a [f64],
 }
 
 impl<'a> Params<'a> {
+    /// Tensor `id`'s values.
     #[inline]
     pub fn get(&self, id: ParamId) -> &'a [f64] {
         &self.values[self.layout.range(id)]
     }
 
+    /// An optional tensor's values (e.g. a bias).
     pub fn opt(&self, id: Option<ParamId>) -> Option<&'a [f64]> {
         id.map(|i| self.get(i))
     }

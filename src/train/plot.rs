@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 /// One named polyline.
 pub struct Series {
+    /// Legend label.
     pub name: String,
+    /// `(x, y)` in drawing order; non-finite points (and, on a log scale, y <= 0) are dropped.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -13,7 +15,7 @@ const COLORS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
-/// An 720x420 SVG chart; `log_y` plots log10 of positive values (others are dropped).
+/// A 720x420 SVG chart; `log_y` plots log10 of positive values (others are dropped).
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 420.0, 70.0, 170.0, 40.0, 50.0);
     let ty = |y: f64| if log_y { y.log10() } else { y };

@@ -18,23 +18,34 @@ use crate::model::config::{CellKind, Nonlinearity};
 /// Parameters of one direction of one layer.
 #[derive(Debug, Clone)]
 pub struct CellSpec {
+    /// Input width: the layer's input for layer 0, `hout * dirs` above it.
     pub in_w: usize,
+    /// `weight_ih_l{k}[_reverse]`, `[G*hidden, in_w]` (`G` = gates: 4 LSTM, 3 GRU, 1 RNN).
     pub w_ih: ParamId,
+    /// `weight_hh_l{k}[_reverse]`, `[G*hidden, hout]`.
     pub w_hh: ParamId,
+    /// `bias_ih_l{k}[_reverse]`, `[G*hidden]`; `None` for `bias=False`.
     pub b_ih: Option<ParamId>,
+    /// `bias_hh_l{k}[_reverse]`, `[G*hidden]`; `None` for `bias=False`.
     pub b_hh: Option<ParamId>,
+    /// LSTM projection `weight_hr_l{k}[_reverse]`, `[proj_size, hidden]`.
     pub w_hr: Option<ParamId>,
 }
 
 /// A recurrent stack: `cells[layer * dirs + dir]`.
 #[derive(Debug, Clone)]
 pub struct RecSpec {
+    /// `rnn` (with its nonlinearity), `lstm` or `gru`.
     pub cell: CellKind,
+    /// `hidden_size`.
     pub hidden: usize,
     /// Output width of one direction (`proj_size` or `hidden`).
     pub hout: usize,
+    /// `num_layers`.
     pub layers: usize,
+    /// Directions: 2 if bidirectional, else 1.
     pub dirs: usize,
+    /// One per layer and direction, `cells[layer * dirs + dir]`.
     pub cells: Vec<CellSpec>,
 }
 
@@ -74,14 +85,17 @@ pub struct RecTape {
 /// (summed over the batch): `norms[cell][t]`.
 #[derive(Debug, Clone, Default)]
 pub struct HiddenGrads {
+    /// `norms[cell][t]`, cells indexed as `RecSpec::cells`, `t` in the layer's own steps.
     pub norms: Vec<Vec<f64>>,
 }
 
 impl RecSpec {
+    /// Output width: `hout` per direction, directions side by side.
     pub fn out_width(&self) -> usize {
         self.hout * self.dirs
     }
 
+    /// A zero state for `b` sequences (PyTorch's default `h0` / `c0`).
     pub fn zero_carry(&self, b: usize) -> RecCarry {
         let n = self.cells.len();
         RecCarry {
@@ -269,7 +283,7 @@ impl RecSpec {
     }
 
     /// Accumulates parameter gradients; returns the input gradient. `probe` receives the
-    /// hidden-state gradient norms.
+    /// squared hidden-state gradient norms.
     pub fn backward(
         &self,
         p: Params<'_>,

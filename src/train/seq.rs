@@ -9,9 +9,13 @@
 /// `t` steps of `b` sequences of `w` values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seq {
+    /// Sequences in the batch.
     pub b: usize,
+    /// Steps: the longest sequence's length.
     pub t: usize,
+    /// Values per row.
     pub w: usize,
+    /// `t*b x w`, row-major; row `t * b + i` is step `t` of sequence `i`.
     pub data: Vec<f64>,
     /// Valid steps of each sequence.
     pub lens: Vec<usize>,
@@ -48,21 +52,25 @@ impl Seq {
         }
     }
 
+    /// Number of rows, `t * b`, padding included.
     pub fn rows(&self) -> usize {
         self.t * self.b
     }
 
+    /// Whether step `t` of sequence `i` is a real step (not padding).
     #[inline]
     pub fn valid(&self, t: usize, i: usize) -> bool {
         t < self.lens[i]
     }
 
+    /// The `w` values of step `t` of sequence `i`.
     #[inline]
     pub fn row(&self, t: usize, i: usize) -> &[f64] {
         let r = t * self.b + i;
         &self.data[r * self.w..(r + 1) * self.w]
     }
 
+    /// The `w` values of step `t` of sequence `i`, mutably.
     #[inline]
     pub fn row_mut(&mut self, t: usize, i: usize) -> &mut [f64] {
         let r = t * self.b + i;

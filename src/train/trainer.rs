@@ -70,31 +70,52 @@ pub enum TrainEvent<'a> {
 /// One epoch's numbers, as written to the loss CSV.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochStats {
+    /// The epoch, from 1.
     pub epoch: usize,
+    /// Mean training loss over the epoch, taken as the weights were being updated.
     pub train_loss: f64,
+    /// Mean validation loss after the epoch; `None` without a validation split.
     pub val_loss: Option<f64>,
+    /// Validation accuracy (classification tasks with a validation split only).
     pub val_accuracy: Option<f64>,
+    /// Mean gradient L2 norm before clipping, over the epoch's optimizer steps.
     pub grad_norm: f64,
+    /// Wall-clock time of the epoch, validation included.
     pub seconds: f64,
 }
 
 /// What a training run did.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
+    /// Every epoch run, in order.
     pub epochs: Vec<EpochStats>,
+    /// The epoch whose weights were saved (lowest validation loss, else training loss).
     pub best_epoch: usize,
+    /// Whether `patience` ended training before the last epoch.
     pub stopped_early: bool,
+    /// Where the weights were written.
     pub weights: PathBuf,
+    /// Whether training started from fresh weights rather than the existing file.
     pub initialized: bool,
+    /// The feature normalization used (fitted if `normalize = "auto"`), for the pipeline.
     pub normalize: Option<Normalize>,
+    /// Keys (sequences) trained on.
     pub train_keys: usize,
+    /// Keys held out for validation.
     pub val_keys: usize,
+    /// Data rows read.
     pub rows: u64,
+    /// Rows dropped as duplicates of a `(key, time)`.
     pub duplicates: u64,
+    /// Rows dropped by `nan = "skip"`.
     pub skipped_nan: u64,
+    /// Sequence steps trained per epoch (not optimizer updates).
     pub steps_per_epoch: u64,
+    /// Wall-clock time of the whole run, loading and writing included.
     pub seconds: f64,
+    /// Number of trainable parameters (scalars).
     pub params: usize,
+    /// Gradient norms before and after training, with `--grad-report`.
     pub grad_report: Option<GradReport>,
 }
 
@@ -692,7 +713,7 @@ fn grad_profile(
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
-    crate::sink::create_file(path)?
+    crate::vocab::create_file(path)?
         .write_all(text.as_bytes())
         .map_err(|e| Error::io(path, e))
 }

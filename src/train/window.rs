@@ -16,10 +16,12 @@ use crate::model::window::Window;
 pub struct WindowCarry {
     /// `b x back x w`: the last `back` inputs, oldest first.
     pub ring: Vec<f64>,
+    /// Steps of each sequence consumed so far (the window's position in time).
     pub seen: Vec<u64>,
 }
 
 impl WindowCarry {
+    /// An empty history for `b` sequences of width `w`, keeping `back` inputs each.
     pub fn new(b: usize, back: usize, w: usize) -> WindowCarry {
         WindowCarry {
             ring: vec![0.0; b * back * w],
@@ -32,10 +34,14 @@ impl WindowCarry {
 /// each tap came from (`srcs`, -1 for padding or carried history).
 #[derive(Debug)]
 pub struct Gathered {
+    /// `taps*w` values per output row, tap by tap; taps with no input are zero.
     pub cols: Seq,
+    /// `rows x taps`: the input row each tap read, or -1.
     pub srcs: Vec<i32>,
 }
 
+/// Gathers each output's taps from `x` (and `carry`'s history), im2col-style; each output
+/// row is tagged like the input step that completed it.
 pub fn gather(win: &Window, x: &Seq, carry: Option<&WindowCarry>) -> Gathered {
     let (b, w, taps) = (x.b, x.w, win.taps);
     let mut firsts = vec![0u64; b];
@@ -103,10 +109,15 @@ pub fn advance_carry(win: &Window, x: &Seq, carry: &mut WindowCarry) {
 /// Convolution parameters: PyTorch's `weight [out, in, k]` and `bias [out]`.
 #[derive(Debug, Clone)]
 pub struct ConvSpec {
+    /// Which inputs feed which output, as in the inference layer.
     pub win: Window,
+    /// `in_channels`.
     pub in_ch: usize,
+    /// `out_channels`.
     pub out_ch: usize,
+    /// `weight`, `[out_ch, in_ch, taps]`.
     pub weight: ParamId,
+    /// `bias`, `[out_ch]`; `None` for `bias=False`.
     pub bias: Option<ParamId>,
 }
 
@@ -125,6 +136,7 @@ impl ConvSpec {
         a
     }
 
+    /// One output row per gathered row: `cols x W` plus bias; padding rows stay zero.
     pub fn forward(&self, p: Params<'_>, g: &Gathered) -> Seq {
         let mut y = g.cols.like(self.out_ch);
         let k = self.win.taps * self.in_ch;
@@ -205,12 +217,16 @@ fn scatter(dcols: &[f64], srcs: &[i32], taps: usize, w: usize, x: &Seq) -> Seq {
 /// Pooling: max or mean over each window's taps, per channel.
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
+    /// The pooling window (kernel, stride), as in the inference layer.
     pub win: Window,
+    /// `maxpool1d` if true, else `avgpool1d`.
     pub max: bool,
+    /// Channels: the input width.
     pub ch: usize,
 }
 
 impl PoolSpec {
+    /// Max or mean over each output's taps, per channel; padding rows stay zero.
     pub fn forward(&self, g: &Gathered) -> Seq {
         let (taps, c) = (self.win.taps, self.ch);
         let mut y = g.cols.like(c);
@@ -229,6 +245,7 @@ impl PoolSpec {
         y
     }
 
+    /// The input gradient: to the first maximal tap (max), or split evenly over the taps (mean).
     pub fn backward(&self, g: &Gathered, x: &Seq, dy: &Seq) -> Seq {
         let (taps, c) = (self.win.taps, self.ch);
         let mut dcols = vec![0.0; dy.rows() * taps * c];

@@ -63,6 +63,7 @@ pub struct Score(pub f32);
 ordered_float!(Score);
 
 impl Score {
+    /// Wraps `x` with a single zero (`-0.0` becomes `0.0`) and a single NaN.
     pub fn new(x: f32) -> Score {
         // One zero and one NaN, so that equal scores have equal bits.
         Score(if x == 0.0 {
@@ -83,7 +84,9 @@ ordered_float!(Num);
 /// A view's value for a group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ViewValue {
+    /// `count`: predictions in the group.
     Count(i64),
+    /// `sum`, `mean`, `min` or `max` of the `of` output.
     Num(Num),
     /// One of the top k: the key and its score.
     Top(Key, Score),

@@ -88,6 +88,7 @@ pub fn read_side_table(path: &Path, key: &str, columns: &[String]) -> Result<Has
 
 /// The distinct side tables of a pipeline's views, their current contents and file times.
 pub struct SideTables {
+    /// Distinct `(path, key column, attribute columns)`, by table index.
     pub tables: Vec<(PathBuf, String, Vec<String>)>,
     current: Vec<HashMap<Key, Vec<Key>>>,
     mtimes: Vec<Option<SystemTime>>,
@@ -100,6 +101,7 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 }
 
 impl SideTables {
+    /// Reads each distinct side table of `views` once; a view without one maps to `u32::MAX`.
     pub fn load(views: &[ViewSpec]) -> Result<SideTables> {
         let mut t = SideTables {
             tables: Vec::new(),

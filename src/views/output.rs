@@ -17,7 +17,7 @@ use super::flow::{ViewRow, ViewValue};
 use super::spec::ViewSpec;
 use crate::error::{Error, Result};
 use crate::record::Key;
-use crate::sink::create_file;
+use crate::vocab::create_file;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {

@@ -22,18 +22,26 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::vocab::{clean_join, one_line};
 
+/// `aggregate`: how a group's predictions combine into its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregate {
+    /// Number of predictions in the group.
     Count,
+    /// Sum of output `of`.
     Sum,
+    /// Mean of output `of`.
     Mean,
+    /// Minimum of output `of`.
     Min,
+    /// Maximum of output `of`.
     Max,
+    /// The `k` keys with the highest `of`, each with its score.
     TopK,
 }
 
 impl Aggregate {
+    /// The name as written in the pipeline file.
     pub fn as_str(self) -> &'static str {
         match self {
             Aggregate::Count => "count",
@@ -49,23 +57,33 @@ impl Aggregate {
 /// Comparison operators of `where`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `==`
     Eq,
+    /// `!=`
     Ne,
 }
 
 /// One comparison `output op value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
+    /// Index of the compared output.
     pub output: usize,
+    /// The comparison.
     pub op: Op,
+    /// The number compared against.
     pub value: f32,
 }
 
 impl Condition {
+    /// Whether a prediction's `outputs` pass (a NaN output passes only `!=`).
     pub fn holds(&self, outputs: &[f32]) -> bool {
         let x = outputs[self.output];
         match self.op {
@@ -92,11 +110,14 @@ pub enum GroupSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
+    /// Window length, in units of the time column.
     pub size: i64,
+    /// Distance between window starts; `None` = `size` (tumbling).
     pub slide: Option<i64>,
 }
 
 impl Window {
+    /// The slide, `size` if not given.
     pub fn slide(&self) -> i64 {
         self.slide.unwrap_or(self.size)
     }
@@ -114,26 +135,38 @@ impl Window {
 /// A validated view.
 #[derive(Debug, Clone)]
 pub struct ViewSpec {
+    /// The view's name, unique in the pipeline.
     pub name: String,
+    /// `where`: every one must hold for a prediction to count.
     pub conditions: Vec<Condition>,
+    /// `join`: the side table joined on the key.
     pub side: Option<SideTable>,
+    /// `group_by` columns and where each comes from; empty = one group.
     pub group_by: Vec<(String, GroupSource)>,
+    /// How each group's value is computed.
     pub aggregate: Aggregate,
     /// Index of the aggregated output (unused by count).
     pub of: usize,
+    /// Name of output `of` (empty for count).
     pub of_name: String,
+    /// `k` of top_k (0 for other aggregates).
     pub k: usize,
+    /// Event-time windows; a window's start is appended to the group.
     pub window: Option<Window>,
     /// `None` = stdout.
     pub output: Option<PathBuf>,
+    /// Where a bounded run writes the view's final state, if anywhere.
     pub snapshot: Option<PathBuf>,
 }
 
 /// A side table: file, key column, attribute columns (all other columns).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SideTable {
+    /// The table's file: Parquet by its extension, CSV (with a header) otherwise.
     pub path: PathBuf,
+    /// Its key column (`join_key`, default the source's key name).
     pub key: String,
+    /// Attribute columns: every column but the key, in file order.
     pub columns: Vec<String>,
 }
 
