@@ -1,7 +1,8 @@
 //! The README's demo, end to end: `seqflow run pipelines/demo.toml` gives, for every step of
 //! every sensor in the bundled sample, PyTorch's score within 1e-4 (expected values by
-//! `tests/fixtures/make_demo_expected.py`, float64 PyTorch on the same weights); and
-//! `seqflow inspect` describes the demo model.
+//! `tests/fixtures/make_demo_expected.py`, float64 PyTorch on the same weights); every other
+//! bundled pipeline gives PyTorch's scores for its emit mode; and `seqflow inspect`
+//! describes the demo model.
 
 mod common;
 
@@ -10,22 +11,24 @@ use std::path::Path;
 
 use arrow::array::{AsArray, RecordBatchReader};
 use arrow::datatypes::{Float32Type, Int64Type};
-use common::pipeline::{read_csv, run_ok, seqflow, stderr};
+use common::pipeline::{output, read_csv, run_report, seqflow, stderr};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use seqflow::pipeline::{Overrides, PipelineConfig};
+use seqflow::vocab::Emit;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn demo_scores_equal_pytorch() {
-    let f = std::fs::File::open(root().join("tests/fixtures/demo_expected.parquet")).unwrap();
+/// Scores by (sensor, time) from a fixture of `tests/fixtures/make_demo_expected.py`.
+fn expected(name: &str) -> HashMap<(String, i64), f32> {
+    let f = std::fs::File::open(root().join(format!("tests/fixtures/{name}.parquet"))).unwrap();
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .unwrap()
         .build()
         .unwrap();
     let _ = reader.schema();
-    let mut want: HashMap<(String, i64), f32> = HashMap::new();
+    let mut want = HashMap::new();
     for b in reader {
         let b = b.unwrap();
         let ids = b.column(0).as_string::<i32>();
@@ -36,29 +39,34 @@ fn demo_scores_equal_pytorch() {
             want.insert((ids.value(i).to_string(), ts.value(i)), s.value(i));
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo.csv");
-    let summary = run_ok(&[
-        "run",
-        root().join("pipelines/demo.toml").to_str().unwrap(),
-        "-w",
-        "2",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(summary.contains("43,200 predictions for 50 keys"), "{summary}");
-    let got = read_csv(&out);
+    want
+}
+
+/// Asserts that a CSV output holds exactly the expected rows, each within 1e-4.
+fn assert_scores(out: &Path, want: &HashMap<(String, i64), f32>, what: &str) {
+    let got = read_csv(out);
     let mut n = 0;
     let mut worst = 0.0f32;
     for (key, rows) in &got {
         for (t, v) in rows {
-            let w = want[&(key.clone(), *t)];
+            let w = want
+                .get(&(key.clone(), *t))
+                .unwrap_or_else(|| panic!("{what}: unexpected output {key} @ {t}"));
             worst = worst.max((v[0] - w).abs());
             n += 1;
         }
     }
-    assert_eq!(n, want.len());
-    assert!(worst <= 1e-4, "max |seqflow - pytorch| = {worst:e}");
+    assert_eq!(n, want.len(), "{what}: rows");
+    assert!(worst <= 1e-4, "{what}: max |seqflow - pytorch| = {worst:e}");
+}
+
+#[test]
+fn demo_scores_equal_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.csv");
+    let report = run_report(&root().join("pipelines/demo.toml"), 2, output(&out));
+    assert_eq!((report.stats.outputs, report.stats.keys), (43_200, 50));
+    assert_scores(&out, &expected("demo_expected"), "demo");
 }
 
 #[test]
@@ -86,28 +94,42 @@ fn inspect_describes_the_demo_model() {
 
 #[test]
 fn every_bundled_pipeline_runs_as_it_is() {
+    let every_step = expected("demo_expected");
+    // A causal model's sequence_end output is its every_step output at the last step.
+    let mut last: HashMap<String, (i64, f32)> = HashMap::new();
+    for ((k, t), v) in &every_step {
+        let e = last.entry(k.clone()).or_insert((*t, *v));
+        if *t > e.0 {
+            *e = (*t, *v);
+        }
+    }
+    let last: HashMap<(String, i64), f32> = last.into_iter().map(|(k, (t, v))| ((k, t), v)).collect();
+    let windows = expected("demo_windows_expected");
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
     for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
         let p = entry.unwrap().path();
-        let live = std::fs::read_to_string(&p)
-            .map(|t| t.contains("format = \"tcp\"") || t.contains("format = \"stdin\""))
-            .unwrap_or(false);
-        // Live pipelines run until stopped; tests/live.rs covers them.
-        if p.extension().is_some_and(|e| e == "toml") && !live {
-            // Redirected (as CSV, by the extension) so the test does not write into the checkout.
-            let out = dir
-                .path()
-                .join(format!("{}.csv", p.file_stem().unwrap().to_string_lossy()));
-            let summary = run_ok(&["run", p.to_str().unwrap(), "--output", out.to_str().unwrap()]);
-            assert!(
-                summary.contains("43,209 rows from 1 file"),
-                "{}: {summary}",
-                p.display()
-            );
-            assert!(out.metadata().unwrap().len() > 0);
-            n += 1;
+        if p.extension().is_none_or(|e| e != "toml") {
+            continue;
         }
+        let cfg = PipelineConfig::load(&p, &Overrides::default()).unwrap();
+        // Live pipelines run until stopped; tests/live.rs covers them.
+        if cfg.live().is_some() {
+            continue;
+        }
+        // Redirected (as CSV, by the extension) so the test does not write into the checkout.
+        let out = dir
+            .path()
+            .join(format!("{}.csv", p.file_stem().unwrap().to_string_lossy()));
+        let report = run_report(&p, 1, output(&out));
+        assert_eq!(report.stats.rows_read, 43_209, "{}", p.display());
+        let want = match cfg.output.emit {
+            Emit::EveryStep | Emit::SequenceEnd { all_steps: true } => &every_step,
+            Emit::SequenceEnd { all_steps: false } => &last,
+            Emit::Window { .. } => &windows,
+        };
+        assert_scores(&out, want, &p.display().to_string());
+        n += 1;
     }
-    assert!(n >= 3, "expected the bundled pipelines, found {n}");
+    assert!(n >= 4, "expected the bundled pipelines, found {n}");
 }

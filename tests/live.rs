@@ -61,11 +61,12 @@ fn line(key: &str, t: i64, f: &[f32]) -> String {
 }
 
 #[test]
-fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_sigterm_drains() {
+fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_stop_drains() {
     let dir = tempfile::tempdir().unwrap();
     let (mpath, model) = save_model(dir.path(), &causal_model(2));
     let p = live_pipeline(dir.path(), &mpath, "max_line_bytes = 300", "");
-    let (child, addr, err) = start_live(&p, &["-w", "2"]);
+    let run = LiveRun::start(&p, 2);
+    let addr = run.addr.clone();
 
     // Three clients, each with its own 4 keys interleaved at random; bad lines in between;
     // the last client dies in the middle of a line.
@@ -127,17 +128,12 @@ fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_sigterm_drains() {
     );
     assert_close(&read_jsonl(&out), &want, TOL);
 
-    let (ok, rest) = terminate(child, err);
-    assert!(ok, "SIGTERM must end the run with status 0: {rest}");
-    assert!(
-        rest.contains(&format!("{} predictions for 12 keys", all_rows.len())),
-        "{rest}"
-    );
-    assert!(rest.contains("malformed 13"), "{rest}");
-    assert!(
-        rest.contains("from 3 connections") && rest.contains("latency arrival -> emission p50"),
-        "{rest}"
-    );
+    // Stopped as SIGTERM stops the binary (sigterm_while_clients_send... sends the signal).
+    let report = run.stop();
+    let s = &report.stats;
+    assert_eq!((s.outputs, s.keys, s.malformed), (all_rows.len() as u64, 12, 13));
+    assert_eq!(report.source, "3 connections");
+    assert_eq!(report.latency.map(|h| h.count()), Some(s.outputs));
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out/rejects.jsonl"))
         .unwrap()
         .lines()
@@ -188,23 +184,29 @@ fn sigterm_while_clients_send_processes_everything_accepted() {
     std::thread::sleep(Duration::from_millis(400));
     let (ok, rest) = terminate(child, err);
     let _ = sender.join();
-    assert!(ok, "{rest}");
-    // Every complete line the pipeline read became a prediction (nothing accepted is lost).
-    let rows: usize = rest
-        .split(" rows from")
-        .next()
-        .and_then(|s| s.rsplit("seqflow: ").next())
-        .map(|s| s.replace(',', "").trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no summary: {rest}"));
-    assert!(rows > 0, "{rest}");
-    let written = std::fs::read_to_string(dir.path().join("out/live.jsonl"))
+    assert!(ok, "SIGTERM must end the run with status 0: {rest}");
+    assert!(
+        rest.contains("seqflow: ") && rest.contains(" predictions for "),
+        "no summary: {rest}"
+    );
+    // Every complete line the pipeline read became a prediction (nothing accepted is lost):
+    // one connection reads in order, so the predicted times (line i has time i) are exactly
+    // the first lines sent, without a gap.
+    let mut times: Vec<i64> = std::fs::read_to_string(dir.path().join("out/live.jsonl"))
         .unwrap()
         .lines()
-        .count();
-    assert_eq!(written, rows, "{rest}");
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["t"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    times.sort_unstable();
+    assert!(!times.is_empty(), "{rest}");
     assert!(
-        rest.contains(&format!("-> {} predictions", seqflow::vocab::group_digits(rows))),
-        "{rest}"
+        times.iter().enumerate().all(|(i, &t)| t == i as i64),
+        "predicted lines are not the first {} lines sent: {rest}",
+        times.len()
     );
 }
 
@@ -217,7 +219,7 @@ fn stdin_csv_lines_until_end_of_input() {
         "stdin.toml",
         &format!(
             "[source]\nformat = \"stdin\"\nlines = \"csv\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
-             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"-\"\n",
+             rejects = \"out/rejects.jsonl\"\n[model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"-\"\n",
             mpath.display()
         ),
     );
@@ -244,13 +246,20 @@ fn stdin_csv_lines_until_end_of_input() {
     let o = child.wait_with_output().unwrap();
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
-    assert!(
-        e.contains("malformed 1") && e.contains("30 predictions for 3 keys"),
-        "{e}"
-    );
     let out_path = dir.path().join("stdout.csv");
     std::fs::write(&out_path, &o.stdout).unwrap();
+    // Every step of the 3 keys predicted; the one bad line rejected, naming its line.
     assert_close(&read_csv(&out_path), &offline_every_step(&model, &rows), TOL);
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    let rejects: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert_eq!(
+        (&rejects[0]["reason"], &rejects[0]["at"]),
+        (&"malformed".into(), &"line 32".into())
+    );
 }
 
 #[test]
@@ -367,7 +376,7 @@ fn csv_lines_with_configured_columns_and_parquet_output_closed_on_sigterm() {
     drop(s);
     std::thread::sleep(Duration::from_millis(300));
     let (ok, rest) = terminate(child, err);
-    assert!(ok && rest.contains("20 predictions for 2 keys"), "{rest}");
+    assert!(ok, "SIGTERM must end the run with status 0: {rest}");
     // The Parquet file is complete (footer written) and holds PyTorch-checked outputs.
     let f = std::fs::File::open(dir.path().join("out/live.parquet")).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)

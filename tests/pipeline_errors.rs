@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::pipeline::*;
+use seqflow::pipeline::Overrides;
 
 struct Case {
     dir: tempfile::TempDir,
@@ -455,18 +456,16 @@ fn input_extension_picks_the_format() {
     std::fs::write(c.path("x.csv"), "key,t,f0,f1\na,1,0.1,0.2\na,2,0.3,0.4\n").unwrap();
     let p = c.standard("");
     let out = c.path("y.jsonl");
-    let summary = run_ok(&[
-        "run",
-        &p,
-        "--input",
-        c.path("x.csv").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        summary.contains("2 rows from 1 file -> 2 predictions"),
-        "{summary}"
+    let report = run_report(
+        Path::new(&p),
+        1,
+        Overrides {
+            input: Some(c.path("x.csv")),
+            output: Some(out.clone()),
+        },
     );
+    assert_eq!((report.stats.rows_read, report.stats.outputs), (2, 2));
+    assert_eq!(report.source, "1 file");
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 2);
     assert!(text.starts_with("{\"key\":\"a\",\"t\":1,"), "{text}");

@@ -7,6 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::pipeline::*;
+use seqflow::train::config::TrainConfig;
+use seqflow::train::trainer::{train, TrainOptions, TrainReport};
 use seqflow::vocab::SplitMix;
 use seqflow::Model;
 
@@ -92,6 +94,18 @@ fn losses(dir: &Path) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Trains in this process and returns the report (numbers come from here, never from the
+/// printed summary).
+fn train_report(cfg: &Path, threads: usize, epochs: Option<usize>) -> TrainReport {
+    let config = TrainConfig::load(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let opts = TrainOptions {
+        threads,
+        epochs,
+        ..TrainOptions::default()
+    };
+    train(&config, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn regression_with_memory_reaches_a_loss_bound_and_is_thread_count_invariant() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,8 +117,8 @@ fn regression_with_memory_reaches_a_loss_bound_and_is_thread_count_invariant() {
         "kind = \"regress\"\ntargets = [\"f2\"]",
         "epochs = 40\nbatch_keys = 8\ntbptt = 10\nlr = 0.02\nclip_norm = 1.0\nvalidation = 0.25\nseed = 3",
     );
-    let summary = run_ok(&["train", cfg.to_str().unwrap(), "-w", "1"]);
-    assert!(summary.contains("30 train / 10 validation"), "{summary}");
+    let report = train_report(&cfg, 1, None);
+    assert_eq!((report.train_keys, report.val_keys), (30, 10));
     let l = losses(d);
     assert_eq!(l.len(), 40);
     let (first, last) = (l[0].1, l.iter().map(|x| x.1).fold(f64::INFINITY, f64::min));
@@ -155,16 +169,16 @@ type = "sigmoid"
             task,
             "epochs = 60\nbatch_keys = 16\nlr = 0.03\nvalidation = 0.25\nseed = 1",
         );
-        let summary = run_ok(&["train", cfg.to_str().unwrap()]);
-        let acc: f64 = summary
-            .split("validation accuracy ")
-            .nth(1)
-            .and_then(|s| s.split([';', ' ', '\n']).next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no accuracy in {summary}"));
+        let report = train_report(&cfg, 1, None);
+        let best = report
+            .epochs
+            .iter()
+            .find(|e| e.epoch == report.best_epoch)
+            .unwrap();
+        let acc = best.val_accuracy.expect("classification reports accuracy");
         // Chance is ~0.5; the label depends on the last two steps only.
         let bound = if task.contains("tag") { 0.9 } else { 0.75 };
-        assert!(acc >= bound, "{task}: validation accuracy {acc}\n{summary}");
+        assert!(acc >= bound, "{task}: validation accuracy {acc}\n{report}");
     }
 }
 
@@ -180,8 +194,8 @@ fn early_stopping_stops_and_keeps_the_best_epoch() {
         "kind = \"forecast\"\ntargets = [\"f2\"]\nhorizon = 2",
         "epochs = 200\nbatch_keys = 4\nlr = 0.5\noptimizer = \"sgd\"\nmomentum = 0.9\nclip_norm = 5.0\nvalidation = 0.25\npatience = 3",
     );
-    let summary = run_ok(&["train", cfg.to_str().unwrap()]);
-    assert!(summary.contains("(early stop)"), "{summary}");
+    let report = train_report(&cfg, 1, None);
+    assert!(report.stopped_early, "{report}");
     let l = losses(d);
     assert!(l.len() < 200);
     let best = l
@@ -190,10 +204,7 @@ fn early_stopping_stops_and_keeps_the_best_epoch() {
         .enumerate()
         .fold((0, f64::INFINITY), |b, (i, v)| if v < b.1 { (i, v) } else { b });
     assert_eq!(l.len(), best.0 + 1 + 3, "stops 3 epochs after the best");
-    assert!(
-        summary.contains(&format!("best epoch {}", best.0 + 1)),
-        "{summary}"
-    );
+    assert_eq!(report.best_epoch, best.0 + 1, "{report}");
 }
 
 #[test]
@@ -345,19 +356,11 @@ loss_csv = "out/loss.csv"
     fails(d, &cfg, "line 69: feature `f0` is NaN");
 
     let cfg = write(true, "ffill");
-    let first = run_ok(&["train", cfg.to_str().unwrap(), "--epochs", "8"]);
-    assert!(
-        first.contains("(initialized)") && first.contains("8 epoch(s)"),
-        "{first}"
-    );
-    assert!(first.contains("dropped 1 duplicate"), "{first}");
-    // f0 is ~500 +- 100: the fitted mean says so and is printed for the pipeline.
-    let mean0: f64 = first
-        .split("normalize = { mean = [")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no normalize line in {first}"));
+    let first = train_report(&cfg, 1, Some(8));
+    assert!(first.initialized && first.epochs.len() == 8, "{first}");
+    assert_eq!(first.duplicates, 1, "{first}");
+    // f0 is ~500 +- 100: the fitted mean says so (and is printed for the pipeline).
+    let mean0 = first.normalize.as_ref().expect("normalize = \"auto\"").mean[0];
     assert!((mean0 - 500.0).abs() < 20.0, "{mean0}");
     assert!(d.join("out/w.safetensors").exists() && !d.join("m.safetensors").exists());
     let initial = losses(d);
@@ -366,6 +369,7 @@ loss_csv = "out/loss.csv"
     // Fine-tuning starts from those weights: its first epoch is already better than the
     // fresh run's first epoch.
     let cfg = write(false, "ffill");
+    // Through the binary, as users run it: the summary says what happened.
     let tuned = run_ok(&["train", cfg.to_str().unwrap(), "--epochs", "1"]);
     assert!(tuned.contains("(fine-tuned)"), "{tuned}");
     let after = losses(d);
@@ -397,4 +401,76 @@ fn bundled_training_files_parse_and_name_existing_models() {
         }
     }
     assert!(n >= 1);
+}
+
+#[test]
+fn training_sees_exactly_the_values_serving_sees() {
+    // One input layer: a pipeline whose model is the identity emits its prepared features,
+    // which must equal what training loads, bit for bit (normalization in f64 rounded to
+    // f32, NaN forward-filled per key in time order, re-sent rows dropped).
+    use seqflow::input::files::FileSource;
+    use seqflow::input::Columns;
+    use seqflow::train::data::{load, DataSpec};
+    use seqflow::vocab::{FileFormat, NanPolicy, Normalize};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = SplitMix::new(4);
+    let mut csv = String::from("key,t,a,b\n");
+    for i in 0..300 {
+        let (k, t) = (i % 7, i / 7);
+        let a = if rng.next_f32() < 0.1 {
+            "NaN".to_string()
+        } else {
+            (rng.normal() * 1e3).to_string()
+        };
+        csv.push_str(&format!("k{k},{t},{a},{}\n", rng.uniform(1.0) as f64 / 3.0));
+        if i % 50 == 0 {
+            csv.push_str(&format!("k{k},{t},9,9\n")); // re-sent: the first row wins
+        }
+    }
+    std::fs::write(d.join("data.csv"), csv).unwrap();
+    std::fs::write(
+        d.join("id.toml"),
+        "input_size = 2\n[[layers]]\ntype = \"identity\"\n",
+    )
+    .unwrap();
+    let columns = Columns {
+        key: "key".into(),
+        time: "t".into(),
+        features: vec!["a".into(), "b".into()],
+        normalize: Some(Normalize {
+            mean: vec![3.3, -0.1],
+            std: vec![7.7, 0.3],
+        }),
+        nan: NanPolicy::Ffill,
+    };
+    let p = write_pipeline(
+        d,
+        "p.toml",
+        "[source]\nformat = \"csv\"\npath = \"data.csv\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"a\", \"b\"]\n\
+         normalize = { mean = [3.3, -0.1], std = [7.7, 0.3] }\nnan = \"ffill\"\nbatch_rows = 64\n\
+         [model]\npath = \"id.toml\"\n[output]\nformat = \"csv\"\npath = \"out.csv\"\n",
+    );
+    run_report(&p, 2, Default::default());
+    let served = read_csv(&d.join("out.csv"));
+    let spec = DataSpec {
+        source: FileSource {
+            format: FileFormat::Csv,
+            path: d.join("data.csv"),
+        },
+        columns,
+        extra: vec![],
+        extra_role: "target",
+    };
+    let trained = load(&spec, true).unwrap();
+    assert_eq!(trained.duplicates, 6);
+    assert_eq!(trained.sequences.len(), served.len());
+    for s in &trained.sequences {
+        let got = &served[&s.key];
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), s.times, "key {}", s.key);
+        for (i, v) in got.values().enumerate() {
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(v), bits(&s.x[i * 2..i * 2 + 2]), "key {} step {i}", s.key);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Feature preparation: normalization, the NaN policy and forward fill. Files, live lines
 //! and training all turn raw values into model inputs here, so a model is trained on
-//! exactly the f32 values it is later served (`tests/keyed_oracle.rs` and
-//! `train::data::tests` hold the paths to it).
+//! exactly the f32 values it is later served (`train_run::training_sees_exactly_the_values_
+//! serving_sees` holds the two paths to it, bit for bit).
 
 use super::columns::Columns;
 use crate::vocab::{NanPolicy, Normalize};

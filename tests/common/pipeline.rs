@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use seqflow::model::builder::ModelBuilder;
+use seqflow::pipeline::{Event, Overrides, RunOptions, RunReport};
 use seqflow::Model;
 
 /// One input row.
@@ -79,6 +80,66 @@ pub fn seqflow(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("binary runs")
+}
+
+/// `--output path`.
+pub fn output(path: &Path) -> Overrides {
+    Overrides {
+        input: None,
+        output: Some(path.to_path_buf()),
+    }
+}
+
+/// Runs a pipeline in this process (`-w workers`, `--input` / `--output` overrides) and
+/// returns its report: tests read numbers from the report, never from the printed summary.
+pub fn run_report(pipeline: &Path, workers: usize, overrides: Overrides) -> RunReport {
+    let opts = RunOptions {
+        workers,
+        overrides,
+        ..RunOptions::default()
+    };
+    seqflow::pipeline::run(pipeline, &opts)
+        .unwrap_or_else(|e| panic!("{}: {e}", pipeline.display()))
+        .expect("process 0 reports")
+}
+
+/// A live pipeline running in this process until [`LiveRun::stop`].
+pub struct LiveRun {
+    /// The address it listens on.
+    pub addr: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    run: std::thread::JoinHandle<seqflow::Result<Option<RunReport>>>,
+}
+
+impl LiveRun {
+    /// Starts `pipeline` (a tcp source) with `workers` workers; returns once it listens.
+    pub fn start(pipeline: &Path, workers: usize) -> LiveRun {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let opts = RunOptions {
+            workers,
+            observer: Arc::new(move |e: &Event<'_>| {
+                if let Event::Listening { addr: Some(a), .. } = e {
+                    let _ = tx.lock().unwrap().send(a.to_string());
+                }
+            }),
+            ..RunOptions::default()
+        };
+        let stop = opts.stop.clone();
+        let p = pipeline.to_path_buf();
+        let run = std::thread::spawn(move || seqflow::pipeline::run(&p, &opts));
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the pipeline listens");
+        LiveRun { addr, stop, run }
+    }
+
+    /// Stops the run as SIGTERM does (readers stop, everything accepted is processed) and
+    /// returns its report.
+    pub fn stop(self) -> RunReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.run.join().unwrap().unwrap().expect("process 0 reports")
+    }
 }
 
 /// Stderr as text.
