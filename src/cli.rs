@@ -61,7 +61,7 @@ enum Command {
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
-        /// Parquet file or directory of Parquet files.
+        /// Data file (Parquet, or CSV / JSON lines by extension), directory or glob.
         data: PathBuf,
         /// host:port of the pipeline's tcp source.
         #[arg(long)]

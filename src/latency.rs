@@ -58,18 +58,6 @@ impl Histogram {
         }
         self.max
     }
-
-    /// Adds another histogram's counts.
-    pub fn merge(&mut self, o: &Histogram) {
-        if self.counts.len() < o.counts.len() {
-            self.counts.resize(o.counts.len(), 0);
-        }
-        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
-            *a += b;
-        }
-        self.n += o.n;
-        self.max = self.max.max(o.max);
-    }
 }
 
 /// `850 us`, `3.2 ms`, `1.25 s`.

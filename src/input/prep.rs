@@ -47,11 +47,6 @@ impl Prep {
         }
         Ok(())
     }
-
-    /// Whether non-finite values reach the keyed state to be forward-filled.
-    pub fn fills_forward(&self) -> bool {
-        self.nan == NanPolicy::Ffill
-    }
 }
 
 /// Forward fill of one step of a key, in time order: a NaN takes the key's last finite

@@ -1,5 +1,7 @@
-//! The model TOML: which layers, in which order, with which options. Sizes are not here:
-//! they come from the weights (see `weights.rs`), so the two cannot disagree silently.
+//! The model TOML: which layers, in which order, with which options. Sizes come from the
+//! weights; sizes the file states (`hidden_size`, `out_features`, ...) are checked against
+//! them when the weights exist (`bind.rs`), and are what `seqflow train` initializes a new
+//! model from (`tensors.rs`).
 
 use std::path::{Path, PathBuf};
 

@@ -119,53 +119,35 @@ impl Shape {
 
     /// Every tensor of the layer named by `lc`, in `state_dict()` order.
     pub fn tensors(&self, lc: &LayerConfig) -> Vec<TensorSpec> {
-        let bias = |n: usize, bound: f64| TensorSpec {
-            name: String::new(),
-            shape: vec![n],
-            inferred: vec![false],
-            what: "one value per output".into(),
+        let t = |suffix: &str, shape: Vec<usize>, inferred: &[usize], what: String, bound: f64| TensorSpec {
+            name: lc.tensor(suffix),
+            inferred: (0..shape.len()).map(|d| inferred.contains(&d)).collect(),
+            shape,
+            what,
             bound,
         };
-        let named = |suffix: &str, t: TensorSpec| TensorSpec {
-            name: lc.tensor(suffix),
-            ..t
+        let bias = |suffix: &str, n: usize, bound: f64| {
+            t(suffix, vec![n], &[], "one value per output".into(), bound)
         };
-        let mut out = Vec::new();
         match *self {
             Shape::Conv {
                 in_ch,
                 out_ch,
                 kernel,
-                bias: has_bias,
+                bias: b,
             } => {
                 let bound = 1.0 / ((in_ch * kernel) as f64).sqrt();
-                out.push(TensorSpec {
-                    name: lc.tensor("weight"),
-                    shape: vec![out_ch, in_ch, kernel],
-                    inferred: vec![true, false, true],
-                    what: format!("[out_channels, in_channels = {in_ch} from the previous layer, kernel]"),
-                    bound,
-                });
-                if has_bias {
-                    out.push(named("bias", bias(out_ch, bound)));
-                }
+                let what = format!("[out_channels, in_channels = {in_ch} from the previous layer, kernel]");
+                let mut v = vec![t("weight", vec![out_ch, in_ch, kernel], &[0, 2], what, bound)];
+                v.extend(b.then(|| bias("bias", out_ch, bound)));
+                v
             }
-            Shape::Linear {
-                inp,
-                out: o,
-                bias: has_bias,
-            } => {
+            Shape::Linear { inp, out, bias: b } => {
                 let bound = 1.0 / (inp as f64).sqrt();
-                out.push(TensorSpec {
-                    name: lc.tensor("weight"),
-                    shape: vec![o, inp],
-                    inferred: vec![true, false],
-                    what: format!("[out_features, in_features = {inp} from the previous layer]"),
-                    bound,
-                });
-                if has_bias {
-                    out.push(named("bias", bias(o, bound)));
-                }
+                let what = format!("[out_features, in_features = {inp} from the previous layer]");
+                let mut v = vec![t("weight", vec![out, inp], &[0], what, bound)];
+                v.extend(b.then(|| bias("bias", out, bound)));
+                v
             }
             Shape::Recurrent {
                 cell,
@@ -174,56 +156,49 @@ impl Shape {
                 layers,
                 bidirectional,
                 proj,
-                bias: has_bias,
+                bias: b,
             } => {
-                let g = cell.gates() * hidden;
-                let hout = proj.unwrap_or(hidden);
+                let (g, hout) = (cell.gates() * hidden, proj.unwrap_or(hidden));
                 let dirs = if bidirectional { 2 } else { 1 };
                 let bound = 1.0 / (hidden as f64).sqrt();
-                let gates = gates_doc(cell);
-                let t = |suffix: String, shape: Vec<usize>, what: String| TensorSpec {
-                    name: lc.tensor(&suffix),
-                    inferred: vec![false; shape.len()],
-                    shape,
-                    what,
-                    bound,
-                };
+                let mut v = Vec::new();
                 for k in 0..layers {
                     let in_w = if k == 0 { input } else { hout * dirs };
-                    let from = if k == 0 {
-                        "the previous layer's width".to_string()
-                    } else {
-                        format!(
-                            "layer {} output{}",
-                            k - 1,
-                            if bidirectional { ", both directions" } else { "" }
-                        )
+                    let from = match k {
+                        0 => "the previous layer's width".to_string(),
+                        _ if bidirectional => format!("layer {} output, both directions", k - 1),
+                        _ => format!("layer {} output", k - 1),
                     };
-                    for d in 0..dirs {
-                        let sfx = if d == 1 { "_reverse" } else { "" };
-                        out.push(t(
-                            format!("weight_ih_l{k}{sfx}"),
+                    for sfx in ["", "_reverse"].into_iter().take(dirs) {
+                        let what = format!("{}; input {in_w} = {from}", gates_doc(cell));
+                        v.push(t(
+                            &format!("weight_ih_l{k}{sfx}"),
                             vec![g, in_w],
-                            format!("{gates}; input {in_w} = {from}"),
+                            &[],
+                            what,
+                            bound,
                         ));
-                        out.push(t(format!("weight_hh_l{k}{sfx}"), vec![g, hout], gates.into()));
-                        if has_bias {
-                            for b in ["bias_ih", "bias_hh"] {
-                                out.push(named(&format!("{b}_l{k}{sfx}"), bias(g, bound)));
-                            }
+                        let hh = gates_doc(cell).into();
+                        v.push(t(&format!("weight_hh_l{k}{sfx}"), vec![g, hout], &[], hh, bound));
+                        if b {
+                            v.push(bias(&format!("bias_ih_l{k}{sfx}"), g, bound));
+                            v.push(bias(&format!("bias_hh_l{k}{sfx}"), g, bound));
                         }
                         if let Some(p) = proj {
-                            out.push(t(
-                                format!("weight_hr_l{k}{sfx}"),
+                            let what = "[proj_size, hidden_size]".into();
+                            v.push(t(
+                                &format!("weight_hr_l{k}{sfx}"),
                                 vec![p, hidden],
-                                "[proj_size, hidden_size]".into(),
+                                &[],
+                                what,
+                                bound,
                             ));
                         }
                     }
                 }
+                v
             }
         }
-        out
     }
 }
 

@@ -138,7 +138,7 @@ impl WeightStore {
             .collect()
     }
 
-    /// All tensor names with shapes, e.g. for "did you mean" hints.
+    /// The names of the tensors starting with `prefix`, sorted, for "did you mean" hints.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.tensors
             .keys()

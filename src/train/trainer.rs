@@ -252,9 +252,6 @@ fn example(seq: Sequence, cfg: &TrainConfig, obj: &Objective, n_classes: usize) 
     Ok(Example { len, x, y })
 }
 
-/// A shard handed to a thread: its index, keys and carried state.
-type Job<'a, 'e> = (usize, &'a [&'e Example], &'a mut Vec<LayerCarry>);
-
 /// Loss sum, count, accuracy numbers and (when training) the gradient of one shard chunk.
 struct ShardResult {
     sum: f64,
@@ -305,7 +302,8 @@ fn chunk(examples: &[&Example], start: usize, len: usize, width: usize, obj: &Ob
 struct Runner<'a> {
     net: &'a Net,
     obj: &'a Objective,
-    threads: usize,
+    /// Threads for the shards (`None`: this thread).
+    pool: Option<rayon::ThreadPool>,
     tbptt: Option<usize>,
 }
 
@@ -385,38 +383,19 @@ impl Runner<'_> {
                 grads,
             }
         };
-        let threads = self.threads.clamp(1, shards.len().max(1));
-        if threads == 1 {
-            return shards
+        // Results come back in shard order whatever thread ran them: the sum is reproducible.
+        match &self.pool {
+            Some(pool) => pool.install(|| {
+                use rayon::prelude::*;
+                let jobs = shards.par_iter().zip(carries.par_iter_mut());
+                jobs.map(|(s, c)| work(s, c)).collect()
+            }),
+            None => shards
                 .iter()
                 .zip(carries.iter_mut())
                 .map(|(s, c)| work(s, c))
-                .collect();
+                .collect(),
         }
-        let mut slots: Vec<Option<ShardResult>> = (0..shards.len()).map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let mut jobs: Vec<Vec<Job<'_, '_>>> = (0..threads).map(|_| Vec::new()).collect();
-            for (i, (s, c)) in shards.iter().zip(carries.iter_mut()).enumerate() {
-                jobs[i % threads].push((i, s, c));
-            }
-            let handles: Vec<_> = jobs
-                .into_iter()
-                .map(|job| {
-                    let work = &work;
-                    scope.spawn(move || {
-                        job.into_iter()
-                            .map(|(i, s, c)| (i, work(s, c)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                for (i, r) in h.join().expect("training thread panicked") {
-                    slots[i] = Some(r);
-                }
-            }
-        });
-        slots.into_iter().map(|r| r.expect("every shard ran")).collect()
     }
 }
 
@@ -534,7 +513,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     let runner = Runner {
         net: &net,
         obj: &obj,
-        threads: opts.threads.max(1),
+        pool: match opts.threads {
+            0 | 1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| Error::Runtime(format!("training threads: {e}")))?,
+            ),
+        },
         tbptt: cfg.tbptt,
     };
     let mut grad_report = opts.grad_report.as_ref().map(|_| GradReport::default());

@@ -17,33 +17,18 @@ use super::flow::{ViewRow, ViewValue};
 use super::spec::ViewSpec;
 use crate::error::{Error, Result};
 use crate::record::Key;
-use crate::vocab::create_file;
+use crate::vocab::{create_file, FileFormat};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Jsonl,
-    Csv,
-    Parquet,
-}
-
-fn format_of(p: Option<&Path>) -> Format {
-    match p
-        .and_then(|p| p.extension())
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("csv") => Format::Csv,
-        Some("parquet") | Some("pq") => Format::Parquet,
-        _ => Format::Jsonl,
-    }
+/// Parquet or CSV by the file's extension (the one table in `vocab`); JSON lines otherwise.
+fn format_of(p: Option<&Path>) -> FileFormat {
+    p.and_then(FileFormat::from_path).unwrap_or(FileFormat::Jsonl)
 }
 
 /// A table-shaped writer fed with JSON objects: JSON lines as they are; CSV and Parquet via
 /// Arrow, with the schema inferred from the first rows written.
 struct TableWriter {
     path: PathBuf,
-    format: Format,
+    format: FileFormat,
     out: Option<Box<dyn Write + Send>>,
     schema: Option<SchemaRef>,
     parquet: Option<ArrowWriter<File>>,
@@ -81,14 +66,14 @@ impl TableWriter {
             serde_json::to_writer(&mut buf, r).expect("json");
             buf.push(b'\n');
         }
-        if self.format == Format::Jsonl {
+        if self.format == FileFormat::Jsonl {
             let out = self.out.as_mut().expect("open");
             return out
                 .write_all(&buf)
                 .and_then(|_| out.flush())
                 .map_err(|e| Error::io(&self.path, e));
         }
-        if self.format == Format::Csv {
+        if self.format == FileFormat::Csv {
             // Written directly: going through Arrow would re-parse (and round) the numbers.
             let mut text = String::new();
             if self.schema.is_none() {
@@ -126,7 +111,7 @@ impl TableWriter {
         for batch in reader {
             let batch: RecordBatch = batch.map_err(|e| self.err(e))?;
             match self.format {
-                Format::Parquet => {
+                FileFormat::Parquet => {
                     if self.parquet.is_none() {
                         self.out = None;
                         let f = File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
@@ -139,7 +124,7 @@ impl TableWriter {
                         .write(&batch)
                         .map_err(|e| self.err(e))?;
                 }
-                Format::Jsonl | Format::Csv => unreachable!("written above"),
+                FileFormat::Jsonl | FileFormat::Csv => unreachable!("written above"),
             }
         }
         Ok(())
@@ -292,9 +277,9 @@ impl ViewOutputs {
                         rows.push(Self::fields(&self.key_name, &v.spec, g, val));
                     }
                 }
-                if rows.is_empty() && w.format != Format::Jsonl {
+                if rows.is_empty() && w.format != FileFormat::Jsonl {
                     // An empty view: a CSV header-less empty file, or an empty JSON lines file.
-                    w.format = Format::Jsonl;
+                    w.format = FileFormat::Jsonl;
                 }
                 w.write(&rows)?;
                 w.close()?;
