@@ -3,12 +3,14 @@
 # anomaly model (conv1d -> lstm(32) -> linear, every_step) with -w 1 and -w 2, and prints
 # rows/s, the scaling ratio and peak RSS. Usage:
 #   benches/e2e.sh [SENSORS] [DAYS]        # default 2000 sensors x 7 days @ 5 min = 4.0 M rows
+#   SEQFLOW=/path/to/other/seqflow benches/e2e.sh   # time another build (before/after a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SENSORS=${1:-2000}
 DAYS=${2:-7}
 DATA=datasets/generated/bench_${SENSORS}x${DAYS}
 cargo build --release --quiet --bin seqflow --bin gen-sensors
+BIN=${SEQFLOW:-./target/release/seqflow}
 if [ ! -d "$DATA" ]; then
   ./target/release/gen-sensors --sensors "$SENSORS" --days "$DAYS" --interval-s 300 --files 4 --out "$DATA"
 fi
@@ -21,7 +23,7 @@ declare -A RATE
 for W in 1 2; do
   best=0
   for rep in 1 2 3; do
-    out=$( { /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W"; } 2>&1 )
+    out=$( { /usr/bin/time -f "peak_rss_kb=%M" "$BIN" run "$PIPE" -w "$W"; } 2>&1 )
     r=$(echo "$out" | grep '^seqflow:' | rows_per_s)
     rss=$(echo "$out" | sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p')
     echo "-w $W run $rep: $r rows/s, peak RSS $((rss / 1024)) MB"

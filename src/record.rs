@@ -81,10 +81,16 @@ impl KeyRef<'_> {
                 let step = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
                 let bytes = s.as_bytes();
                 let mut h = 0u64;
-                for chunk in bytes.chunks(8) {
-                    let mut b = [0u8; 8];
-                    b[..chunk.len()].copy_from_slice(chunk);
-                    h = step(h, u64::from_le_bytes(b));
+                // Whole words as loads; a short tail assembled byte by byte (copying it into
+                // a zeroed buffer compiled to a call to memcpy per key).
+                let mut words = bytes.chunks_exact(8);
+                for w in &mut words {
+                    h = step(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+                }
+                let tail = words.remainder();
+                if !tail.is_empty() {
+                    let v = tail.iter().rev().fold(0u64, |v, &b| (v << 8) | b as u64);
+                    h = step(h, v);
                 }
                 mix64(step(h, bytes.len() as u64))
             }

@@ -22,30 +22,42 @@ impl Prep {
         }
     }
 
-    /// Writes feature `j`'s prepared value of `raw(j)` into `out[j]` for every feature:
-    /// `(x - mean) / std` in f64 (as the statistics were computed; f32 would cost ~1e-7
-    /// relative per input), then rounded to f32. A value that is not finite in f32 becomes 0
-    /// under `zero`, stays NaN under `ffill` (filled per key in time order by
+    /// Feature `j`'s model input for the raw value `x` (NaN for a null): `(x - mean) / std` in
+    /// f64 (as the statistics were computed; f32 would cost ~1e-7 relative per input), then
+    /// rounded to f32. The one formula every path uses.
+    #[inline]
+    pub fn value(&self, j: usize, x: f64) -> f32 {
+        match &self.norm {
+            Some(n) => ((x - n.mean[j]) / n.std[j]) as f32,
+            None => x as f32,
+        }
+    }
+
+    /// Applies the NaN policy to one step's prepared values: a value that is not finite
+    /// becomes 0 under `zero`, stays NaN under `ffill` (filled per key in time order by
     /// [`fill_forward`]), and under `error` and `skip` makes this return the feature's index.
+    #[inline]
+    pub fn policy(&self, row: &mut [f32]) -> Result<(), usize> {
+        for (j, v) in row.iter_mut().enumerate() {
+            if !v.is_finite() {
+                match self.nan {
+                    NanPolicy::Error | NanPolicy::Skip => return Err(j),
+                    NanPolicy::Zero => *v = 0.0,
+                    NanPolicy::Ffill => *v = f32::NAN,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Prep::value`] of every feature's raw value `raw(j)` into `out`, then
+    /// [`Prep::policy`].
     #[inline]
     pub fn row(&self, raw: impl Fn(usize) -> f64, out: &mut [f32]) -> Result<(), usize> {
         for (j, o) in out.iter_mut().enumerate() {
-            let x = raw(j);
-            let v = match &self.norm {
-                Some(n) => ((x - n.mean[j]) / n.std[j]) as f32,
-                None => x as f32,
-            };
-            *o = if v.is_finite() {
-                v
-            } else {
-                match self.nan {
-                    NanPolicy::Error | NanPolicy::Skip => return Err(j),
-                    NanPolicy::Zero => 0.0,
-                    NanPolicy::Ffill => f32::NAN,
-                }
-            };
+            *o = self.value(j, raw(j));
         }
-        Ok(())
+        self.policy(out)
     }
 }
 
