@@ -84,6 +84,16 @@ fn take_all(store: &mut WeightStore, lc: &LayerConfig, shape: &Shape) -> Result<
     shape.tensors(lc).iter().map(|t| take(store, lc, t)).collect()
 }
 
+/// A conv or linear layer's `weight` and optional `bias`.
+fn weight_and_bias(
+    store: &mut WeightStore,
+    lc: &LayerConfig,
+    shape: Shape,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let mut t = take_all(store, lc, &shape)?.into_iter();
+    Ok((t.next().expect("weight first"), t.next()))
+}
+
 /// Dimensions a present tensor of the expected rank has (to read sizes from).
 fn peek_dims(store: &WeightStore, name: &str, rank: usize) -> Option<Vec<usize>> {
     store
@@ -129,19 +139,18 @@ pub(super) fn build_layer(lc: &LayerConfig, width: usize, store: &mut WeightStor
         } => {
             let (out_ch, kernel) = peek_dims(store, &lc.tensor("weight"), 3).map_or((0, 0), |s| (s[0], s[2]));
             let bias = has(store, "bias");
-            let mut t = take_all(
+            let (w, b) = weight_and_bias(
                 store,
                 lc,
-                &Shape::Conv {
+                Shape::Conv {
                     in_ch: width,
                     out_ch,
                     kernel,
                     bias,
                 },
             )?;
-            let b = bias.then(|| t.pop().expect("bias taken"));
             Layer::Conv(Conv1d::new(
-                &t[0],
+                &w,
                 [out_ch, width, kernel],
                 b,
                 *stride,
@@ -158,17 +167,16 @@ pub(super) fn build_layer(lc: &LayerConfig, width: usize, store: &mut WeightStor
         LayerKindConfig::Linear => {
             let out = peek_dims(store, &lc.tensor("weight"), 2).map_or(0, |s| s[0]);
             let bias = has(store, "bias");
-            let mut t = take_all(
+            let (w, b) = weight_and_bias(
                 store,
                 lc,
-                &Shape::Linear {
+                Shape::Linear {
                     inp: width,
                     out,
                     bias,
                 },
             )?;
-            let b = bias.then(|| t.pop().expect("bias taken"));
-            Layer::Linear(Linear::new(&t[0], out, width, b))
+            Layer::Linear(Linear::new(&w, out, width, b))
         }
         LayerKindConfig::Activation(kind) => Layer::Activation(*kind),
         LayerKindConfig::Recurrent {
