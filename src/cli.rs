@@ -82,7 +82,7 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Train a model (BPTT) on Parquet/CSV data and write its weights with PyTorch's names.
+    /// Train a model (BPTT) on Parquet, CSV or JSON-lines data; write its weights with PyTorch's names.
     #[command(disable_help_flag = true)]
     Train {
         /// The training TOML.

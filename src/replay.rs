@@ -77,21 +77,53 @@ fn data_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Reads a data file (or every file of a directory or glob) into one batch; Parquet unless
-/// the extension says CSV or JSON lines.
+/// Reads a data file (or every file of a directory or glob) into one batch. Text files infer
+/// their column types one by one: a column that is integer in one file and float in another
+/// is read as float, one that is empty (null) in one file takes the others' type, anything
+/// else mixed is read as text.
 fn read_all(path: &Path) -> Result<RecordBatch> {
-    let source = FileSource {
-        format: FileFormat::from_path(path).unwrap_or(FileFormat::Parquet),
-        path: path.to_path_buf(),
-    };
-    let mut batches = Vec::new();
-    for f in &source.expand()? {
-        batches.extend(files::read_all(f, source.format)?);
+    let source = FileSource::guess(path, FileFormat::Parquet);
+    let mut parts = Vec::new();
+    for f in source.expand()? {
+        for b in files::read_all(&f, source.format)? {
+            parts.push((f.clone(), b));
+        }
     }
-    let schema = batches
+    let first = parts
         .first()
-        .map(|b| b.schema())
+        .map(|p| p.1.schema())
         .ok_or_else(|| data_err(path, "no rows"))?;
+    let unify = |a: &DataType, b: &DataType| match (a, b) {
+        (a, b) if a == b => a.clone(),
+        (DataType::Null, t) | (t, DataType::Null) => t.clone(),
+        (a, b) if a.is_numeric() && b.is_numeric() => DataType::Float64,
+        _ => DataType::Utf8,
+    };
+    let mut fields = Vec::new();
+    for f in first.fields() {
+        let mut t = f.data_type().clone();
+        for (p, b) in &parts {
+            let g = b
+                .schema()
+                .field_with_name(f.name())
+                .map(|g| g.data_type().clone());
+            let g =
+                g.map_err(|_| data_err(p, format!("has no column `{}` (the first file has it)", f.name())))?;
+            t = unify(&t, &g);
+        }
+        fields.push(arrow::datatypes::Field::new(f.name(), t, true));
+    }
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut batches = Vec::with_capacity(parts.len());
+    for (p, b) in &parts {
+        let cols = schema
+            .fields()
+            .iter()
+            .map(|f| arrow::compute::cast(b.column_by_name(f.name()).expect("checked"), f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| data_err(p, e))?;
+        batches.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| data_err(p, e))?);
+    }
     concat_batches(&schema, &batches).map_err(|e| data_err(path, e))
 }
 

@@ -311,6 +311,67 @@ fn pipeline_and_model_mismatches() {
 }
 
 #[test]
+fn settings_of_the_other_source_kind_are_refused() {
+    // A file source and a live source each take only their own settings (SourceKind).
+    let c = Case::new();
+    c.good_rows();
+    for (extra, part) in [
+        ("listen = \"127.0.0.1:0\"", "`listen` applies to live sources"),
+        ("epoch_ms = 3", "`epoch_ms` applies to live sources"),
+        ("max_line_bytes = 10", "`max_line_bytes` applies to live sources"),
+        (
+            "columns = [\"key\", \"t\", \"f0\", \"f1\"]",
+            "`columns` names the fields of a live csv stream",
+        ),
+    ] {
+        c.fails(&["run", &c.standard(extra)], &["p.toml", part]);
+    }
+    let live = |extra: &str| {
+        c.pipeline(
+            &format!("format = \"tcp\"\nlisten = \"127.0.0.1:0\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n{extra}"),
+            "format = \"csv\"\npath = \"out/o.csv\"",
+        )
+    };
+    c.fails(
+        &["run", &live("path = \"in\"")],
+        &["`path` and --input apply to file sources"],
+    );
+    c.fails(
+        &["run", &live(""), "--input", c.path("in").to_str().unwrap()],
+        &["`path` and --input apply to file sources"],
+    );
+    // A headerless csv stream must name every field the source reads, or no line could be read.
+    c.fails(
+        &[
+            "run",
+            &live("lines = \"csv\"\ncolumns = [\"key\", \"t\", \"f0\"]"),
+        ],
+        &["columns lists the stream's fields but not `f1`"],
+    );
+}
+
+#[test]
+fn a_stopped_file_run_writes_no_output() {
+    // The binary sets the stop flag on SIGINT/SIGTERM; a file run then fails without writing
+    // its output (no file, no `.partial`).
+    let c = Case::new();
+    c.good_rows();
+    let p = c.standard("");
+    let opts = seqflow::pipeline::RunOptions {
+        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        ..Default::default()
+    };
+    let e = seqflow::pipeline::run(Path::new(&p), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stopped by a signal; the output was not written"),
+        "{e}"
+    );
+    assert!(!c.path("out/o.csv").exists() && !c.path("out/o.csv.partial").exists());
+}
+
+#[test]
 fn bad_worker_flags_and_hostfile() {
     let c = Case::new();
     c.good_rows();

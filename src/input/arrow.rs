@@ -155,7 +155,7 @@ pub fn route_batch(
                     if raw.is_nan() && !owners[j].is_valid(r) {
                         "null".to_string()
                     } else {
-                        raw.to_string()
+                        format!("{raw:?}") // 1e300, not 301 digits
                     },
                 ),
             });

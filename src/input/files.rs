@@ -77,6 +77,23 @@ pub fn epoch_of(unit: usize, batch: usize) -> u64 {
 }
 
 impl FileSource {
+    /// `path` in the format its extension names (a glob's pattern too); for a directory, the
+    /// format of its first file with a known extension; otherwise `default`.
+    pub fn guess(path: &Path, default: FileFormat) -> FileSource {
+        let format = FileFormat::from_path(path).or_else(|| {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(path)
+                .ok()?
+                .filter_map(|e| Some(e.ok()?.path()))
+                .collect();
+            names.sort();
+            names.iter().find_map(|p| FileFormat::from_path(p))
+        });
+        FileSource {
+            format: format.unwrap_or(default),
+            path: path.to_path_buf(),
+        }
+    }
+
     /// The files: a file, a directory's files with the format's extension, or a glob's
     /// matches, sorted.
     pub fn expand(&self) -> Result<Vec<PathBuf>> {

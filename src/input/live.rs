@@ -186,7 +186,7 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
     if let Some(cols) = &s.header {
         match s.fields.csv_header(cols) {
             Ok(h) => header = Some(h),
-            Err(_) => return, // checked when the pipeline was loaded
+            Err(_) => return, // the pipeline file was refused at load
         }
     }
     let mut feats = vec![0f32; s.fields.width()];
@@ -221,6 +221,7 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
             // The end of a line whose start was already dropped as too long, or a line
             // that is too long on its own.
             if std::mem::take(&mut discarding) || line.len() > s.max_line {
+                out.rows += 1;
                 let detail = format!("line longer than {} bytes", s.max_line);
                 out.reject(RejectReason::Malformed, line_no, None, None, detail);
                 continue;

@@ -34,9 +34,16 @@ pub struct Ctx<'a> {
     pub keys: &'a KeyIndex,
     /// Counters (outputs).
     pub stats: &'a mut Stats,
+    /// Set when the run is abandoned: long loops stop between model calls.
+    pub abort: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx<'_> {
+    fn aborted(&self) -> bool {
+        self.abort
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn send(&mut self, batch: OutBatch, out: &mut Vec<SinkMsg>) {
         if !batch.is_empty() {
             self.stats.outputs += batch.len() as u64;
@@ -368,7 +375,7 @@ fn run_whole(
         .collect();
     order.sort_by_key(|&k| std::cmp::Reverse(times[k as usize].len()));
     let mut i = 0;
-    while i < order.len() {
+    while i < order.len() && !cx.aborted() {
         let mut rows = 0;
         let mut j = i;
         while j < order.len() && (j == i || rows + times[order[j] as usize].len() <= CALL_ROWS) {

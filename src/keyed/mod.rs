@@ -13,6 +13,7 @@ pub mod emit;
 pub mod index;
 pub mod order;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use emit::{Ctx, Emitter};
@@ -32,6 +33,8 @@ pub struct KeyedProcessor {
     accepted: Accepted,
     ws: Workspace,
     packed: Packed,
+    /// Set when the run is abandoned (a stopped file run): no more model work.
+    abort: Option<Arc<AtomicBool>>,
     /// This worker's counters, sent to the sink when the input ends.
     pub stats: Stats,
 }
@@ -52,9 +55,21 @@ impl KeyedProcessor {
             accepted: Accepted::default(),
             ws: Workspace::default(),
             packed: Packed::default(),
+            abort: None,
             stats: Stats::default(),
             model,
         }
+    }
+
+    /// Skips all model work once `flag` is set: a stopped file run discards its output, so
+    /// the epochs in flight and `sequence_end`'s final run would be work thrown away.
+    pub fn with_abort(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
+        self.abort = flag;
+        self
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// Live `sequence_end`: end a key's sequence after `ms` without steps.
@@ -83,6 +98,7 @@ impl KeyedProcessor {
                 packed: &mut self.packed,
                 keys: &self.keys,
                 stats: &mut self.stats,
+                abort: self.abort.as_deref(),
             },
             &mut self.emitter,
         )
@@ -90,6 +106,9 @@ impl KeyedProcessor {
 
     /// Processes every step of one completed epoch. Predictions and rejects go to `out`.
     pub fn process_epoch(&mut self, batches: &[&StepBatch], out: &mut Vec<SinkMsg>) {
+        if self.aborted() {
+            return;
+        }
         self.order.begin();
         let mut any = false;
         for (bi, b) in batches.iter().enumerate() {
@@ -120,8 +139,10 @@ impl KeyedProcessor {
 
     /// End of input: emits what `sequence_end` held back, and this worker's counters.
     pub fn finish(&mut self, out: &mut Vec<SinkMsg>) {
-        let (mut cx, emitter) = self.ctx();
-        emitter.finish(&mut cx, out);
+        if !self.aborted() {
+            let (mut cx, emitter) = self.ctx();
+            emitter.finish(&mut cx, out);
+        }
         self.stats.keys = self.keys.len() as u64;
         self.stats.state_bytes = self.state_bytes() as u64;
         out.push(SinkMsg::Stats(std::mem::take(&mut self.stats)));

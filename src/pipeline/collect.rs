@@ -2,6 +2,7 @@
 //! counters, and for live runs flushes at each epoch and measures arrival-to-emission latency.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
@@ -67,6 +68,8 @@ pub struct Collector {
     pending_arrivals: Vec<u64>,
     /// The views' changelog writers, if the pipeline has views.
     pub views: Option<ViewOutputs>,
+    /// Set when the run is abandoned: nothing more is written, no snapshot is made.
+    pub abort: Option<Arc<AtomicBool>>,
 }
 
 impl Collector {
@@ -82,7 +85,12 @@ impl Collector {
             latency: Histogram::default(),
             pending_arrivals: Vec::new(),
             views: None,
+            abort: None,
         }
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     fn record(&mut self, r: Result<()>) {
@@ -125,6 +133,9 @@ impl Collector {
 
 impl Collect<ToSink> for Collector {
     fn take(&mut self, (_, msg): ToSink) {
+        if self.aborted() {
+            return;
+        }
         match msg {
             SinkMsg::Rows(b) => {
                 if self.live {
@@ -183,6 +194,9 @@ impl Collect<ToSink> for Collector {
 
 impl Collect<ViewChange> for Collector {
     fn take(&mut self, (row, time, diff): ViewChange) {
+        if self.aborted() {
+            return;
+        }
         if let Some(v) = self.views.as_mut() {
             v.push(row, time, diff);
         }
@@ -198,6 +212,10 @@ impl Collect<ViewChange> for Collector {
     }
 
     fn finish(&mut self) {
+        // An abandoned run makes no snapshot: it would look complete.
+        if self.aborted() {
+            return;
+        }
         if let Some(v) = self.views.as_mut() {
             let r = v.finish();
             self.record(r);

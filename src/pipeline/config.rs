@@ -182,7 +182,8 @@ impl PipelineConfig {
         };
         if s.columns.is_some() && s.lines != Some(LineFormat::Csv) {
             return Err(err(
-                "[source] `columns` names the fields of a headerless live csv stream (lines = \"csv\")"
+                "[source] `columns` names the fields of a live csv stream without a header line \
+                 (format = \"tcp\" or \"stdin\" with lines = \"csv\")"
                     .into(),
             ));
         }
@@ -233,6 +234,14 @@ impl PipelineConfig {
                 };
                 if s.epoch_ms == Some(0) {
                     return Err(err("[source] epoch_ms must be at least 1".into()));
+                }
+                if let Some(h) = &s.columns {
+                    if let Some(missing) = columns.names().find(|c| !h.iter().any(|x| x.trim() == *c)) {
+                        return Err(err(format!(
+                            "[source] columns lists the stream's fields but not `{missing}`, which the \
+                             source reads"
+                        )));
+                    }
                 }
                 if s.path.is_some() || overrides.input.is_some() {
                     return Err(err(

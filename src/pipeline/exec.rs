@@ -179,6 +179,7 @@ pub(crate) fn execute(
     feed: Arc<Feed>,
 ) -> Result<(Option<Collected>, Option<String>)> {
     let config = timely_config(opts)?;
+    let stop = opts.stop.clone();
     let slot = Arc::new(Mutex::new(collector));
     let guards = timely::execute(
         config,
@@ -188,9 +189,13 @@ pub(crate) fn execute(
                 Emit::SequenceEnd { .. } => cfg.live().and_then(|l| l.idle_timeout_ms),
                 _ => None,
             };
+            // A stopped file run discards its output: its workers stop working at once. A
+            // stopped live run processes everything it accepted.
+            let abort = cfg.live().is_none().then(|| stop.clone());
             let processor =
                 KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
-                    .with_idle_timeout(idle);
+                    .with_idle_timeout(idle)
+                    .with_abort(abort);
             let collector = if index == 0 {
                 slot.lock().expect("collector slot").take()
             } else {

@@ -19,6 +19,10 @@ use crate::model::Model;
 use crate::record::{SourceMsg, Stats};
 use crate::sink::{commit, OutputSchema, Sink, SinkHandle};
 
+/// Why a stopped file run fails.
+const STOPPED: &str = "stopped by a signal; the output was not written (a rejects file and view \
+                       changelogs end where the run stopped)";
+
 /// Epochs a worker's input may run ahead of what the sink has seen (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: usize = 4;
 
@@ -46,7 +50,10 @@ pub(super) fn run(
             wide,
         )))
     };
-    let collector = collector(&cfg, opts, open, Namer::Files(plan.clone()), false, view_outputs)?;
+    let mut collector = collector(&cfg, opts, open, Namer::Files(plan.clone()), false, view_outputs)?;
+    if let Some(c) = collector.as_mut() {
+        c.abort = Some(opts.stop.clone());
+    }
     // Known here, so a failure on any worker can discard it.
     let partial = collector.as_ref().and_then(|c| c.partial());
     let local_rows: Option<u64> = (0..opts.workers)
@@ -68,9 +75,7 @@ pub(super) fn run(
                 let path = &plan.files[unit.file as usize].path;
                 plan.read_unit(u, &names, cfg.source.batch_rows, |i, batch, first_row| {
                     if opts.stop.load(Ordering::Relaxed) {
-                        return Err(Error::Runtime(
-                            "stopped by a signal; no output was written".into(),
-                        ));
+                        return Err(Error::Runtime(STOPPED.into()));
                     }
                     let map = columns.map(&batch.schema(), path)?;
                     let at = Origin {
@@ -118,6 +123,8 @@ pub(super) fn run(
         feed,
     )?;
     (opts.observer)(&Event::Finished);
+    // A stop that came after the last batch was read still discards the output.
+    let error = error.or_else(|| opts.stop.load(Ordering::Relaxed).then(|| STOPPED.to_string()));
     if let Some(e) = error {
         if let Some((tmp, _)) = &partial {
             let _ = std::fs::remove_file(tmp);

@@ -83,7 +83,12 @@ pub fn load(spec: &DataSpec, fill: bool) -> Result<Dataset> {
     let mut by_key: HashMap<String, Vec<Step>> = HashMap::new();
     let (mut rows, mut skipped_nan) = (0u64, 0u64);
     for (u, unit) in plan.units.iter().enumerate() {
-        let path = &plan.files[unit.file as usize].path;
+        let file = &plan.files[unit.file as usize];
+        let path = &file.path;
+        // Checked against the whole file, so that a message lists every column it has.
+        for c in &spec.extra {
+            numeric_column(&file.schema, c, spec.extra_role, path)?;
+        }
         plan.read_unit(u, &names, 65_536, |_, batch, first_row| {
             let schema = batch.schema();
             let map = spec.columns.map(&schema, path)?;

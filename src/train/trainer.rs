@@ -751,7 +751,8 @@ fn write_grad_report(path: &Path, rep: &GradReport) -> Result<()> {
     let mut series = Vec::new();
     for (when, label, norms) in &rep.rows {
         for (d, n) in norms.iter().enumerate() {
-            s.push_str(&format!("{when},\"{label}\",{d},{n}\n"));
+            // CSV quoting: the label itself holds quotes (`#2 (lstm "lstm") cell 0`).
+            s.push_str(&format!("{when},\"{}\",{d},{n}\n", label.replace('"', "\"\"")));
         }
         series.push(Series {
             name: format!("{when} {label}"),
@@ -861,7 +862,8 @@ impl std::fmt::Display for TrainReport {
             )?;
         }
         if let Some(n) = &self.normalize {
-            let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(", ");
+            // Every digit: pasted into a pipeline, the statistics give the very values trained on.
+            let fmt = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(", ");
             writeln!(
                 f,
                 "  pipeline [source]: normalize = {{ mean = [{}], std = [{}] }}",
