@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::columns::Columns;
 use super::prep::Prep;
-use crate::record::{KeyRef, RejectReason};
+use crate::record::{Key, RejectReason};
 
 /// Why a line is rejected: the reason (malformed or non-finite) and what is wrong.
 pub type LineError = (RejectReason, String);
@@ -25,25 +25,6 @@ pub struct FieldMap {
     width: usize,
     prep: Prep,
     features: Vec<String>,
-}
-
-/// A parsed key: an integer, or text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParsedKey {
-    /// The integer key, if the line had one.
-    pub int: Option<i64>,
-    /// The text key otherwise.
-    pub text: String,
-}
-
-impl ParsedKey {
-    /// The key as routed and indexed.
-    pub fn as_ref(&self) -> KeyRef<'_> {
-        match self.int {
-            Some(i) => KeyRef::Int(i),
-            None => KeyRef::Str(&self.text),
-        }
-    }
 }
 
 impl FieldMap {
@@ -79,7 +60,7 @@ impl FieldMap {
     }
 
     /// Parses one JSON object line into key, time and features (`feats.len() == width`).
-    pub fn parse_json(&self, line: &[u8], feats: &mut [f32]) -> Result<(ParsedKey, i64), LineError> {
+    pub fn parse_json(&self, line: &[u8], feats: &mut [f32]) -> Result<(Key, i64), LineError> {
         let mut raw = vec![f64::NAN; self.width];
         let mut seen = vec![false; self.width + 2];
         let mut key = None;
@@ -126,7 +107,7 @@ impl FieldMap {
         header: &[usize],
         rec: &csv::StringRecord,
         feats: &mut [f32],
-    ) -> Result<(ParsedKey, i64), LineError> {
+    ) -> Result<(Key, i64), LineError> {
         if rec.len() != header.len() {
             return Err(malformed(format!(
                 "{} fields, the header has {}",
@@ -145,12 +126,7 @@ impl FieldMap {
             seen[slot] = true;
             let f = field.trim();
             match slot {
-                0 => {
-                    key = Some(ParsedKey {
-                        int: None,
-                        text: f.to_string(),
-                    })
-                }
+                0 => key = Some(Key::Str(f.into())),
                 1 => {
                     time = Some(
                         f.parse::<i64>()
@@ -200,7 +176,7 @@ struct LineSeed<'a> {
     map: &'a FieldMap,
     raw: &'a mut [f64],
     seen: &'a mut [bool],
-    key: &'a mut Option<ParsedKey>,
+    key: &'a mut Option<Key>,
     time: &'a mut Option<i64>,
 }
 
@@ -230,14 +206,8 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
             match slot {
                 0 => {
                     *self.key = Some(match &v {
-                        serde_json::Value::String(s) => ParsedKey {
-                            int: None,
-                            text: s.clone(),
-                        },
-                        serde_json::Value::Number(n) if n.is_i64() => ParsedKey {
-                            int: n.as_i64(),
-                            text: String::new(),
-                        },
+                        serde_json::Value::String(s) => Key::Str(s.as_str().into()),
+                        serde_json::Value::Number(n) if n.is_i64() => Key::Int(n.as_i64().expect("i64")),
                         _ => return Err(bad("a string or integer key")),
                     })
                 }
@@ -258,6 +228,7 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::KeyRef;
 
     fn map(nan: &str) -> FieldMap {
         let text = format!("key = \"id\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\nnan = \"{nan}\"\n");

@@ -17,7 +17,7 @@ use super::columns::Columns;
 use super::lines::{FieldMap, LineError};
 use super::Routed;
 use crate::error::{Error, Result};
-use crate::record::RejectReason;
+use crate::record::{Key, RejectReason};
 use crate::vocab::{now_us, LineFormat};
 
 /// Batches in flight between readers and the dataflow (the backpressure bound).
@@ -284,7 +284,11 @@ fn parse_line(
         Ok(v) => v,
         Err::<_, LineError>((reason, detail)) => return out.reject(reason, line_no, None, None, detail),
     };
-    let kind = if key.int.is_some() { KIND_INT } else { KIND_STR };
+    let kind = if matches!(key, Key::Int(_)) {
+        KIND_INT
+    } else {
+        KIND_STR
+    };
     let locked = match s
         .key_kind
         .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)

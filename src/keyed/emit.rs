@@ -84,6 +84,7 @@ enum Held {
 }
 
 /// Live `sequence_end`: when each key's last step arrived, to end idle sequences.
+#[derive(Default)]
 struct Idle {
     timeout_us: u64,
     /// Per key: when its last step arrived (us, `now_us` clock), and whether it is open.
@@ -145,9 +146,7 @@ impl Emitter {
         if let Emitter::SequenceEnd(s) = self {
             s.idle = Some(Idle {
                 timeout_us: us,
-                last_seen: Vec::new(),
-                open: Vec::new(),
-                queue: VecDeque::new(),
+                ..Idle::default()
             });
         }
     }
