@@ -7,7 +7,7 @@
 //! cargo run --release --bin gen-sensors -- --sensors 50 --days 3 --interval-s 300 \
 //!     --out datasets/sample/sensors.parquet
 //! cargo run --release --bin gen-sensors -- --sensors 2000 --days 30 --files 8 \
-//!     --out datasets/generated/big          # ~86 M rows, ~3 GB, a directory of files
+//!     --out datasets/generated/big          # ~17 M rows at 5-minute readings, 8 files
 //! ```
 //!
 //! Columns: sensor_id (string), ts (int64, ms since the Unix epoch), temp, vib_x, vib_y,

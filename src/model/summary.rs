@@ -141,8 +141,7 @@ impl fmt::Display for Summary<'_> {
         for (i, (lc, layer)) in m.layers().enumerate() {
             let state = layer.state_spec(m.width_at(i));
             let bytes = state.floats * 4 + if state.counter { 8 } else { 0 };
-            writeln!(
-                f,
+            let row = format!(
                 "  {:<28} {:>13} {:>10} {:>11}  {}",
                 lc.label(),
                 format!("{} -> {}", m.width_at(i), m.width_at(i + 1)),
@@ -153,7 +152,9 @@ impl fmt::Display for Summary<'_> {
                     format!("{bytes} B")
                 },
                 layer_detail(layer)
-            )?;
+            );
+            // Layers without details (activations) would end in spaces.
+            writeln!(f, "{}", row.trim_end())?;
         }
         writeln!(f)?;
         let t = m.timing();
