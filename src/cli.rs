@@ -105,6 +105,24 @@ enum Command {
     },
 }
 
+/// `eprintln!` that does not panic when stderr is closed (`seqflow ... 2>&1 | head`): a
+/// message nobody reads is not an error.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+pub(crate) use say;
+
+/// `print!` that ends quietly when stdout is closed (`seqflow inspect ... | head -3`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Parses arguments and runs the command.
 pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -112,7 +130,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Inspect { model } => {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
-            print!("{}", Summary(&m));
+            out!("{}", Summary(&m));
         }
         Command::Train {
             config,
@@ -133,9 +151,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
             bar.lock().expect("bar").finish_and_clear();
             let report = report?;
             if let Some(g) = &report.grad_report {
-                println!("{}", g.table());
+                out!("{}\n", g.table());
             }
-            eprintln!("seqflow train: {report}");
+            say!("seqflow train: {report}");
         }
         Command::Replay {
             data,
@@ -155,7 +173,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 time,
                 limit,
             })?;
-            eprintln!("seqflow replay: {report}");
+            say!("seqflow replay: {report}");
         }
         Command::Run {
             pipeline,
@@ -186,7 +204,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             let report = run(&pipeline, &opts);
             bar.lock().expect("bar").finish_and_clear();
             if let Some(report) = report? {
-                eprintln!("seqflow: {report}");
+                say!("seqflow: {report}");
             }
         }
     }
@@ -215,14 +233,14 @@ fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
         Event::Listening {
             addr: Some(addr),
             lines,
-        } => eprintln!(
+        } => say!(
             "seqflow: listening on {addr} ({} lines); Ctrl-C or SIGTERM to stop",
             lines.name()
         ),
         Event::Listening { addr: None, lines } => {
-            eprintln!("seqflow: reading {} lines from stdin", lines.name())
+            say!("seqflow: reading {} lines from stdin", lines.name())
         }
-        Event::Warning(w) => bar.suspend(|| eprintln!("seqflow: warning: {w}")),
+        Event::Warning(w) => bar.suspend(|| say!("seqflow: warning: {w}")),
         Event::Finished => bar.finish_and_clear(),
     }
 }
@@ -251,7 +269,7 @@ fn train_progress(bar: &Mutex<ProgressBar>, e: &TrainEvent<'_>) {
             bar.inc(*steps);
             bar.set_message(format!("{epoch}/{epochs} loss {loss:.5}"));
         }
-        TrainEvent::Epoch(stats) => bar.suspend(|| eprintln!("{stats}")),
+        TrainEvent::Epoch(stats) => bar.suspend(|| say!("{stats}")),
     }
 }
 

@@ -5,6 +5,8 @@
 //!
 //! 1. [`vocab`], [`error`]: the shared words (formats, NaN policy, normalization, emit
 //!    modes, path and message helpers, the clock, the seeded generator) and the error type;
+//!    [`outfiles`]: writing files without destroying any (`.partial` + rename, no links
+//!    followed, no output over an input);
 //! 2. [`kernels`], [`model`]: the GEMM wrapper and vectorized activations; models loaded
 //!    from a model file and PyTorch weights, run offline over whole sequences or streamed
 //!    step by step with per-key state in an arena;
@@ -32,6 +34,7 @@ pub mod kernels;
 pub mod keyed;
 pub mod latency;
 pub mod model;
+pub mod outfiles;
 pub mod pipeline;
 pub mod record;
 pub mod replay;

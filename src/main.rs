@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match cli::main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("seqflow: error: {}", cli::render(&e));
+            cli::say!("seqflow: error: {}", cli::render(&e));
             ExitCode::from(2)
         }
     }

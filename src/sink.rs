@@ -3,9 +3,9 @@
 //!
 //! Output rows are: the key column (same name and Arrow type as the input), the time column
 //! (same name and type), then one Float32 column per model output. One file is written, by
-//! worker 0 of process 0, whatever the worker count. Batch runs write to `PATH.partial` and
-//! rename it into place only when the whole run succeeded, so a failed run never leaves a
-//! file that looks complete.
+//! worker 0 of process 0, whatever the worker count. Every file is written as `PATH.partial`
+//! and renamed into place only when the whole run succeeded (`outfiles`), so a failed or
+//! interrupted run never leaves a file that looks complete.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,8 +21,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::outfiles::Outputs;
 use crate::record::{KeyColumn, OutBatch, Reject};
-use crate::vocab::{create_file, FileFormat};
+use crate::vocab::FileFormat;
 
 /// Where and how predictions are written.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +65,74 @@ impl OutputSchema {
     }
 }
 
+/// What the text writers' byte stream met: the first error, or a closed pipe.
+#[derive(Debug, Default)]
+struct Health {
+    error: Option<std::io::Error>,
+    closed: bool,
+}
+
+/// The byte stream under the CSV and JSON-lines encoders. It never fails to them (arrow's
+/// CSV writer panics in `into_inner` after a failed write): the first error is kept for the
+/// sink to report with the path (a full disk, an I/O error), and a closed pipe (a reader such
+/// as `head` went away) ends the output quietly, as it ends `cat`'s.
+struct Checked {
+    inner: Box<dyn Write + Send>,
+    health: Arc<std::sync::Mutex<Health>>,
+}
+
+impl Checked {
+    fn new(inner: Box<dyn Write + Send>) -> (Checked, Arc<std::sync::Mutex<Health>>) {
+        let health = Arc::new(std::sync::Mutex::new(Health::default()));
+        (
+            Checked {
+                inner,
+                health: health.clone(),
+            },
+            health,
+        )
+    }
+
+    fn absorb(&mut self, r: std::io::Result<usize>, n: usize) -> std::io::Result<usize> {
+        let mut h = self.health.lock().expect("health");
+        match r {
+            Ok(k) => Ok(k),
+            Err(e) if crate::outfiles::is_broken_pipe(&e) => {
+                h.closed = true;
+                Ok(n)
+            }
+            Err(e) => {
+                h.error.get_or_insert(e);
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Write for Checked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        {
+            let h = self.health.lock().expect("health");
+            if h.closed || h.error.is_some() {
+                return Ok(buf.len());
+            }
+        }
+        let r = self.inner.write(buf);
+        self.absorb(r, buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        {
+            let h = self.health.lock().expect("health");
+            if h.closed || h.error.is_some() {
+                return Ok(());
+            }
+        }
+        let r = self.inner.flush().map(|_| 0);
+        self.absorb(r, 0).map(|_| ())
+    }
+}
+
 enum Writer {
     Parquet(Box<ArrowWriter<File>>),
     Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
@@ -75,8 +144,8 @@ pub struct Sink {
     schema: OutputSchema,
     arrow_schema: SchemaRef,
     writer: Option<Writer>,
-    /// Where rows go while the run is in progress, and the final path.
-    partial: Option<(PathBuf, PathBuf)>,
+    /// The text writers' stream health (Parquet reports its own errors).
+    health: Option<Arc<std::sync::Mutex<Health>>>,
     display: PathBuf,
     /// Rows written.
     pub rows: u64,
@@ -90,25 +159,14 @@ fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl Sink {
-    /// Opens the output. `atomic`: write to `PATH.partial`, renamed into place by [`commit`].
-    pub fn create(cfg: &OutputFile, schema: OutputSchema, atomic: bool) -> Result<Sink> {
+    /// Opens the output: stdout, or `PATH.partial` registered with `outputs` (renamed into
+    /// place when the run succeeds).
+    pub fn create(cfg: &OutputFile, schema: OutputSchema, outputs: &Outputs) -> Result<Sink> {
         let arrow_schema = schema.arrow();
         let display = cfg.path.clone().unwrap_or_else(|| PathBuf::from("-"));
-        // Where bytes go now (None = stdout), and the final name if that is a partial file.
-        let (target, partial) = match &cfg.path {
-            None => (None, None),
-            Some(p) => {
-                if atomic {
-                    let mut s = p.clone().into_os_string();
-                    s.push(".partial");
-                    let tmp = PathBuf::from(s);
-                    (Some(tmp.clone()), Some((tmp, p.clone())))
-                } else {
-                    (Some(p.clone()), None)
-                }
-            }
-        };
-        let create = |p: &PathBuf| create_file(p);
+        let target = cfg.path.as_ref();
+        let create = |p: &PathBuf| outputs.create(p);
+        let mut health = None;
         let writer = match (cfg.format, &target) {
             (FileFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
             (FileFormat::Parquet, Some(p)) => {
@@ -134,15 +192,21 @@ impl Sink {
                     Some(p) => Box::new(create(p)?),
                     None => Box::new(std::io::stdout()),
                 };
+                let (raw, h) = Checked::new(raw);
+                health = Some(h);
+                let raw: Box<dyn Write + Send> = Box::new(raw);
                 Writer::Csv(Box::new(
                     arrow::csv::WriterBuilder::new().with_header(true).build(raw),
                 ))
             }
             (FileFormat::Jsonl, t) => {
                 let raw: Box<dyn Write + Send> = match t {
-                    Some(p) => Box::new(BufWriter::with_capacity(1 << 20, create(p)?)),
-                    None => Box::new(BufWriter::new(std::io::stdout())),
+                    Some(p) => Box::new(create(p)?),
+                    None => Box::new(std::io::stdout()),
                 };
+                let (raw, h) = Checked::new(raw);
+                health = Some(h);
+                let raw: Box<dyn Write + Send> = Box::new(BufWriter::with_capacity(1 << 20, raw));
                 Writer::Json(arrow::json::LineDelimitedWriter::new(raw))
             }
         };
@@ -150,7 +214,7 @@ impl Sink {
             schema,
             arrow_schema,
             writer: Some(writer),
-            partial,
+            health,
             display,
             rows: 0,
         })
@@ -196,11 +260,29 @@ impl Sink {
         RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(err)
     }
 
+    /// The first error the text stream met, with the path.
+    fn checked(&self, r: Result<()>) -> Result<()> {
+        r?;
+        match self
+            .health
+            .as_ref()
+            .and_then(|h| h.lock().expect("health").error.take())
+        {
+            Some(e) => Err(Error::io(&self.display, e)),
+            None => Ok(()),
+        }
+    }
+
     /// Appends predictions.
     pub fn write(&mut self, b: &OutBatch) -> Result<()> {
         if b.is_empty() {
             return Ok(());
         }
+        let r = self.write_batch(b);
+        self.checked(r)
+    }
+
+    fn write_batch(&mut self, b: &OutBatch) -> Result<()> {
         let rb = self.to_record_batch(b)?;
         let path = self.display.clone();
         match self.writer.as_mut().expect("sink is open") {
@@ -216,39 +298,30 @@ impl Sink {
     /// Parquet rows are flushed as a row group.
     pub fn flush(&mut self) -> Result<()> {
         let path = self.display.clone();
-        match self.writer.as_mut().expect("sink is open") {
+        let r = match self.writer.as_mut().expect("sink is open") {
             Writer::Parquet(w) => w.flush().map_err(|e| out_err(&path, e)),
             // arrow's CSV writer pushes each batch through to its (unbuffered) writer.
             Writer::Csv(_) => Ok(()),
             Writer::Json(w) => w.get_mut().flush().map_err(|e| Error::io(&path, e)),
-        }
+        };
+        self.checked(r)
     }
 
-    /// Closes the file (Parquet footer written). A partial file stays partial until
-    /// [`commit`].
+    /// Closes the file (Parquet footer written). It stays `PATH.partial` until the run's
+    /// [`Outputs`] are committed.
     pub fn close(&mut self) -> Result<()> {
         let path = self.display.clone();
-        match self.writer.take() {
+        let r = match self.writer.take() {
             None => Ok(()),
             Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| out_err(&path, e)),
             Some(Writer::Csv(w)) => w.into_inner().flush().map_err(|e| Error::io(&path, e)),
-            Some(Writer::Json(mut w)) => {
-                w.finish().map_err(|e| out_err(&path, e))?;
-                w.into_inner().flush().map_err(|e| Error::io(&path, e))
-            }
-        }
+            Some(Writer::Json(mut w)) => w
+                .finish()
+                .map_err(|e| out_err(&path, e))
+                .and_then(|_| w.into_inner().flush().map_err(|e| Error::io(&path, e))),
+        };
+        self.checked(r)
     }
-
-    /// Where a closed partial file is, and where it belongs (for the driver to commit or
-    /// discard once the whole run is known to have succeeded).
-    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
-        self.partial.clone()
-    }
-}
-
-/// Renames a completed partial output into place.
-pub fn commit(partial: &(PathBuf, PathBuf)) -> Result<()> {
-    std::fs::rename(&partial.0, &partial.1).map_err(|e| Error::io(&partial.1, e))
 }
 
 /// The rejects file: one JSON object per rejected step.
@@ -261,8 +334,8 @@ pub struct RejectsWriter {
 
 impl RejectsWriter {
     /// Creates (truncates) the rejects file.
-    pub fn create(path: &Path) -> Result<RejectsWriter> {
-        let f = create_file(path)?;
+    pub fn create(path: &Path, outputs: &Outputs) -> Result<RejectsWriter> {
+        let f = outputs.create(path)?;
         Ok(RejectsWriter {
             path: path.to_path_buf(),
             out: BufWriter::new(f),
@@ -312,7 +385,6 @@ enum Cmd {
 pub struct BackgroundSink {
     tx: Option<crossbeam_channel::Sender<Cmd>>,
     thread: Option<std::thread::JoinHandle<Result<u64>>>,
-    partial: Option<(PathBuf, PathBuf)>,
     display: PathBuf,
 }
 
@@ -323,7 +395,6 @@ impl BackgroundSink {
     /// Moves `sink` to a new writer thread.
     pub fn spawn(mut sink: Sink) -> BackgroundSink {
         let (tx, rx) = crossbeam_channel::bounded::<Cmd>(Self::QUEUE);
-        let partial = sink.partial();
         let display = sink.path().to_path_buf();
         let thread = std::thread::Builder::new()
             .name("seqflow-sink".into())
@@ -358,7 +429,6 @@ impl BackgroundSink {
         BackgroundSink {
             tx: Some(tx),
             thread: Some(thread),
-            partial,
             display,
         }
     }
@@ -397,11 +467,6 @@ impl BackgroundSink {
             None => Ok(0),
             Some(t) => t.join().map_err(|_| self.gone())?,
         }
-    }
-
-    /// Where a partial output sits, and where it belongs.
-    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
-        self.partial.clone()
     }
 }
 
@@ -456,14 +521,6 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.close(),
             SinkHandle::Background(s) => s.close().map(|_| ()),
-        }
-    }
-
-    /// Where a partial output sits, and where it belongs.
-    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
-        match self {
-            SinkHandle::Inline(s) => s.partial(),
-            SinkHandle::Background(s) => s.partial(),
         }
     }
 }

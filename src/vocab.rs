@@ -1,7 +1,7 @@
 //! The shared vocabulary: the small types and helpers that every part of seqflow speaks
 //! (model, input, keyed state, sinks, views, training, pipelines). It depends on nothing
-//! in the crate but the error type, so everything can sit above it and nothing has to reach
-//! upward for a word.
+//! else in the crate, so everything can sit above it and nothing has to reach upward for a
+//! word.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -169,16 +169,6 @@ pub fn clean_join(base: &Path, p: &str) -> PathBuf {
         out.push(".");
     }
     out
-}
-
-/// Creates (truncates) an output file, creating its directory first: every output path of a
-/// pipeline may name a directory that does not exist yet (`out/...`).
-pub fn create_file(path: &Path) -> crate::error::Result<std::fs::File> {
-    use crate::error::Error;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::File::create(path).map_err(|e| Error::io(path, e))
 }
 
 /// toml's messages span several lines with a source excerpt; keep them to one paragraph.

@@ -119,9 +119,10 @@ fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_stop_drains() {
     for h in handles {
         h.join().unwrap();
     }
-    let out = dir.path().join("out/live.jsonl");
+    // Predictions are flushed every epoch, while the pipeline runs, to `PATH.partial`; the
+    // file takes its name when the run ends.
+    let out = dir.path().join("out/live.jsonl.partial");
     let want = offline_every_step(&model, &all_rows);
-    // Predictions are flushed every epoch, while the pipeline runs.
     wait_for(
         || read_jsonl(&out).values().map(BTreeMap::len).sum::<usize>() == all_rows.len(),
         "all predictions",
@@ -132,6 +133,8 @@ fn clients_stream_interleaved_keys_bad_lines_are_rejected_and_stop_drains() {
     let report = run.stop();
     let s = &report.stats;
     assert_eq!((s.outputs, s.keys, s.malformed), (all_rows.len() as u64, 12, 13));
+    assert!(!out.exists());
+    assert_close(&read_jsonl(&dir.path().join("out/live.jsonl")), &want, TOL);
     assert_eq!(report.source, "3 connections");
     assert_eq!(report.latency.map(|h| h.count()), Some(s.outputs));
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out/rejects.jsonl"))
@@ -285,7 +288,7 @@ fn sequence_end_in_live_mode_ends_a_key_after_its_idle_timeout() {
         s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
     }
     s.flush().unwrap();
-    let out = dir.path().join("out/live.jsonl");
+    let out = dir.path().join("out/live.jsonl.partial");
     // The key's sequence ends 300 ms after its last step: its last output appears.
     wait_for(
         || read_jsonl(&out).get("a").is_some_and(|m| m.contains_key(&4)),

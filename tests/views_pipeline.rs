@@ -228,7 +228,8 @@ fn live_views_follow_a_side_table_that_changes_on_disk() {
         s.write_all(format!("{{\"key\": \"{k}\", \"t\": {t}, \"f0\": 0.1, \"f1\": 0.2}}\n").as_bytes())
             .unwrap();
     }
-    let log = dir.path().join("out/keys_per_site.jsonl");
+    // A live changelog is written (flushed every epoch) to `PATH.partial` until the run ends.
+    let log = dir.path().join("out/keys_per_site.jsonl.partial");
     let state = || summed(&read_json_lines(&log));
     let wait = |want: &BTreeMap<String, i64>, what: &str| {
         let start = Instant::now();
@@ -252,4 +253,9 @@ fn live_views_follow_a_side_table_that_changes_on_disk() {
     drop(s);
     let (ok, rest) = terminate(child, err);
     assert!(ok, "{rest}");
+    let done = dir.path().join("out/keys_per_site.jsonl");
+    assert!(
+        done.exists() && !log.exists(),
+        "the changelog takes its name when the run ends"
+    );
 }

@@ -140,9 +140,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         msg: e.to_string(),
     })?;
     use std::io::Write as _;
-    crate::vocab::create_file(path)?
-        .write_all(&data)
-        .map_err(|e| Error::io(path, e))
+    crate::outfiles::write_file(path, |f| f.write_all(&data))
 }
 
 #[cfg(test)]

@@ -146,6 +146,8 @@ pub struct Workspace {
 #[derive(Debug, Clone)]
 pub struct Model {
     path: PathBuf,
+    /// The weights file, when the model has one.
+    weights: Option<PathBuf>,
     input_size: usize,
     layers: Vec<(LayerConfig, Layer)>,
     /// Width of each layer's input (`widths[i]`) and of the output (`widths[len]`).
@@ -244,6 +246,7 @@ impl Model {
             .iter()
             .find_map(|(lc, l)| l.non_causal().map(|why| format!("layer {}: {why}", lc.label())));
         Ok(Model {
+            weights: config.weights.clone(),
             path: config.path,
             input_size,
             layers,
@@ -255,6 +258,11 @@ impl Model {
     /// The model file this was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The weights file the model was loaded from.
+    pub fn weights_path(&self) -> Option<&Path> {
+        self.weights.as_deref()
     }
 
     /// Features per input step.

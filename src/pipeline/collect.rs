@@ -1,7 +1,6 @@
 //! Worker 0's end of a pipeline: writes predictions and rejects, sums every worker's
 //! counters, and for live runs flushes at each epoch and measures arrival-to-emission latency.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::input::arrow::describe_row;
 use crate::input::files::Plan;
 use crate::latency::Histogram;
+use crate::outfiles::Outputs;
 use crate::record::{KeyColumn, Reject, SinkMsg, Stats, ToSink};
 use crate::sink::{OutputFile, OutputSchema, RejectsWriter, Sink, SinkHandle};
 use crate::views::flow::ViewChange;
@@ -70,10 +70,18 @@ pub struct Collector {
     pub views: Option<ViewOutputs>,
     /// Set when the run is abandoned: nothing more is written, no snapshot is made.
     pub abort: Option<Arc<AtomicBool>>,
+    /// The run's files (a lazy sink registers its own when it opens).
+    pub outputs: Outputs,
 }
 
 impl Collector {
-    pub fn new(sink: SinkSlot, rejects: Option<RejectsWriter>, namer: Namer, live: bool) -> Collector {
+    pub fn new(
+        sink: SinkSlot,
+        rejects: Option<RejectsWriter>,
+        namer: Namer,
+        live: bool,
+        outputs: Outputs,
+    ) -> Collector {
         Collector {
             sink,
             rejects,
@@ -86,6 +94,7 @@ impl Collector {
             pending_arrivals: Vec::new(),
             views: None,
             abort: None,
+            outputs,
         }
     }
 
@@ -107,7 +116,7 @@ impl Collector {
                 KeyColumn::Int(_) => DataType::Int64,
                 KeyColumn::Str { .. } => DataType::Utf8,
             };
-            match Sink::create(cfg, schema, false) {
+            match Sink::create(cfg, schema, &self.outputs) {
                 // Live outputs are written inline: their flush is on the latency path.
                 Ok(s) => self.sink = SinkSlot::Open(SinkHandle::new(s, false)),
                 Err(e) => {
@@ -118,14 +127,6 @@ impl Collector {
         }
         match &mut self.sink {
             SinkSlot::Open(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// Where a partial output sits, for the driver to commit or discard.
-    pub fn partial(&self) -> Option<(PathBuf, PathBuf)> {
-        match &self.sink {
-            SinkSlot::Open(s) => s.partial(),
             _ => None,
         }
     }

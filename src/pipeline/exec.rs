@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
 use crate::latency::Histogram;
 use crate::model::Model;
+use crate::outfiles::{check_distinct, Outputs};
 use crate::record::{Key, SourceMsg, Stats};
 use crate::sink::RejectsWriter;
 use crate::views::flow::{all_predictions, latest_updates, view, SideRow, ViewRow};
@@ -309,9 +310,11 @@ pub(crate) fn execute(
 
 /// Worker 0's collector (process 0 only): the output as `sink`, the rejects file, the
 /// views' writers; opened before any worker starts, so a bad path fails the run at once.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn collector(
     cfg: &PipelineConfig,
     opts: &RunOptions,
+    outputs: &Outputs,
     sink: impl FnOnce() -> Result<SinkSlot>,
     namer: Namer,
     live: bool,
@@ -325,11 +328,49 @@ pub(crate) fn collector(
         .source
         .rejects
         .as_deref()
-        .map(RejectsWriter::create)
+        .map(|p| RejectsWriter::create(p, outputs))
         .transpose()?;
-    let mut c = Collector::new(sink, rejects, namer, live);
+    let mut c = Collector::new(sink, rejects, namer, live, outputs.clone());
     c.views = views;
     Ok(Some(c))
+}
+
+/// Refuses a run whose outputs (predictions, rejects, view changelogs and snapshots) would
+/// overwrite one of its inputs (data files, model, weights, pipeline file, side tables) or
+/// each other, before anything is opened for writing.
+pub(crate) fn check_paths(
+    cfg: &PipelineConfig,
+    model: &Model,
+    data: &[PathBuf],
+    views: &[ViewSpec],
+) -> Result<()> {
+    let mut inputs: Vec<(String, PathBuf)> = data.iter().map(|p| ("input".to_string(), p.clone())).collect();
+    inputs.push(("model file".into(), model.path().to_path_buf()));
+    inputs.extend(
+        model
+            .weights_path()
+            .map(|w| ("weights file".into(), w.to_path_buf())),
+    );
+    inputs.push(("pipeline file".into(), cfg.path.clone()));
+    let mut outputs: Vec<(String, PathBuf)> = Vec::new();
+    outputs.extend(cfg.output.file.path.clone().map(|p| ("output".into(), p)));
+    outputs.extend(cfg.source.rejects.clone().map(|p| ("rejects file".into(), p)));
+    for v in views {
+        if let Some(s) = &v.side {
+            inputs.push((format!("side table of view \"{}\"", v.name), s.path.clone()));
+        }
+        outputs.extend(
+            v.output
+                .clone()
+                .map(|p| (format!("changelog of view \"{}\"", v.name), p)),
+        );
+        outputs.extend(
+            v.snapshot
+                .clone()
+                .map(|p| (format!("snapshot of view \"{}\"", v.name), p)),
+        );
+    }
+    check_distinct(&inputs, &outputs)
 }
 
 /// The report of a run that ended without error (process 0 only).
@@ -354,14 +395,20 @@ pub(crate) fn report(
 
 /// Parses and checks the pipeline's views, reads their side tables, and (on process 0)
 /// opens their outputs.
-/// `int_keys`: the key kind, when the plan knows it (files).
+/// `int_keys`: the key kind, when the plan knows it (files). Checks every path of the run
+/// ([`check_paths`], with the data files `data`) before any view output is opened.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn setup_views(
     cfg: &PipelineConfig,
     opts: &RunOptions,
+    model: &Model,
+    data: &[PathBuf],
+    outputs: &Outputs,
     live: bool,
     int_keys: Option<bool>,
 ) -> Result<(ViewSetup, Option<ViewOutputs>)> {
     if cfg.views.is_empty() {
+        check_paths(cfg, model, data, &[])?;
         return Ok((ViewSetup::default(), None));
     }
     let specs = parse_views(
@@ -396,8 +443,9 @@ pub(crate) fn setup_views(
             }
         }
     }
-    let outputs = if opts.process == 0 {
-        Some(ViewOutputs::create(&specs, &cfg.source.columns.key)?)
+    check_paths(cfg, model, data, &specs)?;
+    let view_outputs = if opts.process == 0 {
+        Some(ViewOutputs::create(&specs, &cfg.source.columns.key, outputs)?)
     } else {
         None
     };
@@ -407,5 +455,5 @@ pub(crate) fn setup_views(
         specs: Arc::new(specs),
         live,
     };
-    Ok((setup, outputs))
+    Ok((setup, view_outputs))
 }

@@ -3,6 +3,7 @@
 //! the output only if every worker succeeded.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +17,9 @@ use crate::input::arrow::{route_batch, Origin};
 use crate::input::files::{epoch_of, FileSource, Plan};
 use crate::input::Prep;
 use crate::model::Model;
+use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::{commit, OutputSchema, Sink, SinkHandle};
+use crate::sink::{OutputSchema, Sink, SinkHandle};
 
 /// Why a stopped file run fails.
 const STOPPED: &str = "stopped by a signal; the output was not written (a rejects file and view \
@@ -26,16 +28,34 @@ const STOPPED: &str = "stopped by a signal; the output was not written (a reject
 /// Epochs a worker's input may run ahead of what the sink has seen (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: usize = 4;
 
-/// Runs a pipeline over files. Returns the report on process 0, `None` on the others.
+/// Runs a pipeline over files. Returns the report on process 0, `None` on the others. Every
+/// file the run writes is committed only when it succeeds.
 pub(super) fn run(
     cfg: PipelineConfig,
     source: FileSource,
     model: Arc<Model>,
     opts: &RunOptions,
 ) -> Result<Option<RunReport>> {
+    let outputs = Outputs::default();
+    let run = run_with(cfg, source, model, opts, &outputs);
+    match &run {
+        Ok(_) => outputs.commit()?,
+        Err(_) => outputs.discard(),
+    }
+    run
+}
+
+fn run_with(
+    cfg: PipelineConfig,
+    source: FileSource,
+    model: Arc<Model>,
+    opts: &RunOptions,
+    outputs: &Outputs,
+) -> Result<Option<RunReport>> {
     let plan = Arc::new(Plan::build(&source, &cfg.source.columns)?);
     let int_keys = plan.key_type.is_integer();
-    let (view_setup, view_outputs) = setup_views(&cfg, opts, false, Some(int_keys))?;
+    let data: Vec<PathBuf> = plan.files.iter().map(|f| f.path.clone()).collect();
+    let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &data, outputs, false, Some(int_keys))?;
     let schema = OutputSchema {
         key_name: cfg.source.columns.key.clone(),
         key_type: plan.key_type.clone(),
@@ -45,17 +65,21 @@ pub(super) fn run(
     };
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
     let open = || {
-        Ok(SinkSlot::Open(SinkHandle::new(
-            Sink::create(&cfg.output.file, schema, true)?,
-            wide,
-        )))
+        let sink = Sink::create(&cfg.output.file, schema, outputs)?;
+        Ok(SinkSlot::Open(SinkHandle::new(sink, wide)))
     };
-    let mut collector = collector(&cfg, opts, open, Namer::Files(plan.clone()), false, view_outputs)?;
+    let mut collector = collector(
+        &cfg,
+        opts,
+        outputs,
+        open,
+        Namer::Files(plan.clone()),
+        false,
+        view_outputs,
+    )?;
     if let Some(c) = collector.as_mut() {
         c.abort = Some(opts.stop.clone());
     }
-    // Known here, so a failure on any worker can discard it.
-    let partial = collector.as_ref().and_then(|c| c.partial());
     let local_rows: Option<u64> = (0..opts.workers)
         .map(|w| plan.rows_for(opts.process * opts.workers + w, opts.workers * opts.processes))
         .sum();
@@ -126,16 +150,10 @@ pub(super) fn run(
     // A stop that came after the last batch was read still discards the output.
     let error = error.or_else(|| opts.stop.load(Ordering::Relaxed).then(|| STOPPED.to_string()));
     if let Some(e) = error {
-        if let Some((tmp, _)) = &partial {
-            let _ = std::fs::remove_file(tmp);
-        }
         return Err(Error::Runtime(e));
     }
     // Only process 0 (worker 0) collects; the others are done.
     let Some(c) = collected else { return Ok(None) };
-    if let Some(p) = &partial {
-        commit(p)?;
-    }
     let files = count(plan.files.len(), "file");
     Ok(Some(report(&cfg, opts, c, start, files, false)))
 }

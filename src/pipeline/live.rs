@@ -21,6 +21,7 @@ use super::report::{count, Event, RunReport};
 use crate::error::{Error, Result};
 use crate::input::live::{LiveSource, Readers, Transport};
 use crate::model::Model;
+use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
 use crate::sink::OutputSchema;
 
@@ -36,16 +37,33 @@ pub(super) fn run(
     model: Arc<Model>,
     opts: &RunOptions,
 ) -> Result<Option<RunReport>> {
+    // Views and their outputs first: once the source is listening, every output exists.
+    let outputs = Outputs::default();
+    let run = run_with(cfg, source, model, opts, &outputs);
+    match &run {
+        Ok(_) => outputs.commit()?,
+        Err(_) => outputs.discard(),
+    }
+    run
+}
+
+fn run_with(
+    cfg: PipelineConfig,
+    source: LiveSource,
+    model: Arc<Model>,
+    opts: &RunOptions,
+    outputs: &Outputs,
+) -> Result<Option<RunReport>> {
     let stop = opts.stop.clone();
     let peers = opts.workers * opts.processes;
-    // Views and their outputs first: once the source is listening, every output exists.
-    let (view_setup, view_outputs) = setup_views(&cfg, opts, true, None)?;
+    let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &[], outputs, true, None)?;
     let mut names = None;
     let mut readers = None;
     let open = || {
-        // Output problems fail the run before any client connects.
+        // Output problems fail the run before any client connects (the file is opened again,
+        // as Parquet or text, when the first line says whether keys are integers).
         if let Some(p) = &cfg.output.file.path {
-            crate::vocab::create_file(p)?;
+            outputs.create(p)?;
         }
         let schema = OutputSchema {
             key_name: cfg.source.columns.key.clone(),
@@ -59,6 +77,7 @@ pub(super) fn run(
     let collector = match collector(
         &cfg,
         opts,
+        outputs,
         open,
         Namer::Live(Default::default()),
         true,

@@ -700,9 +700,7 @@ fn grad_profile(
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
-    crate::vocab::create_file(path)?
-        .write_all(text.as_bytes())
-        .map_err(|e| Error::io(path, e))
+    crate::outfiles::write_file(path, |f| f.write_all(text.as_bytes()))
 }
 
 fn write_loss_csv(path: &Path, stats: &[EpochStats]) -> Result<()> {

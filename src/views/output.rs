@@ -16,8 +16,9 @@ use serde_json::{Map, Value};
 use super::flow::{ViewRow, ViewValue};
 use super::spec::ViewSpec;
 use crate::error::{Error, Result};
+use crate::outfiles::Outputs;
 use crate::record::Key;
-use crate::vocab::{create_file, FileFormat};
+use crate::vocab::FileFormat;
 
 /// Parquet or CSV by the file's extension (the one table in `vocab`); JSON lines otherwise.
 fn format_of(p: Option<&Path>) -> FileFormat {
@@ -30,21 +31,26 @@ struct TableWriter {
     path: PathBuf,
     format: FileFormat,
     out: Option<Box<dyn Write + Send>>,
+    /// Parquet: the file, until the first rows give the schema for its writer.
+    file: Option<File>,
     schema: Option<SchemaRef>,
     parquet: Option<ArrowWriter<File>>,
 }
 
 impl TableWriter {
-    fn create(path: Option<&Path>) -> Result<TableWriter> {
+    fn create(path: Option<&Path>, outputs: &Outputs) -> Result<TableWriter> {
         let display = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("-"));
-        let out: Box<dyn Write + Send> = match path {
-            None => Box::new(std::io::stdout()),
-            Some(p) => Box::new(BufWriter::new(create_file(p)?)),
+        let format = format_of(path);
+        let (out, file): (Box<dyn Write + Send>, _) = match path {
+            None => (Box::new(std::io::stdout()), None),
+            Some(p) if format == FileFormat::Parquet => (Box::new(std::io::sink()), Some(outputs.create(p)?)),
+            Some(p) => (Box::new(BufWriter::new(outputs.create(p)?)), None),
         };
         Ok(TableWriter {
             path: display,
-            format: format_of(path),
+            format,
             out: Some(out),
+            file,
             schema: None,
             parquet: None,
         })
@@ -114,7 +120,7 @@ impl TableWriter {
                 FileFormat::Parquet => {
                     if self.parquet.is_none() {
                         self.out = None;
-                        let f = File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                        let f = self.file.take().expect("a parquet writer has its file");
                         self.parquet =
                             Some(ArrowWriter::try_new(f, schema.clone(), None).map_err(|e| self.err(e))?);
                     }
@@ -162,6 +168,8 @@ struct ViewOut {
 pub struct ViewOutputs {
     views: Vec<ViewOut>,
     key_name: String,
+    /// Where snapshots are registered, with the changelogs (committed with the run).
+    outputs: Outputs,
 }
 
 /// An f32 as the JSON number with its shortest f32 digits (0.22891763, not 0.2289176285266876).
@@ -181,14 +189,15 @@ fn key_json(k: &Key) -> Value {
 }
 
 impl ViewOutputs {
-    /// Opens every view's changelog. `key_name` names the key in top_k rows.
-    pub fn create(specs: &[ViewSpec], key_name: &str) -> Result<ViewOutputs> {
+    /// Opens every view's changelog (registered with `outputs`, as the snapshots will be).
+    /// `key_name` names the key in top_k rows.
+    pub fn create(specs: &[ViewSpec], key_name: &str, outputs: &Outputs) -> Result<ViewOutputs> {
         let views = specs
             .iter()
             .map(|s| {
                 Ok(ViewOut {
                     spec: s.clone(),
-                    changelog: TableWriter::create(s.output.as_deref())?,
+                    changelog: TableWriter::create(s.output.as_deref(), outputs)?,
                     pending: Vec::new(),
                     state: BTreeMap::new(),
                 })
@@ -197,6 +206,7 @@ impl ViewOutputs {
         Ok(ViewOutputs {
             views,
             key_name: key_name.to_string(),
+            outputs: outputs.clone(),
         })
     }
 
@@ -270,7 +280,7 @@ impl ViewOutputs {
         for v in &mut self.views {
             v.changelog.close()?;
             if let Some(p) = &v.spec.snapshot {
-                let mut w = TableWriter::create(Some(p))?;
+                let mut w = TableWriter::create(Some(p), &self.outputs)?;
                 let mut rows = Vec::new();
                 for ((g, val), n) in &v.state {
                     for _ in 0..(*n).max(0) {

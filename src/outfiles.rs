@@ -1,0 +1,182 @@
+//! Writing files without destroying anything: every file seqflow writes is created as
+//! `PATH.partial` (`O_CREAT | O_EXCL | O_NOFOLLOW`: never through a planted link, never over
+//! another file) and renamed to `PATH` only when the whole run succeeded, so an interrupted
+//! run leaves nothing at `PATH` that looks complete. `PATH` itself may only be a regular file
+//! (or a link, which the rename replaces, not its target): a device, FIFO or directory is
+//! refused. And before anything is opened, [`check_distinct`] refuses a run whose outputs
+//! would overwrite one of its inputs or each other.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// `O_NOFOLLOW` (Linux): fail rather than open through a symbolic link.
+const O_NOFOLLOW: i32 = 0o400_000;
+
+/// `PATH.partial`.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn refuse(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Output {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// What kind of thing is at `path`, for messages.
+fn kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Creates `PATH.partial` for writing (and `PATH`'s directory). A stale `PATH.partial` of an
+/// earlier run, or a link planted there, is removed first (unlinking never touches a link's
+/// target); anything else there, or at `PATH`, that is not a regular file is refused.
+fn create_partial(path: &Path) -> Result<(File, PathBuf)> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !(m.is_file() || m.file_type().is_symlink()) {
+            return Err(refuse(
+                path,
+                format!("is {}; seqflow writes only regular files", kind(&m)),
+            ));
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = partial_path(path);
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => {
+            std::fs::remove_file(&tmp).map_err(|e| Error::io(&tmp, e))?
+        }
+        Ok(m) => return Err(refuse(&tmp, format!("is {} in the way of the output", kind(&m)))),
+        Err(_) => {}
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    Ok((f, tmp))
+}
+
+/// The files a run writes: created as `.partial`, committed together when the run succeeds,
+/// removed when it fails. Clones share the list (the writers run on worker threads).
+#[derive(Debug, Clone, Default)]
+pub struct Outputs(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>);
+
+impl Outputs {
+    /// Creates `path`'s partial file and registers it (once: creating it again starts it
+    /// over, as a live run does when its first line decides the output's key type).
+    pub fn create(&self, path: &Path) -> Result<File> {
+        let (f, tmp) = create_partial(path)?;
+        let mut list = self.0.lock().expect("outputs");
+        list.retain(|(_, p)| p != path);
+        list.push((tmp, path.to_path_buf()));
+        Ok(f)
+    }
+
+    /// Renames every partial file into place, in the order they were created.
+    pub fn commit(&self) -> Result<()> {
+        for (tmp, path) in self.0.lock().expect("outputs").drain(..) {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every partial file (the run failed).
+    pub fn discard(&self) {
+        for (tmp, _) in self.0.lock().expect("outputs").drain(..) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Writes one whole file atomically: `.partial`, `write`, rename.
+pub fn write_file(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
+    let outputs = Outputs::default();
+    let mut f = outputs.create(path)?;
+    if let Err(e) = write(&mut f) {
+        outputs.discard();
+        return Err(Error::io(path, e));
+    }
+    drop(f);
+    outputs.commit()
+}
+
+/// The identity of a path for comparisons: its canonical form (the directory resolved when
+/// the file does not exist yet) and, for an existing file, its device and inode (which also
+/// catches hard links).
+fn identity(p: &Path) -> (PathBuf, Option<(u64, u64)>) {
+    let meta = std::fs::metadata(p).ok();
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        dir.join(p.file_name().unwrap_or_default())
+    });
+    (canon, meta.map(|m| (m.dev(), m.ino())))
+}
+
+/// Refuses a run whose outputs would overwrite one of its inputs (data files, model and
+/// weights, the pipeline file, side tables) or each other. Each item is `(what, path)`, as
+/// messages name it: `("output", "out/x.csv")`, `("input", "in/x.csv")`.
+pub fn check_distinct(inputs: &[(String, PathBuf)], outputs: &[(String, PathBuf)]) -> Result<()> {
+    let ids: Vec<_> = outputs.iter().map(|(_, p)| identity(p)).collect();
+    let same = |a: &(PathBuf, Option<(u64, u64)>), b: &(PathBuf, Option<(u64, u64)>)| {
+        a.0 == b.0 || (a.1.is_some() && a.1 == b.1)
+    };
+    for (i, (what, p)) in outputs.iter().enumerate() {
+        for (j, (other, q)) in outputs.iter().enumerate().skip(i + 1) {
+            if same(&ids[i], &ids[j]) {
+                return Err(refuse(
+                    p,
+                    format!(
+                        "the {what} and the {other} ({}) are the same file; each output needs a path of its own",
+                        q.display()
+                    ),
+                ));
+            }
+        }
+        for (other, q) in inputs {
+            if same(&ids[i], &identity(q)) {
+                return Err(refuse(
+                    p,
+                    format!(
+                        "the {what} would overwrite the {other} {}; seqflow never writes over its inputs",
+                        q.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an error is a closed pipe (a reader such as `head` went away): a normal end of
+/// output, not a failure.
+pub fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::BrokenPipe
+}
