@@ -73,6 +73,7 @@ features = ["f0", "f1"]
 [train]
 {train}
 [output]
+weights = "m.safetensors"
 loss_csv = "out/loss.csv"
 plot = "out/loss.svg"
 "#
@@ -473,4 +474,52 @@ fn training_sees_exactly_the_values_serving_sees() {
             assert_eq!(bits(v), bits(&s.x[i * 2..i * 2 + 2]), "key {} step {i}", s.key);
         }
     }
+}
+
+#[test]
+fn training_never_replaces_what_it_was_not_asked_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, 8, 6);
+    model_file(d, LSTM);
+    // Without [output] weights, a fresh run (init = true) writes the model file's weights only
+    // while they do not exist: a second one must not replace them.
+    let cfg = train_file(
+        d,
+        "kind = \"regress\"\ntargets = [\"f2\"]",
+        "epochs = 1\nvalidation = 0.25",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("weights = \"m.safetensors\"\n", "");
+    std::fs::write(&cfg, &text).unwrap();
+    run_ok(&["train", cfg.to_str().unwrap()]);
+    let weights = std::fs::read(d.join("m.safetensors")).unwrap();
+    fails(d, &cfg, "init = true would replace the existing weights");
+    assert_eq!(std::fs::read(d.join("m.safetensors")).unwrap(), weights);
+    // Outputs over the data, the model file or each other are refused before anything is
+    // written.
+    for (line, want) in [
+        (
+            "weights = \"w2.safetensors\"\nloss_csv = \"train.parquet\"",
+            "the loss CSV would overwrite the data",
+        ),
+        (
+            "weights = \"m.toml\"",
+            "the weights would overwrite the model file",
+        ),
+        ("weights = \"out/loss.csv\"", "the weights and the loss CSV"),
+    ] {
+        let bad = text.replace("[output]", &format!("[output]\n{line}")).replace(
+            "loss_csv = \"out/loss.csv\"\n",
+            if line.contains("loss_csv") {
+                ""
+            } else {
+                "loss_csv = \"out/loss.csv\"\n"
+            },
+        );
+        std::fs::write(&cfg, bad).unwrap();
+        fails(d, &cfg, want);
+    }
+    assert_eq!(std::fs::read(d.join("m.safetensors")).unwrap(), weights);
 }

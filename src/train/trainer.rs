@@ -420,6 +420,18 @@ fn load_model(cfg: &TrainConfig, features: usize) -> Result<(Net, Vec<f64>, Path
             msg: "the model file names no `weights = \"FILE.safetensors\"` to train into (or set [output] weights)".into(),
         })?;
     let fresh = cfg.init || !weights.exists();
+    // Fresh weights over an existing file the user did not name as the output: refused, so
+    // that a first try of a training file does not replace a model it came with.
+    if cfg.init && cfg.weights.is_none() && weights.exists() {
+        return Err(Error::PipelineConfig {
+            path: cfg.path.clone(),
+            msg: format!(
+                "init = true would replace the existing weights {} (the model file's `weights`) with a new \
+                 model; name the file to write in [output] weights (that file itself, to replace it)",
+                weights.display()
+            ),
+        });
+    }
     let store = if fresh {
         let tensors = crate::model::tensors::init(&mc, features, cfg.seed)?;
         WeightStore::from_tensors(&weights, tensors)
@@ -428,6 +440,28 @@ fn load_model(cfg: &TrainConfig, features: usize) -> Result<(Net, Vec<f64>, Path
     };
     let (_, net, values) = build(mc, store)?;
     Ok((net, values, weights, fresh))
+}
+
+/// Refuses outputs (weights, loss CSV, plot, gradient report) that would overwrite the data,
+/// the model file, the training file or each other. The weights may be the file training
+/// started from: continuing to train it in place is what the training file asks for.
+fn check_paths(cfg: &TrainConfig, opts: &TrainOptions, weights: &Path) -> Result<()> {
+    let mut inputs: Vec<(String, PathBuf)> = cfg
+        .data
+        .expand()?
+        .into_iter()
+        .map(|p| ("data".into(), p))
+        .collect();
+    inputs.push(("model file".into(), cfg.model.clone()));
+    inputs.push(("training file".into(), cfg.path.clone()));
+    let mut outputs = vec![("weights".to_string(), weights.to_path_buf())];
+    outputs.extend(cfg.loss_csv.clone().map(|p| ("loss CSV".into(), p)));
+    outputs.extend(cfg.plot.clone().map(|p| ("loss plot".into(), p)));
+    if let Some(g) = &opts.grad_report {
+        outputs.push(("gradient report".into(), g.clone()));
+        outputs.push(("gradient report plot".into(), g.with_extension("svg")));
+    }
+    crate::outfiles::check_distinct(&inputs, &outputs)
 }
 
 /// Shuffles `v` in place (Fisher-Yates) with a seeded generator.
@@ -443,6 +477,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainReport> {
     let t0 = Instant::now();
     let width = cfg.columns.features.len();
     let (net, mut values, weights_path, initialized) = load_model(cfg, width)?;
+    check_paths(cfg, opts, &weights_path)?;
     if cfg.tbptt.is_some() {
         if let Some(why) = &net.non_causal {
             return Err(Error::PipelineConfig {
