@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, RecordBatchReader};
 use arrow::datatypes::{Float32Type, Int64Type};
@@ -18,6 +18,24 @@ use seqflow::vocab::Emit;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled pipelines in a scratch copy of the repository's layout (`pipelines/` copied,
+/// `models/` and `datasets/` linked), so that their `../out/...` outputs (rejects, view
+/// changelogs) land there and `cargo test` writes nothing into the working tree.
+fn bundled(scratch: &Path) -> PathBuf {
+    let pipelines = scratch.join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    for e in std::fs::read_dir(root().join("pipelines")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, pipelines.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for d in ["models", "datasets"] {
+        std::os::unix::fs::symlink(root().join(d), scratch.join(d)).unwrap();
+    }
+    pipelines
 }
 
 /// Scores by (sensor, time) from a fixture of `tests/fixtures/make_demo_expected.py`.
@@ -64,7 +82,7 @@ fn assert_scores(out: &Path, want: &HashMap<(String, i64), f32>, what: &str) {
 fn demo_scores_equal_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo.csv");
-    let report = run_report(&root().join("pipelines/demo.toml"), 2, output(&out));
+    let report = run_report(&bundled(dir.path()).join("demo.toml"), 2, output(&out));
     assert_eq!((report.stats.outputs, report.stats.keys), (43_200, 50));
     assert_scores(&out, &expected("demo_expected"), "demo");
 }
@@ -107,7 +125,7 @@ fn every_bundled_pipeline_runs_as_it_is() {
     let windows = expected("demo_windows_expected");
     let dir = tempfile::tempdir().unwrap();
     let mut n = 0;
-    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
+    for entry in std::fs::read_dir(bundled(dir.path())).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_none_or(|e| e != "toml") {
             continue;
