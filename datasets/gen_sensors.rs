@@ -79,13 +79,21 @@ fn parse_args() -> Args {
             "--out" => a.out = PathBuf::from(v),
             "--help" | "-h" => {
                 println!(
-                    "{}",
-                    include_str!("gen_sensors.rs")
-                        .lines()
-                        .take(15)
-                        .map(|l| l.trim_start_matches("//!"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    "gen-sensors: machine telemetry as Parquet (8 channels, NaN gaps, re-sent rows, labelled anomalies)
+
+  --sensors N             machines (default 50)
+  --days D                days of readings (default 3)
+  --interval-s S          seconds between readings (default 300): rows = sensors x days x 86400 / S
+  --seed N                the dataset for a given seed is always the same (default 42)
+  --files N               split into N files of a directory (default 1: one file)
+  --row-group-rows N      Parquet rows per row group (default 100000)
+  --missing P             share of readings with a NaN channel (default 0.0005)
+  --duplicates P          share of readings sent twice (default 0.0002)
+  --anomalies-per-day R   anomalies per machine and day (default 0.6)
+  --out PATH              file, or directory with --files (default datasets/generated/sensors.parquet)
+
+  gen-sensors --sensors 50 --days 3 --out datasets/sample/sensors.parquet      # 43,209 rows
+  gen-sensors --sensors 2000 --days 30 --files 8 --out datasets/generated/big  # ~17 M rows"
                 );
                 std::process::exit(0);
             }

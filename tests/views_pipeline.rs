@@ -259,3 +259,42 @@ fn live_views_follow_a_side_table_that_changes_on_disk() {
         "the changelog takes its name when the run ends"
     );
 }
+
+#[test]
+fn an_empty_view_snapshot_still_has_its_columns() {
+    // No prediction passes `where`: the snapshots are empty tables that still say their
+    // columns (a CSV header; a Parquet file with its schema).
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    std::fs::write(
+        dir.path().join("in.csv"),
+        "key,t,f0,f1\na,1,0.1,0.2\nb,1,0.3,0.4\n",
+    )
+    .unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\nformat = \"csv\"\npath = \"in.csv\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"out/o.csv\"\n\
+             [[views]]\nname = \"none\"\nwhere = \"y0 > 1000\"\naggregate = \"count\"\noutput = \"out/none.jsonl\"\nsnapshot = \"out/none.csv\"\n\
+             [[views]]\nname = \"top\"\nwhere = \"y0 > 1000\"\naggregate = \"top_k\"\nof = \"y1\"\nk = 2\noutput = \"out/top.jsonl\"\nsnapshot = \"out/top.parquet\"\n",
+            mpath.display()
+        ),
+    );
+    run_ok(&["run", p.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/none.csv")).unwrap(),
+        "count\n"
+    );
+    let f = std::fs::File::open(dir.path().join("out/top.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    let names: Vec<String> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["key", "y1"]);
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+}

@@ -294,6 +294,8 @@ impl PipelineConfig {
             ));
         }
         let out_format = match &overrides.output {
+            // `--output -` shows the predictions: CSV when the pipeline writes Parquet.
+            Some(p) if p.as_os_str() == "-" && o.format == FileFormat::Parquet => FileFormat::Csv,
             Some(p) => FileFormat::from_path(p).unwrap_or(o.format),
             None => o.format,
         };

@@ -8,13 +8,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use serde_json::{Map, Value};
 
 use super::flow::{ViewRow, ViewValue};
-use super::spec::ViewSpec;
+use super::spec::{Aggregate, ViewSpec};
 use crate::error::{Error, Result};
 use crate::outfiles::Outputs;
 use crate::record::Key;
@@ -136,6 +136,29 @@ impl TableWriter {
         Ok(())
     }
 
+    /// A table without rows that still says its columns: a CSV header, an empty Parquet file
+    /// with its schema (JSON lines: nothing).
+    fn write_empty(&mut self, columns: &[(String, DataType)]) -> Result<()> {
+        match self.format {
+            FileFormat::Jsonl => Ok(()),
+            FileFormat::Csv => {
+                let header: Vec<String> = columns.iter().map(|(n, _)| csv_field(n)).collect();
+                let out = self.out.as_mut().expect("open");
+                writeln!(out, "{}", header.join(",")).map_err(|e| Error::io(&self.path, e))
+            }
+            FileFormat::Parquet => {
+                let fields: Vec<_> = columns
+                    .iter()
+                    .map(|(n, t)| arrow::datatypes::Field::new(n, t.clone(), true))
+                    .collect();
+                let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+                let f = self.file.take().expect("a parquet writer has its file");
+                self.parquet = Some(ArrowWriter::try_new(f, schema, None).map_err(|e| self.err(e))?);
+                Ok(())
+            }
+        }
+    }
+
     fn close(&mut self) -> Result<()> {
         if let Some(w) = self.parquet.take() {
             w.close().map_err(|e| self.err(e))?;
@@ -221,6 +244,28 @@ impl ViewOutputs {
         v.pending.push((group, value, time, diff));
     }
 
+    /// The columns a view's rows have, with their types, for an empty snapshot (the types of
+    /// group columns are not known without rows: text).
+    fn columns(key_name: &str, spec: &ViewSpec) -> Vec<(String, DataType)> {
+        let mut c: Vec<(String, DataType)> = spec
+            .group_by
+            .iter()
+            .map(|(n, _)| (n.clone(), DataType::Utf8))
+            .collect();
+        if spec.window.is_some() {
+            c.push(("window_start".into(), DataType::Int64));
+        }
+        match spec.aggregate {
+            Aggregate::Count => c.push(("count".into(), DataType::Int64)),
+            Aggregate::TopK => {
+                c.push((key_name.to_string(), DataType::Utf8));
+                c.push((spec.of_name.clone(), DataType::Float64));
+            }
+            a => c.push((format!("{}_{}", a.as_str(), spec.of_name), DataType::Float64)),
+        }
+        c
+    }
+
     /// The columns of a row: group, window start, value.
     fn fields(key_name: &str, spec: &ViewSpec, group: &[Key], value: &ViewValue) -> Map<String, Value> {
         let mut m = Map::new();
@@ -287,11 +332,11 @@ impl ViewOutputs {
                         rows.push(Self::fields(&self.key_name, &v.spec, g, val));
                     }
                 }
-                if rows.is_empty() && w.format != FileFormat::Jsonl {
-                    // An empty view: a CSV header-less empty file, or an empty JSON lines file.
-                    w.format = FileFormat::Jsonl;
+                if rows.is_empty() {
+                    w.write_empty(&Self::columns(&self.key_name, &v.spec))?;
+                } else {
+                    w.write(&rows)?;
                 }
-                w.write(&rows)?;
                 w.close()?;
             }
         }
