@@ -4,7 +4,8 @@
 //! run leaves nothing at `PATH` that looks complete. `PATH` itself may only be a regular file
 //! (or a link, which the rename replaces, not its target): a device, FIFO or directory is
 //! refused. And before anything is opened, [`check_distinct`] refuses a run whose outputs
-//! would overwrite one of its inputs or each other.
+//! would overwrite one of its inputs or each other. Inputs are read only from regular files
+//! ([`check_regular`]): a FIFO would block forever and `/dev/zero` never ends.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -173,6 +174,32 @@ pub fn check_distinct(inputs: &[(String, PathBuf)], outputs: &[(String, PathBuf)
         }
     }
     Ok(())
+}
+
+/// Refuses to read `path` unless it is a regular file (after links): opening a FIFO blocks
+/// until a writer appears, and a device may never end.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if m.is_file() {
+        Ok(())
+    } else {
+        Err(Error::Data {
+            path: path.to_path_buf(),
+            msg: format!("is {}; seqflow reads regular files", kind(&m)),
+        })
+    }
+}
+
+/// The bytes of a regular file ([`check_regular`]).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// The text of a regular file ([`check_regular`]).
+pub fn read_regular_string(path: &Path) -> Result<String> {
+    check_regular(path)?;
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
 /// Whether an error is a closed pipe (a reader such as `head` went away): a normal end of

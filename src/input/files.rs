@@ -129,6 +129,7 @@ impl FileSource {
 }
 
 fn open(path: &Path) -> Result<File> {
+    crate::outfiles::check_regular(path)?;
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if len == 0 {

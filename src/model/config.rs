@@ -280,7 +280,7 @@ enum RawLayer {
 impl ModelConfig {
     /// Reads and parses a model file.
     pub fn load(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::outfiles::read_regular_string(path)?;
         Self::parse(&text, path)
     }
 
@@ -312,11 +312,32 @@ impl ModelConfig {
     }
 }
 
+/// The most steps a window option may span (kernel, dilation, stride): a key keeps up to
+/// this many steps of history per layer. Far above any trained model's; a typo like
+/// `dilation = 1099511627776` is refused here instead of exhausting memory.
+pub const MAX_STEPS: usize = 1 << 20;
+
+/// The most sizes (hidden units, channels, features, layers) a model file may state.
+pub const MAX_SIZE: usize = 1 << 20;
+
 fn positive(what: &str, v: usize) -> Result<usize, String> {
     if v == 0 {
         Err(format!("`{what}` must be at least 1"))
+    } else if v > MAX_SIZE {
+        Err(format!("`{what}` = {v} is more than {MAX_SIZE}"))
     } else {
         Ok(v)
+    }
+}
+
+/// A window option: at least 1 and at most [`MAX_STEPS`] steps.
+fn steps(what: &str, v: usize) -> Result<usize, String> {
+    match v {
+        0 => Err(format!("`{what}` must be at least 1")),
+        v if v > MAX_STEPS => Err(format!(
+            "`{what}` = {v} steps is more than {MAX_STEPS}: every key would keep that much history"
+        )),
+        v => Ok(v),
     }
 }
 
@@ -354,12 +375,12 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
         } => {
             sizes = Sizes {
                 out: out_channels.map(|v| positive("out_channels", v)).transpose()?,
-                kernel: kernel_size.map(|v| positive("kernel_size", v)).transpose()?,
+                kernel: kernel_size.map(|v| steps("kernel_size", v)).transpose()?,
                 proj: None,
                 bias,
             };
-            let stride = positive("stride", stride.unwrap_or(1))?;
-            let dilation = positive("dilation", dilation.unwrap_or(1))?;
+            let stride = steps("stride", stride.unwrap_or(1))?;
+            let dilation = steps("dilation", dilation.unwrap_or(1))?;
             let padding = padding.unwrap_or(Padding::Causal);
             if padding == Padding::Same && stride != 1 {
                 return Err("padding = \"same\" needs stride = 1 (as in PyTorch)".into());
@@ -447,7 +468,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
 }
 
 fn pool(max: bool, kernel: usize, stride: Option<usize>) -> Result<LayerKindConfig, String> {
-    let kernel = positive("kernel", kernel)?;
-    let stride = positive("stride", stride.unwrap_or(kernel))?;
+    let kernel = steps("kernel", kernel)?;
+    let stride = steps("stride", stride.unwrap_or(kernel))?;
     Ok(LayerKindConfig::Pool { max, kernel, stride })
 }

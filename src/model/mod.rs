@@ -36,6 +36,10 @@ use window::{Conv1d, Pool1d, Window};
 use crate::error::{Error, Result};
 use state::LayerSlots;
 
+/// The most state one key may cost (256 MiB): far above any real model's (the demo's is
+/// 392 bytes); what a window option a few digits too long implies.
+pub const MAX_KEY_STATE: usize = 256 << 20;
+
 /// A loaded layer, weights pre-arranged for its kernels.
 #[derive(Debug, Clone)]
 pub enum Layer {
@@ -206,6 +210,12 @@ impl Model {
                     msg: "`input_size` must be at least 1".into(),
                 })
             }
+            Some(n) if n > config::MAX_SIZE => {
+                return Err(Error::ModelConfig {
+                    path: config.path.clone(),
+                    msg: format!("`input_size` = {n} is more than {}", config::MAX_SIZE),
+                })
+            }
             Some(n) => n,
             None => bind::infer_input_size(&config, &store)?,
         };
@@ -239,6 +249,36 @@ impl Model {
                      is missing from [[layers]]",
                     names.join(", "),
                     config.path.display()
+                ),
+            });
+        }
+        // What every key will cost, checked once: a window's history is sized by options a
+        // typo can make enormous.
+        let per_layer: Vec<usize> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, l))| {
+                let s = l.state_spec(widths[i]);
+                s.floats
+                    .saturating_mul(4)
+                    .saturating_add(if s.counter { 8 } else { 0 })
+            })
+            .collect();
+        let total = per_layer.iter().fold(0usize, |a, &b| a.saturating_add(b));
+        if total > MAX_KEY_STATE {
+            let (i, &most) = per_layer
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, b)| **b)
+                .expect("a layer");
+            return Err(Error::ModelConfig {
+                path: config.path.clone(),
+                msg: format!(
+                    "the model would keep {} of state per key (layer {}: {}); the limit is {} per key",
+                    crate::vocab::human_bytes(total as u64),
+                    layers[i].0.label(),
+                    crate::vocab::human_bytes(most as u64),
+                    crate::vocab::human_bytes(MAX_KEY_STATE as u64)
                 ),
             });
         }

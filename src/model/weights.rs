@@ -30,7 +30,7 @@ impl WeightStore {
     /// Reads and converts every tensor of `path`. Truncated or corrupt files fail here,
     /// before any layer is built.
     pub fn load(path: &Path) -> Result<WeightStore> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::outfiles::read_regular(path)?;
         Self::from_bytes(&bytes, path)
     }
 

@@ -152,7 +152,7 @@ impl PipelineConfig {
 
     /// Reads a pipeline file and applies `--input` / `--output`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<PipelineConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::outfiles::read_regular_string(path)?;
         Self::parse(&text, path, overrides)
     }
 
@@ -360,6 +360,16 @@ impl PipelineConfig {
             if name == &self.source.columns.key || name == &self.source.columns.time {
                 return Err(err(format!(
                     "[output] name `{name}` collides with the key or time column"
+                )));
+            }
+        }
+        if let Emit::Window { size, .. } = self.output.emit {
+            let ring = (size as u128) * (k as u128) * 4;
+            if size > crate::model::config::MAX_STEPS || ring > crate::model::MAX_KEY_STATE as u128 {
+                return Err(err(format!(
+                    "[output] window size = {size} would keep {} of input per key; the limit is {} per key",
+                    crate::vocab::human_bytes(ring.min(u64::MAX as u128) as u64),
+                    crate::vocab::human_bytes(crate::model::MAX_KEY_STATE as u64)
                 )));
             }
         }

@@ -69,12 +69,22 @@ impl Default for RunOptions {
     }
 }
 
+/// The most worker threads per process (and processes) a run takes.
+pub const MAX_WORKERS: usize = 1024;
+
 /// Builds timely's configuration from our flags (timely's own parser rejects flags it does
 /// not know, so it is not used).
 pub fn timely_config(opts: &RunOptions) -> Result<Config> {
     let bad = |m: String| Error::Runtime(m);
     if opts.workers == 0 {
         return Err(bad("-w must be at least 1".into()));
+    }
+    if opts.workers > MAX_WORKERS || opts.processes > MAX_WORKERS {
+        return Err(bad(format!(
+            "-w {} -n {}: at most {MAX_WORKERS} worker threads per process and {MAX_WORKERS} processes \
+             (each worker holds its own buffers; more than the cores does not help)",
+            opts.workers, opts.processes
+        )));
     }
     if opts.processes == 0 || opts.process >= opts.processes {
         return Err(bad(format!(
@@ -85,7 +95,7 @@ pub fn timely_config(opts: &RunOptions) -> Result<Config> {
     let communication = if opts.processes > 1 {
         let addresses = match &opts.hostfile {
             Some(h) => {
-                let text = std::fs::read_to_string(h).map_err(|e| Error::io(h, e))?;
+                let text = crate::outfiles::read_regular_string(h)?;
                 let addrs: Vec<String> = text
                     .lines()
                     .map(str::trim)

@@ -169,7 +169,7 @@ struct RawOutput {
 impl TrainConfig {
     /// Reads and parses a training file.
     pub fn load(path: &Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::outfiles::read_regular_string(path)?;
         Self::parse(&text, path)
     }
 
