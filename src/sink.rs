@@ -234,7 +234,13 @@ impl Sink {
                 offsets.windows(2).map(|w| &bytes[w[0] as usize..w[1] as usize]),
             )),
         };
-        let keys = cast(&keys, &self.schema.key_type).map_err(err)?;
+        let keys = match (&self.schema.key_type, &b.keys) {
+            // u64 keys past i64::MAX travel as their bits.
+            (DataType::UInt64, KeyColumn::Int(v)) => Arc::new(arrow::array::UInt64Array::from_iter_values(
+                v.iter().map(|&k| k as u64),
+            )) as ArrayRef,
+            (t, _) => cast(&keys, t).map_err(err)?,
+        };
         let times: ArrayRef = Arc::new(Int64Array::from(b.times.clone()));
         let times = match &self.schema.time_type {
             DataType::Date32 => {
@@ -311,6 +317,14 @@ impl Sink {
     /// [`Outputs`] are committed.
     pub fn close(&mut self) -> Result<()> {
         let path = self.display.clone();
+        if self.rows == 0 {
+            // No rows: a CSV still says its columns (Parquet writes its schema anyway).
+            if let Some(Writer::Csv(w)) = self.writer.as_mut() {
+                let empty = RecordBatch::new_empty(self.arrow_schema.clone());
+                let r = w.write(&empty).map_err(|e| out_err(&path, e));
+                self.checked(r)?;
+            }
+        }
         let r = match self.writer.take() {
             None => Ok(()),
             Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| out_err(&path, e)),

@@ -58,30 +58,82 @@ impl Values<'_> {
     }
 }
 
-/// Columns `idx` of `batch` as f64-readable arrays: f32/f64 as they are, other numeric
-/// types cast to f64 (kept alive in the returned owners).
-pub fn numeric_owners(batch: &RecordBatch, idx: &[usize], file: &Path) -> Result<Vec<ArrayRef>> {
+/// A numeric column of a batch, owned: f32/f64 as they are, other numeric types cast to
+/// f64, and text cells (CSV and JSON lines have no types: a column with one word in it is
+/// text) parsed one by one, a cell that is not a number marked for a per-row reject.
+pub struct Numeric {
+    array: ArrayRef,
+    /// Text columns: the cell of each row that is not a number.
+    bad: Vec<Option<String>>,
+}
+
+impl Numeric {
+    /// The text of row `r` when it is not a number.
+    #[inline]
+    pub fn bad(&self, r: usize) -> Option<&str> {
+        self.bad.get(r).and_then(|b| b.as_deref())
+    }
+}
+
+/// A text cell as a number: blank, `null` or `nan` is missing (NaN); `inf`, `Infinity` are
+/// infinite (the NaN policy decides); anything else that does not parse is not a number.
+fn parse_cell(s: &str) -> Result<f64, ()> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("null") || t.eq_ignore_ascii_case("nan") {
+        return Ok(f64::NAN);
+    }
+    t.parse::<f64>().map_err(|_| ())
+}
+
+/// Columns `idx` of `batch` as [`Numeric`] columns.
+pub fn numeric_owners(batch: &RecordBatch, idx: &[usize], file: &Path) -> Result<Vec<Numeric>> {
     idx.iter()
         .map(|&i| {
             let a = batch.column(i);
-            match a.data_type() {
-                DataType::Float32 | DataType::Float64 => Ok(a.clone()),
-                _ => cast(a, &DataType::Float64).map_err(|e| Error::Data {
-                    path: file.to_path_buf(),
-                    msg: format!("column `{}`: {e}", batch.schema().field(i).name()),
-                }),
-            }
+            let err = |e: arrow::error::ArrowError| Error::Data {
+                path: file.to_path_buf(),
+                msg: format!("column `{}`: {e}", batch.schema().field(i).name()),
+            };
+            Ok(match a.data_type() {
+                DataType::Float32 | DataType::Float64 => Numeric {
+                    array: a.clone(),
+                    bad: Vec::new(),
+                },
+                t if crate::input::columns::is_string(t) => {
+                    let text = cast(a, &DataType::Utf8).map_err(err)?;
+                    let text = text.as_string::<i32>();
+                    let mut bad = vec![None; text.len()];
+                    let values: Float64Array = (0..text.len())
+                        .map(|r| match text.is_valid(r).then(|| parse_cell(text.value(r))) {
+                            None => None,
+                            Some(Ok(v)) => Some(v),
+                            Some(Err(())) => {
+                                bad[r] = Some(text.value(r).to_string());
+                                None
+                            }
+                        })
+                        .collect();
+                    Numeric {
+                        array: std::sync::Arc::new(values),
+                        bad,
+                    }
+                }
+                _ => Numeric {
+                    array: cast(a, &DataType::Float64).map_err(err)?,
+                    bad: Vec::new(),
+                },
+            })
         })
         .collect()
 }
 
 /// Views over what [`numeric_owners`] returned.
-pub fn values(owners: &[ArrayRef]) -> Vec<Values<'_>> {
+pub fn values(owners: &[Numeric]) -> Vec<Values<'_>> {
     owners
         .iter()
-        .map(|a| match a.data_type() {
-            DataType::Float32 => Values::F32(a.as_primitive::<Float32Type>()),
-            _ => Values::F64(a.as_primitive::<Float64Type>()),
+        .map(|n| match n.array.data_type() {
+            DataType::Float32 => Values::F32(n.array.as_primitive::<Float32Type>()),
+            _ => Values::F64(n.array.as_primitive::<Float64Type>()),
         })
         .collect()
 }
@@ -102,7 +154,12 @@ pub fn route_batch(
         msg: e.to_string(),
     };
     let key_col = batch.column(map.key);
-    let (ints, strs) = if map.key_type.is_integer() {
+    let (ints, strs) = if map.key_type == DataType::UInt64 {
+        // Keys past i64::MAX keep their bits (the output writes them back as u64).
+        let u = key_col.as_primitive::<arrow::datatypes::UInt64Type>();
+        let wrapped: arrow::array::Int64Array = u.iter().map(|v| v.map(|v| v as i64)).collect();
+        (Some(std::sync::Arc::new(wrapped) as ArrayRef), None)
+    } else if map.key_type.is_integer() {
         (Some(cast(key_col, &DataType::Int64).map_err(arrow_err)?), None)
     } else {
         (None, Some(cast(key_col, &DataType::Utf8).map_err(arrow_err)?))
@@ -121,6 +178,8 @@ pub fn route_batch(
         let key = match (ints, strs) {
             (Some(a), _) if a.is_valid(r) => Some(KeyRef::Int(a.value(r))),
             (_, Some(a)) if a.is_valid(r) => Some(KeyRef::Str(a.value(r))),
+            // CSV cannot tell an empty key from a missing one: empty, as Parquet's "".
+            (_, Some(_)) if at.format == FileFormat::Csv => Some(KeyRef::Str("")),
             _ => None,
         };
         let time = times.is_valid(r).then(|| times.value(r));
@@ -138,6 +197,15 @@ pub fn route_batch(
             );
             continue;
         };
+        if let Some((j, cell)) = owners
+            .iter()
+            .enumerate()
+            .find_map(|(j, n)| n.bad(r).map(|c| (j, c)))
+        {
+            let detail = format!("feature `{}` = `{cell}` is not a number", columns.features[j]);
+            out.reject(RejectReason::Malformed, row, Some(key), Some(time), detail);
+            continue;
+        }
         if let Err(j) = prep.row(|j| feats[j].get(r), &mut row_buf) {
             if columns.nan == crate::vocab::NanPolicy::Skip {
                 let detail = format!("feature `{}` is not finite", columns.features[j]);
@@ -152,7 +220,7 @@ pub fn route_batch(
                      or \"ffill\" to accept such rows",
                     describe_row(at.format, row),
                     columns.features[j],
-                    if raw.is_nan() && !owners[j].is_valid(r) {
+                    if raw.is_nan() && !owners[j].array.is_valid(r) {
                         "null".to_string()
                     } else {
                         format!("{raw:?}") // 1e300, not 301 digits

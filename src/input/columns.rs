@@ -50,8 +50,10 @@ impl Columns {
         }
     }
 
-    /// Finds the columns in `schema`, checking their types; `file` names the source.
-    pub fn map(&self, schema: &Schema, file: &Path) -> Result<ColumnMap> {
+    /// Finds the columns in `schema`, checking their types; `file` names the source. `text`:
+    /// the file is CSV or JSON lines, whose feature cells are parsed one by one (a word is a
+    /// per-row reject), where Parquet's types are checked.
+    pub fn map(&self, schema: &Schema, file: &Path, text: bool) -> Result<ColumnMap> {
         let key = find_column(schema, &self.key, "key", file)?;
         let time = find_column(schema, &self.time, "time", file)?;
         let key_type = schema.field(key).data_type().clone();
@@ -75,7 +77,11 @@ impl Columns {
         let features = self
             .features
             .iter()
-            .map(|f| numeric_column(schema, f, "feature", file))
+            .map(|f| match text {
+                // Text formats have no types: each cell is read as a number (or rejected).
+                true => find_column(schema, f, "feature", file),
+                false => numeric_column(schema, f, "feature", file),
+            })
             .collect::<Result<_>>()?;
         Ok(ColumnMap {
             key,

@@ -148,9 +148,10 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// A file's schema and, for Parquet, the rows of each row group. Text formats are read in
-/// full to infer their schema; numeric columns named in `floats` are read as Float64, so a
-/// feature that is integer in one CSV file and float in another does not disagree.
+/// A file's schema and the rows of each row group (Parquet) or of the file (text formats,
+/// read in full to infer their schema). Numeric columns named in `floats` are read as
+/// Float64, so a feature that is integer in one CSV file and float in another does not
+/// disagree. A column named twice is refused.
 pub fn schema_of(path: &Path, format: FileFormat, floats: &[String]) -> Result<(SchemaRef, Vec<u64>)> {
     let text_err = |e: arrow::error::ArrowError| Error::Data {
         path: path.to_path_buf(),
@@ -175,20 +176,30 @@ pub fn schema_of(path: &Path, format: FileFormat, floats: &[String]) -> Result<(
                 .collect();
             return Ok((builder.schema().clone(), groups));
         }
-        FileFormat::Csv => {
-            arrow::csv::reader::Format::default()
-                .with_header(true)
-                .infer_schema(open(path)?, None)
-                .map_err(text_err)?
-                .0
+        FileFormat::Csv => arrow::csv::reader::Format::default()
+            .with_header(true)
+            .infer_schema(open(path)?, None)
+            .map_err(text_err)?,
+        // JSON lines have no header: a file without records has nothing to check or read.
+        FileFormat::Jsonl if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) => {
+            (Schema::empty(), 0)
         }
         FileFormat::Jsonl => {
             let mut r = BufReader::new(open(path)?);
-            let (schema, _) = arrow::json::reader::infer_json_schema(&mut r, None).map_err(text_err)?;
+            let inferred = arrow::json::reader::infer_json_schema(&mut r, None)
+                .map_err(|e| bad_json_line(path).unwrap_or_else(|| text_err(e)))?;
             r.rewind().map_err(|e| Error::io(path, e))?;
-            schema
+            inferred
         }
     };
+    let (schema, records) = schema;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(f) = schema.fields().iter().find(|f| !seen.insert(f.name())) {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            msg: format!("column `{}` appears twice in the header", f.name()),
+        });
+    }
     let fields: Vec<_> = schema
         .fields()
         .iter()
@@ -199,7 +210,7 @@ pub fn schema_of(path: &Path, format: FileFormat, floats: &[String]) -> Result<(
             },
         )
         .collect();
-    Ok((Arc::new(Schema::new(fields)), Vec::new()))
+    Ok((Arc::new(Schema::new(fields)), vec![records as u64]))
 }
 
 /// Record batches of a file.
@@ -256,9 +267,37 @@ pub fn batches(
                 .with_batch_size(batch_rows)
                 .build(BufReader::new(open(path)?))
                 .map_err(&read_err)?;
-            Box::new(reader.map(move |b| b.map_err(&read_err)))
+            // The JSON reader does not say where it failed: find the line.
+            let at = path.to_path_buf();
+            Box::new(reader.map(move |b| b.map_err(|e| bad_json_line(&at).unwrap_or_else(|| read_err(e)))))
         }
     })
+}
+
+/// The first line of a JSON-lines file that is not a JSON object, as an error naming it.
+fn bad_json_line(path: &Path) -> Option<Error> {
+    use std::io::BufRead;
+    let f = File::open(path).ok()?;
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.ok()?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let msg = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(_)) => continue,
+            Ok(_) => format!("line {}: not a JSON object", i + 1),
+            Err(e) => {
+                let what = e.to_string();
+                let what = what.split(" at line ").next().unwrap_or_default().to_string();
+                format!("line {}, column {}: not JSON ({what})", i + 1, e.column())
+            }
+        };
+        return Some(Error::Data {
+            path: path.to_path_buf(),
+            msg,
+        });
+    }
+    None
 }
 
 /// Every row of a whole file, all columns (side tables, replay).
@@ -290,8 +329,8 @@ impl Plan {
                     first += rows;
                 }
                 total_rows = total_rows.map(|t| t + first);
-            } else {
-                // A text file is one unit; its row count is unknown until read.
+            } else if groups.first().is_some_and(|&n| n > 0) {
+                // A text file is one unit, read whole.
                 total_rows = None;
                 units.push(Unit {
                     file: fi as u32,
@@ -299,8 +338,20 @@ impl Plan {
                     first_row: 0,
                     rows: None,
                 });
+            } else {
+                // A header and no rows: its columns must exist; their types say nothing (as
+                // with an empty Parquet file, nothing is read).
+                let roles = [("key", &columns.key), ("time", &columns.time)];
+                let roles = roles
+                    .into_iter()
+                    .chain(columns.features.iter().map(|f| ("feature", f)));
+                for (role, c) in roles.filter(|_| source.format != FileFormat::Jsonl) {
+                    super::columns::find_column(&schema, c, role, &p)?;
+                }
+                files.push(SourceFile { path: p, schema });
+                continue;
             }
-            let cols = columns.map(&schema, &p)?;
+            let cols = columns.map(&schema, &p, source.format != FileFormat::Parquet)?;
             match &types {
                 None => types = Some((cols.key_type.clone(), cols.time_type.clone(), p.clone())),
                 Some((k, t, first)) => {
@@ -322,7 +373,8 @@ impl Plan {
             }
             files.push(SourceFile { path: p, schema });
         }
-        let (key_type, time_type, _) = types.expect("expand returns at least one file");
+        // Every file empty: nothing is read; the output's types are the usual ones.
+        let (key_type, time_type, _) = types.unwrap_or((DataType::Utf8, DataType::Int64, PathBuf::new()));
         Ok(Plan {
             format: source.format,
             files,

@@ -20,6 +20,7 @@ use crate::model::Model;
 use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
 use crate::sink::{OutputSchema, Sink, SinkHandle};
+use crate::vocab::FileFormat;
 
 /// Why a stopped file run fails.
 const STOPPED: &str = "stopped by a signal; the output was not written (a rejects file and view \
@@ -101,7 +102,7 @@ fn run_with(
                     if opts.stop.load(Ordering::Relaxed) {
                         return Err(Error::Runtime(STOPPED.into()));
                     }
-                    let map = columns.map(&batch.schema(), path)?;
+                    let map = columns.map(&batch.schema(), path, plan.format != FileFormat::Parquet)?;
                     let at = Origin {
                         path,
                         format: plan.format,

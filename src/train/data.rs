@@ -11,7 +11,7 @@ use crate::input::columns::numeric_column;
 use crate::input::files::{FileSource, Plan};
 use crate::input::{fill_forward, Columns, Prep};
 use crate::record::{KeyRef, RejectReason};
-use crate::vocab::{NanPolicy, Normalize};
+use crate::vocab::{FileFormat, NanPolicy, Normalize};
 
 /// Which data to read, and what besides the features.
 #[derive(Debug, Clone)]
@@ -91,7 +91,9 @@ pub fn load(spec: &DataSpec, fill: bool) -> Result<Dataset> {
         }
         plan.read_unit(u, &names, 65_536, |_, batch, first_row| {
             let schema = batch.schema();
-            let map = spec.columns.map(&schema, path)?;
+            let map = spec
+                .columns
+                .map(&schema, path, plan.format != FileFormat::Parquet)?;
             let extra_idx = spec
                 .extra
                 .iter()
