@@ -395,6 +395,10 @@ pub struct Stats {
     pub malformed: u64,
     /// Bytes of model state held for keys (arena) at the end.
     pub state_bytes: u64,
+    /// Live: connections refused (over `max_connections`, or no thread for them).
+    pub refused_connections: u64,
+    /// Live: lines read but dropped when a stop's drain ran past `drain_timeout_ms`.
+    pub dropped_lines: u64,
 }
 
 impl Stats {
@@ -409,6 +413,8 @@ impl Stats {
         self.non_finite += o.non_finite;
         self.malformed += o.malformed;
         self.state_bytes += o.state_bytes;
+        self.refused_connections += o.refused_connections;
+        self.dropped_lines += o.dropped_lines;
     }
 
     /// Counts one reject.

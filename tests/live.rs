@@ -405,3 +405,134 @@ fn csv_lines_with_configured_columns_and_parquet_output_closed_on_sigterm() {
     }
     assert_close(&got, &offline_every_step(&model, &rows), TOL);
 }
+
+/// A live pipeline over `model` with extra `[source]` settings, CSV or JSON lines.
+fn live_with(dir: &Path, model: &Path, lines: &str, extra: &str) -> PathBuf {
+    write_pipeline(
+        dir,
+        "limits.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"{lines}\"\nkey = \"key\"\ntime = \"t\"\n\
+             features = [\"f0\", \"f1\"]\nepoch_ms = 2\nrejects = \"out/rejects.jsonl\"\n{extra}\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"jsonl\"\npath = \"out/live.jsonl\"\n",
+            model.display()
+        ),
+    )
+}
+
+#[test]
+fn connections_over_the_cap_are_told_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let run = LiveRun::start(&live_with(dir.path(), &mpath, "jsonl", "max_connections = 2"), 1);
+    let a = TcpStream::connect(&run.addr).unwrap();
+    let b = TcpStream::connect(&run.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = TcpStream::connect(&run.addr).unwrap();
+    let mut told = String::new();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Read::read_to_string(&mut c, &mut told).unwrap();
+    assert!(
+        told.contains("connection refused: 2 connections are open (max_connections)"),
+        "{told}"
+    );
+    drop((a, b));
+    let report = run.stop();
+    assert_eq!(report.stats.refused_connections, 1);
+    assert!(report.to_string().contains("1 connections refused"), "{report}");
+}
+
+#[test]
+fn an_over_long_line_cut_off_by_a_disconnect_is_a_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let run = LiveRun::start(&live_with(dir.path(), &mpath, "jsonl", "max_line_bytes = 100"), 1);
+    let mut s = TcpStream::connect(&run.addr).unwrap();
+    s.write_all(line("a", 1, &[0.5, 0.5]).as_bytes()).unwrap();
+    s.write_all(format!("{{\"key\": \"{}", "x".repeat(500)).as_bytes())
+        .unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = run.stop();
+    assert_eq!(
+        (
+            report.stats.outputs,
+            report.stats.malformed,
+            report.stats.rows_read
+        ),
+        (1, 1, 2)
+    );
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert!(
+        rejects.contains("line longer than 100 bytes, cut off by the disconnect"),
+        "{rejects}"
+    );
+}
+
+#[test]
+fn a_quoted_newline_in_a_csv_stream_stays_in_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let run = LiveRun::start(&live_with(dir.path(), &mpath, "csv", ""), 1);
+    let mut s = TcpStream::connect(&run.addr).unwrap();
+    s.write_all(b"key,t,f0,f1\n\"two\nlines\",1,0.5,0.25\nb,1,0.5,0.25\nb,2,oops,1\n")
+        .unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = run.stop();
+    assert_eq!(
+        (report.stats.outputs, report.stats.malformed, report.stats.keys),
+        (2, 1, 2)
+    );
+    let out = std::fs::read_to_string(dir.path().join("out/live.jsonl")).unwrap();
+    assert!(out.contains("\"key\":\"two\\nlines\""), "{out}");
+    // Lines are counted as the client wrote them: the bad record starts on line 5.
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    assert!(rejects.contains("\"at\":\"line 5\""), "{rejects}");
+}
+
+#[test]
+fn a_stop_during_a_flood_ends_within_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let run = LiveRun::start(
+        &live_with(dir.path(), &mpath, "jsonl", "drain_timeout_ms = 200"),
+        1,
+    );
+    let senders: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = run.addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                let mut text = String::new();
+                for i in 0..2_000i64 {
+                    text.push_str(&line(&format!("c{c}k{}", i % 50), i, &[0.5, -0.5]));
+                }
+                for _ in 0..100 {
+                    if s.write_all(text.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let report = run.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    // Every line read was processed, rejected or counted as dropped.
+    let s = &report.stats;
+    assert!(s.rows_read > 0);
+    assert_eq!(
+        s.rows_read,
+        s.outputs + s.late + s.duplicate + s.malformed + s.non_finite + s.dropped_lines,
+        "{report}"
+    );
+    for h in senders {
+        let _ = h.join();
+    }
+}

@@ -40,6 +40,10 @@ pub struct LiveSource {
     pub idle_timeout_ms: Option<u64>,
     /// Longer lines are rejected (and skipped to their end).
     pub max_line_bytes: usize,
+    /// Clients served at once; more are told so and closed.
+    pub max_connections: usize,
+    /// After a stop, how long to go on processing what was read before dropping the rest.
+    pub drain_timeout_ms: u64,
 }
 
 /// Where live lines arrive.
@@ -62,6 +66,8 @@ pub struct Readers {
     pub names: Arc<Mutex<Vec<String>>>,
     /// The bound address (tcp).
     pub local_addr: Option<SocketAddr>,
+    /// Connections refused so far (over the cap, or no thread could be started).
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -81,10 +87,13 @@ impl Readers {
             lines: cfg.lines,
             header: cfg.header.clone(),
             max_line: cfg.max_line_bytes,
+            max_connections: cfg.max_connections,
+            refused: Default::default(),
             peers,
             key_kind: AtomicU8::new(KIND_UNSET),
             stop,
         });
+        let refused = shared.refused.clone();
         let mut threads = Vec::new();
         let mut local_addr = None;
         match &cfg.transport {
@@ -113,6 +122,7 @@ impl Readers {
             rx,
             names,
             local_addr,
+            refused,
             threads,
         })
     }
@@ -134,6 +144,8 @@ struct Shared {
     lines: LineFormat,
     header: Option<Vec<String>>,
     max_line: usize,
+    max_connections: usize,
+    refused: Arc<std::sync::atomic::AtomicU64>,
     peers: usize,
     /// Keys are integers or strings for the whole run: the first accepted line decides.
     key_kind: AtomicU8,
@@ -149,14 +161,32 @@ fn accept_loop(
     let mut readers = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, addr)) => {
+            Ok((mut stream, addr)) => {
+                readers.retain(|r: &JoinHandle<()>| !r.is_finished());
+                if readers.len() >= shared.max_connections {
+                    refuse(
+                        &mut stream,
+                        &shared,
+                        format!("{} connections are open (max_connections)", readers.len()),
+                    );
+                    continue;
+                }
                 let conn = {
                     let mut n = names.lock().expect("names");
                     n.push(format!("tcp {addr}"));
                     (n.len() - 1) as u32
                 };
-                let (tx, shared) = (tx.clone(), shared.clone());
-                readers.push(std::thread::spawn(move || serve(stream, conn, tx, shared)));
+                let (tx, sh) = (tx.clone(), shared.clone());
+                let spare = stream.try_clone();
+                match std::thread::Builder::new().spawn(move || serve(stream, conn, tx, sh)) {
+                    Ok(r) => readers.push(r),
+                    // No thread for it (a process limit): the listener stays up for others.
+                    Err(e) => {
+                        if let Ok(mut s) = spare {
+                            refuse(&mut s, &shared, format!("no thread for the connection ({e})"));
+                        }
+                    }
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
             Err(_) => std::thread::sleep(POLL),
@@ -167,6 +197,14 @@ fn accept_loop(
     for r in readers {
         let _ = r.join();
     }
+}
+
+/// Tells a client why it is not served, and closes it.
+fn refuse(stream: &mut TcpStream, shared: &Shared, why: String) {
+    use std::io::Write;
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    let _ = writeln!(stream, "seqflow: connection refused: {why}; try again later");
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn serve(stream: TcpStream, conn: u32, tx: Sender<Routed>, shared: Arc<Shared>) {
@@ -211,10 +249,20 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
         buf.extend_from_slice(&chunk[..n]);
         let mut out = Routed::new(s.peers, conn);
         let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-            let mut line = &buf[start..start + pos];
-            start += pos + 1;
-            line_no += 1;
+        let mut search = 0;
+        while let Some(rel) = buf[search..].iter().position(|&b| b == b'\n') {
+            let pos = search + rel;
+            // A CSV record goes on past a newline inside quotes.
+            if s.lines == LineFormat::Csv && buf[start..pos].iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+                search = pos + 1;
+                continue;
+            }
+            let mut line = &buf[start..pos];
+            let first_line = line_no + 1;
+            line_no += 1 + line.iter().filter(|&&b| b == b'\n').count() as u64;
+            start = pos + 1;
+            search = start;
+            let line_no = first_line;
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
@@ -238,9 +286,13 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
             discarding = true;
             buf.clear();
         }
-        if eof && !buf.is_empty() && !discarding {
-            let detail = "incomplete last line: the client disconnected in the middle of it";
-            out.reject(RejectReason::Malformed, line_no + 1, None, None, detail.into());
+        if eof && (discarding || !buf.is_empty()) {
+            out.rows += 1;
+            let detail = match discarding {
+                true => format!("line longer than {} bytes, cut off by the disconnect", s.max_line),
+                false => "incomplete last line: the client disconnected in the middle of it".into(),
+            };
+            out.reject(RejectReason::Malformed, line_no + 1, None, None, detail);
             buf.clear();
         }
         if !out.is_empty() && tx.send(out).is_err() {

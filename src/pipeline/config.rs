@@ -43,6 +43,8 @@ struct RawSource {
     idle_timeout_ms: Option<u64>,
     batch_rows: Option<usize>,
     max_line_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    drain_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +197,8 @@ impl PipelineConfig {
                     ("epoch_ms", s.epoch_ms.is_some()),
                     ("idle_timeout_ms", s.idle_timeout_ms.is_some()),
                     ("max_line_bytes", s.max_line_bytes.is_some()),
+                    ("max_connections", s.max_connections.is_some()),
+                    ("drain_timeout_ms", s.drain_timeout_ms.is_some()),
                 ] {
                     if set {
                         return Err(err(format!(
@@ -255,6 +259,11 @@ impl PipelineConfig {
                     epoch_ms: s.epoch_ms.unwrap_or(5),
                     idle_timeout_ms: s.idle_timeout_ms,
                     max_line_bytes: s.max_line_bytes.unwrap_or(1 << 20),
+                    max_connections: match s.max_connections.unwrap_or(1024) {
+                        0 => return Err(err("[source] max_connections must be at least 1".into())),
+                        n => n,
+                    },
+                    drain_timeout_ms: s.drain_timeout_ms.unwrap_or(10_000),
                 })
             }
         };

@@ -106,6 +106,7 @@ fn run_with(
     }));
     let readers = Arc::new(Mutex::new(readers));
     let epoch = Duration::from_millis(source.epoch_ms);
+    let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
     let max_rows = cfg.source.batch_rows;
     let start = Instant::now();
     let feed: Arc<Feed> = {
@@ -195,8 +196,18 @@ fn run_with(
                     if src.rx.is_empty() && since.elapsed() > DRAIN_GRACE {
                         break;
                     }
+                    // A stop must not wait on a flood: past the drain timeout, what was read
+                    // and not yet processed is dropped, and counted.
+                    if since.elapsed() > drain_timeout {
+                        while let Ok(lb) = src.rx.try_recv() {
+                            stats.rows_read += lb.rows;
+                            stats.dropped_lines += lb.rows;
+                        }
+                        break;
+                    }
                 }
             }
+            stats.refused_connections = src.refused.load(Ordering::Relaxed);
             drop(src.rx);
             Ok(stats)
         })

@@ -87,6 +87,20 @@ impl fmt::Display for RunReport {
         if let Some((p, n)) = &self.rejects {
             write!(f, "; {n} rejects in {}", p.display())?;
         }
+        if s.refused_connections > 0 {
+            write!(
+                f,
+                "; {} connections refused",
+                group_digits(s.refused_connections as usize)
+            )?;
+        }
+        if s.dropped_lines > 0 {
+            write!(
+                f,
+                "; {} lines read but dropped when the stop's drain passed drain_timeout_ms",
+                group_digits(s.dropped_lines as usize)
+            )?;
+        }
         if let Some(h) = &self.latency {
             write!(
                 f,
