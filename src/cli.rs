@@ -58,6 +58,9 @@ enum Command {
         /// Write here instead of the pipeline's [output] path ("-" for stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Seconds the processes of a cluster (-n) wait for each other to connect.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        connect_timeout: u64,
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
@@ -183,6 +186,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             hostfile,
             input,
             output,
+            connect_timeout,
         } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -200,6 +204,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 overrides: Overrides { input, output },
                 observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
                 stop,
+                connect_timeout: Duration::from_secs(connect_timeout),
             };
             let report = run(&pipeline, &opts);
             bar.lock().expect("bar").finish_and_clear();

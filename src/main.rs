@@ -6,6 +6,34 @@ use std::process::ExitCode;
 mod cli;
 
 fn main() -> ExitCode {
+    // A panic is reported once, as one paragraph: in timely's threads by the run's error (the
+    // library catches and names it), elsewhere as one line here; never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        // timely's send/receive threads panic when a peer of the cluster is gone; its workers
+        // then panic while unwinding, which aborts. End here, cleanly, before that.
+        if name.starts_with("timely:send") || name.starts_with("timely:recv") {
+            seqflow::outfiles::discard_all();
+            cli::say!(
+                "seqflow: error: the cluster lost a process or its connection ({msg}); this process stops \
+                 without writing its output"
+            );
+            std::process::exit(2);
+        }
+        if !name.starts_with("timely:") {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            cli::say!("seqflow: internal error: {msg}{at}");
+        }
+    }));
     match cli::main() {
         Ok(code) => code,
         Err(e) => {

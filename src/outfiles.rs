@@ -81,6 +81,26 @@ fn create_partial(path: &Path) -> Result<(File, PathBuf)> {
     Ok((f, tmp))
 }
 
+/// Every partial file not yet committed or discarded, process-wide: what [`discard_all`]
+/// removes when the process must end at once.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live(f: impl FnOnce(&mut Vec<PathBuf>)) {
+    if let Ok(mut l) = LIVE.lock() {
+        f(&mut l)
+    }
+}
+
+/// Removes every partial file this process has open: for an exit that cannot unwind (the
+/// binary's panic hook, when a cluster peer is lost and timely's threads are failing).
+pub fn discard_all() {
+    live(|l| {
+        for p in l.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    });
+}
+
 /// The files a run writes: created as `.partial`, committed together when the run succeeds,
 /// removed when it fails. Clones share the list (the writers run on worker threads).
 #[derive(Debug, Clone, Default)]
@@ -91,6 +111,7 @@ impl Outputs {
     /// over, as a live run does when its first line decides the output's key type).
     pub fn create(&self, path: &Path) -> Result<File> {
         let (f, tmp) = create_partial(path)?;
+        live(|l| l.push(tmp.clone()));
         let mut list = self.0.lock().expect("outputs");
         list.retain(|(_, p)| p != path);
         list.push((tmp, path.to_path_buf()));
@@ -100,6 +121,7 @@ impl Outputs {
     /// Renames every partial file into place, in the order they were created.
     pub fn commit(&self) -> Result<()> {
         for (tmp, path) in self.0.lock().expect("outputs").drain(..) {
+            live(|l| l.retain(|p| p != &tmp));
             std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         }
         Ok(())
@@ -108,6 +130,7 @@ impl Outputs {
     /// Removes every partial file (the run failed).
     pub fn discard(&self) {
         for (tmp, _) in self.0.lock().expect("outputs").drain(..) {
+            live(|l| l.retain(|p| p != &tmp));
             let _ = std::fs::remove_file(&tmp);
         }
     }

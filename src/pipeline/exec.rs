@@ -53,6 +53,8 @@ pub struct RunOptions {
     /// Set to stop the run: a live run drains what it accepted and ends normally; a file
     /// run stops reading and fails without writing its output.
     pub stop: Arc<AtomicBool>,
+    /// How long the processes of a cluster wait for each other to connect.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for RunOptions {
@@ -65,8 +67,45 @@ impl Default for RunOptions {
             overrides: Overrides::default(),
             observer: quiet(),
             stop: Arc::default(),
+            connect_timeout: std::time::Duration::from_secs(60),
         }
     }
+}
+
+/// One `host:port` per process: the hostfile's lines (blank lines and `#` comments skipped),
+/// or `localhost:2101+i`.
+fn cluster_addresses(opts: &RunOptions) -> Result<Vec<String>> {
+    Ok(match &opts.hostfile {
+        Some(h) => {
+            let text = crate::outfiles::read_regular_string(h)?;
+            let addrs: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            if addrs.len() < opts.processes {
+                return Err(Error::Data {
+                    path: h.clone(),
+                    msg: format!(
+                        "hostfile lists {} address(es) but -n {} needs one `host:port` line per process",
+                        addrs.len(),
+                        opts.processes
+                    ),
+                });
+            }
+            if let Some(a) = addrs.iter().find(|a| !a.contains(':')) {
+                return Err(Error::Data {
+                    path: h.clone(),
+                    msg: format!("`{a}` is not host:port"),
+                });
+            }
+            addrs.into_iter().take(opts.processes).collect()
+        }
+        None => (0..opts.processes)
+            .map(|i| format!("localhost:{}", 2101 + i))
+            .collect(),
+    })
 }
 
 /// The most worker threads per process (and processes) a run takes.
@@ -93,37 +132,7 @@ pub fn timely_config(opts: &RunOptions) -> Result<Config> {
         )));
     }
     let communication = if opts.processes > 1 {
-        let addresses = match &opts.hostfile {
-            Some(h) => {
-                let text = crate::outfiles::read_regular_string(h)?;
-                let addrs: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                if addrs.len() < opts.processes {
-                    return Err(Error::Data {
-                        path: h.clone(),
-                        msg: format!(
-                            "hostfile lists {} address(es) but -n {} needs one `host:port` line per process",
-                            addrs.len(),
-                            opts.processes
-                        ),
-                    });
-                }
-                if let Some(a) = addrs.iter().find(|a| !a.contains(':')) {
-                    return Err(Error::Data {
-                        path: h.clone(),
-                        msg: format!("`{a}` is not host:port"),
-                    });
-                }
-                addrs.into_iter().take(opts.processes).collect()
-            }
-            None => (0..opts.processes)
-                .map(|i| format!("localhost:{}", 2101 + i))
-                .collect(),
-        };
+        let addresses = cluster_addresses(opts)?;
         CommunicationConfig::Cluster {
             threads: opts.workers,
             process: opts.process,
@@ -140,6 +149,18 @@ pub fn timely_config(opts: &RunOptions) -> Result<Config> {
         communication,
         worker: WorkerConfig::default(),
     })
+}
+
+/// timely's communication guard joins its send/receive threads when dropped and panics if
+/// one of them did (a peer died): the run has already failed with a message, so that second
+/// panic is caught here instead of ending the process with a backtrace.
+struct QuietGuard<G>(Option<G>);
+
+impl<G> Drop for QuietGuard<G> {
+    fn drop(&mut self) {
+        let g = self.0.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(g)));
+    }
 }
 
 /// What worker 0 hands back to the driver.
@@ -192,111 +213,163 @@ pub(crate) fn execute(
     let config = timely_config(opts)?;
     let stop = opts.stop.clone();
     let slot = Arc::new(Mutex::new(collector));
-    let guards = timely::execute(
-        config,
-        move |worker| -> std::result::Result<Option<Collected>, String> {
-            let index = worker.index();
-            let idle = match cfg.output.emit {
-                Emit::SequenceEnd { .. } => cfg.live().and_then(|l| l.idle_timeout_ms),
-                _ => None,
-            };
-            // A stopped file run discards its output: its workers stop working at once. A
-            // stopped live run processes everything it accepted.
-            let abort = cfg.live().is_none().then(|| stop.clone());
-            let processor =
-                KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
-                    .with_idle_timeout(idle)
-                    .with_abort(abort);
-            let collector = if index == 0 {
-                slot.lock().expect("collector slot").take()
-            } else {
-                None
-            };
-            let collector = collector.map(|c| Rc::new(RefCell::new(c)));
-            let mut input: InputHandleVec<u64, Inbound> = InputHandleVec::new();
-            let mut side: SideInput = InputHandleVec::new();
-            let probe: ProbeHandle<u64> = ProbeHandle::new();
-            worker.dataflow::<u64, _, _>(|scope| {
-                let predictions = scope.input_from(&mut input).keyed_model(processor);
-                if !views.specs.is_empty() {
-                    let side = scope.input_from(&mut side).as_collection();
-                    let latest = latest_updates(predictions.clone());
-                    let all = views
-                        .specs
-                        .iter()
-                        .any(|v| v.window.is_some())
-                        .then(|| all_predictions(predictions.clone()));
-                    let mut changes: Option<VecCollection<'_, u64, ViewRow, isize>> = None;
-                    for (i, v) in views.specs.iter().enumerate() {
-                        let c = view(
-                            i as u32,
-                            v,
-                            &latest,
-                            all.as_ref(),
-                            Some(&side),
-                            views.side_of_view[i],
-                        );
-                        changes = Some(match changes {
-                            None => c,
-                            Some(p) => p.concat(c),
-                        });
-                    }
-                    let changes = changes.expect("at least one view").inner;
-                    match &collector {
-                        Some(c) => changes.collect_at_worker0("SinkViews", c.clone()),
-                        None => changes.collect_at_worker0("SinkViews", Rc::new(RefCell::new(NoSink))),
-                    }
-                    .probe_with(&probe);
+    // A worker that panics (in a cluster: timely's reaction to a peer that died) reports its
+    // message here; timely's own join only says "Any { .. }".
+    let panics: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorded = panics.clone();
+    let body = move |worker: &mut Worker| -> std::result::Result<Option<Collected>, String> {
+        let index = worker.index();
+        let idle = match cfg.output.emit {
+            Emit::SequenceEnd { .. } => cfg.live().and_then(|l| l.idle_timeout_ms),
+            _ => None,
+        };
+        // A stopped file run discards its output: its workers stop working at once. A
+        // stopped live run processes everything it accepted.
+        let abort = cfg.live().is_none().then(|| stop.clone());
+        let processor = KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
+            .with_idle_timeout(idle)
+            .with_abort(abort);
+        let collector = if index == 0 {
+            slot.lock().expect("collector slot").take()
+        } else {
+            None
+        };
+        let collector = collector.map(|c| Rc::new(RefCell::new(c)));
+        let mut input: InputHandleVec<u64, Inbound> = InputHandleVec::new();
+        let mut side: SideInput = InputHandleVec::new();
+        let probe: ProbeHandle<u64> = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let predictions = scope.input_from(&mut input).keyed_model(processor);
+            if !views.specs.is_empty() {
+                let side = scope.input_from(&mut side).as_collection();
+                let latest = latest_updates(predictions.clone());
+                let all = views
+                    .specs
+                    .iter()
+                    .any(|v| v.window.is_some())
+                    .then(|| all_predictions(predictions.clone()));
+                let mut changes: Option<VecCollection<'_, u64, ViewRow, isize>> = None;
+                for (i, v) in views.specs.iter().enumerate() {
+                    let c = view(
+                        i as u32,
+                        v,
+                        &latest,
+                        all.as_ref(),
+                        Some(&side),
+                        views.side_of_view[i],
+                    );
+                    changes = Some(match changes {
+                        None => c,
+                        Some(p) => p.concat(c),
+                    });
                 }
+                let changes = changes.expect("at least one view").inner;
                 match &collector {
-                    Some(c) => predictions.collect_at_worker0("SinkPredictions", c.clone()),
-                    None => predictions.collect_at_worker0("SinkPredictions", Rc::new(RefCell::new(NoSink))),
+                    Some(c) => changes.collect_at_worker0("SinkViews", c.clone()),
+                    None => changes.collect_at_worker0("SinkViews", Rc::new(RefCell::new(NoSink))),
                 }
                 .probe_with(&probe);
-            });
-            // Side tables enter at epoch 0, from worker 0; the input stays open only where a
-            // live run reloads them.
-            if index == 0 {
-                for r in views.side_rows.iter() {
-                    side.send((r.clone(), 0, 1));
-                }
             }
-            let keep_side = index == 0 && views.live && !views.side_rows.is_empty();
-            let mut side = if keep_side {
-                Some(side)
-            } else {
-                side.close();
+            match &collector {
+                Some(c) => predictions.collect_at_worker0("SinkPredictions", c.clone()),
+                None => predictions.collect_at_worker0("SinkPredictions", Rc::new(RefCell::new(NoSink))),
+            }
+            .probe_with(&probe);
+        });
+        // Side tables enter at epoch 0, from worker 0; the input stays open only where a
+        // live run reloads them.
+        if index == 0 {
+            for r in views.side_rows.iter() {
+                side.send((r.clone(), 0, 1));
+            }
+        }
+        let keep_side = index == 0 && views.live && !views.side_rows.is_empty();
+        let mut side = if keep_side {
+            Some(side)
+        } else {
+            side.close();
+            None
+        };
+        let result = feed(worker, &mut input, side.as_mut(), &probe, collector.as_ref());
+        drop(side);
+        let failure = match result {
+            Ok(stats) => {
+                input.send((index as u64, SourceMsg::Stats(stats)));
                 None
-            };
-            let result = feed(worker, &mut input, side.as_mut(), &probe, collector.as_ref());
-            drop(side);
-            let failure = match result {
-                Ok(stats) => {
-                    input.send((index as u64, SourceMsg::Stats(stats)));
-                    None
-                }
-                Err(msg) => {
-                    input.send((index as u64, SourceMsg::Failed(msg.clone())));
-                    Some(msg)
-                }
-            };
-            input.close();
-            while worker.step_or_park(None) {}
-            if let Some(msg) = failure {
-                return Err(msg);
             }
-            Ok(collector.map(|c| {
-                let mut c = c.borrow_mut();
-                Collected {
-                    stats: std::mem::take(&mut c.stats),
-                    failed: std::mem::take(&mut c.failed),
-                    error: c.error.take().map(|e| e.to_string()),
-                    rejects: c.rejects.as_ref().map(|w| w.count),
-                    latency: std::mem::take(&mut c.latency),
-                }
-            }))
-        },
-    )
+            Err(msg) => {
+                input.send((index as u64, SourceMsg::Failed(msg.clone())));
+                Some(msg)
+            }
+        };
+        input.close();
+        while worker.step_or_park(None) {}
+        if let Some(msg) = failure {
+            return Err(msg);
+        }
+        Ok(collector.map(|c| {
+            let mut c = c.borrow_mut();
+            Collected {
+                stats: std::mem::take(&mut c.stats),
+                failed: std::mem::take(&mut c.failed),
+                error: c.error.take().map(|e| e.to_string()),
+                rejects: c.rejects.as_ref().map(|w| w.count),
+                latency: std::mem::take(&mut c.latency),
+            }
+        }))
+    };
+    let worker_fn = move |worker: &mut Worker| -> std::result::Result<Option<Collected>, String> {
+        let index = worker.index();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(worker))).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let msg = format!("worker {index} failed: {msg}");
+            recorded.lock().expect("panics").push(msg.clone());
+            Err(msg)
+        })
+    };
+    let guards = if opts.processes > 1 {
+        // Our own connections (handshake, timeout, messages on stderr), then timely's
+        // networking over them.
+        let addresses = cluster_addresses(opts)?;
+        let sockets = super::cluster::connect(
+            &addresses,
+            opts.process,
+            opts.workers,
+            opts.connect_timeout,
+            &opts.observer,
+        )?;
+        let hooks = timely_communication::Hooks::default();
+        let local = timely_communication::allocator::ProcessBuilder::new_typed_vector(
+            opts.workers,
+            hooks.refill.clone(),
+            hooks.spill.clone(),
+        );
+        let (tcp, guard) =
+            timely_communication::allocator::zero_copy::initialize::initialize_networking_from_sockets(
+                local,
+                sockets,
+                opts.process,
+                opts.workers,
+                hooks,
+            )
+            .map_err(|e| Error::Runtime(format!("cluster networking: {e}")))?;
+        let builders = tcp
+            .into_iter()
+            .map(timely_communication::AllocatorBuilder::Tcp)
+            .collect();
+        timely::execute::execute_from(
+            builders,
+            Box::new(QuietGuard(Some(guard))),
+            WorkerConfig::default(),
+            worker_fn,
+        )
+    } else {
+        timely::execute(config, worker_fn)
+    }
     .map_err(Error::Runtime)?;
     let mut first_error = None;
     let mut collected = None;
@@ -307,14 +380,26 @@ pub(crate) fn execute(
             Ok(Err(msg)) => {
                 first_error.get_or_insert(msg);
             }
-            Err(panic) => {
-                first_error.get_or_insert(format!("internal error: worker {i} panicked: {panic}"));
+            Err(_) => {
+                let seen = panics.lock().expect("panics").first().cloned();
+                first_error.get_or_insert(seen.unwrap_or_else(|| format!("worker {i} failed")));
             }
         }
     }
     let first_error = first_error
         .or_else(|| collected.as_ref().and_then(|c| c.error.clone()))
-        .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()));
+        .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()))
+        .map(
+            |e| match opts.processes > 1 && !panics.lock().expect("panics").is_empty() {
+                // timely panics in every worker once a peer's connection breaks.
+                true => format!(
+                    "the cluster lost a process or its connection ({e}); this process (process {}) stops \
+                 without writing its output",
+                    opts.process
+                ),
+                false => e,
+            },
+        );
     Ok((collected, first_error))
 }
 

@@ -1,6 +1,7 @@
 //! Pipelines: the pipeline file, and running one (`seqflow run`). Two drivers, files and
 //! live, are peers over one executor (`exec.rs`); [`run`] picks one by the source's kind.
 
+mod cluster;
 mod collect;
 pub mod config;
 mod exec;
