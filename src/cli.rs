@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,9 @@ use seqflow::model::summary::Summary;
 use seqflow::pipeline::{run, Event, Overrides, RunOptions};
 use seqflow::train::trainer::TrainEvent;
 use seqflow::Model;
+
+/// This process's index in its cluster (`-p`), for the panic hook's message.
+pub static PROCESS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -188,6 +191,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             output,
             connect_timeout,
         } => {
+            PROCESS.store(process, Ordering::Relaxed);
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 // A second signal ends the process at once.

@@ -21,8 +21,9 @@ fn main() -> ExitCode {
         if name.starts_with("timely:send") || name.starts_with("timely:recv") {
             seqflow::outfiles::discard_all();
             cli::say!(
-                "seqflow: error: the cluster lost a process or its connection ({msg}); this process stops \
-                 without writing its output"
+                "seqflow: error: the cluster lost a process or its connection ({msg}); this process \
+                 (process {}) stops without writing its output",
+                cli::PROCESS.load(std::sync::atomic::Ordering::Relaxed)
             );
             std::process::exit(2);
         }
