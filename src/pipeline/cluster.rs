@@ -86,7 +86,10 @@ pub fn connect(
             let msg = format!(
                 "process {me}: waiting for process(es) {} ({} s left of the connect timeout)",
                 who.join(", "),
-                deadline.saturating_duration_since(Instant::now()).as_secs()
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .round()
             );
             observer(&Event::Warning(&msg));
         }
