@@ -234,6 +234,8 @@ pub enum RejectReason {
     NonFinite,
     /// A live line could not be parsed.
     Malformed,
+    /// A new key while its worker holds its share of `max_keys` (live).
+    KeyLimit,
 }
 
 impl RejectReason {
@@ -244,6 +246,7 @@ impl RejectReason {
             RejectReason::Duplicate => "duplicate",
             RejectReason::NonFinite => "non_finite",
             RejectReason::Malformed => "malformed",
+            RejectReason::KeyLimit => "key_limit",
         }
     }
 }
@@ -383,7 +386,7 @@ pub struct Stats {
     pub steps_processed: u64,
     /// Predictions emitted.
     pub outputs: u64,
-    /// Keys seen.
+    /// Keys started: distinct keys, plus one for each return of a forgotten key.
     pub keys: u64,
     /// Steps older than their key's last processed step.
     pub late: u64,
@@ -399,6 +402,10 @@ pub struct Stats {
     pub refused_connections: u64,
     /// Live: lines read but dropped when a stop's drain ran past `drain_timeout_ms`.
     pub dropped_lines: u64,
+    /// Live: steps of new keys rejected because their worker held its share of `max_keys`.
+    pub key_limit: u64,
+    /// Live: keys forgotten after `state_ttl_ms` without steps.
+    pub keys_forgotten: u64,
 }
 
 impl Stats {
@@ -415,6 +422,8 @@ impl Stats {
         self.state_bytes += o.state_bytes;
         self.refused_connections += o.refused_connections;
         self.dropped_lines += o.dropped_lines;
+        self.key_limit += o.key_limit;
+        self.keys_forgotten += o.keys_forgotten;
     }
 
     /// Counts one reject.
@@ -424,6 +433,7 @@ impl Stats {
             RejectReason::Duplicate => self.duplicate += 1,
             RejectReason::NonFinite => self.non_finite += 1,
             RejectReason::Malformed => self.malformed += 1,
+            RejectReason::KeyLimit => self.key_limit += 1,
         }
     }
 }

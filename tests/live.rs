@@ -536,3 +536,147 @@ fn a_stop_during_a_flood_ends_within_the_drain_timeout() {
         let _ = h.join();
     }
 }
+
+/// Lines of `key` in the output, in the order written.
+fn lines_of(path: &Path, key: &str) -> Vec<(i64, Vec<f32>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["key"] == key)
+        .map(|v| {
+            let vals = vec![v["y0"].as_f64().unwrap() as f32, v["y1"].as_f64().unwrap() as f32];
+            (v["t"].as_i64().unwrap(), vals)
+        })
+        .collect()
+}
+
+#[test]
+fn new_keys_past_max_keys_and_over_long_keys_are_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = live_with(dir.path(), &mpath, "jsonl", "max_keys = 3\nmax_key_bytes = 16");
+    let run = LiveRun::start(&p, 1);
+    let mut s = TcpStream::connect(&run.addr).unwrap();
+    // One connection, in order: k0, k1, k2 are admitted, k3 and k4 are not.
+    let mut rows = Vec::new();
+    for t in 0..10 {
+        for k in 0..5 {
+            let r = Row {
+                key: format!("k{k}"),
+                time: t,
+                feats: vec![t as f32 * 0.1, k as f32 - 2.0],
+            };
+            s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+            rows.push(r);
+        }
+    }
+    s.write_all(line(&"x".repeat(17), 0, &[0.0, 0.0]).as_bytes())
+        .unwrap();
+    s.write_all(line(&"y".repeat(16), 0, &[0.0, 0.0]).as_bytes())
+        .unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = run.stop();
+    // k3, k4 and the 16-byte key (not too long, but a fourth key) are past max_keys.
+    assert_eq!(report.stats.key_limit, 21, "{report}");
+    assert_eq!(report.stats.malformed, 1, "{report}");
+    assert_eq!(report.stats.keys, 3, "{report}");
+    assert_eq!(report.stats.outputs, 30, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("21 steps of new keys rejected at max_keys"),
+        "{report}"
+    );
+    let rejects = std::fs::read_to_string(dir.path().join("out/rejects.jsonl")).unwrap();
+    let reasons: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let limited: Vec<&serde_json::Value> = reasons.iter().filter(|r| r["reason"] == "key_limit").collect();
+    assert_eq!(limited.len(), 21);
+    let y16 = "y".repeat(16);
+    assert!(
+        limited
+            .iter()
+            .all(|r| r["key"] == "k3" || r["key"] == "k4" || r["key"] == y16.as_str()),
+        "{rejects}"
+    );
+    assert!(
+        rejects.contains("key is 17 bytes, more than max_key_bytes = 16"),
+        "{rejects}"
+    );
+    let admitted: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| ["k0", "k1", "k2"].contains(&r.key.as_str()))
+        .collect();
+    assert_close(
+        &read_jsonl(&dir.path().join("out/live.jsonl")),
+        &offline_every_step(&model, &admitted),
+        TOL,
+    );
+}
+
+#[test]
+fn a_key_idle_past_state_ttl_is_forgotten_and_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = live_with(dir.path(), &mpath, "jsonl", "state_ttl_ms = 100");
+    let run = LiveRun::start(&p, 2);
+    let mut s = TcpStream::connect(&run.addr).unwrap();
+    let first: Vec<Row> = (0..10)
+        .map(|t| Row {
+            key: "a".into(),
+            time: t,
+            feats: vec![t as f32 * 0.1, 1.0],
+        })
+        .collect();
+    for r in &first {
+        s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+    }
+    let partial = dir.path().join("out/live.jsonl.partial");
+    wait_for(|| lines_of(&partial, "a").len() == 10, "the first ten outputs");
+    // Silent for ten times the TTL: the key is forgotten. Times from before are no longer
+    // late: the key starts over from a fresh state.
+    std::thread::sleep(Duration::from_millis(1000));
+    let again: Vec<Row> = (0..5)
+        .map(|t| Row {
+            key: "a".into(),
+            time: t,
+            feats: vec![-0.3, t as f32 * 0.2],
+        })
+        .collect();
+    for r in &again {
+        s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = run.stop();
+    assert_eq!(
+        (report.stats.late, report.stats.keys, report.stats.outputs),
+        (0, 2, 15),
+        "{report}"
+    );
+    assert!(report.stats.keys_forgotten >= 1, "{report}");
+    assert!(
+        report.to_string().contains("keys forgotten after state_ttl_ms"),
+        "{report}"
+    );
+    let got = lines_of(&dir.path().join("out/live.jsonl"), "a");
+    let want: Vec<(i64, Vec<f32>)> = [first, again]
+        .iter()
+        .flat_map(|rows| {
+            offline_every_step(&model, rows)["a"]
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for ((tg, g), (tw, w)) in got.iter().zip(&want) {
+        assert_eq!(tg, tw);
+        let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d <= TOL, "t {tg}: {g:?} vs {w:?}");
+    }
+}

@@ -44,6 +44,13 @@ pub struct LiveSource {
     pub max_connections: usize,
     /// After a stop, how long to go on processing what was read before dropping the rest.
     pub drain_timeout_ms: u64,
+    /// Longer string keys are rejected (their line is malformed).
+    pub max_key_bytes: usize,
+    /// Keys held at once, shared evenly by the workers; steps of new keys beyond are
+    /// rejected (`key_limit`).
+    pub max_keys: usize,
+    /// A key without steps for this long is forgotten: state, last time, held outputs.
+    pub state_ttl_ms: Option<u64>,
 }
 
 /// Where live lines arrive.
@@ -87,6 +94,7 @@ impl Readers {
             lines: cfg.lines,
             header: cfg.header.clone(),
             max_line: cfg.max_line_bytes,
+            max_key: cfg.max_key_bytes,
             max_connections: cfg.max_connections,
             refused: Default::default(),
             peers,
@@ -144,6 +152,7 @@ struct Shared {
     lines: LineFormat,
     header: Option<Vec<String>>,
     max_line: usize,
+    max_key: usize,
     max_connections: usize,
     refused: Arc<std::sync::atomic::AtomicU64>,
     peers: usize,
@@ -336,6 +345,16 @@ fn parse_line(
         Ok(v) => v,
         Err::<_, LineError>((reason, detail)) => return out.reject(reason, line_no, None, None, detail),
     };
+    if let Key::Str(k) = &key {
+        if k.len() > s.max_key {
+            let detail = format!(
+                "key is {} bytes, more than max_key_bytes = {}",
+                k.len(),
+                s.max_key
+            );
+            return out.reject(RejectReason::Malformed, line_no, None, Some(time), detail);
+        }
+    }
     let kind = if matches!(key, Key::Int(_)) {
         KIND_INT
     } else {

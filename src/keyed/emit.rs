@@ -36,6 +36,8 @@ pub struct Ctx<'a> {
     pub stats: &'a mut Stats,
     /// Set when the run is abandoned: long loops stop between model calls.
     pub abort: Option<&'a std::sync::atomic::AtomicBool>,
+    /// The processor's clock (live idle timeouts).
+    pub clock: fn() -> u64,
 }
 
 impl Ctx<'_> {
@@ -103,6 +105,15 @@ pub struct Windows {
     counts: Vec<u64>,
 }
 
+/// Entry `k` of a per-key list emptied, pushed if `k` is one past the end.
+fn fresh_vec<T>(v: &mut Vec<Vec<T>>, k: usize) {
+    if k == v.len() {
+        v.push(Vec::new());
+    } else {
+        v[k] = Vec::new();
+    }
+}
+
 fn vec_bytes<T>(v: &[Vec<T>]) -> usize {
     v.iter()
         .map(|x| x.capacity() * std::mem::size_of::<T>() + 24)
@@ -151,32 +162,55 @@ impl Emitter {
         }
     }
 
-    /// Makes room for the next key index.
-    pub fn add_key(&mut self) {
+    /// Starts key index `k` from nothing: one past the last, or a forgotten key's index
+    /// handed out again (its buffers kept and cleared, so memory follows the most keys held
+    /// at once).
+    pub fn add_key(&mut self, k: u32) {
+        let ku = k as usize;
         match self {
-            Emitter::EveryStep(arena) => {
-                arena.alloc();
-            }
+            Emitter::EveryStep(arena) => arena.fresh(k),
             Emitter::SequenceEnd(s) => {
                 match &mut s.held {
                     Held::Outputs { arena, vals, times } => {
-                        arena.alloc();
-                        vals.push(Vec::new());
-                        times.push(Vec::new());
+                        arena.fresh(k);
+                        fresh_vec(vals, ku);
+                        fresh_vec(times, ku);
                     }
                     Held::Inputs { feats, times } => {
-                        feats.push(Vec::new());
-                        times.push(Vec::new());
+                        fresh_vec(feats, ku);
+                        fresh_vec(times, ku);
                     }
                 }
                 if let Some(idle) = &mut s.idle {
-                    idle.last_seen.push(0);
-                    idle.open.push(false);
+                    if ku == idle.open.len() {
+                        idle.last_seen.push(0);
+                        idle.open.push(false);
+                    } else {
+                        idle.open[ku] = false;
+                    }
                 }
             }
             Emitter::Window(w) => {
-                w.rings.push(vec![0.0; w.size * w.width]);
-                w.counts.push(0);
+                // The ring's old values are never read: a window needs `size` new steps.
+                if ku == w.counts.len() {
+                    w.rings.push(vec![0.0; w.size * w.width]);
+                    w.counts.push(0);
+                } else {
+                    w.counts[ku] = 0;
+                }
+            }
+        }
+    }
+
+    /// Before `keys` are forgotten: `sequence_end` emits what it holds for them (their
+    /// sequences end); the other modes' buffers are cleared when the index is reused.
+    pub fn forget(&mut self, cx: &mut Ctx<'_>, keys: &[u32], out: &mut Vec<SinkMsg>) {
+        if let Emitter::SequenceEnd(s) = self {
+            s.end(cx, keys, out);
+            if let Some(idle) = &mut s.idle {
+                for &k in keys {
+                    idle.open[k as usize] = false;
+                }
             }
         }
     }
@@ -204,8 +238,9 @@ impl Emitter {
     /// End of input: emits what `sequence_end` held back.
     pub fn finish(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<SinkMsg>) {
         if let Emitter::SequenceEnd(s) = self {
-            let all: Vec<u32> = (0..cx.keys.len() as u32).collect();
-            s.end(cx, &all, out);
+            let mut held = cx.keys.held();
+            held.sort_unstable();
+            s.end(cx, &held, out);
         }
     }
 
@@ -299,7 +334,7 @@ fn advance(
 impl SequenceEnd {
     fn epoch(&mut self, cx: &mut Ctx<'_>, acc: &Accepted) {
         if let Some(idle) = &mut self.idle {
-            let now = crate::vocab::now_us();
+            let now = (cx.clock)();
             for run in &acc.runs {
                 idle.last_seen[run.key as usize] = now;
                 idle.open[run.key as usize] = true;

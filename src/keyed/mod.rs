@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use emit::{Ctx, Emitter};
-use index::KeyIndex;
+use index::{KeyIndex, Lookup};
 use order::{Accepted, Sequencer};
 
 use crate::model::{Model, Packed, Workspace};
-use crate::record::{SinkMsg, Stats, StepBatch};
+use crate::record::{Reject, RejectReason, SinkMsg, Stats, StepBatch};
 use crate::vocab::{Emit, NanPolicy};
 
 /// The keyed state of one worker.
@@ -35,6 +35,12 @@ pub struct KeyedProcessor {
     packed: Packed,
     /// Set when the run is abandoned (a stopped file run): no more model work.
     abort: Option<Arc<AtomicBool>>,
+    /// Keys this worker may hold at once (live: its share of `max_keys`).
+    max_keys: usize,
+    /// Live `state_ttl_ms`: when each key last had a step.
+    ttl: Option<Ttl>,
+    /// The time (us) a step is seen at: `vocab::now_us`, or a test's clock.
+    clock: fn() -> u64,
     /// This worker's counters, sent to the sink when the input ends.
     pub stats: Stats,
 }
@@ -56,6 +62,9 @@ impl KeyedProcessor {
             ws: Workspace::default(),
             packed: Packed::default(),
             abort: None,
+            max_keys: usize::MAX,
+            ttl: None,
+            clock: crate::vocab::now_us,
             stats: Stats::default(),
             model,
         }
@@ -80,7 +89,27 @@ impl KeyedProcessor {
         self
     }
 
-    /// Number of keys seen.
+    /// Live: hold at most `max_keys` keys (a new key's steps beyond are rejected as
+    /// `key_limit`), and forget a key after `ttl_ms` without steps.
+    pub fn with_key_limits(mut self, max_keys: usize, ttl_ms: Option<u64>) -> Self {
+        self.max_keys = max_keys;
+        self.ttl = ttl_ms.map(|ms| Ttl {
+            timeout_us: ms.saturating_mul(1000),
+            every_us: (ms.saturating_mul(1000) / 8).clamp(5_000, 1_000_000),
+            next_sweep: 0,
+            last_seen: Vec::new(),
+        });
+        self
+    }
+
+    /// The clock steps are seen at (default [`crate::vocab::now_us`]); tests drive time
+    /// with their own, and pass the same time to [`KeyedProcessor::expire_idle`].
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Number of keys held.
     pub fn keys(&self) -> usize {
         self.keys.len()
     }
@@ -99,6 +128,7 @@ impl KeyedProcessor {
                 keys: &self.keys,
                 stats: &mut self.stats,
                 abort: self.abort.as_deref(),
+                clock: self.clock,
             },
             &mut self.emitter,
         )
@@ -111,16 +141,45 @@ impl KeyedProcessor {
         }
         self.order.begin();
         let mut any = false;
+        let mut refused = Vec::new();
+        let now = self.ttl.as_ref().map_or(0, |_| (self.clock)());
         for (bi, b) in batches.iter().enumerate() {
             for r in 0..b.len() {
-                let (key, new) = self.keys.index(b.keys.get(r));
-                if new {
-                    self.order.add_key();
-                    self.emitter.add_key();
+                let key = match self.keys.index(b.keys.get(r), self.max_keys) {
+                    Lookup::Held(k) => k,
+                    Lookup::New(k) => {
+                        self.order.add_key(k);
+                        self.emitter.add_key(k);
+                        self.stats.keys += 1;
+                        k
+                    }
+                    Lookup::Full => {
+                        self.stats.count_reject(RejectReason::KeyLimit);
+                        refused.push(Reject {
+                            reason: RejectReason::KeyLimit,
+                            source: b.source,
+                            row: b.rows[r],
+                            key: Some(b.keys.get(r).to_owned()),
+                            time: Some(b.times[r]),
+                            last_time: None,
+                            detail: format!(
+                                "a new key, but this worker holds its share of max_keys ({} keys); raise \
+                                 max_keys, or set state_ttl_ms so that idle keys are forgotten",
+                                self.max_keys
+                            ),
+                        });
+                        continue;
+                    }
+                };
+                if let Some(ttl) = &mut self.ttl {
+                    ttl.seen(key, now);
                 }
                 self.order.pend(key, b, bi, r);
                 any = true;
             }
+        }
+        if !refused.is_empty() {
+            out.push(SinkMsg::Rejects(refused));
         }
         if !any {
             return;
@@ -143,14 +202,57 @@ impl KeyedProcessor {
             let (mut cx, emitter) = self.ctx();
             emitter.finish(&mut cx, out);
         }
-        self.stats.keys = self.keys.len() as u64;
         self.stats.state_bytes = self.state_bytes() as u64;
         out.push(SinkMsg::Stats(std::mem::take(&mut self.stats)));
     }
 
-    /// Live `sequence_end`: ends the sequences of keys idle for longer than the timeout.
+    /// Live: ends the `sequence_end` sequences of keys idle past the idle timeout, and
+    /// forgets the keys idle past `state_ttl_ms` (looked for every eighth of it).
     pub fn expire_idle(&mut self, now_us: u64, out: &mut Vec<SinkMsg>) {
         let (mut cx, emitter) = self.ctx();
         emitter.expire_idle(&mut cx, now_us, out);
+        let Some(ttl) = &mut self.ttl else { return };
+        if now_us < ttl.next_sweep {
+            return;
+        }
+        ttl.next_sweep = now_us + ttl.every_us;
+        let gone: Vec<u32> = (0..ttl.last_seen.len() as u32)
+            .filter(|&k| now_us.saturating_sub(ttl.last_seen[k as usize]) >= ttl.timeout_us)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for &k in &gone {
+            ttl.last_seen[k as usize] = Ttl::FREE;
+        }
+        let (mut cx, emitter) = self.ctx();
+        emitter.forget(&mut cx, &gone, out);
+        for &k in &gone {
+            self.keys.remove(k);
+        }
+        self.stats.keys_forgotten += gone.len() as u64;
+    }
+}
+
+/// Live `state_ttl_ms`: when each key index last had a step.
+struct Ttl {
+    timeout_us: u64,
+    /// How often keys are looked over.
+    every_us: u64,
+    next_sweep: u64,
+    /// Per key index: `now_us` of its last step; [`Ttl::FREE`] when no key holds it.
+    last_seen: Vec<u64>,
+}
+
+impl Ttl {
+    /// Never expires (`now - FREE` saturates to 0).
+    const FREE: u64 = u64::MAX;
+
+    fn seen(&mut self, k: u32, now: u64) {
+        let k = k as usize;
+        if k >= self.last_seen.len() {
+            self.last_seen.resize(k + 1, Self::FREE);
+        }
+        self.last_seen[k] = now;
     }
 }

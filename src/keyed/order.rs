@@ -82,12 +82,22 @@ impl Sequencer {
         }
     }
 
-    /// Makes room for the next key index.
-    pub fn add_key(&mut self) {
-        self.last_time.push(i64::MIN);
-        self.has_time.push(false);
-        if let Some(f) = &mut self.ffill {
-            f.extend(std::iter::repeat_n(0.0, self.width));
+    /// Starts key index `k`: one past the last, or a forgotten key's index handed out
+    /// again (its last time and fill values cleared: the key starts fresh).
+    pub fn add_key(&mut self, k: u32) {
+        let k = k as usize;
+        if k == self.last_time.len() {
+            self.last_time.push(i64::MIN);
+            self.has_time.push(false);
+            if let Some(f) = &mut self.ffill {
+                f.extend(std::iter::repeat_n(0.0, self.width));
+            }
+        } else {
+            self.last_time[k] = i64::MIN;
+            self.has_time[k] = false;
+            if let Some(f) = &mut self.ffill {
+                f[k * self.width..(k + 1) * self.width].fill(0.0);
+            }
         }
     }
 

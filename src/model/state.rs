@@ -134,6 +134,17 @@ impl StateArena {
         slot
     }
 
+    /// Makes `slot` exist (slots are handed out in order, so it is at most one past the
+    /// last) and zeroes it: a key index that is new or handed out again.
+    pub fn fresh(&mut self, slot: u32) {
+        if slot as usize >= self.slots {
+            debug_assert_eq!(slot as usize, self.slots, "slots are dense");
+            self.alloc();
+        } else {
+            self.reset(slot);
+        }
+    }
+
     /// Returns a slot to the free list (its key is gone).
     pub fn release(&mut self, slot: u32) {
         self.free.push(slot);

@@ -45,6 +45,9 @@ struct RawSource {
     max_line_bytes: Option<usize>,
     max_connections: Option<usize>,
     drain_timeout_ms: Option<u64>,
+    max_key_bytes: Option<usize>,
+    max_keys: Option<usize>,
+    state_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +202,9 @@ impl PipelineConfig {
                     ("max_line_bytes", s.max_line_bytes.is_some()),
                     ("max_connections", s.max_connections.is_some()),
                     ("drain_timeout_ms", s.drain_timeout_ms.is_some()),
+                    ("max_key_bytes", s.max_key_bytes.is_some()),
+                    ("max_keys", s.max_keys.is_some()),
+                    ("state_ttl_ms", s.state_ttl_ms.is_some()),
                 ] {
                     if set {
                         return Err(err(format!(
@@ -264,6 +270,18 @@ impl PipelineConfig {
                         n => n,
                     },
                     drain_timeout_ms: s.drain_timeout_ms.unwrap_or(10_000),
+                    max_key_bytes: match s.max_key_bytes.unwrap_or(1024) {
+                        0 => return Err(err("[source] max_key_bytes must be at least 1".into())),
+                        n => n,
+                    },
+                    max_keys: match s.max_keys.unwrap_or(1_000_000) {
+                        0 => return Err(err("[source] max_keys must be at least 1".into())),
+                        n => n,
+                    },
+                    state_ttl_ms: match s.state_ttl_ms {
+                        Some(0) => return Err(err("[source] state_ttl_ms must be at least 1".into())),
+                        t => t,
+                    },
                 })
             }
         };

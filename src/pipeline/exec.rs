@@ -226,8 +226,13 @@ pub(crate) fn execute(
         // A stopped file run discards its output: its workers stop working at once. A
         // stopped live run processes everything it accepted.
         let abort = cfg.live().is_none().then(|| stop.clone());
+        // max_keys is shared evenly: keys are spread over the workers by their hash.
+        let (max_keys, ttl) = cfg.live().map_or((usize::MAX, None), |l| {
+            (l.max_keys.div_ceil(worker.peers()), l.state_ttl_ms)
+        });
         let processor = KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
             .with_idle_timeout(idle)
+            .with_key_limits(max_keys, ttl)
             .with_abort(abort);
         let collector = if index == 0 {
             slot.lock().expect("collector slot").take()

@@ -94,6 +94,20 @@ impl fmt::Display for RunReport {
                 group_digits(s.refused_connections as usize)
             )?;
         }
+        if s.key_limit > 0 {
+            write!(
+                f,
+                "; {} steps of new keys rejected at max_keys",
+                group_digits(s.key_limit as usize)
+            )?;
+        }
+        if s.keys_forgotten > 0 {
+            write!(
+                f,
+                "; {} keys forgotten after state_ttl_ms without steps",
+                group_digits(s.keys_forgotten as usize)
+            )?;
+        }
         if s.dropped_lines > 0 {
             write!(
                 f,
