@@ -480,9 +480,15 @@ fn a_quoted_newline_in_a_csv_stream_stays_in_its_field() {
     drop(s);
     std::thread::sleep(Duration::from_millis(300));
     let report = run.stop();
+    // Three records (the header is not a row): two predictions, one malformed.
     assert_eq!(
-        (report.stats.outputs, report.stats.malformed, report.stats.keys),
-        (2, 1, 2)
+        (
+            report.stats.outputs,
+            report.stats.malformed,
+            report.stats.keys,
+            report.stats.rows_read
+        ),
+        (2, 1, 2, 3)
     );
     let out = std::fs::read_to_string(dir.path().join("out/live.jsonl")).unwrap();
     assert!(out.contains("\"key\":\"two\\nlines\""), "{out}");
@@ -679,4 +685,115 @@ fn a_key_idle_past_state_ttl_is_forgotten_and_starts_fresh() {
         let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(d <= TOL, "t {tg}: {g:?} vs {w:?}");
     }
+}
+
+/// Sets the soft address-space limit (RLIMIT_AS) of process `pid`, in bytes. Unlike
+/// RLIMIT_NPROC (which root ignores), it binds any user: a thread's stack needs room.
+#[cfg(target_os = "linux")]
+fn limit_address_space(pid: u32, bytes: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a child of this test (same user), with valid pointers.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_AS, std::ptr::null(), &mut lim) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = bytes.min(lim.rlim_max);
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_AS, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// `(threads, address space in bytes)` of process `pid`.
+#[cfg(target_os = "linux")]
+fn threads_and_vm(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    (field("Threads:"), field("VmSize:") * 1024)
+}
+
+/// A real resource limit (not a hook): when no thread can be started for a new connection
+/// (no address space left for its stack), it is refused with the reason and counted, and
+/// the listener stays up for the next one.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_connection_without_a_thread_is_refused_and_the_listener_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, model) = save_model(dir.path(), &causal_model(2));
+    let p = live_with(dir.path(), &mpath, "jsonl", "");
+    let (child, addr, err) = start_live(&p, &[]);
+    let pid = child.id();
+    let rows: Vec<Row> = (0..10)
+        .map(|t| Row {
+            key: "a".into(),
+            time: t,
+            feats: vec![t as f32, 0.5],
+        })
+        .collect();
+    let send = |rows: &[Row]| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        for r in rows {
+            s.write_all(line(&r.key, r.time, &r.feats).as_bytes()).unwrap();
+        }
+    };
+    // Fully started (every worker and writer thread running) and idle before the limit:
+    // threads and address space unchanged for 300 ms. The first client stays connected, so
+    // that no exited reader's stack is cached for the next thread (glibc reuses them).
+    let mut first = TcpStream::connect(&addr).unwrap();
+    for r in &rows[..5] {
+        first
+            .write_all(line(&r.key, r.time, &r.feats).as_bytes())
+            .unwrap();
+    }
+    let partial = dir.path().join("out/live.jsonl.partial");
+    wait_for(
+        || lines_of(&partial, "a").len() == 5,
+        "the first client's predictions",
+    );
+    let mut last = threads_and_vm(pid);
+    let mut since = Instant::now();
+    wait_for(
+        || {
+            let now = threads_and_vm(pid);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+            since.elapsed() > Duration::from_millis(300)
+        },
+        "an idle server",
+    );
+    // Room for some heap growth (1 MiB), not for a thread's 2 MiB stack.
+    limit_address_space(pid, last.1 + (1 << 20));
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut c, &mut told).unwrap();
+    assert!(
+        told.contains("seqflow: connection refused: no thread for the connection"),
+        "{told:?}"
+    );
+    // The limit lifted, the same listener serves the next client.
+    limit_address_space(pid, libc::RLIM_INFINITY);
+    drop(first);
+    send(&rows[5..]);
+    wait_for(
+        || lines_of(&partial, "a").len() == 10,
+        "the third client's predictions",
+    );
+    let (ok, rest) = terminate(child, err);
+    assert!(ok, "{rest}");
+    assert!(
+        rest.contains("from 2 connections") && rest.contains("1 connections refused"),
+        "{rest}"
+    );
+    assert_close(
+        &read_jsonl(&dir.path().join("out/live.jsonl")),
+        &offline_every_step(&model, &rows),
+        TOL,
+    );
 }

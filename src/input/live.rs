@@ -191,6 +191,7 @@ fn accept_loop(
                     Ok(r) => readers.push(r),
                     // No thread for it (a process limit): the listener stays up for others.
                     Err(e) => {
+                        names.lock().expect("names").pop();
                         if let Ok(mut s) = spare {
                             refuse(&mut s, &shared, format!("no thread for the connection ({e})"));
                         }
@@ -212,7 +213,9 @@ fn accept_loop(
 fn refuse(stream: &mut TcpStream, shared: &Shared, why: String) {
     use std::io::Write;
     shared.refused.fetch_add(1, Ordering::Relaxed);
-    let _ = writeln!(stream, "seqflow: connection refused: {why}; try again later");
+    // One write, so that the client reads the whole reason before the end of the stream.
+    let msg = format!("seqflow: connection refused: {why}; try again later\n");
+    let _ = stream.write_all(msg.as_bytes());
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
@@ -332,7 +335,11 @@ fn parse_line(
                 Ok(_) if header.is_none() => {
                     let names: Vec<String> = rec.iter().map(String::from).collect();
                     match s.fields.csv_header(&names) {
-                        Ok(h) => *header = Some(h),
+                        Ok(h) => {
+                            *header = Some(h);
+                            // A header names the columns: it is not a row (a bad one is).
+                            out.rows -= 1;
+                        }
                         Err(e) => out.reject(RejectReason::Malformed, line_no, None, None, e),
                     }
                     return;

@@ -375,7 +375,14 @@ pub(crate) fn execute(
     } else {
         timely::execute(config, worker_fn)
     }
-    .map_err(Error::Runtime)?;
+    // timely fails here only when it cannot start a worker thread, with the error's debug
+    // form as its message.
+    .map_err(|e| {
+        Error::Runtime(format!(
+            "could not start the {} worker threads ({e}): the process is at its thread or memory limit",
+            opts.workers
+        ))
+    })?;
     let mut first_error = None;
     let mut collected = None;
     for (i, r) in guards.join().into_iter().enumerate() {
