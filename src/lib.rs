@@ -6,7 +6,8 @@
 //! 1. [`vocab`], [`error`]: the shared words (formats, NaN policy, normalization, emit
 //!    modes, path and message helpers, the clock, the seeded generator) and the error type;
 //!    [`outfiles`]: writing files without destroying any (`.partial` + rename, no links
-//!    followed, no output over an input);
+//!    followed, no output over an input); [`guard`]: third-party decoders' panics on corrupt
+//!    files turned into errors;
 //! 2. [`kernels`], [`model`]: the GEMM wrapper and vectorized activations; models loaded
 //!    from a model file and PyTorch weights, run offline over whole sequences or streamed
 //!    step by step with per-key state in an arena;
@@ -29,6 +30,7 @@
 
 pub mod dataflow;
 pub mod error;
+pub mod guard;
 pub mod input;
 pub mod kernels;
 pub mod keyed;

@@ -531,3 +531,23 @@ fn input_extension_picks_the_format() {
     assert_eq!(text.lines().count(), 2);
     assert!(text.starts_with("{\"key\":\"a\",\"t\":1,"), "{text}");
 }
+
+/// Parquet files the fuzzing bench (`benches/fuzz.rs`) found to panic the Parquet reader:
+/// each is an error naming the file, as any unreadable file.
+#[test]
+fn parquet_files_that_panic_the_reader_are_errors_naming_them() {
+    for name in ["negative-column-length.parquet", "no-dictionary-decoder.parquet"] {
+        let c = Case::new();
+        save_model(c.dir.path(), &causal_model(1));
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/corrupt")
+            .join(name);
+        std::fs::copy(&fixture, c.path("in").join(name)).unwrap();
+        let p = c.pipeline(
+            "format = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\"]",
+            "format = \"csv\"\npath = \"out/o.csv\"",
+        );
+        let e = c.fails(&["run", &p], &[name, "corrupt parquet file: its reader failed"]);
+        assert!(!e.contains("internal error"), "{e}");
+    }
+}

@@ -153,6 +153,42 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> Error {
 /// Float64, so a feature that is integer in one CSV file and float in another does not
 /// disagree. A column named twice is refused.
 pub fn schema_of(path: &Path, format: FileFormat, floats: &[String]) -> Result<(SchemaRef, Vec<u64>)> {
+    crate::guard::catch(|| schema_unguarded(path, format, floats))
+        .unwrap_or_else(|msg| Err(corrupt(path, format, &msg)))
+}
+
+/// A decoder's panic on `path`, as an error naming the file.
+fn corrupt(path: &Path, format: FileFormat, msg: &str) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        msg: format!("corrupt {} file: its reader failed ({msg})", format.name()),
+    }
+}
+
+/// Record batches that stop with an error naming the file if the decoder panics.
+struct Guarded {
+    inner: Batches,
+    path: PathBuf,
+    format: FileFormat,
+    failed: bool,
+}
+
+impl Iterator for Guarded {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let inner = &mut self.inner;
+        crate::guard::catch(|| inner.next()).unwrap_or_else(|msg| {
+            self.failed = true;
+            Some(Err(corrupt(&self.path, self.format, &msg)))
+        })
+    }
+}
+
+fn schema_unguarded(path: &Path, format: FileFormat, floats: &[String]) -> Result<(SchemaRef, Vec<u64>)> {
     let text_err = |e: arrow::error::ArrowError| Error::Data {
         path: path.to_path_buf(),
         msg: format!(
@@ -219,6 +255,25 @@ pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
 /// Opens a reader of `path` (whose schema [`schema_of`] read) in batches of `batch_rows`;
 /// Parquet reads only `row_group` (if given) and the columns named in `columns` (if given).
 pub fn batches(
+    path: &Path,
+    format: FileFormat,
+    schema: &SchemaRef,
+    row_group: Option<usize>,
+    columns: Option<&[&str]>,
+    batch_rows: usize,
+) -> Result<Batches> {
+    let opened =
+        crate::guard::catch(|| batches_unguarded(path, format, schema, row_group, columns, batch_rows))
+            .unwrap_or_else(|msg| Err(corrupt(path, format, &msg)))?;
+    Ok(Box::new(Guarded {
+        inner: opened,
+        path: path.to_path_buf(),
+        format,
+        failed: false,
+    }))
+}
+
+fn batches_unguarded(
     path: &Path,
     format: FileFormat,
     schema: &SchemaRef,

@@ -89,18 +89,7 @@ impl Readers {
     ) -> Result<Readers> {
         let (tx, rx) = bounded(CHANNEL_BATCHES);
         let names = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::new(Shared {
-            fields: FieldMap::new(columns),
-            lines: cfg.lines,
-            header: cfg.header.clone(),
-            max_line: cfg.max_line_bytes,
-            max_key: cfg.max_key_bytes,
-            max_connections: cfg.max_connections,
-            refused: Default::default(),
-            peers,
-            key_kind: AtomicU8::new(KIND_UNSET),
-            stop,
-        });
+        let shared = Arc::new(Shared::new(cfg, columns, peers, stop));
         let refused = shared.refused.clone();
         let mut threads = Vec::new();
         let mut local_addr = None;
@@ -115,15 +104,15 @@ impl Readers {
                     .map_err(|e| Error::Runtime(e.to_string()))?;
                 local_addr = listener.local_addr().ok();
                 let names = names.clone();
-                threads.push(std::thread::spawn(move || {
+                threads.push(spawn("acceptor", move || {
                     accept_loop(listener, tx, names, shared)
-                }));
+                })?);
             }
             Transport::Stdin => {
                 names.lock().expect("names").push("stdin".to_string());
-                threads.push(std::thread::spawn(move || {
+                threads.push(spawn("stdin reader", move || {
                     read_lines(std::io::stdin().lock(), 0, &tx, &shared);
-                }));
+                })?);
             }
         }
         Ok(Readers {
@@ -143,6 +132,23 @@ impl Readers {
     }
 }
 
+/// Reads a whole stream on this thread as one connection is read (same framing, header,
+/// limits and per-line rejects) and returns what a reader would have sent. For tests and
+/// the parser's fuzzing bench.
+pub fn read_stream<R: Read>(cfg: &LiveSource, columns: &Columns, peers: usize, r: R) -> Vec<Routed> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let shared = Shared::new(cfg, columns, peers, Arc::new(AtomicBool::new(false)));
+    read_lines(r, 0, &tx, &shared);
+    drop(tx);
+    rx.into_iter().collect()
+}
+
+fn spawn(what: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .spawn(f)
+        .map_err(|e| Error::Runtime(format!("could not start the live source's {what} thread: {e}")))
+}
+
 const KIND_UNSET: u8 = 0;
 const KIND_INT: u8 = 1;
 const KIND_STR: u8 = 2;
@@ -159,6 +165,23 @@ struct Shared {
     /// Keys are integers or strings for the whole run: the first accepted line decides.
     key_kind: AtomicU8,
     stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn new(cfg: &LiveSource, columns: &Columns, peers: usize, stop: Arc<AtomicBool>) -> Shared {
+        Shared {
+            fields: FieldMap::new(columns),
+            lines: cfg.lines,
+            header: cfg.header.clone(),
+            max_line: cfg.max_line_bytes,
+            max_key: cfg.max_key_bytes,
+            max_connections: cfg.max_connections,
+            refused: Default::default(),
+            peers,
+            key_kind: AtomicU8::new(KIND_UNSET),
+            stop,
+        }
+    }
 }
 
 fn accept_loop(
@@ -232,6 +255,7 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
     let mut chunk = vec![0u8; 1 << 16];
     let mut line_no = 0u64;
     let mut discarding = false;
+    let mut discarded_line = 0u64;
     let mut header: Option<Vec<usize>> = None;
     if let Some(cols) = &s.header {
         match s.fields.csv_header(cols) {
@@ -260,51 +284,69 @@ fn read_lines<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
         let eof = n == 0;
         buf.extend_from_slice(&chunk[..n]);
         let mut out = Routed::new(s.peers, conn);
+        let too_long = || format!("line longer than {} bytes", s.max_line);
         let mut start = 0;
         let mut search = 0;
+        // Framing does not depend on how the bytes arrive: a record ends at its first
+        // newline outside quotes, or, once past max_line bytes, at its first newline.
         while let Some(rel) = buf[search..].iter().position(|&b| b == b'\n') {
             let pos = search + rel;
-            // A CSV record goes on past a newline inside quotes.
-            if s.lines == LineFormat::Csv && buf[start..pos].iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+            if discarding {
+                // The end of a record already past max_line, whose start was dropped.
+                discarding = false;
+                line_no += 1;
+                out.rows += 1;
+                out.reject(RejectReason::Malformed, discarded_line, None, None, too_long());
+                start = pos + 1;
+                search = start;
+                continue;
+            }
+            let raw = &buf[start..pos];
+            let long = raw.len() > s.max_line;
+            // A CSV record goes on past a newline inside quotes (up to max_line bytes).
+            if !long && s.lines == LineFormat::Csv && raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
                 search = pos + 1;
                 continue;
             }
-            let mut line = &buf[start..pos];
             let first_line = line_no + 1;
-            line_no += 1 + line.iter().filter(|&&b| b == b'\n').count() as u64;
+            line_no += 1 + raw.iter().filter(|&&b| b == b'\n').count() as u64;
             start = pos + 1;
             search = start;
-            let line_no = first_line;
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            // The end of a line whose start was already dropped as too long, or a line
-            // that is too long on its own.
-            if std::mem::take(&mut discarding) || line.len() > s.max_line {
+            if long {
                 out.rows += 1;
-                let detail = format!("line longer than {} bytes", s.max_line);
-                out.reject(RejectReason::Malformed, line_no, None, None, detail);
+                out.reject(RejectReason::Malformed, first_line, None, None, too_long());
                 continue;
             }
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             out.rows += 1;
-            parse_line(s, line, line_no, arrival, &mut header, &mut feats, &mut out);
+            parse_line(s, line, first_line, arrival, &mut header, &mut feats, &mut out);
         }
         buf.drain(..start);
-        if buf.len() > s.max_line {
-            // The rest of this line is dropped as it arrives; reported at its newline.
+        if !discarding && buf.len() > s.max_line {
+            // Past max_line with no end yet: dropped as it arrives, reported at its end.
             discarding = true;
+            discarded_line = line_no + 1;
+            line_no += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        if discarding {
             buf.clear();
         }
         if eof && (discarding || !buf.is_empty()) {
             out.rows += 1;
-            let detail = match discarding {
-                true => format!("line longer than {} bytes, cut off by the disconnect", s.max_line),
-                false => "incomplete last line: the client disconnected in the middle of it".into(),
+            let (at, detail) = match discarding {
+                true => (
+                    discarded_line,
+                    format!("{}, cut off by the disconnect", too_long()),
+                ),
+                false => (
+                    line_no + 1,
+                    "incomplete last line: the client disconnected in the middle of it".into(),
+                ),
             };
-            out.reject(RejectReason::Malformed, line_no + 1, None, None, detail);
+            out.reject(RejectReason::Malformed, at, None, None, detail);
             buf.clear();
         }
         if !out.is_empty() && tx.send(out).is_err() {
