@@ -280,3 +280,36 @@ fn a_live_output_appears_only_when_the_run_ends() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 10);
 }
+
+/// An output in a directory the user may not write: one message naming the path, nothing
+/// written. Root may write anywhere, so as root the run is made as `nobody`.
+#[cfg(unix)]
+#[test]
+fn an_output_in_a_read_only_directory_is_one_message() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let c = Case::new();
+    let p = c.pipeline("", "");
+    let ro = c.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = c.snapshot();
+    for out in ["ro/out.csv", "ro/out.parquet"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqflow"));
+        cmd.args(["run", &p, "--output"]).arg(c.path(out));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.uid(65534).gid(65534);
+        }
+        let o = cmd.stdout(Stdio::null()).output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{out}: {e}");
+        assert!(e.starts_with("seqflow: error: ") && e.contains(out), "{out}: {e}");
+        assert!(e.contains("ermission denied"), "{out}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{out}: one paragraph: {e}");
+        assert!(!e.contains("panicked"), "{out}: {e}");
+    }
+    assert_eq!(c.snapshot(), before);
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
