@@ -145,6 +145,32 @@ fn a_peer_that_never_starts_is_named_after_the_connect_timeout() {
 }
 
 #[test]
+fn ctrl_c_while_waiting_for_a_peer_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = files_pipeline(dir.path());
+    let hosts = hostfile(dir.path(), [free_port(), free_port()]);
+    let child = spawn(&p, &hosts, "0", &["--connect-timeout", "60"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = finish(child, Duration::from_secs(10), "a process stopped while waiting");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert_one_clear_error(
+        &out,
+        &["process 0: stopped while waiting for the other processes of the cluster"],
+    );
+    assert_no_outputs(dir.path());
+}
+
+#[test]
 fn a_stranger_on_a_cluster_port_is_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let p = files_pipeline(dir.path());

@@ -39,13 +39,15 @@ fn read_u64s<const N: usize>(s: &mut TcpStream) -> std::io::Result<[u64; N]> {
 
 /// Connects process `me` of `addresses.len()` to every other: it dials the processes before
 /// it and accepts the ones after it (timely's convention), checks each peer's handshake, and
-/// returns the sockets in process order (`None` at `me`). Gives up after `timeout`.
+/// returns the sockets in process order (`None` at `me`). Gives up after `timeout`, or
+/// when `stop` is set (Ctrl-C while waiting).
 pub fn connect(
     addresses: &[String],
     me: usize,
     workers: usize,
     timeout: Duration,
     observer: &Observer,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<Option<TcpStream>>> {
     let deadline = Instant::now() + timeout;
     let hello = [MAGIC, me as u64, workers as u64];
@@ -150,6 +152,11 @@ pub fn connect(
             .collect();
         if waiting.is_empty() {
             return Ok(sockets);
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(cluster_err(format!(
+                "process {me}: stopped while waiting for the other processes of the cluster"
+            )));
         }
         if Instant::now() >= deadline {
             let who: Vec<String> = waiting

@@ -346,6 +346,7 @@ pub(crate) fn execute(
             opts.workers,
             opts.connect_timeout,
             &opts.observer,
+            &opts.stop,
         )?;
         let hooks = timely_communication::Hooks::default();
         let local = timely_communication::allocator::ProcessBuilder::new_typed_vector(
