@@ -19,6 +19,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::checkpoint::PartWriter;
 use crate::keyed::KeyedProcessor;
 pub use crate::record::ToSink;
 use crate::record::{SinkMsg, SourceMsg, StepBatch};
@@ -74,10 +75,23 @@ pub trait KeyedModel<'scope> {
     /// });
     /// ```
     fn keyed_model(self, processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink>;
+
+    /// [`KeyedModel::keyed_model`], writing this worker's part of a checkpoint through
+    /// `parts` at every boundary a [`SourceMsg::Mark`] names, once every epoch before it is
+    /// processed and before any epoch from it on.
+    fn keyed_model_with(self, processor: KeyedProcessor, parts: Option<PartWriter>) -> StreamVec<'scope, u64, ToSink>;
 }
 
 impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
-    fn keyed_model(self, mut processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink> {
+    fn keyed_model(self, processor: KeyedProcessor) -> StreamVec<'scope, u64, ToSink> {
+        self.keyed_model_with(processor, None)
+    }
+
+    fn keyed_model_with(
+        self,
+        mut processor: KeyedProcessor,
+        parts: Option<PartWriter>,
+    ) -> StreamVec<'scope, u64, ToSink> {
         self.unary_frontier::<CapacityContainerBuilder<Vec<ToSink>>, _, _, _>(
             Exchange::new(|r: &Inbound| r.0),
             "KeyedModel",
@@ -85,6 +99,9 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                 // Held at the input frontier to emit the final counters, then dropped.
                 let mut final_cap: Option<Capability<u64>> = Some(default_cap);
                 let mut stash: BTreeMap<u64, (Capability<u64>, Vec<StepBatch>)> = BTreeMap::new();
+                // Checkpoint boundaries asked for, each with a capability at the time the
+                // mark came (at most the boundary) to send the part's message with.
+                let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
                 let mut passthrough: Vec<SinkMsg> = Vec::new();
                 let mut out: Vec<SinkMsg> = Vec::new();
                 move |(input, frontier), output| {
@@ -100,6 +117,11 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     SourceMsg::Rejects(r) => passthrough.push(SinkMsg::Rejects(r)),
                                     SourceMsg::Stats(s) => passthrough.push(SinkMsg::Stats(s)),
                                     SourceMsg::Failed(e) => passthrough.push(SinkMsg::Failed(e)),
+                                    SourceMsg::Mark(b) => {
+                                        marks
+                                            .entry(b)
+                                            .or_insert_with(|| entry.0.delayed(&time));
+                                    }
                                 }
                             }
                         }
@@ -110,16 +132,38 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                             }
                         }
                     });
-                    while let Some(entry) = stash.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (cap, batches) = entry.remove();
-                        let refs: Vec<&StepBatch> = batches.iter().collect();
-                        processor.process_epoch(&refs, &mut out);
-                        let mut session = output.session(&cap);
-                        for m in out.drain(..) {
-                            session.give((0, m));
+                    // Epochs in order; a checkpoint's part once every epoch before its
+                    // boundary is processed (the frontier is at or past it) and before any
+                    // epoch from it on.
+                    loop {
+                        let mark = marks.keys().next().copied().filter(|b| !frontier.less_than(b));
+                        let epoch = stash.keys().next().copied().filter(|e| !frontier.less_equal(e));
+                        match (mark, epoch) {
+                            (Some(b), e) if e.is_none_or(|e| b <= e) => {
+                                let cap = marks.remove(&b).expect("a mark");
+                                if let Some(parts) = &parts {
+                                    let part = parts.write(b, &processor.export());
+                                    let stats = processor.take_stats();
+                                    output.session(&cap).give((
+                                        0,
+                                        SinkMsg::Part {
+                                            boundary: b,
+                                            part,
+                                            stats,
+                                        },
+                                    ));
+                                }
+                            }
+                            (_, Some(e)) => {
+                                let (cap, batches) = stash.remove(&e).expect("an epoch");
+                                let refs: Vec<&StepBatch> = batches.iter().collect();
+                                processor.process_epoch(&refs, &mut out);
+                                let mut session = output.session(&cap);
+                                for m in out.drain(..) {
+                                    session.give((0, m));
+                                }
+                            }
+                            _ => break,
                         }
                     }
                     if let Some(cap) = final_cap.as_mut() {
@@ -157,6 +201,9 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
 pub trait Collect<D> {
     /// Handles one record.
     fn take(&mut self, record: D);
+    /// Every record before epoch `to` (`None`: every record) has been handed over, and none
+    /// from it on: the moment to commit a checkpoint whose boundary is at most `to`.
+    fn advance(&mut self, _to: Option<u64>) {}
     /// The input frontier moved past an epoch (live runs flush here).
     fn epoch_done(&mut self) {}
     /// The input ended.
@@ -165,8 +212,9 @@ pub trait Collect<D> {
 
 /// Collects a stream at worker 0: `stream.collect_at_worker0("Sink", handler)`.
 pub trait CollectAtWorker0<'scope, D> {
-    /// Routes every record to worker 0 and hands it to `handler` there, with a call when an
-    /// epoch completes and one when the input ends. The returned stream carries no data and
+    /// Routes every record to worker 0 and hands it to `handler` there, epoch by epoch once
+    /// each epoch is complete, with a call when an epoch completes and one when the input
+    /// ends. The returned stream carries no data and
     /// exists to be probed: its frontier says what the handler has seen.
     fn collect_at_worker0<H: Collect<D> + 'static>(
         self,
@@ -187,16 +235,28 @@ impl<'scope, D: timely::ExchangeData + Clone> CollectAtWorker0<'scope, D> for St
             move |_cap, _info| {
                 let mut finished = false;
                 let mut last_frontier: Option<u64> = None;
+                // Records wait for their epoch to complete and are handed over epoch by
+                // epoch, so the handler knows exactly which epochs its output holds.
+                let mut stash: BTreeMap<u64, Vec<D>> = BTreeMap::new();
                 move |(input, frontier), _output| {
                     let mut h = handler.borrow_mut();
-                    input.for_each(|_cap, data| {
-                        for record in data.drain(..) {
+                    input.for_each(|cap, data| {
+                        let time = cap.least().copied().unwrap_or(0);
+                        stash.entry(time).or_default().append(data);
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        h.advance(Some(*entry.key()));
+                        for record in entry.remove() {
                             h.take(record);
                         }
-                    });
+                    }
                     let now = frontier.frontier().as_option().copied();
                     if now != last_frontier {
                         last_frontier = now;
+                        h.advance(now);
                         h.epoch_done();
                     }
                     if now.is_none() && !finished {

@@ -52,6 +52,10 @@ pub enum Error {
     #[error("output {path}: {msg}")]
     Output { path: PathBuf, msg: String },
 
+    /// A checkpoint folder or file that cannot be used (damaged, of another model or layout).
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+
     /// Anything raised by the dataflow runtime (worker failure, network setup).
     #[error("{0}")]
     Runtime(String),

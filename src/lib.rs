@@ -15,7 +15,8 @@
 //!    rejects, counters) and the stable key hash that routes keys;
 //! 4. [`input`]: the one input layer: file plans and readers, live line readers, column
 //!    mapping, normalization and the NaN policy, routing; [`sink`]: output writers;
-//!    [`latency`]: the latency histogram;
+//!    [`latency`]: the latency histogram; [`checkpoint`]: checkpoint folders, manifests
+//!    and the Arrow IPC state parts;
 //! 5. [`keyed`]: a worker's keyed state: key index, epoch ordering, one emitter per emit
 //!    mode;
 //! 6. [`views`]: aggregates over the predictions (differential dataflow);
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod dataflow;
 pub mod error;
 pub mod guard;

@@ -118,6 +118,18 @@ impl Outputs {
         Ok(f)
     }
 
+    /// Takes up `path`'s partial file left by an interrupted run, cut back to its first
+    /// `len` bytes (what a checkpoint committed), for writing on at its end.
+    pub fn adopt(&self, path: &Path, len: u64) -> Result<File> {
+        let f = reopen_partial(path, len)?;
+        let tmp = partial_path(path);
+        live(|l| l.push(tmp.clone()));
+        let mut list = self.0.lock().expect("outputs");
+        list.retain(|(_, p)| p != path);
+        list.push((tmp, path.to_path_buf()));
+        Ok(f)
+    }
+
     /// Renames every partial file into place, in the order they were created.
     pub fn commit(&self) -> Result<()> {
         for (tmp, path) in self.0.lock().expect("outputs").drain(..) {
@@ -134,6 +146,43 @@ impl Outputs {
             let _ = std::fs::remove_file(&tmp);
         }
     }
+}
+
+/// Opens `path`'s partial file left by an interrupted run, cut back to its first `len`
+/// bytes and positioned at its end. Refused when it is missing, not a regular file, or
+/// shorter than `len` (then it is not the file the checkpoint was taken with).
+pub fn reopen_partial(path: &Path, len: u64) -> Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let tmp = partial_path(path);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => refuse(
+                &tmp,
+                "is gone, so the checkpoint's output cannot be continued; run with --fresh to start over",
+            ),
+            _ => Error::io(&tmp, e),
+        })?;
+    let m = f.metadata().map_err(|e| Error::io(&tmp, e))?;
+    if !m.is_file() {
+        return Err(refuse(&tmp, format!("is {}", kind(&m))));
+    }
+    if m.len() < len {
+        return Err(refuse(
+            &tmp,
+            format!(
+                "holds {} bytes but the checkpoint committed {len}: it is not the file the checkpoint \
+                 was taken with; run with --fresh to start over",
+                m.len()
+            ),
+        ));
+    }
+    f.set_len(len).map_err(|e| Error::io(&tmp, e))?;
+    f.seek(SeekFrom::End(0)).map_err(|e| Error::io(&tmp, e))?;
+    Ok(f)
 }
 
 /// Writes one whole file atomically: `.partial`, `write`, rename.

@@ -24,6 +24,10 @@ pub enum KeyColumn {
     },
 }
 
+/// Fixed number of key groups. A key's group never changes between builds or worker
+/// counts; its worker is `group % workers`.
+pub const KEY_GROUPS: usize = 4096;
+
 /// A borrowed key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyRef<'a> {
@@ -97,10 +101,17 @@ impl KeyRef<'_> {
         }
     }
 
-    /// The worker (of `peers`) that owns this key.
+    /// The key's group (of [`KEY_GROUPS`]): what checkpoints record, so that a run with
+    /// any worker count can find the keys it owns.
+    #[inline]
+    pub fn group(self) -> u16 {
+        (self.stable_hash() % KEY_GROUPS as u64) as u16
+    }
+
+    /// The worker (of `peers`) that owns this key: its group modulo the workers.
     #[inline]
     pub fn route(self, peers: usize) -> usize {
-        (self.stable_hash() % peers as u64) as usize
+        self.group() as usize % peers
     }
 }
 
@@ -449,7 +460,33 @@ pub enum SinkMsg {
     Stats(Stats),
     /// A worker failed (bad input); the run fails and its output is discarded.
     Failed(String),
+    /// A worker wrote (or failed to write) its part of the checkpoint at `boundary`, and
+    /// its counters since its previous part.
+    Part {
+        /// The checkpoint.
+        boundary: u64,
+        /// The part, or why it could not be written.
+        part: std::result::Result<PartInfo, String>,
+        /// The worker's counters since its previous part.
+        stats: Stats,
+    },
 }
+
+/// One worker's part, as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// File name inside the checkpoint's folder.
+    pub file: String,
+    /// The worker that wrote it (of `workers` at the time).
+    pub worker: u32,
+    /// Keys in the part.
+    pub keys: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the bytes.
+    pub crc32: u32,
+}
+
 
 /// Records leaving the keyed operator for the sink on worker 0 (the first field routes).
 pub type ToSink = (u64, SinkMsg);
@@ -465,6 +502,9 @@ pub enum SourceMsg {
     Stats(Stats),
     /// The source failed with this message; forwarded to the sink so every process learns it.
     Failed(String),
+    /// Take a checkpoint at this boundary (sent to every worker at a time at most the
+    /// boundary, so it arrives before the frontier passes it).
+    Mark(u64),
 }
 
 #[cfg(test)]
@@ -497,7 +537,7 @@ mod tests {
             0x4638e95fe6f859c6,
         ];
         assert_eq!(got, want);
-        assert_eq!(KeyRef::Str("a7").route(3), (got[4] % 3) as usize);
+        assert_eq!(KeyRef::Str("a7").route(3), (got[4] % KEY_GROUPS as u64 % 3) as usize);
     }
 
     #[test]

@@ -147,8 +147,31 @@ pub struct Sink {
     /// The text writers' stream health (Parquet reports its own errors).
     health: Option<Arc<std::sync::Mutex<Health>>>,
     display: PathBuf,
+    /// A second handle on the output file: synced and measured at checkpoints.
+    file: Option<File>,
     /// Rows written.
     pub rows: u64,
+}
+
+/// What a checkpoint records of an output: its committed length and rows, and for Parquet
+/// the footer that makes those bytes a complete file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitPoint {
+    /// Bytes of the file that are committed (synced).
+    pub bytes: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Parquet: metadata, its length and the magic, to append after `bytes`.
+    pub footer: Option<Vec<u8>>,
+}
+
+/// The name of a Parquet output's committed bytes, closed by their footer, while a resumed
+/// run copies them into a new file: `PATH.partial.resume-gN`, N the checkpoint's output
+/// generation. It is removed once a checkpoint of the new file is committed.
+pub fn resume_source(path: &Path, generation: u32) -> PathBuf {
+    let mut s = crate::outfiles::partial_path(path).into_os_string();
+    s.push(format!(".resume-g{generation}"));
+    PathBuf::from(s)
 }
 
 fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -162,14 +185,102 @@ impl Sink {
     /// Opens the output: stdout, or `PATH.partial` registered with `outputs` (renamed into
     /// place when the run succeeds).
     pub fn create(cfg: &OutputFile, schema: OutputSchema, outputs: &Outputs) -> Result<Sink> {
+        let file = cfg.path.as_ref().map(|p| outputs.create(p)).transpose()?;
+        Self::open(cfg, schema, file, true)
+    }
+
+    /// Continues the output of an interrupted run from a checkpoint's commit point: CSV
+    /// and JSON lines are cut back to the committed bytes and written on; Parquet's
+    /// committed bytes are closed with the checkpoint's footer (as
+    /// [`resume_source`]) and their rows copied into a new file, which goes on from there.
+    pub fn resume(
+        cfg: &OutputFile,
+        schema: OutputSchema,
+        outputs: &Outputs,
+        commit: &CommitPoint,
+        generation: u32,
+    ) -> Result<Sink> {
+        let path = cfg.path.as_ref().ok_or_else(|| Error::Runtime("a checkpointed output is a file".into()))?;
+        let mut sink = match cfg.format {
+            FileFormat::Parquet => {
+                let source = resume_source(path, generation);
+                if !source.exists() {
+                    let mut f = crate::outfiles::reopen_partial(path, commit.bytes)?;
+                    let footer = commit.footer.as_deref().unwrap_or_default();
+                    f.write_all(footer)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| Error::io(crate::outfiles::partial_path(path), e))?;
+                    drop(f);
+                    std::fs::rename(crate::outfiles::partial_path(path), &source).map_err(|e| Error::io(&source, e))?;
+                }
+                let file = outputs.create(path)?;
+                let mut sink = Self::open(cfg, schema, Some(file), true)?;
+                sink.copy_from(&source)?;
+                sink
+            }
+            FileFormat::Csv | FileFormat::Jsonl => {
+                let file = outputs.adopt(path, commit.bytes)?;
+                let mut sink = Self::open(cfg, schema, Some(file), commit.bytes == 0)?;
+                sink.rows = commit.rows;
+                sink
+            }
+        };
+        if sink.rows != commit.rows {
+            return Err(out_err(
+                path,
+                format!(
+                    "the checkpoint committed {} rows but the partial output holds {}; run with --fresh to start over",
+                    commit.rows, sink.rows
+                ),
+            ));
+        }
+        sink.rows = commit.rows;
+        Ok(sink)
+    }
+
+    /// Copies every row of a Parquet file (a checkpoint's committed output) into this sink.
+    fn copy_from(&mut self, source: &Path) -> Result<()> {
+        use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+        let err = |e: &dyn std::fmt::Display| out_err(source, format!("reading the committed output: {e}"));
+        let f = File::open(source).map_err(|e| Error::io(source, e))?;
+        let options = ArrowReaderOptions::new().with_schema(self.arrow_schema.clone());
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(f, options)
+            .map_err(|e| err(&e))?
+            .with_batch_size(1 << 16)
+            .build()
+            .map_err(|e| err(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| err(&e))?;
+            let n = batch.num_rows() as u64;
+            let path = self.display.clone();
+            match self.writer.as_mut().expect("sink is open") {
+                Writer::Parquet(w) => w.write(&batch).map_err(|e| out_err(&path, e))?,
+                _ => unreachable!("parquet"),
+            }
+            self.rows += n;
+        }
+        Ok(())
+    }
+
+    fn open(cfg: &OutputFile, schema: OutputSchema, file: Option<File>, header: bool) -> Result<Sink> {
         let arrow_schema = schema.arrow();
         let display = cfg.path.clone().unwrap_or_else(|| PathBuf::from("-"));
-        let target = cfg.path.as_ref();
-        let create = |p: &PathBuf| outputs.create(p);
+        let sync = match &file {
+            Some(f) => Some(f.try_clone().map_err(|e| Error::io(&display, e))?),
+            None => None,
+        };
         let mut health = None;
-        let writer = match (cfg.format, &target) {
-            (FileFormat::Parquet, None) => unreachable!("the pipeline config refuses parquet on stdout"),
-            (FileFormat::Parquet, Some(p)) => {
+        let raw = |file: Option<File>| -> Box<dyn Write + Send> {
+            match file {
+                Some(f) => Box::new(f),
+                None => Box::new(std::io::stdout()),
+            }
+        };
+        let writer = match cfg.format {
+            FileFormat::Parquet => {
+                let Some(f) = file else {
+                    unreachable!("the pipeline config refuses parquet on stdout")
+                };
                 // Dictionaries pay off for keys (repeated) but not for predictions (nearly
                 // all distinct): dictionary-encoding float columns took 36% of a run's time.
                 let props = WriterProperties::builder()
@@ -182,29 +293,20 @@ impl Sink {
                     .set_dictionary_enabled(false)
                     .set_column_dictionary_enabled(ColumnPath::from(schema.key_name.as_str()), true)
                     .build();
-                let w = ArrowWriter::try_new(create(p)?, arrow_schema.clone(), Some(props))
-                    .map_err(|e| out_err(p, e))?;
+                let w = ArrowWriter::try_new(f, arrow_schema.clone(), Some(props)).map_err(|e| out_err(&display, e))?;
                 Writer::Parquet(Box::new(w))
             }
-            (FileFormat::Csv, t) => {
+            FileFormat::Csv => {
                 // Unbuffered: arrow's CSV writer pushes every batch through to it anyway.
-                let raw: Box<dyn Write + Send> = match t {
-                    Some(p) => Box::new(create(p)?),
-                    None => Box::new(std::io::stdout()),
-                };
-                let (raw, h) = Checked::new(raw);
+                let (raw, h) = Checked::new(raw(file));
                 health = Some(h);
                 let raw: Box<dyn Write + Send> = Box::new(raw);
                 Writer::Csv(Box::new(
-                    arrow::csv::WriterBuilder::new().with_header(true).build(raw),
+                    arrow::csv::WriterBuilder::new().with_header(header).build(raw),
                 ))
             }
-            (FileFormat::Jsonl, t) => {
-                let raw: Box<dyn Write + Send> = match t {
-                    Some(p) => Box::new(create(p)?),
-                    None => Box::new(std::io::stdout()),
-                };
-                let (raw, h) = Checked::new(raw);
+            FileFormat::Jsonl => {
+                let (raw, h) = Checked::new(raw(file));
                 health = Some(h);
                 let raw: Box<dyn Write + Send> = Box::new(BufWriter::with_capacity(1 << 20, raw));
                 Writer::Json(arrow::json::LineDelimitedWriter::new(raw))
@@ -216,7 +318,33 @@ impl Sink {
             writer: Some(writer),
             health,
             display,
+            file: sync,
             rows: 0,
+        })
+    }
+
+    /// Writes everything so far through to the disk (Parquet: as a row group) and says how
+    /// much of the file that is: what a checkpoint commits.
+    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+        self.flush()?;
+        let path = self.display.clone();
+        let footer = match self.writer.as_mut().expect("sink is open") {
+            Writer::Parquet(w) => {
+                w.sync().map_err(|e| Error::io(&path, e))?;
+                Some(parquet_footer(&self.arrow_schema, w.flushed_row_groups()).map_err(|e| out_err(&path, e))?)
+            }
+            _ => None,
+        };
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| out_err(&path, "stdout cannot be checkpointed"))?;
+        file.sync_data().map_err(|e| Error::io(&path, e))?;
+        let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        Ok(CommitPoint {
+            bytes,
+            rows: self.rows,
+            footer,
         })
     }
 
@@ -338,6 +466,24 @@ impl Sink {
     }
 }
 
+/// The Parquet footer (file metadata, its length, the magic) that makes the row groups
+/// flushed so far a complete file when appended after them.
+fn parquet_footer(
+    schema: &SchemaRef,
+    row_groups: &[parquet::file::metadata::RowGroupMetaData],
+) -> parquet::errors::Result<Vec<u8>> {
+    use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
+    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
+    let rows = row_groups.iter().map(|r| r.num_rows()).sum();
+    let meta = FileMetaData::new(1, rows, Some("seqflow checkpoint".into()), None, Arc::new(descr), None);
+    let meta = ParquetMetaData::new(meta, row_groups.to_vec());
+    let mut out = Vec::new();
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .with_preserve_page_index_locations(false)
+        .finish()?;
+    Ok(out)
+}
+
 /// The rejects file: one JSON object per rejected step.
 pub struct RejectsWriter {
     path: PathBuf,
@@ -383,6 +529,35 @@ impl RejectsWriter {
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))
     }
+
+    /// The rejects file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Continues the rejects file of an interrupted run, cut back to what the checkpoint
+    /// committed.
+    pub fn resume(path: &Path, outputs: &Outputs, bytes: u64, count: u64) -> Result<RejectsWriter> {
+        let f = outputs.adopt(path, bytes)?;
+        Ok(RejectsWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+            count,
+        })
+    }
+
+    /// Writes everything through to the disk: the committed bytes and rejects.
+    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+        self.flush()?;
+        let f = self.out.get_ref();
+        f.sync_data().map_err(|e| Error::io(&self.path, e))?;
+        let bytes = f.metadata().map_err(|e| Error::io(&self.path, e))?.len();
+        Ok(CommitPoint {
+            bytes,
+            rows: self.count,
+            footer: None,
+        })
+    }
 }
 
 /// What worker 0 asks of the writer thread.
@@ -390,6 +565,8 @@ enum Cmd {
     Write(OutBatch),
     /// Flush and report the first error so far (if any) on the enclosed channel.
     Flush(crossbeam_channel::Sender<Option<String>>),
+    /// Commit what is written (a checkpoint) and report the commit point.
+    Commit(crossbeam_channel::Sender<std::result::Result<CommitPoint, String>>),
 }
 
 /// A [`Sink`] on its own thread. Worker 0 hands each batch over a bounded channel and goes
@@ -432,6 +609,13 @@ impl BackgroundSink {
                             }
                             let _ = ack.send(first.as_ref().map(|e| e.to_string()));
                         }
+                        Cmd::Commit(ack) => {
+                            let r = match &first {
+                                Some(e) => Err(e.to_string()),
+                                None => sink.commit_point().map_err(|e| e.to_string()),
+                            };
+                            let _ = ack.send(r);
+                        }
                     }
                 }
                 match first {
@@ -472,6 +656,17 @@ impl BackgroundSink {
                 msg,
             }),
         }
+    }
+
+    /// Waits until everything handed over is written, and commits it (a checkpoint).
+    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+        let tx = self.tx.as_ref().ok_or_else(|| self.gone())?;
+        let (ack, done) = crossbeam_channel::bounded(1);
+        tx.send(Cmd::Commit(ack)).map_err(|_| self.gone())?;
+        done.recv().map_err(|_| self.gone())?.map_err(|msg| Error::Output {
+            path: self.display.clone(),
+            msg,
+        })
     }
 
     /// Writes what is queued, closes the file and returns the rows written.
@@ -527,6 +722,14 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.flush(),
             SinkHandle::Background(s) => s.flush(),
+        }
+    }
+
+    /// Writes everything so far through to the disk and says how much that is.
+    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+        match self {
+            SinkHandle::Inline(s) => s.commit_point(),
+            SinkHandle::Background(s) => s.commit_point(),
         }
     }
 

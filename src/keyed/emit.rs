@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 
 use super::index::KeyIndex;
 use super::order::{Accepted, Run};
+use crate::checkpoint::part::StateRows;
 use crate::model::{Model, Packed, StateArena, Workspace};
 use crate::record::{OutBatch, SinkMsg, Stats};
 use crate::vocab::Emit;
@@ -198,6 +199,92 @@ impl Emitter {
                 } else {
                     w.counts[ku] = 0;
                 }
+            }
+        }
+    }
+
+    /// Appends key `k`'s buffers to a checkpoint's rows: model state (or the window ring,
+    /// or the held inputs), counters, and what `sequence_end` holds.
+    pub fn export_key(&self, k: u32, rows: &mut StateRows) {
+        let ku = k as usize;
+        let (state, counters) = (&mut rows.state, &mut rows.counters);
+        let mut arena_out = |arena: &StateArena| {
+            arena.export_into(k, &mut state.values, &mut counters.values);
+            state.offsets.push(state.values.len() as i64);
+            counters.offsets.push(counters.values.len() as i64);
+        };
+        match self {
+            Emitter::EveryStep(arena) => {
+                arena_out(arena);
+                rows.held_times.push(&[]);
+                rows.held_values.push(&[]);
+            }
+            Emitter::SequenceEnd(s) => match &s.held {
+                Held::Outputs { arena, vals, times } => {
+                    arena_out(arena);
+                    rows.held_times.push(&times[ku]);
+                    rows.held_values.push(&vals[ku]);
+                }
+                Held::Inputs { feats, times } => {
+                    rows.state.push(&feats[ku]);
+                    rows.counters.push(&[]);
+                    rows.held_times.push(&times[ku]);
+                    rows.held_values.push(&[]);
+                }
+            },
+            Emitter::Window(w) => {
+                rows.state.push(&w.rings[ku]);
+                rows.counters.push(&[w.counts[ku]]);
+                rows.held_times.push(&[]);
+                rows.held_values.push(&[]);
+            }
+        }
+    }
+
+    /// Restores key `k` (just added) from row `i` of a checkpoint; an error names what does
+    /// not fit this model and emit mode.
+    pub fn import_key(&mut self, k: u32, rows: &StateRows, i: usize) -> Result<(), String> {
+        let ku = k as usize;
+        let (state, counters) = (rows.state.row(i), rows.counters.row(i));
+        let (times, values) = (rows.held_times.row(i), rows.held_values.row(i));
+        let arena_in = |arena: &mut StateArena| {
+            let (f, c) = arena.slot_shape();
+            if state.len() != f || counters.len() != c {
+                return Err(format!(
+                    "the state holds {} values and {} counters per key; this model keeps {f} and {c}",
+                    state.len(),
+                    counters.len()
+                ));
+            }
+            arena.import(k, state, counters);
+            Ok(())
+        };
+        match self {
+            Emitter::EveryStep(arena) => arena_in(arena),
+            Emitter::SequenceEnd(s) => match &mut s.held {
+                Held::Outputs { arena, vals, times: t } => {
+                    arena_in(arena)?;
+                    vals[ku] = values.to_vec();
+                    t[ku] = times.to_vec();
+                    Ok(())
+                }
+                Held::Inputs { feats, times: t } => {
+                    feats[ku] = state.to_vec();
+                    t[ku] = times.to_vec();
+                    Ok(())
+                }
+            },
+            Emitter::Window(w) => {
+                if state.len() != w.size * w.width || counters.len() != 1 {
+                    return Err(format!(
+                        "the window ring holds {} values; this window keeps {}",
+                        state.len(),
+                        w.size * w.width
+                    ));
+                }
+                w.rings[ku].copy_from_slice(state);
+                w.counts[ku] = counters[0];
+                Ok(())
             }
         }
     }

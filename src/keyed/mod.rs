@@ -20,6 +20,7 @@ use emit::{Ctx, Emitter};
 use index::{KeyIndex, Lookup};
 use order::{Accepted, Sequencer};
 
+use crate::checkpoint::part::StateRows;
 use crate::model::{Model, Packed, Workspace};
 use crate::record::{Reject, RejectReason, SinkMsg, Stats, StepBatch};
 use crate::vocab::{Emit, NanPolicy};
@@ -194,6 +195,51 @@ impl KeyedProcessor {
         let (mut cx, emitter) = self.ctx();
         emitter.epoch(&mut cx, &accepted, out);
         self.accepted = accepted;
+    }
+
+    /// Every key this worker holds, for its part of a checkpoint (keys in index order).
+    pub fn export(&self) -> StateRows {
+        let int = matches!(self.keys.column(), crate::record::KeyColumn::Int(_));
+        let mut rows = StateRows::new(int, self.order.fill_width());
+        let mut held = self.keys.held();
+        held.sort_unstable();
+        for k in held {
+            rows.keys.push(self.keys.get(k));
+            let (last, fill) = self.order.export_key(k);
+            rows.last_time.push(last);
+            rows.fill.extend_from_slice(fill);
+            self.emitter.export_key(k, &mut rows);
+        }
+        rows
+    }
+
+    /// Restores keys from a checkpoint (before the first epoch). Restored keys are not
+    /// counted as started: the checkpoint's counters already hold them.
+    pub fn import(&mut self, rows: &StateRows) -> Result<(), String> {
+        if rows.fill_width != self.order.fill_width() {
+            return Err(format!(
+                "the state has {} forward-fill values per key; this run keeps {}",
+                rows.fill_width,
+                self.order.fill_width()
+            ));
+        }
+        for i in 0..rows.len() {
+            let key = rows.keys.get(i);
+            let k = match self.keys.index(key, usize::MAX) {
+                Lookup::New(k) => k,
+                _ => return Err(format!("key {key} appears twice")),
+            };
+            self.order.add_key(k);
+            self.emitter.add_key(k);
+            self.order.import_key(k, rows.last_time[i], rows.fill_row(i));
+            self.emitter.import_key(k, rows, i)?;
+        }
+        Ok(())
+    }
+
+    /// This worker's counters since the last call (a checkpoint part carries them).
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
     }
 
     /// End of input: emits what `sequence_end` held back, and this worker's counters.

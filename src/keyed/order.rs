@@ -101,6 +101,35 @@ impl Sequencer {
         }
     }
 
+    /// Key `k`'s last processed time and forward-fill values (for a checkpoint).
+    pub fn export_key(&self, k: u32) -> (Option<i64>, &[f32]) {
+        let k = k as usize;
+        let fill = match &self.ffill {
+            Some(f) => &f[k * self.width..(k + 1) * self.width],
+            None => &[],
+        };
+        (self.has_time[k].then_some(self.last_time[k]), fill)
+    }
+
+    /// Restores key `k` (just added) from a checkpoint.
+    pub fn import_key(&mut self, k: u32, last: Option<i64>, fill: &[f32]) {
+        let k = k as usize;
+        self.has_time[k] = last.is_some();
+        self.last_time[k] = last.unwrap_or(i64::MIN);
+        if let Some(f) = &mut self.ffill {
+            f[k * self.width..(k + 1) * self.width].copy_from_slice(fill);
+        }
+    }
+
+    /// Forward-fill values per key (0 when the NaN policy does not fill).
+    pub fn fill_width(&self) -> usize {
+        if self.ffill.is_some() {
+            self.width
+        } else {
+            0
+        }
+    }
+
     /// Starts a new epoch.
     pub fn begin(&mut self) {
         self.pending.clear();

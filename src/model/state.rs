@@ -204,6 +204,25 @@ impl StateArena {
         (floats, counters)
     }
 
+    /// Appends one key's state to `floats` and `counters` (what [`StateArena::export`]
+    /// returns, without allocating).
+    pub fn export_into(&self, slot: u32, floats: &mut Vec<f32>, counters: &mut Vec<u64>) {
+        for l in &self.layers {
+            floats.extend_from_slice(l.row(slot));
+            if l.has_counter {
+                counters.push(l.counters[slot as usize]);
+            }
+        }
+    }
+
+    /// Floats and counters per slot: what [`StateArena::import`] expects.
+    pub fn slot_shape(&self) -> (usize, usize) {
+        (
+            self.layers.iter().map(|l| l.width).sum(),
+            self.layers.iter().filter(|l| l.has_counter).count(),
+        )
+    }
+
     /// Restores a key's state written by [`StateArena::export`] of the same model.
     pub fn import(&mut self, slot: u32, floats: &[f32], counters: &[u64]) {
         let (mut f, mut c) = (0, 0);
