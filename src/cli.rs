@@ -64,6 +64,12 @@ enum Command {
         /// Seconds the processes of a cluster (-n) wait for each other to connect.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         connect_timeout: u64,
+        /// Continue from the latest complete checkpoint in [checkpoint] dir.
+        #[arg(long, conflicts_with = "fresh")]
+        resume: bool,
+        /// Discard the checkpoints in [checkpoint] dir and start over.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
@@ -190,6 +196,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
             input,
             output,
             connect_timeout,
+            resume,
+            fresh,
         } => {
             PROCESS.store(process, Ordering::Relaxed);
             let stop = Arc::new(AtomicBool::new(false));
@@ -209,6 +217,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
                 stop,
                 connect_timeout: Duration::from_secs(connect_timeout),
+                resume,
+                fresh,
             };
             let report = run(&pipeline, &opts);
             bar.lock().expect("bar").finish_and_clear();

@@ -79,7 +79,11 @@ pub trait KeyedModel<'scope> {
     /// [`KeyedModel::keyed_model`], writing this worker's part of a checkpoint through
     /// `parts` at every boundary a [`SourceMsg::Mark`] names, once every epoch before it is
     /// processed and before any epoch from it on.
-    fn keyed_model_with(self, processor: KeyedProcessor, parts: Option<PartWriter>) -> StreamVec<'scope, u64, ToSink>;
+    fn keyed_model_with(
+        self,
+        processor: KeyedProcessor,
+        parts: Option<PartWriter>,
+    ) -> StreamVec<'scope, u64, ToSink>;
 }
 
 impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
@@ -118,9 +122,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     SourceMsg::Stats(s) => passthrough.push(SinkMsg::Stats(s)),
                                     SourceMsg::Failed(e) => passthrough.push(SinkMsg::Failed(e)),
                                     SourceMsg::Mark(b) => {
-                                        marks
-                                            .entry(b)
-                                            .or_insert_with(|| entry.0.delayed(&time));
+                                        marks.entry(b).or_insert_with(|| entry.0.delayed(&time));
                                     }
                                 }
                             }

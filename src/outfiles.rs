@@ -104,14 +104,23 @@ pub fn discard_all() {
 /// The files a run writes: created as `.partial`, committed together when the run succeeds,
 /// removed when it fails. Clones share the list (the writers run on worker threads).
 #[derive(Debug, Clone, Default)]
-pub struct Outputs(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>);
+pub struct Outputs(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>, bool);
 
 impl Outputs {
+    /// The files of a checkpointed run: a failed or stopped run keeps its partial files
+    /// (a checkpoint commits a prefix of them, which `--resume` continues), and so does an
+    /// abrupt exit.
+    pub fn durable() -> Outputs {
+        Outputs(Arc::default(), true)
+    }
+
     /// Creates `path`'s partial file and registers it (once: creating it again starts it
     /// over, as a live run does when its first line decides the output's key type).
     pub fn create(&self, path: &Path) -> Result<File> {
         let (f, tmp) = create_partial(path)?;
-        live(|l| l.push(tmp.clone()));
+        if !self.1 {
+            live(|l| l.push(tmp.clone()));
+        }
         let mut list = self.0.lock().expect("outputs");
         list.retain(|(_, p)| p != path);
         list.push((tmp, path.to_path_buf()));
@@ -123,7 +132,6 @@ impl Outputs {
     pub fn adopt(&self, path: &Path, len: u64) -> Result<File> {
         let f = reopen_partial(path, len)?;
         let tmp = partial_path(path);
-        live(|l| l.push(tmp.clone()));
         let mut list = self.0.lock().expect("outputs");
         list.retain(|(_, p)| p != path);
         list.push((tmp, path.to_path_buf()));
@@ -139,11 +147,21 @@ impl Outputs {
         Ok(())
     }
 
-    /// Removes every partial file (the run failed).
-    pub fn discard(&self) {
+    /// Removes every partial file, durable or not.
+    pub fn remove_all(&self) {
         for (tmp, _) in self.0.lock().expect("outputs").drain(..) {
             live(|l| l.retain(|p| p != &tmp));
             let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// Removes every partial file (the run failed), unless they are [`Outputs::durable`].
+    pub fn discard(&self) {
+        for (tmp, _) in self.0.lock().expect("outputs").drain(..) {
+            live(|l| l.retain(|p| p != &tmp));
+            if !self.1 {
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
     }
 }

@@ -487,7 +487,6 @@ pub struct PartInfo {
     pub crc32: u32,
 }
 
-
 /// Records leaving the keyed operator for the sink on worker 0 (the first field routes).
 pub type ToSink = (u64, SinkMsg);
 
@@ -537,7 +536,10 @@ mod tests {
             0x4638e95fe6f859c6,
         ];
         assert_eq!(got, want);
-        assert_eq!(KeyRef::Str("a7").route(3), (got[4] % KEY_GROUPS as u64 % 3) as usize);
+        assert_eq!(
+            KeyRef::Str("a7").route(3),
+            (got[4] % KEY_GROUPS as u64 % 3) as usize
+        );
     }
 
     #[test]

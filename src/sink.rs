@@ -200,7 +200,10 @@ impl Sink {
         commit: &CommitPoint,
         generation: u32,
     ) -> Result<Sink> {
-        let path = cfg.path.as_ref().ok_or_else(|| Error::Runtime("a checkpointed output is a file".into()))?;
+        let path = cfg
+            .path
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("a checkpointed output is a file".into()))?;
         let mut sink = match cfg.format {
             FileFormat::Parquet => {
                 let source = resume_source(path, generation);
@@ -211,7 +214,8 @@ impl Sink {
                         .and_then(|_| f.sync_all())
                         .map_err(|e| Error::io(crate::outfiles::partial_path(path), e))?;
                     drop(f);
-                    std::fs::rename(crate::outfiles::partial_path(path), &source).map_err(|e| Error::io(&source, e))?;
+                    std::fs::rename(crate::outfiles::partial_path(path), &source)
+                        .map_err(|e| Error::io(&source, e))?;
                 }
                 let file = outputs.create(path)?;
                 let mut sink = Self::open(cfg, schema, Some(file), true)?;
@@ -293,7 +297,8 @@ impl Sink {
                     .set_dictionary_enabled(false)
                     .set_column_dictionary_enabled(ColumnPath::from(schema.key_name.as_str()), true)
                     .build();
-                let w = ArrowWriter::try_new(f, arrow_schema.clone(), Some(props)).map_err(|e| out_err(&display, e))?;
+                let w = ArrowWriter::try_new(f, arrow_schema.clone(), Some(props))
+                    .map_err(|e| out_err(&display, e))?;
                 Writer::Parquet(Box::new(w))
             }
             FileFormat::Csv => {
@@ -331,7 +336,10 @@ impl Sink {
         let footer = match self.writer.as_mut().expect("sink is open") {
             Writer::Parquet(w) => {
                 w.sync().map_err(|e| Error::io(&path, e))?;
-                Some(parquet_footer(&self.arrow_schema, w.flushed_row_groups()).map_err(|e| out_err(&path, e))?)
+                Some(
+                    parquet_footer(&self.arrow_schema, w.flushed_row_groups())
+                        .map_err(|e| out_err(&path, e))?,
+                )
             }
             _ => None,
         };
@@ -475,7 +483,14 @@ fn parquet_footer(
     use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
     let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
     let rows = row_groups.iter().map(|r| r.num_rows()).sum();
-    let meta = FileMetaData::new(1, rows, Some("seqflow checkpoint".into()), None, Arc::new(descr), None);
+    let meta = FileMetaData::new(
+        1,
+        rows,
+        Some("seqflow checkpoint".into()),
+        None,
+        Arc::new(descr),
+        None,
+    );
     let meta = ParquetMetaData::new(meta, row_groups.to_vec());
     let mut out = Vec::new();
     ParquetMetaDataWriter::new(&mut out, &meta)
@@ -663,10 +678,12 @@ impl BackgroundSink {
         let tx = self.tx.as_ref().ok_or_else(|| self.gone())?;
         let (ack, done) = crossbeam_channel::bounded(1);
         tx.send(Cmd::Commit(ack)).map_err(|_| self.gone())?;
-        done.recv().map_err(|_| self.gone())?.map_err(|msg| Error::Output {
-            path: self.display.clone(),
-            msg,
-        })
+        done.recv()
+            .map_err(|_| self.gone())?
+            .map_err(|msg| Error::Output {
+                path: self.display.clone(),
+                msg,
+            })
     }
 
     /// Writes what is queued, closes the file and returns the rows written.

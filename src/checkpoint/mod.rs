@@ -94,7 +94,11 @@ impl Identity {
     /// The first field that differs from `other` (the pipeline's), as a sentence.
     pub fn difference(&self, other: &Identity) -> Option<String> {
         for (name, theirs) in &self.fields {
-            let ours = other.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            let ours = other
+                .fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str());
             if ours != Some(theirs.as_str()) {
                 return Some(format!(
                     "it was made with {name} = {theirs}, this run has {}",
@@ -165,7 +169,9 @@ pub struct Damage {
 impl Store {
     /// The store in `dir` (created when the first checkpoint is written).
     pub fn new(dir: &Path) -> Store {
-        Store { dir: dir.to_path_buf() }
+        Store {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The folder of the checkpoint at `boundary`.
@@ -248,10 +254,13 @@ impl Store {
     pub fn verify(&self, folder: &Path) -> std::result::Result<Manifest, String> {
         let mpath = folder.join(MANIFEST);
         let text = std::fs::read(&mpath).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => "it has no manifest (the run stopped while writing it)".to_string(),
+            std::io::ErrorKind::NotFound => {
+                "it has no manifest (the run stopped while writing it)".to_string()
+            }
             _ => format!("{}: {e}", mpath.display()),
         })?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} is not valid: {e}"))?;
+        let m: Manifest =
+            serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} is not valid: {e}"))?;
         if m.format != FORMAT {
             return Err(format!(
                 "it is format {} (this seqflow reads format {FORMAT})",
@@ -265,7 +274,9 @@ impl Store {
                 return Err(format!("{name} is {n} bytes, the manifest says {bytes}"));
             }
             if c != crc {
-                return Err(format!("{name}'s checksum is {c:08x}, the manifest says {crc:08x}"));
+                return Err(format!(
+                    "{name}'s checksum is {c:08x}, the manifest says {crc:08x}"
+                ));
             }
             Ok(())
         };

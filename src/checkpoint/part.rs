@@ -145,12 +145,14 @@ impl StateRows {
         let item = |t: DataType| Arc::new(Field::new("item", t, false));
         let keys: ArrayRef = match &self.keys {
             KeyColumn::Int(v) => Arc::new(Int64Array::from(v.clone())),
-            KeyColumn::Str { .. } => Arc::new(StringArray::from_iter_values(
-                (0..n).map(|i| match self.keys.get(i) {
-                    KeyRef::Str(s) => s,
-                    KeyRef::Int(_) => unreachable!("a string column"),
-                }),
-            )),
+            KeyColumn::Str { .. } => {
+                Arc::new(StringArray::from_iter_values((0..n).map(
+                    |i| match self.keys.get(i) {
+                        KeyRef::Str(s) => s,
+                        KeyRef::Int(_) => unreachable!("a string column"),
+                    },
+                )))
+            }
         };
         let groups: ArrayRef = Arc::new(UInt16Array::from_iter_values(
             (0..n).map(|i| self.keys.get(i).group()),
@@ -211,7 +213,11 @@ impl StateRows {
     }
 
     /// Appends the rows of `batch` (a part's batch) whose key group `keep` accepts.
-    pub fn extend_from_batch(&mut self, batch: &RecordBatch, keep: impl Fn(u16) -> bool) -> std::result::Result<(), String> {
+    pub fn extend_from_batch(
+        &mut self,
+        batch: &RecordBatch,
+        keep: impl Fn(u16) -> bool,
+    ) -> std::result::Result<(), String> {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
@@ -223,7 +229,9 @@ impl StateRows {
         let last = col("last_time")?
             .as_primitive_opt::<Int64Type>()
             .ok_or("column `last_time` is not int64")?;
-        let fill = col("fill")?.as_list_opt::<i32>().ok_or("column `fill` is not a list")?;
+        let fill = col("fill")?
+            .as_list_opt::<i32>()
+            .ok_or("column `fill` is not a list")?;
         let fill_vals = fill
             .values()
             .as_primitive_opt::<Float32Type>()
@@ -260,19 +268,27 @@ impl StateRows {
                 continue;
             }
             let key = match (&mut self.keys, keys.data_type()) {
-                (KeyColumn::Int(_), DataType::Int64) => KeyRef::Int(keys.as_primitive::<Int64Type>().value(r)),
+                (KeyColumn::Int(_), DataType::Int64) => {
+                    KeyRef::Int(keys.as_primitive::<Int64Type>().value(r))
+                }
                 (KeyColumn::Str { .. }, DataType::Utf8) => KeyRef::Str(keys.as_string::<i32>().value(r)),
                 (_, t) => return Err(format!("column `key` is {t}, not the kind of this run's keys")),
             };
             if key.group() != groups.value(r) {
-                return Err(format!("row {r}: key group {} does not match its key", groups.value(r)));
+                return Err(format!(
+                    "row {r}: key group {} does not match its key",
+                    groups.value(r)
+                ));
             }
             self.keys.push(key);
             self.last_time.push(last.is_valid(r).then(|| last.value(r)));
             if self.fill_width > 0 {
                 let range = fill.value_offsets()[r] as usize..fill.value_offsets()[r + 1] as usize;
                 if fill.is_null(r) || range.len() != self.fill_width {
-                    return Err(format!("row {r}: `fill` does not hold {} values", self.fill_width));
+                    return Err(format!(
+                        "row {r}: `fill` does not hold {} values",
+                        self.fill_width
+                    ));
                 }
                 self.fill.extend_from_slice(&fill_vals.values()[range]);
             }
@@ -388,7 +404,8 @@ mod tests {
             s.state.push(&vec![i as f32 * 0.25; i as usize]);
             s.counters.push(&[i as u64; 1]);
             s.held_times.push(&[i, i + 1]);
-            s.held_values.push(&[f32::MIN_POSITIVE, f32::NAN][..(i as usize % 3).min(2)]);
+            s.held_values
+                .push(&[f32::MIN_POSITIVE, f32::NAN][..(i as usize % 3).min(2)]);
         }
         s
     }
@@ -404,8 +421,24 @@ mod tests {
             let mut back = StateRows::new(int, 2);
             read_part(&p, &mut back, |_| true).unwrap();
             // NaN != NaN: compare bits.
-            assert_eq!(format!("{:?}", back.held_values.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()),
-                format!("{:?}", s.held_values.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()));
+            assert_eq!(
+                format!(
+                    "{:?}",
+                    back.held_values
+                        .values
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                ),
+                format!(
+                    "{:?}",
+                    s.held_values
+                        .values
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>()
+                )
+            );
             assert_eq!(back.keys, s.keys);
             assert_eq!(back.last_time, s.last_time);
             assert_eq!(back.fill, s.fill);

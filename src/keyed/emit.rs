@@ -262,7 +262,11 @@ impl Emitter {
         match self {
             Emitter::EveryStep(arena) => arena_in(arena),
             Emitter::SequenceEnd(s) => match &mut s.held {
-                Held::Outputs { arena, vals, times: t } => {
+                Held::Outputs {
+                    arena,
+                    vals,
+                    times: t,
+                } => {
                     arena_in(arena)?;
                     vals[ku] = values.to_vec();
                     t[ku] = times.to_vec();

@@ -197,6 +197,11 @@ impl KeyedProcessor {
         self.accepted = accepted;
     }
 
+    /// Empty checkpoint rows of this processor's shape, to restore into.
+    pub fn empty_rows(&self, int_keys: bool) -> StateRows {
+        StateRows::new(int_keys, self.order.fill_width())
+    }
+
     /// Every key this worker holds, for its part of a checkpoint (keys in index order).
     pub fn export(&self) -> StateRows {
         let int = matches!(self.keys.column(), crate::record::KeyColumn::Int(_));

@@ -84,7 +84,13 @@ pub struct Committer {
 
 impl Committer {
     /// A committer with nothing pending.
-    pub fn new(store: Store, keep: usize, workers: usize, identity: Identity, output: Option<PathBuf>) -> Committer {
+    pub fn new(
+        store: Store,
+        keep: usize,
+        workers: usize,
+        identity: Identity,
+        output: Option<PathBuf>,
+    ) -> Committer {
         Committer {
             store,
             keep,
@@ -282,7 +288,11 @@ impl Collect<ToSink> for Collector {
             }
             SinkMsg::Stats(s) => self.stats.add(&s),
             SinkMsg::Failed(m) => self.failed.push(m),
-            SinkMsg::Part { boundary, part, stats } => {
+            SinkMsg::Part {
+                boundary,
+                part,
+                stats,
+            } => {
                 self.stats.add(&stats);
                 if let Some(c) = self.checkpoint.as_mut() {
                     c.pending.entry(boundary).or_default().push(part);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::checkpoint::CheckpointConfig;
 use crate::error::{Error, Result};
 use crate::input::files::FileSource;
 use crate::input::live::{LiveSource, Transport};
@@ -80,10 +81,20 @@ struct RawOutput {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    dir: String,
+    every_ms: Option<u64>,
+    every_epochs: Option<u64>,
+    keep: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPipeline {
     source: RawSource,
     model: RawModelRef,
     output: RawOutput,
+    checkpoint: Option<RawCheckpoint>,
     #[serde(default)]
     views: Vec<toml::Value>,
 }
@@ -135,6 +146,8 @@ pub struct PipelineConfig {
     pub output: OutputConfig,
     /// `[[views]]` tables, parsed by the views module.
     pub views: Vec<toml::Value>,
+    /// `[checkpoint]`.
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 /// Command-line overrides (relative to the working directory).
@@ -349,12 +362,55 @@ impl PipelineConfig {
             names,
             emit,
         };
+        let checkpoint = match raw.checkpoint {
+            None => None,
+            Some(c) => {
+                if c.every_ms.is_some() && c.every_epochs.is_some() {
+                    return Err(err(
+                        "[checkpoint] takes `every_ms` or `every_epochs`, not both".into()
+                    ));
+                }
+                if c.every_ms == Some(0) || c.every_epochs == Some(0) || c.keep == Some(0) {
+                    return Err(err(
+                        "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
+                    ));
+                }
+                if matches!(source.kind, SourceKind::Live(_)) {
+                    return Err(err(
+                        "[checkpoint] is not yet supported for live sources (tcp, stdin): this version \
+                         checkpoints file runs"
+                            .into(),
+                    ));
+                }
+                if !raw.views.is_empty() {
+                    return Err(err(
+                        "[checkpoint] is not yet supported with [[views]]: this version checkpoints \
+                         the keyed state and the output, not the views"
+                            .into(),
+                    ));
+                }
+                if output.file.path.is_none() {
+                    return Err(err(
+                        "[checkpoint] needs the output in a file: stdout (path = \"-\") cannot be \
+                         rewound to the checkpoint on --resume"
+                            .into(),
+                    ));
+                }
+                Some(CheckpointConfig {
+                    dir: rel(&c.dir),
+                    every_ms: c.every_ms.or(c.every_epochs.is_none().then_some(10_000)),
+                    every_epochs: c.every_epochs,
+                    keep: c.keep.unwrap_or(2),
+                })
+            }
+        };
         Ok(PipelineConfig {
             path: path.to_path_buf(),
             source,
             model_path: rel(&raw.model.path),
             output,
             views: raw.views,
+            checkpoint,
         })
     }
 

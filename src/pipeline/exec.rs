@@ -20,6 +20,7 @@ use timely::{CommunicationConfig, Config, WorkerConfig};
 use super::collect::{Collector, Namer, NoSink, SinkSlot};
 use super::config::{Overrides, PipelineConfig};
 use super::report::{quiet, Observer, RunReport};
+use crate::checkpoint::{FileCommit, Manifest, PartWriter, Store};
 use crate::dataflow::{CollectAtWorker0, Inbound, KeyedModel};
 use crate::error::{Error, Result};
 use crate::keyed::KeyedProcessor;
@@ -55,6 +56,10 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// How long the processes of a cluster wait for each other to connect.
     pub connect_timeout: std::time::Duration,
+    /// `--resume`: continue from the latest complete checkpoint.
+    pub resume: bool,
+    /// `--fresh`: discard the pipeline's checkpoints and start over.
+    pub fresh: bool,
 }
 
 impl Default for RunOptions {
@@ -68,6 +73,8 @@ impl Default for RunOptions {
             observer: quiet(),
             stop: Arc::default(),
             connect_timeout: std::time::Duration::from_secs(60),
+            resume: false,
+            fresh: false,
         }
     }
 }
@@ -198,9 +205,17 @@ pub(crate) struct ViewSetup {
     pub live: bool,
 }
 
+/// A run's checkpoints: where parts go, and the checkpoint it resumes from.
+#[derive(Clone)]
+pub(crate) struct Checkpointing {
+    pub store: Store,
+    pub resume: Option<Arc<Manifest>>,
+}
+
 /// Runs the dataflow on every worker of this process: `input -> keyed_model -> sink`, the
 /// input fed by `feed`. Returns what worker 0 collected (process 0 only) and the first
 /// worker failure.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute(
     opts: &RunOptions,
     cfg: Arc<PipelineConfig>,
@@ -209,6 +224,7 @@ pub(crate) fn execute(
     collector: Option<Collector>,
     views: ViewSetup,
     feed: Arc<Feed>,
+    checkpointing: Option<Checkpointing>,
 ) -> Result<(Option<Collected>, Option<String>)> {
     let config = timely_config(opts)?;
     let stop = opts.stop.clone();
@@ -230,10 +246,24 @@ pub(crate) fn execute(
         let (max_keys, ttl) = cfg.live().map_or((usize::MAX, None), |l| {
             (l.max_keys.div_ceil(worker.peers()), l.state_ttl_ms)
         });
-        let processor = KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
-            .with_idle_timeout(idle)
-            .with_key_limits(max_keys, ttl)
-            .with_abort(abort);
+        let mut processor =
+            KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
+                .with_idle_timeout(idle)
+                .with_key_limits(max_keys, ttl)
+                .with_abort(abort);
+        let parts = checkpointing.as_ref().map(|c| PartWriter {
+            store: c.store.clone(),
+            worker: index,
+        });
+        if let (Some(w), Some(m)) = (&parts, checkpointing.as_ref().and_then(|c| c.resume.as_ref())) {
+            // Every part is read; this worker keeps the key groups it owns.
+            let mut rows = processor.empty_rows(int_keys.unwrap_or(false));
+            w.restore(m, worker.peers(), &mut rows)
+                .map_err(|e| e.to_string())?;
+            processor
+                .import(&rows)
+                .map_err(|e| format!("checkpoint {}: {e}", w.store.folder(m.boundary).display()))?;
+        }
         let collector = if index == 0 {
             slot.lock().expect("collector slot").take()
         } else {
@@ -244,7 +274,7 @@ pub(crate) fn execute(
         let mut side: SideInput = InputHandleVec::new();
         let probe: ProbeHandle<u64> = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let predictions = scope.input_from(&mut input).keyed_model(processor);
+            let predictions = scope.input_from(&mut input).keyed_model_with(processor, parts);
             if !views.specs.is_empty() {
                 let side = scope.input_from(&mut side).as_collection();
                 let latest = latest_updates(predictions.clone());
@@ -427,6 +457,7 @@ pub(crate) fn collector(
     namer: Namer,
     live: bool,
     views: Option<ViewOutputs>,
+    rejects_from: Option<&FileCommit>,
 ) -> Result<Option<Collector>> {
     if opts.process != 0 {
         return Ok(None);
@@ -436,7 +467,10 @@ pub(crate) fn collector(
         .source
         .rejects
         .as_deref()
-        .map(|p| RejectsWriter::create(p, outputs))
+        .map(|p| match rejects_from {
+            Some(c) => RejectsWriter::resume(p, outputs, c.bytes, c.rows),
+            None => RejectsWriter::create(p, outputs),
+        })
         .transpose()?;
     let mut c = Collector::new(sink, rejects, namer, live, outputs.clone());
     c.views = views;

@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::collect::{Namer, SinkSlot};
+use super::collect::{Committer, Namer, SinkSlot};
 use super::config::PipelineConfig;
-use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
+use super::durable::{self, MarkClock};
+use super::exec::{collector, execute, report, setup_views, Checkpointing, Feed, RunOptions};
 use super::report::{count, Event, RunReport};
+use crate::checkpoint::Store;
 use crate::error::{Error, Result};
 use crate::input::arrow::{route_batch, Origin};
 use crate::input::files::{epoch_of, FileSource, Plan};
@@ -19,7 +21,7 @@ use crate::input::Prep;
 use crate::model::Model;
 use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::{OutputSchema, Sink, SinkHandle};
+use crate::sink::{resume_source, CommitPoint, OutputSchema, Sink, SinkHandle};
 use crate::vocab::FileFormat;
 
 /// Why a stopped file run fails.
@@ -37,11 +39,40 @@ pub(super) fn run(
     model: Arc<Model>,
     opts: &RunOptions,
 ) -> Result<Option<RunReport>> {
-    let outputs = Outputs::default();
+    let checkpoint = cfg.checkpoint.clone();
+    let outputs = match checkpoint {
+        Some(_) => Outputs::durable(),
+        None => Outputs::default(),
+    };
     let run = run_with(cfg, source, model, opts, &outputs);
     match &run {
-        Ok(_) => outputs.commit()?,
-        Err(_) => outputs.discard(),
+        Ok(_) => {
+            outputs.commit()?;
+            // The output is complete: there is nothing left to resume.
+            if let (Some(c), 0) = (checkpoint, opts.process) {
+                Store::new(&c.dir).discard_all()?;
+            }
+        }
+        Err(e) => {
+            // A checkpointed run keeps what its last checkpoint committed, for --resume.
+            let last = checkpoint
+                .as_ref()
+                .and_then(|c| Store::new(&c.dir).latest().ok().flatten());
+            match last {
+                // Only a run that started has something to continue.
+                Some((m, _)) if matches!(e, Error::Runtime(_)) => {
+                    outputs.discard();
+                    let folder = Store::new(&checkpoint.as_ref().expect("checkpoint").dir).folder(m.boundary);
+                    return Err(Error::Runtime(format!(
+                        "{e}. The last checkpoint ({}) and the partial outputs are kept: run with --resume to \
+                         continue from there, or --fresh to start over",
+                        folder.display()
+                    )));
+                }
+                Some(_) => outputs.discard(),
+                None => outputs.remove_all(),
+            }
+        }
     }
     run
 }
@@ -57,6 +88,23 @@ fn run_with(
     let int_keys = plan.key_type.is_integer();
     let data: Vec<PathBuf> = plan.files.iter().map(|f| f.path.clone()).collect();
     let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &data, outputs, false, Some(int_keys))?;
+    if opts.resume && cfg.checkpoint.is_none() {
+        return Err(Error::PipelineConfig {
+            path: cfg.path.clone(),
+            msg: "--resume needs a [checkpoint] section (dir = ...) in the pipeline".into(),
+        });
+    }
+    let checkpointing = match &cfg.checkpoint {
+        Some(c) => {
+            let ours = durable::identity(&cfg, &model, &plan)?;
+            let (store, resume) = durable::open(c, opts, &ours)?;
+            Some((c.clone(), store, resume.map(Arc::new), ours))
+        }
+        None => None,
+    };
+    let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
+    // Epochs before this one are in the checkpoint: the readers skip them.
+    let skip_before = resume.as_ref().map_or(0, |m| m.boundary);
     let schema = OutputSchema {
         key_name: cfg.source.columns.key.clone(),
         key_type: plan.key_type.clone(),
@@ -65,8 +113,24 @@ fn run_with(
         names: cfg.output.names.clone(),
     };
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
+    let from = resume.as_ref().and_then(|m| m.output.clone());
+    let parquet = cfg.output.file.format == FileFormat::Parquet;
     let open = || {
-        let sink = Sink::create(&cfg.output.file, schema, outputs)?;
+        let sink = match &from {
+            Some(o) => {
+                let footer = match &checkpointing {
+                    Some((_, store, Some(m), _)) => store.footer(m)?,
+                    _ => None,
+                };
+                let point = CommitPoint {
+                    bytes: o.bytes,
+                    rows: o.rows,
+                    footer,
+                };
+                Sink::resume(&cfg.output.file, schema, outputs, &point, o.generation)?
+            }
+            None => Sink::create(&cfg.output.file, schema, outputs)?,
+        };
         Ok(SinkSlot::Open(SinkHandle::new(sink, wide)))
     };
     let mut collector = collector(
@@ -77,10 +141,32 @@ fn run_with(
         Namer::Files(plan.clone()),
         false,
         view_outputs,
+        resume.as_ref().and_then(|m| m.rejects.as_ref()),
     )?;
     if let Some(c) = collector.as_mut() {
         c.abort = Some(opts.stop.clone());
+        if let Some((ck, store, _, ours)) = &checkpointing {
+            let mut committer = Committer::new(
+                store.clone(),
+                ck.keep,
+                opts.workers * opts.processes,
+                ours.clone(),
+                cfg.output.file.path.clone(),
+            );
+            if let (Some(m), Some(o)) = (&resume, &from) {
+                c.stats = m.stats.clone();
+                // A resumed Parquet output is a new file, one generation up.
+                if parquet {
+                    committer.generation = o.generation + 1;
+                    committer.resume_source = Some(resume_source(&o.path, o.generation));
+                } else {
+                    committer.generation = o.generation;
+                }
+            }
+            c.checkpoint = Some(committer);
+        }
     }
+    let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));
     let local_rows: Option<u64> = (0..opts.workers)
         .map(|w| plan.rows_for(opts.process * opts.workers + w, opts.workers * opts.processes))
         .sum();
@@ -94,13 +180,20 @@ fn run_with(
             let columns = &cfg.source.columns;
             let prep = Prep::new(columns);
             let names: Vec<&str> = columns.names().collect();
-            let mut stats = Stats::default();
             let mut in_flight: VecDeque<u64> = VecDeque::new();
             for (u, unit) in plan.units_for(index, peers) {
+                // Units wholly before the checkpoint are not read again.
+                if (u as u64) < skip_before >> 32 {
+                    continue;
+                }
                 let path = &plan.files[unit.file as usize].path;
                 plan.read_unit(u, &names, cfg.source.batch_rows, |i, batch, first_row| {
                     if opts.stop.load(Ordering::Relaxed) {
                         return Err(Error::Runtime(STOPPED.into()));
+                    }
+                    let epoch = epoch_of(u, i);
+                    if epoch < skip_before {
+                        return Ok(());
                     }
                     let map = columns.map(&batch.schema(), path, plan.format != FileFormat::Parquet)?;
                     let at = Origin {
@@ -110,21 +203,33 @@ fn run_with(
                         first_row,
                     };
                     let routed = route_batch(&batch, &map, columns, &prep, at, peers)?;
-                    let epoch = epoch_of(u, i);
                     input.advance_to(epoch);
                     for (dest, b) in routed.batches.into_iter().enumerate() {
                         if !b.is_empty() {
                             input.send((dest as u64, SourceMsg::Steps(b)));
                         }
                     }
+                    // Counters travel with their epoch, so a checkpoint holds exactly those
+                    // of the epochs before it.
+                    let mut stats = Stats {
+                        rows_read: routed.rows,
+                        ..Stats::default()
+                    };
                     if !routed.rejects.is_empty() {
                         for r in &routed.rejects {
                             stats.count_reject(r.reason);
                         }
                         input.send((index as u64, SourceMsg::Rejects(routed.rejects)));
                     }
-                    stats.rows_read += routed.rows;
+                    input.send((index as u64, SourceMsg::Stats(stats)));
                     (opts.observer)(&Event::Read(routed.rows));
+                    if marks.as_ref().is_some_and(|m| m.due()) {
+                        // Everything up to this batch: every worker writes its part once
+                        // the frontier passes it.
+                        for dest in 0..peers {
+                            input.send((dest as u64, SourceMsg::Mark(epoch + 1)));
+                        }
+                    }
                     // Backpressure: at most a few epochs ahead of what the sink has seen.
                     in_flight.push_back(epoch);
                     if in_flight.len() > MAX_EPOCHS_IN_FLIGHT {
@@ -135,7 +240,7 @@ fn run_with(
                 })
                 .map_err(|e| e.to_string())?;
             }
-            Ok(stats)
+            Ok(Stats::default())
         })
     };
     let (collected, error) = execute(
@@ -146,6 +251,7 @@ fn run_with(
         collector,
         view_setup,
         feed,
+        checkpointing.map(|(_, store, resume, _)| Checkpointing { store, resume }),
     )?;
     (opts.observer)(&Event::Finished);
     // A stop that came after the last batch was read still discards the output.

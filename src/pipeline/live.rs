@@ -82,6 +82,7 @@ fn run_with(
         Namer::Live(Default::default()),
         true,
         view_outputs,
+        None,
     )? {
         Some(mut c) => {
             let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone())?;
@@ -213,7 +214,7 @@ fn run_with(
         })
     };
     let cfg = Arc::new(cfg);
-    let (collected, error) = execute(opts, cfg.clone(), model, None, collector, view_setup, feed)?;
+    let (collected, error) = execute(opts, cfg.clone(), model, None, collector, view_setup, feed, None)?;
     (opts.observer)(&Event::Finished);
     if let Some(e) = error {
         return Err(Error::Runtime(e));

@@ -4,6 +4,7 @@
 mod cluster;
 mod collect;
 pub mod config;
+mod durable;
 mod exec;
 mod files;
 mod live;

@@ -1,0 +1,144 @@
+//! What a pipeline does with its `[checkpoint]`: decide, before anything is written, whether
+//! the run starts fresh or resumes (and from which checkpoint), what the state belongs to
+//! (its [`Identity`]), and when the readers ask for the next checkpoint.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::config::PipelineConfig;
+use super::exec::RunOptions;
+use super::report::Event;
+use crate::checkpoint::{CheckpointConfig, Identity, Manifest, Store};
+use crate::error::{Error, Result};
+use crate::input::files::Plan;
+use crate::model::Model;
+
+/// What a checkpointed state belongs to: the model's bytes and the pipeline's data layout
+/// and input. A resume with any of these changed would apply old state to other data.
+pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: &Plan) -> Result<Identity> {
+    let mut crc = crc32fast::Hasher::new();
+    for p in std::iter::once(model.path()).chain(model.weights_path()) {
+        crc.update(&crate::outfiles::read_regular(p)?);
+    }
+    let c = &cfg.source.columns;
+    let files: Vec<String> = plan
+        .files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+            format!("{} ({bytes} bytes)", f.path.display())
+        })
+        .collect();
+    let show = |p: &Option<std::path::PathBuf>| p.as_ref().map_or("none".into(), |p| p.display().to_string());
+    let fields = vec![
+        (
+            "the model (CRC-32 of its file and weights)".into(),
+            format!("{:08x}", crc.finalize()),
+        ),
+        ("key".into(), format!("{} ({})", c.key, plan.key_type)),
+        ("time".into(), format!("{} ({})", c.time, plan.time_type)),
+        ("features".into(), format!("{:?}", c.features)),
+        ("normalize".into(), format!("{:?}", c.normalize)),
+        ("nan".into(), format!("{:?}", c.nan)),
+        ("emit".into(), format!("{:?}", cfg.output.emit)),
+        ("batch_rows".into(), cfg.source.batch_rows.to_string()),
+        ("input files".into(), files.join(", ")),
+        (
+            "output".into(),
+            format!(
+                "{} ({})",
+                show(&cfg.output.file.path),
+                cfg.output.file.format.name()
+            ),
+        ),
+        ("rejects".into(), show(&cfg.source.rejects)),
+    ];
+    Ok(Identity { fields })
+}
+
+/// Opens the pipeline's checkpoint folder for this run: `--fresh` empties it; `--resume`
+/// picks the newest complete, undamaged checkpoint (saying which newer ones were skipped
+/// and why) and refuses one of another model or layout; without either, a folder that
+/// holds a checkpoint is refused, so that an unfinished run is never silently started over.
+pub(crate) fn open(
+    c: &CheckpointConfig,
+    opts: &RunOptions,
+    ours: &Identity,
+) -> Result<(Store, Option<Manifest>)> {
+    let store = Store::new(&c.dir);
+    if opts.fresh && opts.process == 0 {
+        store.discard_all()?;
+    }
+    if !opts.resume {
+        if let Some((b, d)) = store.folders().last() {
+            let _ = b;
+            return Err(Error::Checkpoint {
+                path: c.dir.clone(),
+                msg: format!(
+                    "holds a checkpoint of an unfinished run ({}); run with --resume to continue it, or \
+                     --fresh to discard it and start over",
+                    d.display()
+                ),
+            });
+        }
+        return Ok((store, None));
+    }
+    let Some((m, damaged)) = store.latest()? else {
+        (opts.observer)(&Event::Warning(&format!(
+            "--resume: {} holds no checkpoint; starting from the beginning",
+            c.dir.display()
+        )));
+        return Ok((store, None));
+    };
+    for d in &damaged {
+        (opts.observer)(&Event::Warning(&format!(
+            "checkpoint {} is not usable ({}); resuming from the one before it, {}",
+            d.dir.display(),
+            d.why,
+            store.folder(m.boundary).display()
+        )));
+    }
+    if let Some(diff) = m.identity.difference(ours) {
+        return Err(Error::Checkpoint {
+            path: store.folder(m.boundary),
+            msg: format!(
+                "belongs to another pipeline or model: {diff}; resume with the pipeline, model and data it \
+                 was made with, or run with --fresh to start over"
+            ),
+        });
+    }
+    Ok((store, Some(m)))
+}
+
+/// When the readers of one process ask for a checkpoint: every `every_ms`, or every
+/// `every_epochs` batches read by the process. Shared by the process's readers, so one of
+/// them asks per interval.
+pub(crate) struct MarkClock {
+    every_ms: Option<u64>,
+    every_epochs: Option<u64>,
+    state: Mutex<(Instant, u64)>,
+}
+
+impl MarkClock {
+    pub fn new(c: &CheckpointConfig) -> MarkClock {
+        MarkClock {
+            every_ms: c.every_ms,
+            every_epochs: c.every_epochs,
+            state: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Counts one batch read; true when a checkpoint is due (and restarts the count).
+    pub fn due(&self) -> bool {
+        let mut s = self.state.lock().expect("mark clock");
+        s.1 += 1;
+        let due = self.every_epochs.is_some_and(|n| s.1 >= n)
+            || self
+                .every_ms
+                .is_some_and(|ms| s.0.elapsed().as_millis() as u64 >= ms);
+        if due {
+            *s = (Instant::now(), 0);
+        }
+        due
+    }
+}
