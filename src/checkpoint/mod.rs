@@ -201,15 +201,13 @@ impl Store {
         v
     }
 
-    /// Whether the folder holds any checkpoint, complete or not.
-    pub fn has_any(&self) -> bool {
-        !self.folders().is_empty()
-    }
-
     /// Removes every checkpoint (`--fresh`, or a file run that completed).
     pub fn discard_all(&self) -> Result<()> {
         for (_, d) in self.folders() {
-            std::fs::remove_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            match std::fs::remove_dir_all(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&d, e)),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -255,7 +253,7 @@ impl Store {
         let mpath = folder.join(MANIFEST);
         let text = std::fs::read(&mpath).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
-                "it has no manifest (the run stopped while writing it)".to_string()
+                "it is unfinished: the run stopped before its manifest was written".to_string()
             }
             _ => format!("{}: {e}", mpath.display()),
         })?;
@@ -292,16 +290,22 @@ impl Store {
         Ok(m)
     }
 
+    /// Whether any checkpoint is complete (has its manifest); unfinished ones hold nothing
+    /// committed.
+    pub fn has_complete(&self) -> bool {
+        self.folders().iter().any(|(_, d)| d.join(MANIFEST).is_file())
+    }
+
     /// The newest complete, undamaged checkpoint, and what was wrong with newer ones.
-    /// `Ok(None)` when the folder holds no checkpoint at all; an error when it holds some
-    /// but none is usable (never a silent fresh start).
+    /// `Ok(None)` when the folder holds no complete checkpoint (none at all, or only
+    /// unfinished ones: nothing was committed); an error when it holds complete ones but
+    /// none is usable (never a silent fresh start).
     pub fn latest(&self) -> Result<Option<(Manifest, Vec<Damage>)>> {
-        let folders = self.folders();
-        if folders.is_empty() {
+        if !self.has_complete() {
             return Ok(None);
         }
         let mut damaged = Vec::new();
-        for (_, d) in folders.iter().rev() {
+        for (_, d) in self.folders().iter().rev() {
             match self.verify(d) {
                 Ok(m) => return Ok(Some((m, damaged))),
                 Err(why) => damaged.push(Damage { dir: d.clone(), why }),

@@ -70,8 +70,8 @@ pub(crate) fn open(
         store.discard_all()?;
     }
     if !opts.resume {
-        if let Some((b, d)) = store.folders().last() {
-            let _ = b;
+        if store.has_complete() {
+            let (_, d) = store.folders().pop().expect("a checkpoint");
             return Err(Error::Checkpoint {
                 path: c.dir.clone(),
                 msg: format!(
@@ -81,13 +81,20 @@ pub(crate) fn open(
                 ),
             });
         }
+        // Unfinished checkpoints of an earlier run hold nothing committed.
+        if opts.process == 0 {
+            store.discard_all()?;
+        }
         return Ok((store, None));
     }
     let Some((m, damaged)) = store.latest()? else {
         (opts.observer)(&Event::Warning(&format!(
-            "--resume: {} holds no checkpoint; starting from the beginning",
+            "--resume: {} holds no complete checkpoint; starting from the beginning",
             c.dir.display()
         )));
+        if opts.process == 0 {
+            store.discard_all()?;
+        }
         return Ok((store, None));
     };
     for d in &damaged {

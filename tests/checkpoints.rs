@@ -1,0 +1,510 @@
+//! Durable state, with the real binary: a checkpointed file run killed with SIGKILL at
+//! random moments (during checkpoint writes too) and resumed with other worker counts and
+//! two processes ends with exactly the rows and rejects of an uninterrupted run, bit for
+//! bit, in every emit mode and output format; damaged checkpoints are skipped with a
+//! warning or refused, a checkpoint of another model or layout is refused, and a folder
+//! holding a checkpoint is never silently started over.
+//!
+//! The long version (hundreds of kills) is `benches/crash.sh`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pipeline::*;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use seqflow::model::builder::ModelBuilder;
+
+/// A model with state in every kind of layer: a convolution's history, a pooling layer's
+/// step counter, two LSTM layers.
+fn model() -> ModelBuilder {
+    ModelBuilder::new(2, 5)
+        .conv1d("conv", 4, 3, 1, 2, "causal")
+        .plain("maxpool1d", "kernel = 2")
+        .recurrent("lstm", "lstm", 6, 2)
+        .linear("head", 2)
+}
+
+/// Three Parquet files (row groups of 40 rows): 14 keys whose steps run through all
+/// three files, with a few NaN features (forward-filled), re-sent rows (duplicates) and a
+/// late row.
+fn write_inputs(dir: &Path) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    for f in 0..3i64 {
+        let mut rows = Vec::new();
+        for t in f * 30..(f + 1) * 30 {
+            for k in 0..14i64 {
+                let x = ((k * 31 + t * 7) % 23) as f32 * 0.1 - 1.0;
+                let y = if (k + t) % 17 == 0 {
+                    f32::NAN
+                } else {
+                    (t as f32 * 0.05 + k as f32).sin()
+                };
+                rows.push(Row {
+                    key: format!("s{k:02}"),
+                    time: t,
+                    feats: vec![x, y],
+                });
+                if (k * t) % 41 == 5 {
+                    // Re-sent: a duplicate of the step just sent.
+                    rows.push(Row {
+                        key: format!("s{k:02}"),
+                        time: t,
+                        feats: vec![0.0, 0.0],
+                    });
+                }
+            }
+        }
+        if f == 2 {
+            rows.push(Row {
+                key: "s03".into(),
+                time: 3,
+                feats: vec![1.0, 1.0],
+            });
+        }
+        write_parquet(&dir.join(format!("in/part-{f}.parquet")), &rows, 40);
+    }
+}
+
+/// The pipeline: `emit` and output `out` (its format by extension); checkpoints every 2
+/// epochs of 16 rows when `checkpoint`.
+fn pipeline(dir: &Path, name: &str, emit: &str, out: &str, checkpoint: bool) -> PathBuf {
+    let ck = if checkpoint {
+        "[checkpoint]\ndir = \"state\"\nevery_epochs = 2\nkeep = 2\n"
+    } else {
+        ""
+    };
+    let format = out.rsplit('.').next().unwrap();
+    write_pipeline(
+        dir,
+        name,
+        &format!(
+            "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             nan = \"ffill\"\nbatch_rows = 16\nrejects = \"out/rejects.jsonl\"\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"{format}\"\npath = \"{out}\"\n{emit}\n{ck}"
+        ),
+    )
+}
+
+/// Rows of an output file, sorted, floats as bits: equal means equal bit for bit.
+fn rows_of(path: &Path) -> Vec<String> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut rows = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let cols: Vec<Vec<String>> = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    (0..c.len())
+                        .map(|i| {
+                            if let Some(f) = c.as_any().downcast_ref::<arrow::array::Float32Array>() {
+                                format!("{:08x}", f.value(i).to_bits())
+                            } else {
+                                arrow::util::display::array_value_to_string(c, i).unwrap()
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            for i in 0..b.num_rows() {
+                rows.push(cols.iter().map(|c| c[i].clone()).collect::<Vec<_>>().join(","));
+            }
+        }
+        rows.sort();
+        rows
+    } else {
+        sorted_lines(path)
+    }
+}
+
+fn spawn(dir: &Path, pipeline: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(dir)
+        .arg("run")
+        .arg(pipeline)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A resume in one of four shapes: `-w 1`, `-w 2`, two processes, `-w 3`. Returns whether
+/// it completed, and its stderr.
+fn resume(dir: &Path, pipeline: &Path, shape: usize, kill_after: Option<Duration>) -> (bool, String) {
+    let mut children = Vec::new();
+    match shape % 4 {
+        2 => {
+            let hosts = dir.join("hosts.txt");
+            std::fs::write(
+                &hosts,
+                format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+            )
+            .unwrap();
+            for p in ["0", "1"] {
+                let h = hosts.to_str().unwrap();
+                children.push(spawn(dir, pipeline, &["--resume", "-n", "2", "-p", p, "-h", h]));
+            }
+        }
+        s => {
+            let w = [1, 2, 0, 3][s].to_string();
+            children.push(spawn(dir, pipeline, &["--resume", "-w", &w]));
+        }
+    }
+    if let Some(d) = kill_after {
+        std::thread::sleep(d);
+        for c in &children {
+            let _ = Command::new("kill").args(["-KILL", &c.id().to_string()]).status();
+        }
+    }
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let err = String::from_utf8_lossy(&outs[0].stderr).into_owned();
+    for o in &outs {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!e.contains("panicked"), "a panic:\n{e}");
+    }
+    (outs.iter().all(|o| o.status.success()), err)
+}
+
+/// The counters of a summary line, without the timings.
+fn counters(summary: &str) -> String {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("seqflow: ") && l.contains(" rows from "))
+        .unwrap_or("");
+    let (head, tail) = line.split_once(" in ").unwrap_or((line, ""));
+    let tail = tail.split_once("); ").map_or("", |t| t.1);
+    // Key state depends on the worker count (buffers per worker).
+    let tail: Vec<&str> = tail
+        .split("; ")
+        .filter(|p| !p.starts_with("key state") && !p.starts_with("output "))
+        .collect();
+    format!("{head} | {}", tail.join("; "))
+}
+
+/// SIGKILLs a checkpointed run at seeded random moments (and some resumes too), resumes
+/// until it completes, and compares with the uninterrupted run.
+fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_inputs(d);
+    save_model(d, &model());
+    let reference = pipeline(d, "ref.toml", emit, &format!("ref/{out}"), false);
+    let started = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(d)
+        .arg("run")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let took = started.elapsed();
+    let want_rows = rows_of(&d.join(format!("ref/{out}")));
+    let want_rejects = sorted_lines(&d.join("out/rejects.jsonl"));
+    let want_counters = counters(&stderr(&o));
+    assert!(want_rows.len() > 100 && want_rejects.len() > 3);
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+
+    let p = pipeline(d, "ck.toml", emit, &format!("out/{out}"), true);
+    let mut rng = seed;
+    let mut next = |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n.max(1)
+    };
+    let span = took.as_millis() as u64 + 50;
+    let mut resumed_from_checkpoint = 0;
+    for trial in 0..trials {
+        let _ = std::fs::remove_dir_all(d.join("out"));
+        let _ = std::fs::remove_dir_all(d.join("state"));
+        let first = spawn(d, &p, &[]);
+        std::thread::sleep(Duration::from_millis(next(span)));
+        let _ = Command::new("kill")
+            .args(["-KILL", &first.id().to_string()])
+            .status();
+        let _ = first.wait_with_output();
+        let mut done = None;
+        let mut last = String::new();
+        for attempt in 0..12 {
+            let has_checkpoint = std::fs::read_dir(d.join("state"))
+                .map(|r| r.flatten().any(|e| e.path().join("manifest.json").is_file()))
+                .unwrap_or(false);
+            resumed_from_checkpoint += has_checkpoint as usize;
+            // Every other resume is killed too, until the last attempts.
+            let kill = (attempt % 2 == 0 && attempt < 8).then(|| Duration::from_millis(next(span)));
+            let (ok, err) = resume(d, &p, trial + attempt, kill);
+            if ok {
+                done = Some(err);
+                break;
+            }
+            last = err;
+        }
+        let err = done.unwrap_or_else(|| panic!("trial {trial}: never completed; last:\n{last}"));
+        assert_eq!(
+            rows_of(&d.join(format!("out/{out}"))),
+            want_rows,
+            "trial {trial}: rows\n{err}"
+        );
+        assert_eq!(
+            sorted_lines(&d.join("out/rejects.jsonl")),
+            want_rejects,
+            "trial {trial}: rejects"
+        );
+        assert_eq!(counters(&err), want_counters, "trial {trial}: counters");
+        // A completed run leaves no partial file and no checkpoint.
+        let left: Vec<_> = std::fs::read_dir(d.join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".partial"))
+            .collect();
+        assert!(left.is_empty(), "trial {trial}: left {left:?}");
+        let state: Vec<_> = std::fs::read_dir(d.join("state"))
+            .map(|r| r.count())
+            .into_iter()
+            .collect();
+        assert!(state.iter().all(|&n| n == 0), "trial {trial}: checkpoints left");
+    }
+    assert!(resumed_from_checkpoint > 0, "no trial resumed from a checkpoint");
+}
+
+#[test]
+fn killed_every_step_parquet_runs_resume_to_the_same_rows() {
+    crash_and_resume("emit = \"every_step\"", "pred.parquet", 6, 1);
+}
+
+#[test]
+fn killed_window_csv_runs_resume_to_the_same_rows() {
+    crash_and_resume("emit = \"window\"\nsize = 5\nhop = 3", "pred.csv", 4, 2);
+}
+
+#[test]
+fn killed_sequence_end_jsonl_runs_resume_to_the_same_rows() {
+    crash_and_resume("emit = \"sequence_end\"\nall_steps = true", "pred.jsonl", 4, 3);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Exit 2 and one error paragraph holding every `needles`; no panic.
+fn assert_refused(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("seqflow: error:").count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+/// Three CSV files; the third holds `nan` (under nan = "error", the run fails there after
+/// committing checkpoints) or, fixed, `0.5`: the same bytes but for that cell.
+fn csv_inputs(dir: &Path, broken: bool) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    for f in 0..3i64 {
+        let mut text = String::from("key,t,f0,f1\n");
+        for t in f * 20..(f + 1) * 20 {
+            for k in 0..6 {
+                let bad = f == 2 && t == 55 && k == 4;
+                let y = if bad && broken {
+                    "nan".to_string()
+                } else if bad {
+                    "0.5".to_string()
+                } else {
+                    format!("{:.3}", (t as f32 * 0.1 + k as f32).cos())
+                };
+                text.push_str(&format!("k{k},{t},{:.3},{y}\n", (k * t) as f32 * 0.01));
+            }
+        }
+        std::fs::write(dir.join(format!("in/{f}.csv")), text).unwrap();
+    }
+}
+
+fn csv_pipeline(dir: &Path, features: &str, checkpoint: bool) -> PathBuf {
+    let ck = if checkpoint {
+        "[checkpoint]\ndir = \"state\"\nevery_epochs = 1\nkeep = 3\n"
+    } else {
+        ""
+    };
+    write_pipeline(
+        dir,
+        "p.toml",
+        &format!(
+            "[source]\nformat = \"csv\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = {features}\n\
+             batch_rows = 10\nrejects = \"out/rejects.jsonl\"\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n{ck}"
+        ),
+    )
+}
+
+/// The newest complete checkpoint's folder and its parts.
+fn newest(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    folders.sort();
+    let f = folders.pop().expect("a complete checkpoint");
+    let parts = std::fs::read_dir(&f)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .collect();
+    (f, parts)
+}
+
+#[test]
+fn damaged_or_foreign_checkpoints_are_skipped_or_refused_never_silently_restarted() {
+    let root = tempfile::tempdir().unwrap();
+    // The uninterrupted run over the fixed data.
+    let reference = root.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    csv_inputs(&reference, false);
+    save_model(&reference, &model());
+    let p = csv_pipeline(&reference, "[\"f0\", \"f1\"]", false);
+    let o = run_in(&reference, &["run", p.to_str().unwrap(), "-w", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = sorted_lines(&reference.join("out/pred.csv"));
+    let want_rejects = sorted_lines(&reference.join("out/rejects.jsonl"));
+
+    // A checkpointed run that fails in its last file: checkpoints and partials are kept.
+    let base = root.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    csv_inputs(&base, true);
+    save_model(&base, &model());
+    csv_pipeline(&base, "[\"f0\", \"f1\"]", true);
+    let o = run_in(&base, &["run", "p.toml"]);
+    assert_refused(&o, &["in/2.csv", "--resume"]);
+    assert!(base.join("out/pred.csv.partial").is_file());
+    csv_inputs(&base, false);
+
+    let case = |name: &str, damage: &dyn Fn(&Path)| -> (PathBuf, Output) {
+        let d = root.path().join(name);
+        copy_dir(&base, &d);
+        damage(&d);
+        let o = run_in(&d, &["run", "p.toml", "--resume", "-w", "3"]);
+        (d, o)
+    };
+    let completes = |d: &Path, o: &Output, warning: Option<&str>| {
+        let err = stderr(o);
+        assert!(o.status.success(), "{err}");
+        if let Some(w) = warning {
+            assert!(
+                err.contains(w) && err.contains("resuming from the one before it"),
+                "{}: wanted {w:?}:\n{err}",
+                d.display()
+            );
+        }
+        assert_eq!(sorted_lines(&d.join("out/pred.csv")), want);
+        assert_eq!(sorted_lines(&d.join("out/rejects.jsonl")), want_rejects);
+        assert!(!d.join("out/pred.csv.partial").exists());
+    };
+
+    let (d, o) = case("plain", &|_| {});
+    completes(&d, &o, None);
+
+    let (d, o) = case("truncated", &|d| {
+        let (_, parts) = newest(d);
+        let f = std::fs::OpenOptions::new().write(true).open(&parts[0]).unwrap();
+        let n = f.metadata().unwrap().len();
+        f.set_len(n / 2).unwrap();
+    });
+    completes(&d, &o, Some("bytes, the manifest says"));
+
+    let (d, o) = case("flipped", &|d| {
+        let (_, parts) = newest(d);
+        let mut bytes = std::fs::read(&parts[0]).unwrap();
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x40;
+        std::fs::write(&parts[0], bytes).unwrap();
+    });
+    completes(&d, &o, Some("checksum"));
+
+    let (d, o) = case("no-manifest", &|d| {
+        let (f, _) = newest(d);
+        std::fs::remove_file(f.join("manifest.json")).unwrap();
+    });
+    completes(&d, &o, Some("unfinished"));
+
+    let (_, o) = case("all-damaged", &|d| {
+        for e in std::fs::read_dir(d.join("state")).unwrap() {
+            let f = e.unwrap().path();
+            for p in std::fs::read_dir(&f).unwrap() {
+                let p = p.unwrap().path();
+                if p.extension().is_some_and(|e| e == "arrow") {
+                    std::fs::write(&p, b"not arrow").unwrap();
+                }
+            }
+        }
+    });
+    assert_refused(&o, &["holds no usable checkpoint", "--fresh"]);
+
+    let (_, o) = case("other-model", &|d| {
+        save_model(
+            d,
+            &ModelBuilder::new(2, 77)
+                .conv1d("conv", 4, 3, 1, 2, "causal")
+                .plain("maxpool1d", "kernel = 2")
+                .recurrent("lstm", "lstm", 6, 2)
+                .linear("head", 2),
+        );
+    });
+    assert_refused(
+        &o,
+        &["belongs to another pipeline or model", "the model", "--fresh"],
+    );
+
+    let (_, o) = case("other-features", &|d| {
+        csv_pipeline(d, "[\"f1\", \"f0\"]", true);
+    });
+    assert_refused(&o, &["features = [\"f0\", \"f1\"]", "[\"f1\", \"f0\"]"]);
+
+    let (_, o) = case("partial-gone", &|d| {
+        std::fs::remove_file(d.join("out/pred.csv.partial")).unwrap();
+    });
+    assert_refused(&o, &["pred.csv.partial", "is gone", "--fresh"]);
+
+    // Without --resume: refused, naming both ways on.
+    let d = root.path().join("no-resume");
+    copy_dir(&base, &d);
+    let o = run_in(&d, &["run", "p.toml"]);
+    assert_refused(
+        &o,
+        &["holds a checkpoint of an unfinished run", "--resume", "--fresh"],
+    );
+    // --fresh: starts over and completes.
+    let o = run_in(&d, &["run", "p.toml", "--fresh"]);
+    completes(&d, &o, None);
+    assert_eq!(std::fs::read_dir(d.join("state")).unwrap().count(), 0);
+}
