@@ -110,6 +110,12 @@ enum Command {
         #[arg(long, value_name = "CSV", num_args = 0..=1, default_missing_value = "grad_report.csv")]
         grad_report: Option<PathBuf>,
     },
+    /// What the checkpoints in a folder hold: when, source position, keys and bytes per
+    /// worker, committed output, counters, model and layout.
+    Checkpoint {
+        /// The pipeline's [checkpoint] dir.
+        dir: PathBuf,
+    },
     /// Print a model's layers, shapes, parameter count, receptive field and whether it streams.
     Inspect {
         /// The model TOML (its weights file is read too).
@@ -139,6 +145,9 @@ macro_rules! out {
 pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Checkpoint { dir } => {
+            out!("{}", seqflow::checkpoint::Listing::read(&dir)?);
+        }
         Command::Inspect { model } => {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;

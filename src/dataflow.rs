@@ -144,7 +144,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                             (Some(b), e) if e.is_none_or(|e| b <= e) => {
                                 let cap = marks.remove(&b).expect("a mark");
                                 if let Some(parts) = &parts {
-                                    let part = parts.write(b, &processor.export());
+                                    let part = parts.write(b, processor.export());
                                     let stats = processor.take_stats();
                                     output.session(&cap).give((
                                         0,

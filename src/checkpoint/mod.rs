@@ -345,16 +345,17 @@ pub struct PartWriter {
 
 impl PartWriter {
     /// Writes `rows` as this worker's part of the checkpoint at `boundary`.
-    pub fn write(&self, boundary: u64, rows: &part::StateRows) -> std::result::Result<PartInfo, String> {
+    pub fn write(&self, boundary: u64, rows: part::StateRows) -> std::result::Result<PartInfo, String> {
         let path = self.store.part_path(boundary, self.worker);
         let file = format!("part-{}.arrow", self.worker);
+        let keys = rows.len() as u64;
         self.store
             .make_folder(boundary)
             .and_then(|_| part::write_part(&path, rows))
             .map(|(bytes, crc32)| PartInfo {
                 file,
                 worker: self.worker as u32,
-                keys: rows.len() as u64,
+                keys,
                 bytes,
                 crc32,
             })
@@ -369,5 +370,162 @@ impl PartWriter {
             part::read_part(&folder.join(&p.file), into, |g| g as usize % peers == self.worker)?;
         }
         Ok(())
+    }
+}
+
+/// Every checkpoint in a folder, newest first, for `seqflow checkpoint DIR`: each one
+/// complete (its manifest), unfinished or damaged (why).
+pub struct Listing {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `(folder, manifest or why it cannot be used)`, newest first.
+    pub checkpoints: Vec<(PathBuf, std::result::Result<Manifest, String>)>,
+}
+
+impl Listing {
+    /// Reads every checkpoint of `dir` (verifying sizes and checksums).
+    pub fn read(dir: &Path) -> Result<Listing> {
+        let m = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if !m.is_dir() {
+            return Err(ck_err(dir, "is not a folder"));
+        }
+        let store = Store::new(dir);
+        let checkpoints = store
+            .folders()
+            .into_iter()
+            .rev()
+            .map(|(_, d)| {
+                let v = store.verify(&d);
+                (d, v)
+            })
+            .collect();
+        Ok(Listing {
+            dir: dir.to_path_buf(),
+            checkpoints,
+        })
+    }
+}
+
+/// `2026-11-27 22:15:03 UTC` from ms since the Unix epoch (the proleptic Gregorian
+/// calendar, from days since 1970-01-01).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::vocab::{group_digits, human_bytes};
+        if self.checkpoints.is_empty() {
+            return writeln!(f, "{}: no checkpoint", self.dir.display());
+        }
+        for (i, (dir, m)) in self.checkpoints.iter().enumerate() {
+            let m = match m {
+                Ok(m) => m,
+                Err(why) => {
+                    writeln!(f, "{}: not usable: {why}", dir.display())?;
+                    continue;
+                }
+            };
+            let first = self.checkpoints[..i].iter().all(|c| c.1.is_err());
+            let use_ = if first {
+                " (what --resume continues from)"
+            } else {
+                ""
+            };
+            writeln!(f, "{}{use_}", dir.display())?;
+            writeln!(f, "  taken       {}", utc(m.created_unix_ms))?;
+            let (unit, batch) = (m.boundary >> 32, m.boundary & 0xffff_ffff);
+            writeln!(
+                f,
+                "  source      every epoch before unit {unit}, batch {batch} is in it ({} rows read)",
+                group_digits(m.stats.rows_read as usize)
+            )?;
+            let keys: u64 = m.parts.iter().map(|p| p.keys).sum();
+            let bytes: u64 = m.parts.iter().map(|p| p.bytes).sum();
+            writeln!(
+                f,
+                "  state       {} keys, {} in {} part(s), written by {} worker(s)",
+                group_digits(keys as usize),
+                human_bytes(bytes),
+                m.parts.len(),
+                m.workers
+            )?;
+            for p in &m.parts {
+                writeln!(
+                    f,
+                    "    {:<14} worker {:<3} {:>10} keys {:>10}  crc32 {:08x}",
+                    p.file,
+                    p.worker,
+                    group_digits(p.keys as usize),
+                    human_bytes(p.bytes),
+                    p.crc32
+                )?;
+            }
+            if let Some(o) = &m.output {
+                writeln!(
+                    f,
+                    "  output      {}: {} rows committed ({})",
+                    o.path.display(),
+                    group_digits(o.rows as usize),
+                    human_bytes(o.bytes)
+                )?;
+            }
+            if let Some(r) = &m.rejects {
+                writeln!(
+                    f,
+                    "  rejects     {}: {} committed",
+                    r.path.display(),
+                    group_digits(r.rows as usize)
+                )?;
+            }
+            let s = &m.stats;
+            writeln!(
+                f,
+                "  counters    {} steps, {} predictions; late {}, duplicate {}, non-finite {}, malformed {}",
+                group_digits(s.steps_processed as usize),
+                group_digits(s.outputs as usize),
+                group_digits(s.late as usize),
+                group_digits(s.duplicate as usize),
+                group_digits(s.non_finite as usize),
+                group_digits(s.malformed as usize)
+            )?;
+            if first {
+                writeln!(f, "  made with")?;
+                for (name, value) in &m.identity.fields {
+                    writeln!(f, "    {name}: {value}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_match_the_calendar() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_817_496_678), "2026-11-27 22:11:36 UTC");
+        assert_eq!(utc(4_102_444_799_000), "2099-12-31 23:59:59 UTC");
     }
 }

@@ -138,8 +138,8 @@ impl StateRows {
         ]))
     }
 
-    /// The rows as one Arrow record batch.
-    pub fn to_batch(&self) -> Result<RecordBatch> {
+    /// The rows as one Arrow record batch (the value buffers move, not copied).
+    pub fn into_batch(self) -> Result<RecordBatch> {
         let n = self.len();
         let schema = self.schema();
         let item = |t: DataType| Arc::new(Field::new("item", t, false));
@@ -157,7 +157,7 @@ impl StateRows {
         let groups: ArrayRef = Arc::new(UInt16Array::from_iter_values(
             (0..n).map(|i| self.keys.get(i).group()),
         ));
-        let last: ArrayRef = Arc::new(Int64Array::from(self.last_time.clone()));
+        let last: ArrayRef = Arc::new(Int64Array::from(self.last_time));
         let fill: ArrayRef = {
             let w = self.fill_width as i32;
             let offsets: Vec<i32> = (0..=n as i32).map(|i| i * w).collect();
@@ -165,22 +165,22 @@ impl StateRows {
             Arc::new(ListArray::new(
                 item(DataType::Float32),
                 OffsetBuffer::new(offsets.into()),
-                Arc::new(Float32Array::from(self.fill.clone())),
+                Arc::new(Float32Array::from(self.fill)),
                 nulls,
             ))
         };
-        fn large<T: Copy>(f: &Flat<T>, field: Arc<Field>, values: ArrayRef) -> ArrayRef {
+        fn large(offsets: Vec<i64>, field: Arc<Field>, values: ArrayRef) -> ArrayRef {
             Arc::new(LargeListArray::new(
                 field,
-                OffsetBuffer::new(f.offsets.clone().into()),
+                OffsetBuffer::new(offsets.into()),
                 values,
                 None,
             ))
         }
         let state = large(
-            &self.state,
+            self.state.offsets,
             item(DataType::Float32),
-            Arc::new(Float32Array::from(self.state.values.clone())),
+            Arc::new(Float32Array::from(self.state.values)),
         );
         let counters: ArrayRef = Arc::new(ListArray::new(
             item(DataType::UInt64),
@@ -192,18 +192,18 @@ impl StateRows {
                     .collect::<Vec<_>>()
                     .into(),
             ),
-            Arc::new(UInt64Array::from(self.counters.values.clone())),
+            Arc::new(UInt64Array::from(self.counters.values)),
             None,
         ));
         let held_times = large(
-            &self.held_times,
+            self.held_times.offsets,
             item(DataType::Int64),
-            Arc::new(Int64Array::from(self.held_times.values.clone())),
+            Arc::new(Int64Array::from(self.held_times.values)),
         );
         let held_values = large(
-            &self.held_values,
+            self.held_values.offsets,
             item(DataType::Float32),
-            Arc::new(Float32Array::from(self.held_values.values.clone())),
+            Arc::new(Float32Array::from(self.held_values.values)),
         );
         RecordBatch::try_new(
             schema,
@@ -327,9 +327,10 @@ impl<W: Write> Write for Summing<W> {
     }
 }
 
-/// Writes `rows` to `path` (through `path.tmp`, synced, renamed). Returns size and CRC-32.
-pub fn write_part(path: &Path, rows: &StateRows) -> Result<(u64, u32)> {
-    let batch = rows.to_batch()?;
+/// Writes `rows` to `path` (through `path.partial`, synced, renamed). Returns size and
+/// CRC-32.
+pub fn write_part(path: &Path, rows: StateRows) -> Result<(u64, u32)> {
+    let batch = rows.into_batch()?;
     let tmp = crate::outfiles::partial_path(path);
     let io = |e: std::io::Error| Error::io(&tmp, e);
     let _ = std::fs::remove_file(&tmp);
@@ -416,7 +417,7 @@ mod tests {
         for int in [true, false] {
             let s = sample(int);
             let p = dir.path().join(format!("part-{int}.arrow"));
-            let (bytes, crc) = write_part(&p, &s).unwrap();
+            let (bytes, crc) = write_part(&p, s.clone()).unwrap();
             assert_eq!(checksum(&p).unwrap(), (bytes, crc));
             let mut back = StateRows::new(int, 2);
             read_part(&p, &mut back, |_| true).unwrap();

@@ -12,6 +12,7 @@ use crate::checkpoint::{CheckpointConfig, Identity, Manifest, Store};
 use crate::error::{Error, Result};
 use crate::input::files::Plan;
 use crate::model::Model;
+use crate::vocab::Emit;
 
 /// What a checkpointed state belongs to: the model's bytes and the pipeline's data layout
 /// and input. A resume with any of these changed would apply old state to other data.
@@ -38,9 +39,26 @@ pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: &Plan) -> Resu
         ("key".into(), format!("{} ({})", c.key, plan.key_type)),
         ("time".into(), format!("{} ({})", c.time, plan.time_type)),
         ("features".into(), format!("{:?}", c.features)),
-        ("normalize".into(), format!("{:?}", c.normalize)),
-        ("nan".into(), format!("{:?}", c.nan)),
-        ("emit".into(), format!("{:?}", cfg.output.emit)),
+        (
+            "normalize".into(),
+            match &c.normalize {
+                // Every digit: a statistic that changes in its last bit changes the inputs.
+                Some(n) => format!("{{ mean = {:?}, std = {:?} }}", n.mean, n.std),
+                None => "none".into(),
+            },
+        ),
+        (
+            "nan".into(),
+            format!("\"{}\"", format!("{:?}", c.nan).to_lowercase()),
+        ),
+        (
+            "emit".into(),
+            match cfg.output.emit {
+                Emit::EveryStep => "\"every_step\"".into(),
+                Emit::SequenceEnd { all_steps } => format!("\"sequence_end\" (all_steps = {all_steps})"),
+                Emit::Window { size, hop } => format!("\"window\" (size = {size}, hop = {hop})"),
+            },
+        ),
         ("batch_rows".into(), cfg.source.batch_rows.to_string()),
         ("input files".into(), files.join(", ")),
         (
