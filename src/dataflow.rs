@@ -137,24 +137,18 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                     // Epochs in order; a checkpoint's part once every epoch before its
                     // boundary is processed (the frontier is at or past it) and before any
                     // epoch from it on.
+                    // Once the input has ended, marks past every epoch wait for `finish`
+                    // (sequence_end emits what it holds there, and a part taken before
+                    // would hold it too).
+                    let ended = frontier.frontier().is_empty();
                     loop {
                         let mark = marks.keys().next().copied().filter(|b| !frontier.less_than(b));
                         let epoch = stash.keys().next().copied().filter(|e| !frontier.less_equal(e));
                         match (mark, epoch) {
+                            (Some(_), None) if ended && final_cap.is_some() => break,
                             (Some(b), e) if e.is_none_or(|e| b <= e) => {
                                 let cap = marks.remove(&b).expect("a mark");
-                                if let Some(parts) = &parts {
-                                    let part = parts.write(b, processor.export());
-                                    let stats = processor.take_stats();
-                                    output.session(&cap).give((
-                                        0,
-                                        SinkMsg::Part {
-                                            boundary: b,
-                                            part,
-                                            stats,
-                                        },
-                                    ));
-                                }
+                                write_part(&mut processor, parts.as_ref(), b, &cap, output);
                             }
                             (_, Some(e)) => {
                                 let (cap, batches) = stash.remove(&e).expect("an epoch");
@@ -189,12 +183,42 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                 }
                                 drop(session);
                                 final_cap = None;
+                                while let Some((b, cap)) = marks.pop_first() {
+                                    write_part(&mut processor, parts.as_ref(), b, &cap, output);
+                                }
                             }
                         }
                     }
                 }
             },
         )
+    }
+}
+
+/// Writes this worker's part of the checkpoint at `boundary` and sends the sink its
+/// description and the worker's counters since its previous part.
+fn write_part(
+    processor: &mut KeyedProcessor,
+    parts: Option<&PartWriter>,
+    boundary: u64,
+    cap: &Capability<u64>,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        u64,
+        CapacityContainerBuilder<Vec<ToSink>>,
+    >,
+) {
+    if let Some(parts) = parts {
+        let part = parts.write(boundary, processor.export());
+        let stats = processor.take_stats();
+        output.session(cap).give((
+            0,
+            SinkMsg::Part {
+                boundary,
+                part,
+                stats,
+            },
+        ));
     }
 }
 

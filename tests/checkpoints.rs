@@ -189,7 +189,12 @@ fn counters(summary: &str) -> String {
     // Key state depends on the worker count (buffers per worker).
     let tail: Vec<&str> = tail
         .split("; ")
-        .filter(|p| !p.starts_with("key state") && !p.starts_with("output "))
+        .filter(|p| {
+            !p.starts_with("key state")
+                && !p.starts_with("output ")
+                && !p.contains(" checkpoint")
+                && !p.starts_with("resumed from")
+        })
         .collect();
     format!("{head} | {}", tail.join("; "))
 }
@@ -197,6 +202,16 @@ fn counters(summary: &str) -> String {
 /// SIGKILLs a checkpointed run at seeded random moments (and some resumes too), resumes
 /// until it completes, and compares with the uninterrupted run.
 fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
+    // `benches/crash.sh` runs many more.
+    let trials = std::env::var("SEQFLOW_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(trials);
+    let seed = std::env::var("SEQFLOW_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(seed, |s| s.wrapping_mul(31).wrapping_add(seed));
+    let mut kills = 0usize;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_inputs(d);
@@ -246,6 +261,7 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
             // Every other resume is killed too, until the last attempts.
             let kill = (attempt % 2 == 0 && attempt < 8).then(|| Duration::from_millis(next(span)));
             let (ok, err) = resume(d, &p, trial + attempt, kill);
+            kills += kill.is_some() as usize;
             if ok {
                 done = Some(err);
                 break;
@@ -278,6 +294,10 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
         assert!(state.iter().all(|&n| n == 0), "trial {trial}: checkpoints left");
     }
     assert!(resumed_from_checkpoint > 0, "no trial resumed from a checkpoint");
+    println!(
+        "{emit} -> {out}: {trials} trials, {kills} SIGKILLs, {resumed_from_checkpoint} resumes from a checkpoint; \
+         every final output equal to the uninterrupted run's"
+    );
 }
 
 #[test]

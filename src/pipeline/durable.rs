@@ -88,8 +88,12 @@ pub(crate) fn open(
         store.discard_all()?;
     }
     if !opts.resume {
-        if store.has_complete() {
-            let (_, d) = store.folders().pop().expect("a checkpoint");
+        if let Some((_, d)) = store
+            .folders()
+            .into_iter()
+            .rev()
+            .find(|(_, d)| d.join("manifest.json").is_file())
+        {
             return Err(Error::Checkpoint {
                 path: c.dir.clone(),
                 msg: format!(

@@ -177,6 +177,7 @@ pub(crate) struct Collected {
     pub error: Option<String>,
     pub rejects: Option<u64>,
     pub latency: Histogram,
+    pub checkpoints: u64,
 }
 
 /// Side-table updates entering the views: `(row, time, diff)`.
@@ -350,6 +351,7 @@ pub(crate) fn execute(
                 error: c.error.take().map(|e| e.to_string()),
                 rejects: c.rejects.as_ref().map(|w| w.count),
                 latency: std::mem::take(&mut c.latency),
+                checkpoints: c.checkpoint.as_ref().map_or(0, |k| k.committed),
             }
         }))
     };
@@ -532,6 +534,8 @@ pub(crate) fn report(
         workers: opts.workers * opts.processes,
         source,
         latency: latency.then_some(c.latency),
+        checkpoints: c.checkpoints,
+        resumed: None,
     }
 }
 

@@ -155,6 +155,8 @@ fn run_with(
             );
             if let (Some(m), Some(o)) = (&resume, &from) {
                 c.stats = m.stats.clone();
+                // A gauge, not a counter: this run's workers report their own.
+                c.stats.state_bytes = 0;
                 // A resumed Parquet output is a new file, one generation up.
                 if parquet {
                     committer.generation = o.generation + 1;
@@ -262,5 +264,10 @@ fn run_with(
     // Only process 0 (worker 0) collects; the others are done.
     let Some(c) = collected else { return Ok(None) };
     let files = count(plan.files.len(), "file");
-    Ok(Some(report(&cfg, opts, c, start, files, false)))
+    let mut r = report(&cfg, opts, c, start, files, false);
+    r.resumed = resume.map(|m| {
+        let folder = Store::new(&cfg.checkpoint.as_ref().expect("resumed").dir).folder(m.boundary);
+        (folder, m.stats.rows_read)
+    });
+    Ok(Some(r))
 }

@@ -59,12 +59,18 @@ pub struct RunReport {
     pub source: String,
     /// Live runs: arrival-to-emission latency of each prediction.
     pub latency: Option<Histogram>,
+    /// Checkpoints this run committed.
+    pub checkpoints: u64,
+    /// A resumed run: the checkpoint it continued from, and the rows read before it (in
+    /// `stats.rows_read`, but not read by this run).
+    pub resumed: Option<(PathBuf, u64)>,
 }
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.stats;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let before = self.resumed.as_ref().map_or(0, |r| r.1);
         write!(
             f,
             "{} rows from {} -> {} predictions for {} keys in {:.2} s ({} rows/s, {} worker{}); \
@@ -74,7 +80,7 @@ impl fmt::Display for RunReport {
             group_digits(s.outputs as usize),
             group_digits(s.keys as usize),
             secs,
-            group_digits((s.rows_read as f64 / secs) as usize),
+            group_digits((s.rows_read.saturating_sub(before) as f64 / secs) as usize),
             self.workers,
             if self.workers == 1 { "" } else { "s" },
             s.late,
@@ -86,6 +92,22 @@ impl fmt::Display for RunReport {
         )?;
         if let Some((p, n)) = &self.rejects {
             write!(f, "; {n} rejects in {}", p.display())?;
+        }
+        if self.checkpoints > 0 {
+            write!(
+                f,
+                "; {} checkpoint{}",
+                self.checkpoints,
+                if self.checkpoints == 1 { "" } else { "s" }
+            )?;
+        }
+        if let Some((dir, rows)) = &self.resumed {
+            write!(
+                f,
+                "; resumed from {} ({} rows were in it)",
+                dir.display(),
+                group_digits(*rows as usize)
+            )?;
         }
         if s.refused_connections > 0 {
             write!(
