@@ -251,6 +251,7 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
             .args(["-KILL", &first.id().to_string()])
             .status();
         let _ = first.wait_with_output();
+        kills += 1;
         let mut done = None;
         let mut last = String::new();
         for attempt in 0..12 {

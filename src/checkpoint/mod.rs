@@ -203,6 +203,15 @@ impl Store {
 
     /// Removes every checkpoint (`--fresh`, or a file run that completed).
     pub fn discard_all(&self) -> Result<()> {
+        // Manifests first, newest first: a crash part-way leaves the older checkpoints
+        // complete (their outputs are prefixes of what is on disk), never a manifest whose
+        // parts are half deleted.
+        for (_, d) in self.folders().into_iter().rev() {
+            match std::fs::remove_file(d.join(MANIFEST)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&d, e)),
+                _ => {}
+            }
+        }
         for (_, d) in self.folders() {
             match std::fs::remove_dir_all(&d) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&d, e)),

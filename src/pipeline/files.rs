@@ -47,11 +47,13 @@ pub(super) fn run(
     let run = run_with(cfg, source, model, opts, &outputs);
     match &run {
         Ok(_) => {
-            outputs.commit()?;
-            // The output is complete: there is nothing left to resume.
+            // The output is complete: there is nothing left to resume. Checkpoints go
+            // first: a crash between the two leaves partial outputs and no checkpoint (a
+            // resume starts over), never a checkpoint whose partial outputs are gone.
             if let (Some(c), 0) = (checkpoint, opts.process) {
                 Store::new(&c.dir).discard_all()?;
             }
+            outputs.commit()?;
         }
         Err(e) => {
             // A checkpointed run keeps what its last checkpoint committed, for --resume.
