@@ -19,6 +19,14 @@ fn main() -> ExitCode {
         // timely's send/receive threads panic when a peer of the cluster is gone; its workers
         // then panic while unwinding, which aborts. End here, cleanly, before that.
         if name.starts_with("timely:send") || name.starts_with("timely:recv") {
+            // The send and the receive thread often fail together: one reports and exits,
+            // the other waits for that exit.
+            static REPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if REPORTING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                loop {
+                    std::thread::park();
+                }
+            }
             seqflow::outfiles::discard_all();
             cli::say!(
                 "seqflow: error: the cluster lost a process or its connection ({msg}); this process \

@@ -172,6 +172,11 @@ impl Outputs {
 pub fn reopen_partial(path: &Path, len: u64) -> Result<File> {
     use std::io::{Seek, SeekFrom};
     let tmp = partial_path(path);
+    // A live run that stopped well renamed its output into place; a resumed run continues it.
+    if std::fs::symlink_metadata(&tmp).is_err() && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    {
+        std::fs::rename(path, &tmp).map_err(|e| Error::io(path, e))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

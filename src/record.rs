@@ -485,6 +485,9 @@ pub struct PartInfo {
     pub bytes: u64,
     /// CRC-32 (IEEE) of the bytes.
     pub crc32: u32,
+    /// Whether the part's keys are integers (`None`: it holds no key).
+    #[serde(default)]
+    pub int_keys: Option<bool>,
 }
 
 /// Records leaving the keyed operator for the sink on worker 0 (the first field routes).

@@ -529,3 +529,163 @@ fn damaged_or_foreign_checkpoints_are_skipped_or_refused_never_silently_restarte
     completes(&d, &o, None);
     assert_eq!(std::fs::read_dir(d.join("state")).unwrap().count(), 0);
 }
+
+/// A live TCP pipeline with checkpoints every 50 ms, JSON lines out.
+fn live_pipeline(dir: &Path, checkpoint: bool) -> PathBuf {
+    let ck = if checkpoint {
+        "[checkpoint]\ndir = \"state\"\nevery_ms = 50\n"
+    } else {
+        ""
+    };
+    write_pipeline(
+        dir,
+        "live.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"jsonl\"\nkey = \"key\"\ntime = \"t\"\n\
+             features = [\"f0\", \"f1\"]\nnan = \"ffill\"\nepoch_ms = 2\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"out/live.jsonl\"\n{ck}"
+        ),
+    )
+}
+
+/// JSON lines for 6 keys, steps `from..to` of each, in time order (some features null:
+/// forward-filled from the key's last value, which the state must carry).
+fn live_lines(from: i64, to: i64) -> String {
+    let mut s = String::new();
+    for t in from..to {
+        for k in 0..6 {
+            let y = if (k + t) % 7 == 0 {
+                "null".to_string()
+            } else {
+                format!("{}", ((t * 3 + k) % 11) as f32 * 0.1)
+            };
+            s.push_str(&format!(
+                "{{\"key\": \"k{k}\", \"t\": {t}, \"f0\": {}, \"f1\": {y}}}\n",
+                (k * t % 5) as f32
+            ));
+        }
+    }
+    s
+}
+
+/// The caller waits for the child (through `terminate` or `kill`).
+#[allow(clippy::zombie_processes)]
+/// Starts a live run in `dir` and returns it with its address (warnings before the
+/// listening line are skipped, and returned).
+fn start_live_in(
+    dir: &Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(dir)
+        .args(["run", "live.toml"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut before = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no listening line:\n{before}"
+        );
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split(' ').next().unwrap().to_string();
+            return (child, addr, err, before);
+        }
+        before.push_str(&line);
+    }
+}
+
+fn send(addr: &str, text: &str) {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(text.as_bytes()).unwrap();
+}
+
+/// Waits until `path` (or its `.partial`) holds `n` lines.
+fn wait_lines(path: &Path, n: usize) {
+    let partial = PathBuf::from(format!("{}.partial", path.display()));
+    let t = Instant::now();
+    loop {
+        let count = std::fs::read_to_string(&partial)
+            .or_else(|_| std::fs::read_to_string(path))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{}: {count} of {n} lines",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_live_run_stopped_or_killed_and_resumed_carries_every_key_state() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (live_lines(0, 30), live_lines(30, 60));
+    // The uninterrupted run.
+    let reference = root.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    save_model(&reference, &model());
+    live_pipeline(&reference, false);
+    let (child, addr, err, _) = start_live_in(&reference, &[]);
+    send(&addr, &a);
+    wait_lines(&reference.join("out/live.jsonl"), 90);
+    send(&addr, &b);
+    wait_lines(&reference.join("out/live.jsonl"), 180);
+    let (ok, e) = terminate(child, err);
+    assert!(ok, "{e}");
+    let want = sorted_lines(&reference.join("out/live.jsonl"));
+    assert_eq!(want.len(), 180);
+
+    for (case, kill) in [("stopped", false), ("killed", true)] {
+        let d = root.path().join(case);
+        std::fs::create_dir_all(&d).unwrap();
+        save_model(&d, &model());
+        live_pipeline(&d, true);
+        let (mut child, addr, err, _) = start_live_in(&d, &[]);
+        send(&addr, &a);
+        wait_lines(&d.join("out/live.jsonl"), 90);
+        if kill {
+            // Let a checkpoint after the last line commit, then SIGKILL.
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            assert!(d.join("out/live.jsonl.partial").is_file());
+        } else {
+            // SIGTERM: a final checkpoint, and the output renamed into place.
+            let (ok, e) = terminate(child, err);
+            assert!(ok && e.contains("checkpoint"), "{e}");
+            assert!(d.join("out/live.jsonl").is_file());
+        }
+        // The state goes on, on two workers; the output continues the same file.
+        let (child, addr, err, warnings) = start_live_in(&d, &["--resume", "-w", "2"]);
+        send(&addr, &b);
+        wait_lines(&d.join("out/live.jsonl"), 180);
+        let (ok, e) = terminate(child, err);
+        assert!(ok, "{warnings}{e}");
+        assert!(e.contains("resumed from"), "{e}");
+        assert_eq!(
+            sorted_lines(&d.join("out/live.jsonl")),
+            want,
+            "{case}: {warnings}{e}"
+        );
+    }
+}

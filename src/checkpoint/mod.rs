@@ -81,6 +81,13 @@ pub struct Manifest {
     pub identity: Identity,
 }
 
+impl Manifest {
+    /// Whether the keys are integers (`None`: the checkpoint holds no key).
+    pub fn int_keys(&self) -> Option<bool> {
+        self.parts.iter().find_map(|p| p.int_keys)
+    }
+}
+
 /// What a checkpoint's state belongs to: the model and the data layout. Each field is
 /// compared by name on resume, so a refusal says which one differs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +365,7 @@ impl PartWriter {
         let path = self.store.part_path(boundary, self.worker);
         let file = format!("part-{}.arrow", self.worker);
         let keys = rows.len() as u64;
+        let int_keys = (keys > 0).then_some(matches!(rows.keys, crate::record::KeyColumn::Int(_)));
         self.store
             .make_folder(boundary)
             .and_then(|_| part::write_part(&path, rows))
@@ -367,6 +375,7 @@ impl PartWriter {
                 keys,
                 bytes,
                 crc32,
+                int_keys,
             })
             .map_err(|e| e.to_string())
     }
@@ -460,12 +469,22 @@ impl std::fmt::Display for Listing {
             };
             writeln!(f, "{}{use_}", dir.display())?;
             writeln!(f, "  taken       {}", utc(m.created_unix_ms))?;
-            let (unit, batch) = (m.boundary >> 32, m.boundary & 0xffff_ffff);
-            writeln!(
-                f,
-                "  source      every epoch before unit {unit}, batch {batch} is in it ({} rows read)",
-                group_digits(m.stats.rows_read as usize)
-            )?;
+            let files = m.identity.fields.iter().any(|(n, _)| n == "input files");
+            if files {
+                let (unit, batch) = (m.boundary >> 32, m.boundary & 0xffff_ffff);
+                writeln!(
+                    f,
+                    "  source      every epoch before unit {unit}, batch {batch} is in it ({} rows read)",
+                    group_digits(m.stats.rows_read as usize)
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "  source      live: every epoch before {} is in it ({} lines read)",
+                    m.boundary,
+                    group_digits(m.stats.rows_read as usize)
+                )?;
+            }
             let keys: u64 = m.parts.iter().map(|p| p.keys).sum();
             let bytes: u64 = m.parts.iter().map(|p| p.bytes).sum();
             writeln!(

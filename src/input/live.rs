@@ -81,15 +81,24 @@ pub struct Readers {
 impl Readers {
     /// Starts reading. A TCP listener is bound before this returns, so an address in use
     /// is an error here, not later.
+    /// `int_keys`: the key type when it is known before the first line (a resumed run's
+    /// keys); otherwise the first accepted line decides.
     pub fn start(
         cfg: &LiveSource,
         columns: &Columns,
         peers: usize,
         stop: Arc<AtomicBool>,
+        int_keys: Option<bool>,
     ) -> Result<Readers> {
         let (tx, rx) = bounded(CHANNEL_BATCHES);
         let names = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::new(Shared::new(cfg, columns, peers, stop));
+        let shared = Shared::new(cfg, columns, peers, stop);
+        if let Some(int) = int_keys {
+            shared
+                .key_kind
+                .store(if int { KIND_INT } else { KIND_STR }, Ordering::Relaxed);
+        }
+        let shared = Arc::new(shared);
         let refused = shared.refused.clone();
         let mut threads = Vec::new();
         let mut local_addr = None;

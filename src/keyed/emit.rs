@@ -293,6 +293,21 @@ impl Emitter {
         }
     }
 
+    /// Live `sequence_end`, after a restore: a key holding a sequence is open as of `now`,
+    /// so the idle timeout ends it if no step comes.
+    pub fn touch(&mut self, k: u32, now: u64) {
+        if let Emitter::SequenceEnd(s) = self {
+            let held = match &s.held {
+                Held::Outputs { times, .. } | Held::Inputs { times, .. } => !times[k as usize].is_empty(),
+            };
+            if let (Some(idle), true) = (&mut s.idle, held) {
+                idle.last_seen[k as usize] = now;
+                idle.open[k as usize] = true;
+                idle.queue.push_back((k, now));
+            }
+        }
+    }
+
     /// Before `keys` are forgotten: `sequence_end` emits what it holds for them (their
     /// sequences end); the other modes' buffers are cleared when the index is reused.
     pub fn forget(&mut self, cx: &mut Ctx<'_>, keys: &[u32], out: &mut Vec<SinkMsg>) {

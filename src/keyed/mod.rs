@@ -36,6 +36,9 @@ pub struct KeyedProcessor {
     packed: Packed,
     /// Set when the run is abandoned (a stopped file run): no more model work.
     abort: Option<Arc<AtomicBool>>,
+    /// A checkpointed live run: the end of the input is a restart, not the end of the
+    /// sequences, so `sequence_end` keeps what it holds (in the final checkpoint).
+    keep_open: bool,
     /// Keys this worker may hold at once (live: its share of `max_keys`).
     max_keys: usize,
     /// Live `state_ttl_ms`: when each key last had a step.
@@ -63,6 +66,7 @@ impl KeyedProcessor {
             ws: Workspace::default(),
             packed: Packed::default(),
             abort: None,
+            keep_open: false,
             max_keys: usize::MAX,
             ttl: None,
             clock: crate::vocab::now_us,
@@ -75,6 +79,12 @@ impl KeyedProcessor {
     /// the epochs in flight and `sequence_end`'s final run would be work thrown away.
     pub fn with_abort(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
         self.abort = flag;
+        self
+    }
+
+    /// A checkpointed live run: `finish` does not end `sequence_end`'s sequences.
+    pub fn with_keep_open(mut self, keep: bool) -> Self {
+        self.keep_open = keep;
         self
     }
 
@@ -197,6 +207,15 @@ impl KeyedProcessor {
         self.accepted = accepted;
     }
 
+    /// Whether keys are integers (`None` before a live run's first key).
+    pub fn int_keys(&self) -> Option<bool> {
+        match self.keys {
+            KeyIndex::Unset => None,
+            KeyIndex::Int { .. } => Some(true),
+            KeyIndex::Str { .. } => Some(false),
+        }
+    }
+
     /// Empty checkpoint rows of this processor's shape, to restore into.
     pub fn empty_rows(&self, int_keys: bool) -> StateRows {
         StateRows::new(int_keys, self.order.fill_width())
@@ -238,6 +257,12 @@ impl KeyedProcessor {
             self.emitter.add_key(k);
             self.order.import_key(k, rows.last_time[i], rows.fill_row(i));
             self.emitter.import_key(k, rows, i)?;
+            // Live clocks (state_ttl_ms, idle timeouts) start again at the restore.
+            let now = (self.clock)();
+            if let Some(ttl) = &mut self.ttl {
+                ttl.seen(k, now);
+            }
+            self.emitter.touch(k, now);
         }
         Ok(())
     }
@@ -249,7 +274,7 @@ impl KeyedProcessor {
 
     /// End of input: emits what `sequence_end` held back, and this worker's counters.
     pub fn finish(&mut self, out: &mut Vec<SinkMsg>) {
-        if !self.aborted() {
+        if !self.aborted() && !self.keep_open {
             let (mut cx, emitter) = self.ctx();
             emitter.finish(&mut cx, out);
         }

@@ -375,13 +375,6 @@ impl PipelineConfig {
                         "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
                     ));
                 }
-                if matches!(source.kind, SourceKind::Live(_)) {
-                    return Err(err(
-                        "[checkpoint] is not yet supported for live sources (tcp, stdin): this version \
-                         checkpoints file runs"
-                            .into(),
-                    ));
-                }
                 if !raw.views.is_empty() {
                     return Err(err(
                         "[checkpoint] is not yet supported with [[views]]: this version checkpoints \

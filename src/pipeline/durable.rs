@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::collect::{Collector, Committer};
 use super::config::PipelineConfig;
 use super::exec::RunOptions;
 use super::report::Event;
@@ -12,32 +13,39 @@ use crate::checkpoint::{CheckpointConfig, Identity, Manifest, Store};
 use crate::error::{Error, Result};
 use crate::input::files::Plan;
 use crate::model::Model;
+use crate::outfiles::Outputs;
 use crate::vocab::Emit;
 
 /// What a checkpointed state belongs to: the model's bytes and the pipeline's data layout
 /// and input. A resume with any of these changed would apply old state to other data.
-pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: &Plan) -> Result<Identity> {
+/// `plan`: the input of a file run (live runs have none).
+pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: Option<&Plan>) -> Result<Identity> {
     let mut crc = crc32fast::Hasher::new();
     for p in std::iter::once(model.path()).chain(model.weights_path()) {
         crc.update(&crate::outfiles::read_regular(p)?);
     }
     let c = &cfg.source.columns;
-    let files: Vec<String> = plan
-        .files
-        .iter()
-        .map(|f| {
-            let bytes = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
-            format!("{} ({bytes} bytes)", f.path.display())
-        })
-        .collect();
+    let files: Vec<String> = plan.map_or_else(Vec::new, |plan| {
+        plan.files
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+                format!("{} ({bytes} bytes)", f.path.display())
+            })
+            .collect()
+    });
+    let typed = |name: &str, t: Option<&arrow::datatypes::DataType>| match t {
+        Some(t) => format!("{name} ({t})"),
+        None => name.to_string(),
+    };
     let show = |p: &Option<std::path::PathBuf>| p.as_ref().map_or("none".into(), |p| p.display().to_string());
-    let fields = vec![
+    let mut fields: Vec<(String, String)> = vec![
         (
             "the model (CRC-32 of its file and weights)".into(),
             format!("{:08x}", crc.finalize()),
         ),
-        ("key".into(), format!("{} ({})", c.key, plan.key_type)),
-        ("time".into(), format!("{} ({})", c.time, plan.time_type)),
+        ("key".into(), typed(&c.key, plan.map(|p| &p.key_type))),
+        ("time".into(), typed(&c.time, plan.map(|p| &p.time_type))),
         ("features".into(), format!("{:?}", c.features)),
         (
             "normalize".into(),
@@ -59,8 +67,13 @@ pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: &Plan) -> Resu
                 Emit::Window { size, hop } => format!("\"window\" (size = {size}, hop = {hop})"),
             },
         ),
-        ("batch_rows".into(), cfg.source.batch_rows.to_string()),
-        ("input files".into(), files.join(", ")),
+    ];
+    if plan.is_some() {
+        // Epochs are record batches of these files: both decide what a boundary means.
+        fields.push(("batch_rows".into(), cfg.source.batch_rows.to_string()));
+        fields.push(("input files".into(), files.join(", ")));
+    }
+    fields.extend([
         (
             "output".into(),
             format!(
@@ -70,7 +83,7 @@ pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: &Plan) -> Resu
             ),
         ),
         ("rejects".into(), show(&cfg.source.rejects)),
-    ];
+    ]);
     Ok(Identity { fields })
 }
 
@@ -137,6 +150,104 @@ pub(crate) fn open(
         });
     }
     Ok((store, Some(m)))
+}
+
+/// Ends a run's files. Success: a file run's checkpoints are removed first (the output is
+/// whole; a crash between the two then leaves partial outputs and no checkpoint, which a
+/// resume starts over, never a checkpoint whose partial outputs are gone), a live run's are
+/// kept (its state goes on in the next run), and the outputs are renamed into place.
+/// Failure: a checkpointed run that committed a checkpoint keeps its partial outputs for
+/// `--resume` and says so; otherwise they are removed.
+pub(crate) fn settle<T>(
+    outputs: &Outputs,
+    checkpoint: Option<&CheckpointConfig>,
+    opts: &RunOptions,
+    run: Result<T>,
+    completes: bool,
+) -> Result<T> {
+    match run {
+        Ok(r) => {
+            if let (Some(c), true, 0) = (checkpoint, completes, opts.process) {
+                Store::new(&c.dir).discard_all()?;
+            }
+            outputs.commit()?;
+            Ok(r)
+        }
+        Err(e) => {
+            let last = checkpoint.and_then(|c| Some((c, Store::new(&c.dir).latest().ok().flatten()?.0)));
+            match last {
+                // Only a run that started has something to continue.
+                Some((c, m)) if matches!(e, Error::Runtime(_)) => {
+                    outputs.discard();
+                    Err(Error::Runtime(format!(
+                        "{e}. The last checkpoint ({}) and the partial outputs are kept: run with --resume to \
+                         continue from there, or --fresh to start over",
+                        Store::new(&c.dir).folder(m.boundary).display()
+                    )))
+                }
+                Some(_) => {
+                    outputs.discard();
+                    Err(e)
+                }
+                None => {
+                    outputs.remove_all();
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Worker 0's side of a run's checkpoints: the committer, and for a resumed run the
+/// counters so far and which Parquet generation the output continues.
+pub(crate) fn attach(
+    c: &mut Collector,
+    ck: &CheckpointConfig,
+    store: &Store,
+    ours: &Identity,
+    workers: usize,
+    cfg: &PipelineConfig,
+    resume: Option<&Manifest>,
+) {
+    let mut committer = Committer::new(
+        store.clone(),
+        ck.keep,
+        workers,
+        ours.clone(),
+        cfg.output.file.path.clone(),
+    );
+    if let Some(m) = resume {
+        c.stats = m.stats.clone();
+        // A gauge, not a counter: this run's workers report their own.
+        c.stats.state_bytes = 0;
+        if let Some(o) = &m.output {
+            // A resumed Parquet output is a new file, one generation up.
+            if cfg.output.file.format == crate::vocab::FileFormat::Parquet {
+                committer.generation = o.generation + 1;
+                committer.resume_source = Some(crate::sink::resume_source(&o.path, o.generation));
+            } else {
+                committer.generation = o.generation;
+            }
+        }
+    }
+    c.checkpoint = Some(committer);
+}
+
+/// The output of a resumed run, continued from the checkpoint's commit point.
+pub(crate) fn resumed_sink(
+    cfg: &PipelineConfig,
+    store: &Store,
+    m: &Manifest,
+    schema: crate::sink::OutputSchema,
+    outputs: &Outputs,
+) -> Result<Option<crate::sink::Sink>> {
+    let Some(o) = &m.output else { return Ok(None) };
+    let point = crate::sink::CommitPoint {
+        bytes: o.bytes,
+        rows: o.rows,
+        footer: store.footer(m)?,
+    };
+    crate::sink::Sink::resume(&cfg.output.file, schema, outputs, &point, o.generation).map(Some)
 }
 
 /// When the readers of one process ask for a checkpoint: every `every_ms`, or every

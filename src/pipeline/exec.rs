@@ -251,14 +251,17 @@ pub(crate) fn execute(
             KeyedProcessor::new(model.clone(), cfg.output.emit, cfg.source.columns.nan, int_keys)
                 .with_idle_timeout(idle)
                 .with_key_limits(max_keys, ttl)
-                .with_abort(abort);
+                .with_abort(abort)
+                .with_keep_open(cfg.live().is_some() && checkpointing.is_some());
         let parts = checkpointing.as_ref().map(|c| PartWriter {
             store: c.store.clone(),
             worker: index,
         });
-        if let (Some(w), Some(m)) = (&parts, checkpointing.as_ref().and_then(|c| c.resume.as_ref())) {
+        let resume = checkpointing.as_ref().and_then(|c| c.resume.as_ref());
+        if let (Some(w), Some(m), Some(int)) = (&parts, resume, resume.and_then(|m| m.int_keys())) {
             // Every part is read; this worker keeps the key groups it owns.
-            let mut rows = processor.empty_rows(int_keys.unwrap_or(false));
+            let _ = int_keys;
+            let mut rows = processor.empty_rows(int);
             w.restore(m, worker.peers(), &mut rows)
                 .map_err(|e| e.to_string())?;
             processor

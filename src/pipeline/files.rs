@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::collect::{Committer, Namer, SinkSlot};
+use super::collect::{Namer, SinkSlot};
 use super::config::PipelineConfig;
 use super::durable::{self, MarkClock};
 use super::exec::{collector, execute, report, setup_views, Checkpointing, Feed, RunOptions};
@@ -21,7 +21,7 @@ use crate::input::Prep;
 use crate::model::Model;
 use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::{resume_source, CommitPoint, OutputSchema, Sink, SinkHandle};
+use crate::sink::{OutputSchema, Sink, SinkHandle};
 use crate::vocab::FileFormat;
 
 /// Why a stopped file run fails.
@@ -45,38 +45,7 @@ pub(super) fn run(
         None => Outputs::default(),
     };
     let run = run_with(cfg, source, model, opts, &outputs);
-    match &run {
-        Ok(_) => {
-            // The output is complete: there is nothing left to resume. Checkpoints go
-            // first: a crash between the two leaves partial outputs and no checkpoint (a
-            // resume starts over), never a checkpoint whose partial outputs are gone.
-            if let (Some(c), 0) = (checkpoint, opts.process) {
-                Store::new(&c.dir).discard_all()?;
-            }
-            outputs.commit()?;
-        }
-        Err(e) => {
-            // A checkpointed run keeps what its last checkpoint committed, for --resume.
-            let last = checkpoint
-                .as_ref()
-                .and_then(|c| Store::new(&c.dir).latest().ok().flatten());
-            match last {
-                // Only a run that started has something to continue.
-                Some((m, _)) if matches!(e, Error::Runtime(_)) => {
-                    outputs.discard();
-                    let folder = Store::new(&checkpoint.as_ref().expect("checkpoint").dir).folder(m.boundary);
-                    return Err(Error::Runtime(format!(
-                        "{e}. The last checkpoint ({}) and the partial outputs are kept: run with --resume to \
-                         continue from there, or --fresh to start over",
-                        folder.display()
-                    )));
-                }
-                Some(_) => outputs.discard(),
-                None => outputs.remove_all(),
-            }
-        }
-    }
-    run
+    durable::settle(&outputs, checkpoint.as_ref(), opts, run, true)
 }
 
 fn run_with(
@@ -98,7 +67,7 @@ fn run_with(
     }
     let checkpointing = match &cfg.checkpoint {
         Some(c) => {
-            let ours = durable::identity(&cfg, &model, &plan)?;
+            let ours = durable::identity(&cfg, &model, Some(&plan))?;
             let (store, resume) = durable::open(c, opts, &ours)?;
             Some((c.clone(), store, resume.map(Arc::new), ours))
         }
@@ -115,23 +84,12 @@ fn run_with(
         names: cfg.output.names.clone(),
     };
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
-    let from = resume.as_ref().and_then(|m| m.output.clone());
-    let parquet = cfg.output.file.format == FileFormat::Parquet;
     let open = || {
-        let sink = match &from {
-            Some(o) => {
-                let footer = match &checkpointing {
-                    Some((_, store, Some(m), _)) => store.footer(m)?,
-                    _ => None,
-                };
-                let point = CommitPoint {
-                    bytes: o.bytes,
-                    rows: o.rows,
-                    footer,
-                };
-                Sink::resume(&cfg.output.file, schema, outputs, &point, o.generation)?
+        let sink = match &checkpointing {
+            Some((_, store, Some(m), _)) if m.output.is_some() => {
+                durable::resumed_sink(&cfg, store, m, schema, outputs)?.expect("an output")
             }
-            None => Sink::create(&cfg.output.file, schema, outputs)?,
+            _ => Sink::create(&cfg.output.file, schema, outputs)?,
         };
         Ok(SinkSlot::Open(SinkHandle::new(sink, wide)))
     };
@@ -148,26 +106,8 @@ fn run_with(
     if let Some(c) = collector.as_mut() {
         c.abort = Some(opts.stop.clone());
         if let Some((ck, store, _, ours)) = &checkpointing {
-            let mut committer = Committer::new(
-                store.clone(),
-                ck.keep,
-                opts.workers * opts.processes,
-                ours.clone(),
-                cfg.output.file.path.clone(),
-            );
-            if let (Some(m), Some(o)) = (&resume, &from) {
-                c.stats = m.stats.clone();
-                // A gauge, not a counter: this run's workers report their own.
-                c.stats.state_bytes = 0;
-                // A resumed Parquet output is a new file, one generation up.
-                if parquet {
-                    committer.generation = o.generation + 1;
-                    committer.resume_source = Some(resume_source(&o.path, o.generation));
-                } else {
-                    committer.generation = o.generation;
-                }
-            }
-            c.checkpoint = Some(committer);
+            let workers = opts.workers * opts.processes;
+            durable::attach(c, ck, store, ours, workers, &cfg, resume.as_deref());
         }
     }
     let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));

@@ -16,14 +16,16 @@ use crossbeam_channel::RecvTimeoutError;
 
 use super::collect::{Namer, SinkSlot};
 use super::config::PipelineConfig;
-use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
+use super::durable::{self, MarkClock};
+use super::exec::{collector, execute, report, setup_views, Checkpointing, Feed, RunOptions};
 use super::report::{count, Event, RunReport};
+use crate::checkpoint::Store;
 use crate::error::{Error, Result};
 use crate::input::live::{LiveSource, Readers, Transport};
 use crate::model::Model;
 use crate::outfiles::Outputs;
 use crate::record::{SourceMsg, Stats};
-use crate::sink::OutputSchema;
+use crate::sink::{OutputSchema, SinkHandle};
 
 /// How often a live run looks for changed side tables.
 const SIDE_RELOAD: Duration = Duration::from_millis(500);
@@ -38,13 +40,14 @@ pub(super) fn run(
     opts: &RunOptions,
 ) -> Result<Option<RunReport>> {
     // Views and their outputs first: once the source is listening, every output exists.
-    let outputs = Outputs::default();
+    let checkpoint = cfg.checkpoint.clone();
+    let outputs = match checkpoint {
+        Some(_) => Outputs::durable(),
+        None => Outputs::default(),
+    };
     let run = run_with(cfg, source, model, opts, &outputs);
-    match &run {
-        Ok(_) => outputs.commit()?,
-        Err(_) => outputs.discard(),
-    }
-    run
+    // A live run's checkpoints outlive it: the next run resumes its state.
+    durable::settle(&outputs, checkpoint.as_ref(), opts, run, false)
 }
 
 fn run_with(
@@ -57,21 +60,47 @@ fn run_with(
     let stop = opts.stop.clone();
     let peers = opts.workers * opts.processes;
     let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &[], outputs, true, None)?;
+    if opts.resume && cfg.checkpoint.is_none() {
+        return Err(Error::PipelineConfig {
+            path: cfg.path.clone(),
+            msg: "--resume needs a [checkpoint] section (dir = ...) in the pipeline".into(),
+        });
+    }
+    let checkpointing = match &cfg.checkpoint {
+        Some(c) => {
+            let ours = durable::identity(&cfg, &model, None)?;
+            let (store, resume) = durable::open(c, opts, &ours)?;
+            Some((c.clone(), store, resume.map(Arc::new), ours))
+        }
+        None => None,
+    };
+    let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
+    // A resumed run knows its key type; otherwise the first line decides.
+    let int_keys = resume.as_ref().and_then(|m| m.int_keys());
     let mut names = None;
     let mut readers = None;
     let open = || {
+        let schema = OutputSchema {
+            key_name: cfg.source.columns.key.clone(),
+            key_type: match int_keys {
+                Some(true) => arrow::datatypes::DataType::Int64,
+                _ => arrow::datatypes::DataType::Utf8, // or decided by the first line
+            },
+            time_name: cfg.source.columns.time.clone(),
+            time_type: arrow::datatypes::DataType::Int64,
+            names: cfg.output.names.clone(),
+        };
+        if let (Some((_, store, Some(m), _)), Some(_)) = (&checkpointing, int_keys) {
+            if let Some(sink) = durable::resumed_sink(&cfg, store, m, schema.clone(), outputs)? {
+                // Live outputs are written inline: their flush is on the latency path.
+                return Ok(SinkSlot::Open(SinkHandle::new(sink, false)));
+            }
+        }
         // Output problems fail the run before any client connects (the file is opened again,
         // as Parquet or text, when the first line says whether keys are integers).
         if let Some(p) = &cfg.output.file.path {
             outputs.create(p)?;
         }
-        let schema = OutputSchema {
-            key_name: cfg.source.columns.key.clone(),
-            key_type: arrow::datatypes::DataType::Utf8, // decided by the first line
-            time_name: cfg.source.columns.time.clone(),
-            time_type: arrow::datatypes::DataType::Int64,
-            names: cfg.output.names.clone(),
-        };
         Ok(SinkSlot::Lazy(cfg.output.file.clone(), schema))
     };
     let collector = match collector(
@@ -82,10 +111,13 @@ fn run_with(
         Namer::Live(Default::default()),
         true,
         view_outputs,
-        None,
+        resume.as_ref().and_then(|m| m.rejects.as_ref()),
     )? {
         Some(mut c) => {
-            let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone())?;
+            if let Some((ck, store, _, ours)) = &checkpointing {
+                durable::attach(&mut c, ck, store, ours, peers, &cfg, resume.as_deref());
+            }
+            let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone(), int_keys)?;
             let addr = matches!(source.transport, Transport::Tcp { .. })
                 .then_some(src.local_addr)
                 .flatten();
@@ -110,6 +142,10 @@ fn run_with(
     let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
     let max_rows = cfg.source.batch_rows;
     let start = Instant::now();
+    let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));
+    // A resumed run numbers its epochs on from the checkpoint's, so that checkpoints of
+    // successive runs stay in order.
+    let first_epoch = resume.as_ref().map_or(0, |m| m.boundary);
     let feed: Arc<Feed> = {
         let (readers, stop, tables, observer) = (
             readers.clone(),
@@ -126,7 +162,8 @@ fn run_with(
                 return Ok(Stats::default());
             };
             let mut stats = Stats::default();
-            let mut now_epoch = 0u64;
+            let mut now_epoch = first_epoch;
+            input.advance_to(now_epoch);
             let mut deadline = Instant::now() + epoch;
             let mut rows = 0usize;
             let mut stopping: Option<Instant> = None;
@@ -174,6 +211,16 @@ fn run_with(
                         }
                     }
                 }
+                // The epoch's counters travel with it (a checkpoint holds exactly those of
+                // the epochs before it); then, when one is due, a checkpoint mark.
+                if stats != Stats::default() {
+                    input.send((0, SourceMsg::Stats(std::mem::take(&mut stats))));
+                }
+                if marks.as_ref().is_some_and(|m| m.due()) {
+                    for dest in 0..worker.peers() {
+                        input.send((dest as u64, SourceMsg::Mark(now_epoch + 1)));
+                    }
+                }
                 // Close the epoch: everything sent so far becomes processable.
                 now_epoch += 1;
                 input.advance_to(now_epoch);
@@ -208,13 +255,29 @@ fn run_with(
                     }
                 }
             }
+            // A stop is a planned restart: the final checkpoint holds everything processed.
+            if marks.is_some() {
+                for dest in 0..worker.peers() {
+                    input.send((dest as u64, SourceMsg::Mark(now_epoch)));
+                }
+            }
             stats.refused_connections = src.refused.load(Ordering::Relaxed);
             drop(src.rx);
             Ok(stats)
         })
     };
     let cfg = Arc::new(cfg);
-    let (collected, error) = execute(opts, cfg.clone(), model, None, collector, view_setup, feed, None)?;
+    let checkpoints = checkpointing.map(|(_, store, resume, _)| Checkpointing { store, resume });
+    let (collected, error) = execute(
+        opts,
+        cfg.clone(),
+        model,
+        int_keys,
+        collector,
+        view_setup,
+        feed,
+        checkpoints,
+    )?;
     (opts.observer)(&Event::Finished);
     if let Some(e) = error {
         return Err(Error::Runtime(e));
@@ -224,5 +287,10 @@ fn run_with(
         Transport::Stdin => "stdin".to_string(),
         Transport::Tcp { .. } => count(names.map_or(0, |n| n.lock().expect("names").len()), "connection"),
     };
-    Ok(Some(report(&cfg, opts, c, start, source, true)))
+    let mut r = report(&cfg, opts, c, start, source, true);
+    r.resumed = resume.map(|m| {
+        let folder = Store::new(&cfg.checkpoint.as_ref().expect("resumed").dir).folder(m.boundary);
+        (folder, m.stats.rows_read)
+    });
+    Ok(Some(r))
 }
