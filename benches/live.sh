@@ -6,6 +6,7 @@
 # the latency from a line's arrival to its prediction's emission (p50/p99/max), and peak RSS.
 #   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=5 benches/live.sh: a 5 ms epoch (default 2)
 #   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
+#   CHECKPOINT_MS=100 benches/live.sh             # with a checkpoint every 100 ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -18,13 +19,16 @@ trap 'rm -rf "$PIPE" "$OUT"' EXIT
 EPOCH_MS=${EPOCH_MS:-2}
 sed -e 's#listen = "127.0.0.1:7600"#listen = "127.0.0.1:7699"#' -e "s#^path = \"-\"#path = \"$OUT/live.jsonl\"#" \
     -e "s#^epoch_ms = .*#epoch_ms = $EPOCH_MS#" pipelines/live_tcp.toml > "$PIPE"
-echo "epoch_ms = $EPOCH_MS"
+if [ -n "${CHECKPOINT_MS:-}" ]; then
+  printf '\n[checkpoint]\ndir = "%s/state"\nevery_ms = %s\n' "$OUT" "$CHECKPOINT_MS" >> "$PIPE"
+fi
+echo "epoch_ms = $EPOCH_MS${CHECKPOINT_MS:+, a checkpoint every $CHECKPOINT_MS ms}"
 echo "| workers | target rows/s | sustained rows/s | p50 | p99 | max | peak RSS |"
 echo "|---:|---:|---:|---:|---:|---:|---:|"
 for W in ${WORKERS:-1 2}; do
   for RATE in ${RATES:-10000 100000 0}; do
     LIMIT=$(( RATE > 0 ? RATE * SECS : 2000000 ))
-    /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W" 2> "$OUT/server.txt" &
+    /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W" ${CHECKPOINT_MS:+--fresh} 2> "$OUT/server.txt" &
     TPID=$!
     for _ in $(seq 50); do grep -q listening "$OUT/server.txt" 2>/dev/null && break; sleep 0.1; done
     REPLAY=$(./target/release/seqflow replay "$DATA" --to 127.0.0.1:7699 --rate "$RATE" --connections 4 --limit "$LIMIT" 2>&1)

@@ -19,7 +19,11 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::checkpoint::PartWriter;
+use std::sync::{Arc, Mutex};
+
+use timely::scheduling::SyncActivator;
+
+use crate::checkpoint::{PartInfo, PartWriter};
 use crate::keyed::KeyedProcessor;
 pub use crate::record::ToSink;
 use crate::record::{SinkMsg, SourceMsg, StepBatch};
@@ -96,10 +100,19 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
         mut processor: KeyedProcessor,
         parts: Option<PartWriter>,
     ) -> StreamVec<'scope, u64, ToSink> {
+        let worker = self.scope().worker();
         self.unary_frontier::<CapacityContainerBuilder<Vec<ToSink>>, _, _, _>(
             Exchange::new(|r: &Inbound| r.0),
             "KeyedModel",
-            move |default_cap, _info| {
+            move |default_cap, info| {
+                // Parts are written on their own threads (a checkpoint must not stall the
+                // stream); a finished one wakes the operator, which sends its message.
+                let mut writes = PartWrites {
+                    writer: parts,
+                    done: Arc::default(),
+                    threads: Vec::new(),
+                    wake: worker.sync_activator_for(info.address.to_vec()),
+                };
                 // Held at the input frontier to emit the final counters, then dropped.
                 let mut final_cap: Option<Capability<u64>> = Some(default_cap);
                 let mut stash: BTreeMap<u64, (Capability<u64>, Vec<StepBatch>)> = BTreeMap::new();
@@ -148,7 +161,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                             (Some(_), None) if ended && final_cap.is_some() => break,
                             (Some(b), e) if e.is_none_or(|e| b <= e) => {
                                 let cap = marks.remove(&b).expect("a mark");
-                                write_part(&mut processor, parts.as_ref(), b, &cap, output);
+                                writes.start(&mut processor, b, &cap, output);
                             }
                             (_, Some(e)) => {
                                 let (cap, batches) = stash.remove(&e).expect("an epoch");
@@ -161,6 +174,9 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                             }
                             _ => break,
                         }
+                    }
+                    if let Some(cap) = final_cap.as_ref() {
+                        writes.send_done(cap, output);
                     }
                     if let Some(cap) = final_cap.as_mut() {
                         match frontier.frontier().as_option() {
@@ -182,10 +198,13 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     session.give((0, m));
                                 }
                                 drop(session);
-                                final_cap = None;
-                                while let Some((b, cap)) = marks.pop_first() {
-                                    write_part(&mut processor, parts.as_ref(), b, &cap, output);
+                                while let Some((b, mark)) = marks.pop_first() {
+                                    writes.start(&mut processor, b, &mark, output);
                                 }
+                                // Every part is on disk before the operator lets go.
+                                writes.join();
+                                writes.send_done(cap, output);
+                                final_cap = None;
                             }
                         }
                     }
@@ -195,30 +214,70 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
     }
 }
 
-/// Writes this worker's part of the checkpoint at `boundary` and sends the sink its
-/// description and the worker's counters since its previous part.
-fn write_part(
-    processor: &mut KeyedProcessor,
-    parts: Option<&PartWriter>,
-    boundary: u64,
-    cap: &Capability<u64>,
-    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-        '_,
-        u64,
-        CapacityContainerBuilder<Vec<ToSink>>,
-    >,
-) {
-    if let Some(parts) = parts {
-        let part = parts.write(boundary, processor.export());
+type KeyedOutput<'a, 'b> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    u64,
+    CapacityContainerBuilder<Vec<ToSink>>,
+>;
+
+/// One worker's checkpoint parts in flight: each is exported on the worker (the state
+/// cannot change under it) and written, synced and renamed on a thread of its own.
+struct PartWrites {
+    writer: Option<PartWriter>,
+    done: Arc<Mutex<Vec<(u64, std::result::Result<PartInfo, String>)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    wake: SyncActivator,
+}
+
+impl PartWrites {
+    /// This worker passed `boundary`: tells the sink (with its counters since the last
+    /// mark, at the mark's time) and starts writing its part.
+    fn start(
+        &mut self,
+        processor: &mut KeyedProcessor,
+        boundary: u64,
+        cap: &Capability<u64>,
+        output: &mut KeyedOutput<'_, '_>,
+    ) {
+        let Some(writer) = self.writer.clone() else { return };
         let stats = processor.take_stats();
-        output.session(cap).give((
-            0,
-            SinkMsg::Part {
-                boundary,
-                part,
-                stats,
-            },
-        ));
+        output.session(cap).give((0, SinkMsg::Marked { boundary, stats }));
+        let rows = processor.export();
+        let (done, wake) = (self.done.clone(), self.wake.clone());
+        let job = move || {
+            let part = writer.write(boundary, rows);
+            done.lock().expect("parts").push((boundary, part));
+            let _ = wake.activate();
+        };
+        match std::thread::Builder::new().name("seqflow-part".into()).spawn(job) {
+            Ok(t) => self.threads.push(t),
+            // No thread to be had: the rows went with the closure; say so in the part.
+            Err(e) => self
+                .done
+                .lock()
+                .expect("parts")
+                .push((boundary, Err(format!("no thread to write the part: {e}")))),
+        }
+    }
+
+    /// Sends the sink every part written so far.
+    fn send_done(&mut self, cap: &Capability<u64>, output: &mut KeyedOutput<'_, '_>) {
+        let done: Vec<_> = std::mem::take(&mut *self.done.lock().expect("parts"));
+        if done.is_empty() {
+            return;
+        }
+        self.threads.retain(|t| !t.is_finished());
+        let mut session = output.session(cap);
+        for (boundary, part) in done {
+            session.give((0, SinkMsg::Part { boundary, part }));
+        }
+    }
+
+    /// Waits for every part in flight.
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 

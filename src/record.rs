@@ -460,15 +460,20 @@ pub enum SinkMsg {
     Stats(Stats),
     /// A worker failed (bad input); the run fails and its output is discarded.
     Failed(String),
-    /// A worker wrote (or failed to write) its part of the checkpoint at `boundary`, and
-    /// its counters since its previous part.
+    /// A worker passed the checkpoint boundary `boundary` (every epoch before it processed,
+    /// none from it on), with its counters since its previous mark; its part follows.
+    Marked {
+        /// The checkpoint.
+        boundary: u64,
+        /// The worker's counters since its previous mark.
+        stats: Stats,
+    },
+    /// A worker wrote (or failed to write) its part of the checkpoint at `boundary`.
     Part {
         /// The checkpoint.
         boundary: u64,
         /// The part, or why it could not be written.
         part: std::result::Result<PartInfo, String>,
-        /// The worker's counters since its previous part.
-        stats: Stats,
     },
 }
 

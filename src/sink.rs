@@ -328,9 +328,9 @@ impl Sink {
         })
     }
 
-    /// Writes everything so far through to the disk (Parquet: as a row group) and says how
-    /// much of the file that is: what a checkpoint commits.
-    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+    /// Pushes everything so far to the file (Parquet: as a row group) and says how much of
+    /// the file that is, with a handle to sync it by: what a checkpoint commits.
+    pub fn mark_point(&mut self) -> Result<(CommitPoint, File)> {
         self.flush()?;
         let path = self.display.clone();
         let footer = match self.writer.as_mut().expect("sink is open") {
@@ -347,13 +347,16 @@ impl Sink {
             .file
             .as_ref()
             .ok_or_else(|| out_err(&path, "stdout cannot be checkpointed"))?;
-        file.sync_data().map_err(|e| Error::io(&path, e))?;
         let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        Ok(CommitPoint {
-            bytes,
-            rows: self.rows,
-            footer,
-        })
+        let handle = file.try_clone().map_err(|e| Error::io(&path, e))?;
+        Ok((
+            CommitPoint {
+                bytes,
+                rows: self.rows,
+                footer,
+            },
+            handle,
+        ))
     }
 
     /// The path users see in messages (`-` for stdout).
@@ -561,17 +564,20 @@ impl RejectsWriter {
         })
     }
 
-    /// Writes everything through to the disk: the committed bytes and rejects.
-    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+    /// Pushes everything to the file and says how much that is, with a handle to sync it.
+    pub fn mark_point(&mut self) -> Result<(CommitPoint, File)> {
         self.flush()?;
         let f = self.out.get_ref();
-        f.sync_data().map_err(|e| Error::io(&self.path, e))?;
         let bytes = f.metadata().map_err(|e| Error::io(&self.path, e))?.len();
-        Ok(CommitPoint {
-            bytes,
-            rows: self.count,
-            footer: None,
-        })
+        let handle = f.try_clone().map_err(|e| Error::io(&self.path, e))?;
+        Ok((
+            CommitPoint {
+                bytes,
+                rows: self.count,
+                footer: None,
+            },
+            handle,
+        ))
     }
 }
 
@@ -580,8 +586,8 @@ enum Cmd {
     Write(OutBatch),
     /// Flush and report the first error so far (if any) on the enclosed channel.
     Flush(crossbeam_channel::Sender<Option<String>>),
-    /// Commit what is written (a checkpoint) and report the commit point.
-    Commit(crossbeam_channel::Sender<std::result::Result<CommitPoint, String>>),
+    /// Push what is written to the file (a checkpoint) and report the commit point.
+    Commit(crossbeam_channel::Sender<std::result::Result<(CommitPoint, File), String>>),
 }
 
 /// A [`Sink`] on its own thread. Worker 0 hands each batch over a bounded channel and goes
@@ -627,7 +633,7 @@ impl BackgroundSink {
                         Cmd::Commit(ack) => {
                             let r = match &first {
                                 Some(e) => Err(e.to_string()),
-                                None => sink.commit_point().map_err(|e| e.to_string()),
+                                None => sink.mark_point().map_err(|e| e.to_string()),
                             };
                             let _ = ack.send(r);
                         }
@@ -673,8 +679,8 @@ impl BackgroundSink {
         }
     }
 
-    /// Waits until everything handed over is written, and commits it (a checkpoint).
-    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+    /// Waits until everything handed over is written, and says how much that is.
+    pub fn mark_point(&mut self) -> Result<(CommitPoint, File)> {
         let tx = self.tx.as_ref().ok_or_else(|| self.gone())?;
         let (ack, done) = crossbeam_channel::bounded(1);
         tx.send(Cmd::Commit(ack)).map_err(|_| self.gone())?;
@@ -742,11 +748,11 @@ impl SinkHandle {
         }
     }
 
-    /// Writes everything so far through to the disk and says how much that is.
-    pub fn commit_point(&mut self) -> Result<CommitPoint> {
+    /// Pushes everything so far to the file and says how much that is (a checkpoint).
+    pub fn mark_point(&mut self) -> Result<(CommitPoint, File)> {
         match self {
-            SinkHandle::Inline(s) => s.commit_point(),
-            SinkHandle::Background(s) => s.commit_point(),
+            SinkHandle::Inline(s) => s.mark_point(),
+            SinkHandle::Background(s) => s.mark_point(),
         }
     }
 

@@ -1,14 +1,13 @@
 //! Worker 0's end of a pipeline: writes predictions and rejects, sums every worker's
 //! counters, and for live runs flushes at each epoch and measures arrival-to-emission latency.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
 
-use crate::checkpoint::{self, FileCommit, Identity, Manifest, PartInfo, Store};
+pub use super::commit::Committer;
+use super::commit::Point;
 use crate::dataflow::Collect;
 use crate::error::{Error, Result};
 use crate::input::arrow::describe_row;
@@ -55,54 +54,6 @@ pub enum SinkSlot {
     Open(SinkHandle),
     Lazy(OutputFile, OutputSchema),
     Failed,
-}
-
-/// Worker 0's side of checkpoints: gathers every worker's part of a checkpoint and, once
-/// the output holds exactly the epochs before its boundary, commits the output and the
-/// rejects to disk and writes the manifest.
-pub struct Committer {
-    /// The checkpoint folder.
-    pub store: Store,
-    /// Complete checkpoints kept.
-    pub keep: usize,
-    /// Workers of all processes: parts per checkpoint.
-    pub workers: usize,
-    /// What the state belongs to.
-    pub identity: Identity,
-    /// The output file, as the pipeline names it.
-    pub output: Option<PathBuf>,
-    /// The Parquet output's generation (one more per resume).
-    pub generation: u32,
-    /// After a Parquet resume: the committed rows it copied, removed once a checkpoint of
-    /// the new file is committed.
-    pub resume_source: Option<PathBuf>,
-    /// Parts received, by boundary.
-    pending: BTreeMap<u64, Vec<std::result::Result<PartInfo, String>>>,
-    /// Checkpoints committed by this run.
-    pub committed: u64,
-}
-
-impl Committer {
-    /// A committer with nothing pending.
-    pub fn new(
-        store: Store,
-        keep: usize,
-        workers: usize,
-        identity: Identity,
-        output: Option<PathBuf>,
-    ) -> Committer {
-        Committer {
-            store,
-            keep,
-            workers,
-            identity,
-            output,
-            generation: 0,
-            resume_source: None,
-            pending: BTreeMap::new(),
-            committed: 0,
-        }
-    }
 }
 
 /// Worker 0's sink state.
@@ -152,80 +103,31 @@ impl Collector {
         }
     }
 
-    /// Commits the checkpoints whose parts are all in and whose boundary is at most `to`
-    /// (every record before `to` written).
-    fn commit_checkpoints(&mut self, to: Option<u64>) {
-        let Some(c) = self.checkpoint.as_mut() else { return };
-        let ready: Vec<u64> = c
-            .pending
-            .iter()
-            .filter(|(b, parts)| to.is_none_or(|t| **b <= t) && parts.len() == c.workers)
-            .map(|(b, _)| *b)
-            .collect();
-        for b in ready {
-            let parts = self
-                .checkpoint
-                .as_mut()
-                .expect("checkpoint")
-                .pending
-                .remove(&b)
-                .expect("pending");
-            let r = self.commit(b, parts);
-            self.record(r);
-        }
-    }
-
-    fn commit(&mut self, boundary: u64, parts: Vec<std::result::Result<PartInfo, String>>) -> Result<()> {
-        let c = self.checkpoint.as_ref().expect("checkpoint");
-        let folder = c.store.folder(boundary);
-        let mut infos = Vec::new();
-        for p in parts {
-            infos.push(p.map_err(|msg| Error::Checkpoint {
-                path: folder.clone(),
-                msg: format!("a worker could not write its part: {msg}"),
-            })?);
-        }
-        infos.sort_by_key(|p| p.worker);
-        let output = match &mut self.sink {
-            SinkSlot::Open(s) => Some(s.commit_point()?),
-            _ => None,
+    /// Takes the commit points of the marked boundaries at most `to` (every record before
+    /// `to` is written, none after), and hands complete checkpoints to the commit thread.
+    fn checkpoints(&mut self, to: Option<u64>) -> Result<()> {
+        let Some(c) = self.checkpoint.as_ref() else {
+            return Ok(());
         };
-        let rejects = self.rejects.as_mut().map(|r| r.commit_point()).transpose()?;
+        for b in c.needs_point(to) {
+            let output = match &mut self.sink {
+                SinkSlot::Open(s) => Some(s.mark_point()?),
+                _ => None,
+            };
+            let rejects = self.rejects.as_mut().map(|r| r.mark_point()).transpose()?;
+            let point = Point {
+                output,
+                rejects,
+                stats: self.stats.clone(),
+            };
+            self.checkpoint.as_mut().expect("checkpoint").set_point(b, point);
+        }
         let c = self.checkpoint.as_mut().expect("checkpoint");
-        let footer = output.as_ref().and_then(|o| o.footer.clone());
-        let manifest = Manifest {
-            format: checkpoint::FORMAT,
-            boundary,
-            created_unix_ms: checkpoint::unix_ms(),
-            workers: c.workers as u32,
-            parts: infos,
-            output: output.zip(c.output.clone()).map(|(o, path)| FileCommit {
-                path,
-                bytes: o.bytes,
-                rows: o.rows,
-                footer_crc32: o.footer.as_ref().map(|f| crc32fast::hash(f)),
-                footer: o.footer.map(|_| "output.footer".to_string()),
-                generation: c.generation,
-            }),
-            rejects: rejects
-                .zip(self.rejects.as_ref().map(|r| r.path().to_path_buf()))
-                .map(|(r, path)| FileCommit {
-                    path,
-                    bytes: r.bytes,
-                    rows: r.rows,
-                    footer: None,
-                    footer_crc32: None,
-                    generation: 0,
-                }),
-            stats: self.stats.clone(),
-            identity: c.identity.clone(),
-        };
-        c.store.commit(&manifest, footer.as_deref(), c.keep)?;
-        c.committed += 1;
-        if let Some(src) = c.resume_source.take() {
-            let _ = std::fs::remove_file(src);
+        c.commit_ready()?;
+        match c.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn aborted(&self) -> bool {
@@ -288,14 +190,15 @@ impl Collect<ToSink> for Collector {
             }
             SinkMsg::Stats(s) => self.stats.add(&s),
             SinkMsg::Failed(m) => self.failed.push(m),
-            SinkMsg::Part {
-                boundary,
-                part,
-                stats,
-            } => {
+            SinkMsg::Marked { boundary, stats } => {
                 self.stats.add(&stats);
                 if let Some(c) = self.checkpoint.as_mut() {
-                    c.pending.entry(boundary).or_default().push(part);
+                    c.marked(boundary);
+                }
+            }
+            SinkMsg::Part { boundary, part } => {
+                if let Some(c) = self.checkpoint.as_mut() {
+                    c.part(boundary, part);
                 }
             }
         }
@@ -303,7 +206,8 @@ impl Collect<ToSink> for Collector {
 
     fn advance(&mut self, to: Option<u64>) {
         if !self.aborted() && self.error.is_none() {
-            self.commit_checkpoints(to);
+            let r = self.checkpoints(to);
+            self.record(r);
         }
     }
 
@@ -327,6 +231,11 @@ impl Collect<ToSink> for Collector {
     }
 
     fn finish(&mut self) {
+        // Every checkpoint handed over is durable before the outputs close.
+        if let Some(c) = self.checkpoint.as_mut() {
+            let r = c.finish();
+            self.record(r);
+        }
         <Self as Collect<ToSink>>::epoch_done(self);
         if let SinkSlot::Open(s) = &mut self.sink {
             let r = s.close();

@@ -216,6 +216,7 @@ pub(crate) fn attach(
         ours.clone(),
         cfg.output.file.path.clone(),
     );
+    committer.rejects = cfg.source.rejects.clone();
     if let Some(m) = resume {
         c.stats = m.stats.clone();
         // A gauge, not a counter: this run's workers report their own.

@@ -354,7 +354,7 @@ pub(crate) fn execute(
                 error: c.error.take().map(|e| e.to_string()),
                 rejects: c.rejects.as_ref().map(|w| w.count),
                 latency: std::mem::take(&mut c.latency),
-                checkpoints: c.checkpoint.as_ref().map_or(0, |k| k.committed),
+                checkpoints: c.checkpoint.as_ref().map_or(0, |k| k.committed()),
             }
         }))
     };

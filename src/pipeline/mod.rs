@@ -3,6 +3,7 @@
 
 mod cluster;
 mod collect;
+mod commit;
 pub mod config;
 mod durable;
 mod exec;
