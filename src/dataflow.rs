@@ -220,11 +220,14 @@ type KeyedOutput<'a, 'b> = timely::dataflow::operators::generic::OutputBuilderSe
     CapacityContainerBuilder<Vec<ToSink>>,
 >;
 
+/// A part written (or not) for a boundary.
+type WrittenPart = (u64, std::result::Result<PartInfo, String>);
+
 /// One worker's checkpoint parts in flight: each is exported on the worker (the state
 /// cannot change under it) and written, synced and renamed on a thread of its own.
 struct PartWrites {
     writer: Option<PartWriter>,
-    done: Arc<Mutex<Vec<(u64, std::result::Result<PartInfo, String>)>>>,
+    done: Arc<Mutex<Vec<WrittenPart>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     wake: SyncActivator,
 }
