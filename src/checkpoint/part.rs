@@ -8,11 +8,11 @@
 //! | `key` | int64 or utf8 | the key |
 //! | `group` | uint16 | its key group ([`crate::record::KEY_GROUPS`]); owner = group % workers |
 //! | `last_time` | int64, null before a first step | the time of its last processed step |
-//! | `fill` | list<float32>, null without `nan = "ffill"` | its forward-fill values |
-//! | `state` | large_list<float32> | model state (every layer's rows in order), or the window ring, or the held inputs |
-//! | `counters` | list<uint64> | step counters of strided/windowed layers, or the window's step count |
-//! | `held_times` | large_list<int64> | `sequence_end`: times of the held outputs or inputs |
-//! | `held_values` | large_list<float32> | `sequence_end`: held outputs |
+//! | `fill` | `list<float32>`, null without `nan = "ffill"` | its forward-fill values |
+//! | `state` | `large_list<float32>` | model state (every layer's rows in order), or the window ring, or the held inputs |
+//! | `counters` | `list<uint64>` | step counters of strided/windowed layers, or the window's step count |
+//! | `held_times` | `large_list<int64>` | `sequence_end`: times of the held outputs or inputs |
+//! | `held_values` | `large_list<float32>` | `sequence_end`: held outputs |
 //!
 //! A part is written to `NAME.tmp`, synced and renamed, while a CRC-32 of its bytes is
 //! computed on the way; the manifest records size and checksum, so a truncated or altered
