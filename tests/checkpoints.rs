@@ -68,9 +68,19 @@ fn write_inputs(dir: &Path) {
     }
 }
 
+/// Views over the predictions: a count per key, a top 2 and a windowed mean (files in
+/// `DIR/`, replaced by the caller).
+const VIEWS: &str =
+    "[[views]]\nname = \"high\"\nwhere = \"y0 > 0\"\ngroup_by = [\"key\"]\naggregate = \"count\"\n\
+    output = \"DIR/high.jsonl\"\nsnapshot = \"DIR/high_now.csv\"\n\
+    [[views]]\nname = \"top2\"\naggregate = \"top_k\"\nof = \"y0\"\nk = 2\noutput = \"DIR/top2.csv\"\n\
+    snapshot = \"DIR/top2_now.csv\"\n\
+    [[views]]\nname = \"windowed\"\ngroup_by = [\"key\"]\naggregate = \"mean\"\nof = \"y1\"\n\
+    window = { size = 10 }\noutput = \"DIR/win.jsonl\"\nsnapshot = \"DIR/win_now.csv\"\n";
+
 /// The pipeline: `emit` and output `out` (its format by extension); checkpoints every 2
-/// epochs of 16 rows when `checkpoint`.
-fn pipeline(dir: &Path, name: &str, emit: &str, out: &str, checkpoint: bool) -> PathBuf {
+/// epochs of 16 rows when `checkpoint`; `extra` TOML (views) appended.
+fn pipeline_with(dir: &Path, name: &str, emit: &str, out: &str, checkpoint: bool, extra: &str) -> PathBuf {
     let ck = if checkpoint {
         "[checkpoint]\ndir = \"state\"\nevery_epochs = 2\nkeep = 2\n"
     } else {
@@ -83,7 +93,7 @@ fn pipeline(dir: &Path, name: &str, emit: &str, out: &str, checkpoint: bool) -> 
         &format!(
             "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
              nan = \"ffill\"\nbatch_rows = 16\nrejects = \"out/rejects.jsonl\"\n\
-             [model]\npath = \"m.toml\"\n[output]\nformat = \"{format}\"\npath = \"{out}\"\n{emit}\n{ck}"
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"{format}\"\npath = \"{out}\"\n{emit}\n{ck}{extra}"
         ),
     )
 }
@@ -201,7 +211,21 @@ fn counters(summary: &str) -> String {
 
 /// SIGKILLs a checkpointed run at seeded random moments (and some resumes too), resumes
 /// until it completes, and compares with the uninterrupted run.
+/// The files the views write.
+const VIEW_FILES: [&str; 6] = [
+    "high.jsonl",
+    "high_now.csv",
+    "top2.csv",
+    "top2_now.csv",
+    "win.jsonl",
+    "win_now.csv",
+];
+
 fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
+    crash_and_resume_with(emit, out, trials, seed, false)
+}
+
+fn crash_and_resume_with(emit: &str, out: &str, trials: usize, seed: u64, views: bool) {
     // `benches/crash.sh` runs many more.
     let trials = std::env::var("SEQFLOW_CRASH_TRIALS")
         .ok()
@@ -216,7 +240,21 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
     let d = dir.path();
     write_inputs(d);
     save_model(d, &model());
-    let reference = pipeline(d, "ref.toml", emit, &format!("ref/{out}"), false);
+    let views_in = |dir: &str| {
+        if views {
+            VIEWS.replace("DIR", dir)
+        } else {
+            String::new()
+        }
+    };
+    let reference = pipeline_with(
+        d,
+        "ref.toml",
+        emit,
+        &format!("ref/{out}"),
+        false,
+        &views_in("ref"),
+    );
     let started = Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
         .current_dir(d)
@@ -232,7 +270,15 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
     assert!(want_rows.len() > 100 && want_rejects.len() > 3);
     std::fs::remove_dir_all(d.join("out")).unwrap();
 
-    let p = pipeline(d, "ck.toml", emit, &format!("out/{out}"), true);
+    let want_views: Vec<Vec<String>> = if views {
+        VIEW_FILES
+            .iter()
+            .map(|f| sorted_lines(&d.join("ref").join(f)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let p = pipeline_with(d, "ck.toml", emit, &format!("out/{out}"), true, &views_in("out"));
     let mut rng = seed;
     let mut next = |n: u64| {
         rng = rng
@@ -281,6 +327,13 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
             "trial {trial}: rejects"
         );
         assert_eq!(counters(&err), want_counters, "trial {trial}: counters");
+        for (f, want) in VIEW_FILES.iter().zip(&want_views) {
+            assert_eq!(
+                &sorted_lines(&d.join("out").join(f)),
+                want,
+                "trial {trial}: view {f}\n{err}"
+            );
+        }
         // A completed run leaves no partial file and no checkpoint.
         let left: Vec<_> = std::fs::read_dir(d.join("out"))
             .unwrap()
@@ -304,6 +357,11 @@ fn crash_and_resume(emit: &str, out: &str, trials: usize, seed: u64) {
 #[test]
 fn killed_every_step_parquet_runs_resume_to_the_same_rows() {
     crash_and_resume("emit = \"every_step\"", "pred.parquet", 6, 1);
+}
+
+#[test]
+fn killed_runs_with_views_resume_to_the_same_changelogs_and_snapshots() {
+    crash_and_resume_with("emit = \"every_step\"", "pred.csv", 5, 4, true);
 }
 
 #[test]

@@ -75,6 +75,9 @@ pub struct Manifest {
     pub output: Option<FileCommit>,
     /// The rejects committed.
     pub rejects: Option<FileCommit>,
+    /// Each view's changelog committed, in view order.
+    #[serde(default)]
+    pub views: Vec<FileCommit>,
     /// The run's counters up to the boundary.
     pub stats: Stats,
     /// What the state belongs to; a resume compares it with its own.

@@ -76,6 +76,17 @@ pub struct Collector {
     pub outputs: Outputs,
     /// Checkpoints, when the pipeline has `[checkpoint]`.
     pub checkpoint: Option<Committer>,
+    /// A resumed run: view changes before this epoch rebuild the views from the
+    /// checkpoint's predictions; they are already in the changelogs.
+    pub restored_before: u64,
+    /// Checkpointed views: every prediction record before this epoch has been handed over
+    /// (`u64::MAX`: all of them), and every view change before `views_at`. View changes are
+    /// written only below both (and below any boundary still to be measured), so that a
+    /// changelog's length can be measured at every boundary.
+    pred_at: u64,
+    views_at: u64,
+    /// Collect streams finished (predictions, views); the outputs close after the last.
+    finished: u8,
 }
 
 impl Collector {
@@ -100,6 +111,74 @@ impl Collector {
             abort: None,
             outputs,
             checkpoint: None,
+            restored_before: 0,
+            pred_at: 0,
+            views_at: 0,
+            finished: 0,
+        }
+    }
+
+    /// Whether view changes are written through checkpoints' measurements.
+    fn checkpointed_views(&self) -> bool {
+        self.checkpoint.is_some() && self.views.is_some()
+    }
+
+    /// Measures the view changelogs at every boundary both streams have passed, and writes
+    /// the view changes below the next boundary still to be measured.
+    fn sync_views(&mut self) -> Result<()> {
+        if !self.checkpointed_views() {
+            return Ok(());
+        }
+        let both = self.pred_at.min(self.views_at);
+        let c = self.checkpoint.as_mut().expect("checkpoint");
+        let v = self.views.as_mut().expect("views");
+        for b in c.needs_views_point(Some(both)) {
+            v.flush_before(b)?;
+            c.set_views_point(b, v.measure()?);
+        }
+        // Below the predictions' frontier no unknown boundary can fall (a mark reaches the
+        // predictions' side before its frontier passes the boundary).
+        let limit = c
+            .needs_views_point(None)
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(self.pred_at);
+        v.flush_before(limit)
+    }
+
+    /// Both streams are done: the last measurements, every checkpoint durable, then the
+    /// outputs closed.
+    fn close_all(&mut self) {
+        let r = self.sync_views();
+        self.record(r);
+        if let Some(c) = self.checkpoint.as_mut() {
+            let r = c.commit_ready().and_then(|_| c.finish());
+            self.record(r);
+        }
+        <Self as Collect<ToSink>>::epoch_done(self);
+        if let SinkSlot::Open(s) = &mut self.sink {
+            let r = s.close();
+            self.record(r);
+        }
+        if let Some(w) = self.rejects.as_mut() {
+            let r = w.flush();
+            self.record(r);
+        }
+        // An abandoned run makes no snapshot: it would look complete.
+        if !self.aborted() {
+            if let Some(v) = self.views.as_mut() {
+                let r = v.finish();
+                self.record(r);
+            }
+        }
+    }
+
+    /// One of the collect streams finished.
+    fn stream_done(&mut self) {
+        self.finished += 1;
+        if self.finished == if self.views.is_some() { 2 } else { 1 } {
+            self.close_all();
         }
     }
 
@@ -122,9 +201,7 @@ impl Collector {
             };
             self.checkpoint.as_mut().expect("checkpoint").set_point(b, point);
         }
-        let c = self.checkpoint.as_mut().expect("checkpoint");
-        c.commit_ready()?;
-        match c.failure() {
+        match self.checkpoint.as_ref().expect("checkpoint").failure() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -205,8 +282,11 @@ impl Collect<ToSink> for Collector {
     }
 
     fn advance(&mut self, to: Option<u64>) {
+        self.pred_at = to.unwrap_or(u64::MAX);
         if !self.aborted() && self.error.is_none() {
-            let r = self.checkpoints(to);
+            let r = self.checkpoints(to).and_then(|_| self.sync_views());
+            self.record(r);
+            let r = self.checkpoint.as_mut().map_or(Ok(()), |c| c.commit_ready());
             self.record(r);
         }
     }
@@ -231,20 +311,7 @@ impl Collect<ToSink> for Collector {
     }
 
     fn finish(&mut self) {
-        // Every checkpoint handed over is durable before the outputs close.
-        if let Some(c) = self.checkpoint.as_mut() {
-            let r = c.finish();
-            self.record(r);
-        }
-        <Self as Collect<ToSink>>::epoch_done(self);
-        if let SinkSlot::Open(s) = &mut self.sink {
-            let r = s.close();
-            self.record(r);
-        }
-        if let Some(w) = self.rejects.as_mut() {
-            let r = w.flush();
-            self.record(r);
-        }
+        self.stream_done();
     }
 }
 
@@ -254,12 +321,26 @@ impl Collect<ViewChange> for Collector {
             return;
         }
         if let Some(v) = self.views.as_mut() {
-            v.push(row, time, diff);
+            if time < self.restored_before {
+                v.push_restored(row, diff);
+            } else {
+                v.push(row, time, diff);
+            }
+        }
+    }
+
+    fn advance(&mut self, to: Option<u64>) {
+        self.views_at = to.unwrap_or(u64::MAX);
+        if !self.aborted() && self.error.is_none() {
+            let r = self.sync_views();
+            self.record(r);
+            let r = self.checkpoint.as_mut().map_or(Ok(()), |c| c.commit_ready());
+            self.record(r);
         }
     }
 
     fn epoch_done(&mut self) {
-        if self.live {
+        if self.live && !self.checkpointed_views() {
             if let Some(v) = self.views.as_mut() {
                 let r = v.flush();
                 self.record(r);
@@ -268,14 +349,7 @@ impl Collect<ViewChange> for Collector {
     }
 
     fn finish(&mut self) {
-        // An abandoned run makes no snapshot: it would look complete.
-        if self.aborted() {
-            return;
-        }
-        if let Some(v) = self.views.as_mut() {
-            let r = v.finish();
-            self.record(r);
-        }
+        self.stream_done();
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Point {
 #[derive(Default)]
 struct Pending {
     point: Option<Point>,
+    /// Each view changelog's committed length and a handle to sync it (taken when the
+    /// views have written every change before the boundary, which may come later or
+    /// earlier than the predictions).
+    views: Option<Vec<(u64, File)>>,
     parts: Vec<std::result::Result<PartInfo, String>>,
 }
 
@@ -55,6 +59,8 @@ pub struct Committer {
     pub output: Option<PathBuf>,
     /// The rejects file.
     pub rejects: Option<PathBuf>,
+    /// The views' changelog files (empty without views).
+    pub views: Vec<PathBuf>,
     /// The Parquet output's generation (one more per resume).
     pub generation: u32,
     /// After a Parquet resume: the committed rows it copied, removed once a checkpoint of
@@ -83,6 +89,7 @@ impl Committer {
             identity,
             output,
             rejects: None,
+            views: Vec::new(),
             generation: 0,
             resume_source: None,
             pending: BTreeMap::new(),
@@ -117,6 +124,23 @@ impl Committer {
             .collect()
     }
 
+    /// The boundaries at most `to` whose view changelogs are still to be measured.
+    pub fn needs_views_point(&self, to: Option<u64>) -> Vec<u64> {
+        if self.views.is_empty() {
+            return Vec::new();
+        }
+        self.pending
+            .iter()
+            .filter(|(b, p)| p.views.is_none() && to.is_none_or(|t| **b <= t))
+            .map(|(b, _)| *b)
+            .collect()
+    }
+
+    /// The view changelogs' commit points at `boundary`.
+    pub fn set_views_point(&mut self, boundary: u64, points: Vec<(u64, File)>) {
+        self.pending.entry(boundary).or_default().views = Some(points);
+    }
+
     /// The commit point of `boundary`.
     pub fn set_point(&mut self, boundary: u64, point: Point) {
         self.pending.entry(boundary).or_default().point = Some(point);
@@ -127,7 +151,8 @@ impl Committer {
     pub fn commit_ready(&mut self) -> Result<()> {
         while let Some(entry) = self.pending.first_entry() {
             let p = entry.get();
-            if p.point.is_none() || p.parts.len() < self.workers {
+            let views_done = self.views.is_empty() || p.views.is_some();
+            if p.point.is_none() || !views_done || p.parts.len() < self.workers {
                 break;
             }
             let (boundary, p) = entry.remove_entry();
@@ -150,6 +175,18 @@ impl Committer {
                 sync.push((self.rejects.clone().unwrap_or_default(), f));
                 r
             });
+            let mut views = Vec::new();
+            for ((bytes, f), path) in p.views.unwrap_or_default().into_iter().zip(&self.views) {
+                sync.push((path.clone(), f));
+                views.push(FileCommit {
+                    path: path.clone(),
+                    bytes,
+                    rows: 0,
+                    footer: None,
+                    footer_crc32: None,
+                    generation: 0,
+                });
+            }
             let footer = output.as_ref().and_then(|o| o.footer.clone());
             let manifest = Manifest {
                 format: checkpoint::FORMAT,
@@ -173,6 +210,7 @@ impl Committer {
                     footer_crc32: None,
                     generation: 0,
                 }),
+                views,
                 stats: point.stats,
                 identity: self.identity.clone(),
             };

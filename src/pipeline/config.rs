@@ -375,13 +375,6 @@ impl PipelineConfig {
                         "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
                     ));
                 }
-                if !raw.views.is_empty() {
-                    return Err(err(
-                        "[checkpoint] is not yet supported with [[views]]: this version checkpoints \
-                         the keyed state and the output, not the views"
-                            .into(),
-                    ));
-                }
                 if output.file.path.is_none() {
                     return Err(err(
                         "[checkpoint] needs the output in a file: stdout (path = \"-\") cannot be \

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::collect::{Collector, Committer};
 use super::config::PipelineConfig;
+use super::exec::Restore;
 use super::exec::RunOptions;
 use super::report::Event;
 use crate::checkpoint::{CheckpointConfig, Identity, Manifest, Store};
@@ -14,7 +15,11 @@ use crate::error::{Error, Result};
 use crate::input::files::Plan;
 use crate::model::Model;
 use crate::outfiles::Outputs;
+use crate::record::{KeyColumn, OutBatch};
 use crate::vocab::Emit;
+use crate::vocab::FileFormat;
+use arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 
 /// What a checkpointed state belongs to: the model's bytes and the pipeline's data layout
 /// and input. A resume with any of these changed would apply old state to other data.
@@ -249,6 +254,105 @@ pub(crate) fn resumed_sink(
         footer: store.footer(m)?,
     };
     crate::sink::Sink::resume(&cfg.output.file, schema, outputs, &point, o.generation).map(Some)
+}
+
+/// Reads back every prediction a checkpoint's output holds (its committed bytes), batch by
+/// batch: a resumed run rebuilds its views from them.
+pub(crate) fn restore_from_output(
+    cfg: &PipelineConfig,
+    m: &Manifest,
+    schema: arrow::datatypes::SchemaRef,
+) -> Option<Arc<Restore>> {
+    let o = m.output.clone()?;
+    let format = cfg.output.file.format;
+    Some(Arc::new(move |emit: &mut dyn FnMut(OutBatch)| {
+        let path = match format {
+            FileFormat::Parquet => crate::sink::resume_source(&o.path, o.generation),
+            _ => crate::outfiles::partial_path(&o.path),
+        };
+        let err = |e: &dyn std::fmt::Display| Error::Data {
+            path: path.clone(),
+            msg: format!("reading the committed predictions back for the views: {e}"),
+        };
+        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>> =
+            match format {
+                FileFormat::Parquet => {
+                    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+                    let options = ArrowReaderOptions::new().with_schema(schema.clone());
+                    Box::new(
+                        ParquetRecordBatchReaderBuilder::try_new_with_options(f, options)
+                            .map_err(|e| err(&e))?
+                            .build()
+                            .map_err(|e| err(&e))?,
+                    )
+                }
+                FileFormat::Csv => Box::new(
+                    arrow::csv::ReaderBuilder::new(schema.clone())
+                        .with_header(true)
+                        .build(std::io::Read::take(f, o.bytes))
+                        .map_err(|e| err(&e))?,
+                ),
+                FileFormat::Jsonl => Box::new(
+                    arrow::json::ReaderBuilder::new(schema.clone())
+                        .build(std::io::BufReader::new(std::io::Read::take(f, o.bytes)))
+                        .map_err(|e| err(&e))?,
+                ),
+            };
+        for b in batches {
+            let b = b.map_err(|e| err(&e))?;
+            emit(out_batch(&b).map_err(|e| err(&e))?);
+        }
+        Ok(())
+    }))
+}
+
+/// An output record batch (key, time, one float32 column per output) as an `OutBatch`.
+fn out_batch(b: &RecordBatch) -> std::result::Result<OutBatch, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::compute::cast;
+    use arrow::datatypes::{DataType, Float32Type, Int64Type, UInt64Type};
+    let key = b.column(0);
+    let keys = match key.data_type() {
+        DataType::UInt64 => KeyColumn::Int(
+            key.as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .map(|&k| k as i64)
+                .collect(),
+        ),
+        t if t.is_integer() => KeyColumn::Int(
+            cast(key, &DataType::Int64)?
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec(),
+        ),
+        _ => {
+            let s = cast(key, &DataType::Utf8)?;
+            let s = s.as_string::<i32>();
+            let mut c = KeyColumn::empty_str();
+            for i in 0..s.len() {
+                c.push(crate::record::KeyRef::Str(s.value(i)));
+            }
+            c
+        }
+    };
+    let time = b.column(1);
+    let time = match time.data_type() {
+        DataType::Date32 => cast(&cast(time, &DataType::Int32)?, &DataType::Int64)?,
+        _ => cast(time, &DataType::Int64)?,
+    };
+    let width = b.num_columns() - 2;
+    let mut out = OutBatch::new(keys, width);
+    out.times = time.as_primitive::<Int64Type>().values().to_vec();
+    let cols: Vec<_> = (2..b.num_columns())
+        .map(|j| b.column(j).as_primitive::<Float32Type>())
+        .collect();
+    out.values.reserve(b.num_rows() * width);
+    for i in 0..b.num_rows() {
+        out.values.extend(cols.iter().map(|c| c.value(i)));
+    }
+    Ok(out)
 }
 
 /// When the readers of one process ask for a checkpoint: every `every_ms`, or every

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use differential_dataflow::collection::AsCollection;
 use differential_dataflow::VecCollection;
-use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::operators::{Concat, Exchange, Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 use timely::{CommunicationConfig, Config, WorkerConfig};
@@ -27,7 +27,7 @@ use crate::keyed::KeyedProcessor;
 use crate::latency::Histogram;
 use crate::model::Model;
 use crate::outfiles::{check_distinct, Outputs};
-use crate::record::{Key, SourceMsg, Stats};
+use crate::record::{Key, OutBatch, SinkMsg, SourceMsg, Stats, ToSink};
 use crate::sink::RejectsWriter;
 use crate::views::flow::{all_predictions, latest_updates, view, SideRow, ViewRow};
 use crate::views::output::ViewOutputs;
@@ -204,7 +204,13 @@ pub(crate) struct ViewSetup {
     pub side_of_view: Arc<Vec<u32>>,
     /// Live runs: worker 0 keeps the side input open (tables are reloaded when they change).
     pub live: bool,
+    /// A resumed run: hands worker 0 every prediction the checkpoint's output holds, which
+    /// rebuild the views (at epoch 0, before any epoch of this run).
+    pub restore: Option<Arc<Restore>>,
 }
+
+/// Calls its argument with every committed prediction, batch by batch.
+pub(crate) type Restore = dyn Fn(&mut dyn FnMut(OutBatch)) -> Result<()> + Send + Sync;
 
 /// A run's checkpoints: where parts go, and the checkpoint it resumes from.
 #[derive(Clone)]
@@ -276,17 +282,21 @@ pub(crate) fn execute(
         let collector = collector.map(|c| Rc::new(RefCell::new(c)));
         let mut input: InputHandleVec<u64, Inbound> = InputHandleVec::new();
         let mut side: SideInput = InputHandleVec::new();
+        let mut restore: InputHandleVec<u64, ToSink> = InputHandleVec::new();
         let probe: ProbeHandle<u64> = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let predictions = scope.input_from(&mut input).keyed_model_with(processor, parts);
             if !views.specs.is_empty() {
                 let side = scope.input_from(&mut side).as_collection();
-                let latest = latest_updates(predictions.clone());
+                // A resumed run's earlier predictions, each on its key's worker.
+                let restored = scope.input_from(&mut restore).exchange(|r: &ToSink| r.0);
+                let for_views = predictions.clone().concat(restored);
+                let latest = latest_updates(for_views.clone());
                 let all = views
                     .specs
                     .iter()
                     .any(|v| v.window.is_some())
-                    .then(|| all_predictions(predictions.clone()));
+                    .then(|| all_predictions(for_views.clone()));
                 let mut changes: Option<VecCollection<'_, u64, ViewRow, isize>> = None;
                 for (i, v) in views.specs.iter().enumerate() {
                     let c = view(
@@ -315,6 +325,29 @@ pub(crate) fn execute(
             }
             .probe_with(&probe);
         });
+        // A resumed run's views are rebuilt from the predictions its output already holds.
+        if let (0, Some(r)) = (index, views.restore.as_ref()) {
+            let peers = worker.peers();
+            let mut routed = |b: OutBatch| {
+                let mut per: Vec<OutBatch> = (0..peers)
+                    .map(|_| OutBatch::new(b.keys.new_like(), b.width))
+                    .collect();
+                for i in 0..b.len() {
+                    let d = &mut per[b.keys.get(i).route(peers)];
+                    d.keys.push(b.keys.get(i));
+                    d.times.push(b.times[i]);
+                    d.values
+                        .extend_from_slice(&b.values[i * b.width..(i + 1) * b.width]);
+                }
+                for (dest, p) in per.into_iter().enumerate() {
+                    if !p.is_empty() {
+                        restore.send((dest as u64, SinkMsg::Rows(p)));
+                    }
+                }
+            };
+            r(&mut routed).map_err(|e| e.to_string())?;
+        }
+        restore.close();
         // Side tables enter at epoch 0, from worker 0; the input stays open only where a
         // live run reloads them.
         if index == 0 {
@@ -555,6 +588,7 @@ pub(crate) fn setup_views(
     outputs: &Outputs,
     live: bool,
     int_keys: Option<bool>,
+    resume_from: Option<&[u64]>,
 ) -> Result<(ViewSetup, Option<ViewOutputs>)> {
     if cfg.views.is_empty() {
         check_paths(cfg, model, data, &[])?;
@@ -593,16 +627,40 @@ pub(crate) fn setup_views(
         }
     }
     check_paths(cfg, model, data, &specs)?;
-    let view_outputs = if opts.process == 0 {
-        Some(ViewOutputs::create(&specs, &cfg.source.columns.key, outputs)?)
-    } else {
-        None
+    if cfg.checkpoint.is_some() {
+        // A checkpoint records each changelog's length; a resume cuts it back to that.
+        for v in &specs {
+            let ok = v.output.as_deref().is_some_and(|p| {
+                crate::vocab::FileFormat::from_path(p) != Some(crate::vocab::FileFormat::Parquet)
+            });
+            if !ok {
+                return Err(Error::PipelineConfig {
+                    path: cfg.path.clone(),
+                    msg: format!(
+                        "[[views]] \"{}\": with [checkpoint], a view's changelog is a JSON-lines or CSV file \
+                         (`output = \"....jsonl\"`), which a resume continues; stdout and Parquet cannot be",
+                        v.name
+                    ),
+                });
+            }
+        }
+    }
+    let view_outputs = match (opts.process, resume_from) {
+        (0, Some(bytes)) if bytes.len() == specs.len() => Some(ViewOutputs::resume(
+            &specs,
+            &cfg.source.columns.key,
+            outputs,
+            bytes,
+        )?),
+        (0, _) => Some(ViewOutputs::create(&specs, &cfg.source.columns.key, outputs)?),
+        _ => None,
     };
     let setup = ViewSetup {
         side_rows: Arc::new(tables.rows()),
         side_of_view: Arc::new(tables.of_view.clone()),
         specs: Arc::new(specs),
         live,
+        restore: None,
     };
     Ok((setup, view_outputs))
 }

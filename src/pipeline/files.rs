@@ -58,7 +58,6 @@ fn run_with(
     let plan = Arc::new(Plan::build(&source, &cfg.source.columns)?);
     let int_keys = plan.key_type.is_integer();
     let data: Vec<PathBuf> = plan.files.iter().map(|f| f.path.clone()).collect();
-    let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &data, outputs, false, Some(int_keys))?;
     if opts.resume && cfg.checkpoint.is_none() {
         return Err(Error::PipelineConfig {
             path: cfg.path.clone(),
@@ -74,6 +73,19 @@ fn run_with(
         None => None,
     };
     let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
+    let views_from = resume
+        .as_ref()
+        .map(|m| m.views.iter().map(|v| v.bytes).collect::<Vec<_>>());
+    let (mut view_setup, view_outputs) = setup_views(
+        &cfg,
+        opts,
+        &model,
+        &data,
+        outputs,
+        false,
+        Some(int_keys),
+        views_from.as_deref(),
+    )?;
     // Epochs before this one are in the checkpoint: the readers skip them.
     let skip_before = resume.as_ref().map_or(0, |m| m.boundary);
     let schema = OutputSchema {
@@ -83,6 +95,9 @@ fn run_with(
         time_type: plan.time_type.clone(),
         names: cfg.output.names.clone(),
     };
+    if let (Some(m), false) = (&resume, view_setup.specs.is_empty()) {
+        view_setup.restore = durable::restore_from_output(&cfg, m, schema.arrow());
+    }
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
     let open = || {
         let sink = match &checkpointing {
@@ -108,6 +123,10 @@ fn run_with(
         if let Some((ck, store, _, ours)) = &checkpointing {
             let workers = opts.workers * opts.processes;
             durable::attach(c, ck, store, ours, workers, &cfg, resume.as_deref());
+            if let Some(v) = &c.views {
+                c.checkpoint.as_mut().expect("attached").views = v.paths();
+                c.restored_before = resume.as_ref().map_or(0, |m| m.boundary);
+            }
         }
     }
     let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));

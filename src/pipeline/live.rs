@@ -59,7 +59,6 @@ fn run_with(
 ) -> Result<Option<RunReport>> {
     let stop = opts.stop.clone();
     let peers = opts.workers * opts.processes;
-    let (view_setup, view_outputs) = setup_views(&cfg, opts, &model, &[], outputs, true, None)?;
     if opts.resume && cfg.checkpoint.is_none() {
         return Err(Error::PipelineConfig {
             path: cfg.path.clone(),
@@ -75,6 +74,37 @@ fn run_with(
         None => None,
     };
     let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
+    let views_from = resume
+        .as_ref()
+        .map(|m| m.views.iter().map(|v| v.bytes).collect::<Vec<_>>());
+    let (mut view_setup, view_outputs) = setup_views(
+        &cfg,
+        opts,
+        &model,
+        &[],
+        outputs,
+        true,
+        None,
+        views_from.as_deref(),
+    )?;
+    if let (Some(m), Some(int), false) = (
+        &resume,
+        resume.as_ref().and_then(|m| m.int_keys()),
+        view_setup.specs.is_empty(),
+    ) {
+        let schema = OutputSchema {
+            key_name: cfg.source.columns.key.clone(),
+            key_type: if int {
+                arrow::datatypes::DataType::Int64
+            } else {
+                arrow::datatypes::DataType::Utf8
+            },
+            time_name: cfg.source.columns.time.clone(),
+            time_type: arrow::datatypes::DataType::Int64,
+            names: cfg.output.names.clone(),
+        };
+        view_setup.restore = durable::restore_from_output(&cfg, m, schema.arrow());
+    }
     // A resumed run knows its key type; otherwise the first line decides.
     let int_keys = resume.as_ref().and_then(|m| m.int_keys());
     let mut names = None;
@@ -116,6 +146,10 @@ fn run_with(
         Some(mut c) => {
             if let Some((ck, store, _, ours)) = &checkpointing {
                 durable::attach(&mut c, ck, store, ours, peers, &cfg, resume.as_deref());
+                if let Some(v) = &c.views {
+                    c.checkpoint.as_mut().expect("attached").views = v.paths();
+                    c.restored_before = resume.as_ref().map_or(0, |m| m.boundary);
+                }
             }
             let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone(), int_keys)?;
             let addr = matches!(source.transport, Transport::Tcp { .. })

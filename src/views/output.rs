@@ -35,16 +35,23 @@ struct TableWriter {
     file: Option<File>,
     schema: Option<SchemaRef>,
     parquet: Option<ArrowWriter<File>>,
+    /// JSON lines and CSV files: a second handle, measured and synced at checkpoints.
+    handle: Option<File>,
 }
 
 impl TableWriter {
     fn create(path: Option<&Path>, outputs: &Outputs) -> Result<TableWriter> {
         let display = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("-"));
         let format = format_of(path);
+        let mut handle = None;
         let (out, file): (Box<dyn Write + Send>, _) = match path {
             None => (Box::new(std::io::stdout()), None),
             Some(p) if format == FileFormat::Parquet => (Box::new(std::io::sink()), Some(outputs.create(p)?)),
-            Some(p) => (Box::new(BufWriter::new(outputs.create(p)?)), None),
+            Some(p) => {
+                let f = outputs.create(p)?;
+                handle = Some(f.try_clone().map_err(|e| Error::io(p, e))?);
+                (Box::new(BufWriter::new(f)), None)
+            }
         };
         Ok(TableWriter {
             path: display,
@@ -53,7 +60,39 @@ impl TableWriter {
             file,
             schema: None,
             parquet: None,
+            handle,
         })
+    }
+
+    /// Continues a JSON-lines or CSV changelog of an interrupted run, cut back to the
+    /// `bytes` a checkpoint committed.
+    fn resume(path: &Path, bytes: u64, outputs: &Outputs) -> Result<TableWriter> {
+        let format = format_of(Some(path));
+        let f = outputs.adopt(path, bytes)?;
+        let handle = Some(f.try_clone().map_err(|e| Error::io(path, e))?);
+        Ok(TableWriter {
+            path: path.to_path_buf(),
+            format,
+            out: Some(Box::new(BufWriter::new(f))),
+            file: None,
+            // A CSV changelog with bytes has its header.
+            schema: (bytes > 0).then(|| Arc::new(arrow::datatypes::Schema::empty())),
+            parquet: None,
+            handle,
+        })
+    }
+
+    /// Pushes what is written to the file and says how long it is, with a handle to sync it.
+    fn mark_point(&mut self) -> Result<(u64, File)> {
+        if let Some(o) = self.out.as_mut() {
+            o.flush().map_err(|e| Error::io(&self.path, e))?;
+        }
+        let h = self
+            .handle
+            .as_ref()
+            .ok_or_else(|| self.err("only JSON-lines and CSV files can be checkpointed"))?;
+        let bytes = h.metadata().map_err(|e| Error::io(&self.path, e))?.len();
+        Ok((bytes, h.try_clone().map_err(|e| Error::io(&self.path, e))?))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
@@ -231,6 +270,69 @@ impl ViewOutputs {
             key_name: key_name.to_string(),
             outputs: outputs.clone(),
         })
+    }
+
+    /// Continues every view's changelog from a checkpoint: `bytes[i]` of view `i`'s file.
+    pub fn resume(
+        specs: &[ViewSpec],
+        key_name: &str,
+        outputs: &Outputs,
+        bytes: &[u64],
+    ) -> Result<ViewOutputs> {
+        let views = specs
+            .iter()
+            .zip(bytes)
+            .map(|(s, &b)| {
+                let path = s.output.as_deref().expect("checkpointed views write files");
+                Ok(ViewOut {
+                    spec: s.clone(),
+                    changelog: TableWriter::resume(path, b, outputs)?,
+                    pending: Vec::new(),
+                    state: BTreeMap::new(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ViewOutputs {
+            views,
+            key_name: key_name.to_string(),
+            outputs: outputs.clone(),
+        })
+    }
+
+    /// Measures each changelog as written so far (a checkpoint's commit point).
+    pub fn measure(&mut self) -> Result<Vec<(u64, File)>> {
+        self.views.iter_mut().map(|v| v.changelog.mark_point()).collect()
+    }
+
+    /// Writes the changes of epochs before `epoch`; later ones wait.
+    pub fn flush_before(&mut self, epoch: u64) -> Result<()> {
+        let mut later = Vec::new();
+        for v in &mut self.views {
+            let (now, rest): (Vec<_>, Vec<_>) = v.pending.drain(..).partition(|c| c.2 < epoch);
+            v.pending = now;
+            later.push(rest);
+        }
+        let r = self.flush();
+        for (v, rest) in self.views.iter_mut().zip(later) {
+            v.pending.extend(rest);
+        }
+        r
+    }
+
+    /// A change already in the committed changelog (a resumed run rebuilding its views):
+    /// it counts for the snapshot but is not written again.
+    pub fn push_restored(&mut self, (view, group, value): ViewRow, diff: isize) {
+        let v = &mut self.views[view as usize];
+        let e = v.state.entry((group.clone(), value.clone())).or_insert(0);
+        *e += diff;
+        if *e == 0 {
+            v.state.remove(&(group, value));
+        }
+    }
+
+    /// The changelog files, in view order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.views.iter().map(|v| v.changelog.path.clone()).collect()
     }
 
     /// One changelog entry.
