@@ -241,6 +241,18 @@ impl Emitter {
         }
     }
 
+    /// Floats and counters each key exports at least (model state or window ring).
+    pub fn per_key(&self) -> (usize, usize) {
+        match self {
+            Emitter::EveryStep(arena) => arena.slot_shape(),
+            Emitter::SequenceEnd(s) => match &s.held {
+                Held::Outputs { arena, .. } => arena.slot_shape(),
+                Held::Inputs { .. } => (0, 0),
+            },
+            Emitter::Window(w) => (w.size * w.width, 1),
+        }
+    }
+
     /// Restores key `k` (just added) from row `i` of a checkpoint; an error names what does
     /// not fit this model and emit mode.
     pub fn import_key(&mut self, k: u32, rows: &StateRows, i: usize) -> Result<(), String> {
