@@ -268,6 +268,10 @@ fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
         Event::Listening { addr: None, lines } => {
             say!("seqflow: reading {} lines from stdin", lines.name())
         }
+        Event::Subscribed { source, lines } => say!(
+            "seqflow: subscribed to {source} ({} lines); Ctrl-C or SIGTERM to stop",
+            lines.name()
+        ),
         Event::Warning(w) => bar.suspend(|| say!("seqflow: warning: {w}")),
         Event::Finished => bar.finish_and_clear(),
     }

@@ -119,6 +119,8 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                 // Checkpoint boundaries asked for, each with a capability at the time the
                 // mark came (at most the boundary) to send the part's message with.
                 let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+                // The highest boundary whose part was taken.
+                let mut written = 0u64;
                 let mut passthrough: Vec<SinkMsg> = Vec::new();
                 let mut out: Vec<SinkMsg> = Vec::new();
                 move |(input, frontier), output| {
@@ -162,6 +164,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                             (Some(b), e) if e.is_none_or(|e| b <= e) => {
                                 let cap = marks.remove(&b).expect("a mark");
                                 writes.start(&mut processor, b, &cap, output);
+                                written = written.max(b);
                             }
                             (_, Some(e)) => {
                                 let (cap, batches) = stash.remove(&e).expect("an epoch");
@@ -192,6 +195,12 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                 }
                             }
                             None => {
+                                // What finish emits comes after every boundary whose part
+                                // was taken before it (the frontier may have jumped from
+                                // below such a boundary straight to the end).
+                                if written > *cap.time() {
+                                    cap.downgrade(&written);
+                                }
                                 processor.finish(&mut out);
                                 let mut session = output.session(&*cap);
                                 for m in out.drain(..) {
@@ -289,6 +298,11 @@ impl PartWrites {
 pub trait Collect<D> {
     /// Handles one record.
     fn take(&mut self, record: D);
+    /// Whether `record` is handed over on arrival instead of with its epoch (records that
+    /// do not belong to an epoch's output, such as a checkpoint part's description).
+    fn at_once(&self, _record: &D) -> bool {
+        false
+    }
     /// Every record before epoch `to` (`None`: every record) has been handed over, and none
     /// from it on: the moment to commit a checkpoint whose boundary is at most `to`.
     fn advance(&mut self, _to: Option<u64>) {}
@@ -330,7 +344,11 @@ impl<'scope, D: timely::ExchangeData + Clone> CollectAtWorker0<'scope, D> for St
                     let mut h = handler.borrow_mut();
                     input.for_each(|cap, data| {
                         let time = cap.least().copied().unwrap_or(0);
-                        stash.entry(time).or_default().append(data);
+                        let (now, later): (Vec<D>, Vec<D>) = data.drain(..).partition(|r| h.at_once(r));
+                        for r in now {
+                            h.take(r);
+                        }
+                        stash.entry(time).or_default().extend(later);
                     });
                     while let Some(entry) = stash.first_entry() {
                         if frontier.less_equal(entry.key()) {

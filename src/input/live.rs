@@ -63,6 +63,8 @@ pub enum Transport {
     },
     /// The process's standard input.
     Stdin,
+    /// Messages of an MQTT broker's topics.
+    Mqtt(super::mqtt::MqttSource),
 }
 
 /// Running readers: parsed steps arrive on `rx`, one [`Routed`] per chunk read.
@@ -75,6 +77,9 @@ pub struct Readers {
     pub local_addr: Option<SocketAddr>,
     /// Connections refused so far (over the cap, or no thread could be started).
     pub refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Broker sources: set when the run is over, to let the connection go (it stays up
+    /// after a stop, for the last acknowledgements).
+    pub done: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -92,6 +97,7 @@ impl Readers {
     ) -> Result<Readers> {
         let (tx, rx) = bounded(CHANNEL_BATCHES);
         let names = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
         let shared = Shared::new(cfg, columns, peers, stop);
         if let Some(int) = int_keys {
             shared
@@ -123,18 +129,53 @@ impl Readers {
                     read_lines(std::io::stdin().lock(), 0, &tx, &shared);
                 })?);
             }
+            Transport::Mqtt(m) => {
+                names
+                    .lock()
+                    .expect("names")
+                    .push(format!("mqtt {} {}", m.broker, m.topics.join(",")));
+                let (client, conn, early) = super::mqtt::connect(m)?;
+                let (stop, done) = (shared.stop.clone(), done.clone());
+                threads.push(spawn("mqtt reader", move || {
+                    let (mtx, mrx) = crossbeam_channel::unbounded();
+                    let mut payload = Vec::new();
+                    let parse = |bytes: &[u8], topic: &str| {
+                        // A message is whole lines; the last needs no newline of its own.
+                        payload.clear();
+                        payload.extend_from_slice(bytes);
+                        if payload.last().is_some_and(|&b| b != b'\n') {
+                            payload.push(b'\n');
+                        }
+                        read_lines(&payload[..], 0, &mtx, &shared);
+                        let mut out: Vec<Routed> = mrx.try_iter().collect();
+                        for r in &mut out {
+                            for j in &mut r.rejects {
+                                j.detail = if j.detail.is_empty() {
+                                    format!("in a message on {topic}")
+                                } else {
+                                    format!("{} (in a message on {topic})", j.detail)
+                                };
+                            }
+                        }
+                        out
+                    };
+                    super::mqtt::read(client, conn, early, tx, stop, done, parse);
+                })?);
+            }
         }
         Ok(Readers {
             rx,
             names,
             local_addr,
             refused,
+            done,
             threads,
         })
     }
 
     /// Waits for the acceptor and readers to finish (after stop or end of input).
     pub fn join(self) {
+        self.done.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }

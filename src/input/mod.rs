@@ -9,6 +9,7 @@ pub mod columns;
 pub mod files;
 pub mod lines;
 pub mod live;
+pub mod mqtt;
 pub mod prep;
 
 pub use columns::{ColumnMap, Columns};
@@ -25,6 +26,9 @@ pub struct Routed {
     pub rejects: Vec<Reject>,
     /// Rows read, accepted or not.
     pub rows: u64,
+    /// Broker sources: acknowledgements of the messages these rows came from, to run once
+    /// the rows are safe (forwarded, or in a committed checkpoint).
+    pub acks: Vec<mqtt::Ack>,
     peers: usize,
     source: u32,
 }

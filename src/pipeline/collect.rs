@@ -242,6 +242,11 @@ impl Collector {
 }
 
 impl Collect<ToSink> for Collector {
+    fn at_once(&self, (_, msg): &ToSink) -> bool {
+        // A part only completes a checkpoint; it is sent whenever its file is written.
+        matches!(msg, SinkMsg::Part { .. })
+    }
+
     fn take(&mut self, (_, msg): ToSink) {
         if self.aborted() {
             return;
@@ -276,6 +281,8 @@ impl Collect<ToSink> for Collector {
             SinkMsg::Part { boundary, part } => {
                 if let Some(c) = self.checkpoint.as_mut() {
                     c.part(boundary, part);
+                    let r = c.commit_ready();
+                    self.record(r);
                 }
             }
         }

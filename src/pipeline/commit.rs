@@ -68,6 +68,8 @@ pub struct Committer {
     pub resume_source: Option<PathBuf>,
     pending: BTreeMap<u64, Pending>,
     committed: Arc<AtomicU64>,
+    /// The boundary of the newest durable checkpoint (0: none yet).
+    boundary: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<Error>>>,
     tx: Option<crossbeam_channel::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -94,6 +96,7 @@ impl Committer {
             resume_source: None,
             pending: BTreeMap::new(),
             committed: Arc::default(),
+            boundary: Arc::default(),
             failed: Arc::default(),
             tx: None,
             thread: None,
@@ -103,6 +106,12 @@ impl Committer {
     /// Checkpoints made durable so far.
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
+    }
+
+    /// The boundary of the newest durable checkpoint, as it moves (broker sources
+    /// acknowledge the messages before it).
+    pub fn committed_boundary(&self) -> Arc<AtomicU64> {
+        self.boundary.clone()
     }
 
     /// A worker passed `boundary`.
@@ -230,6 +239,7 @@ impl Committer {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
             let (store, keep) = (self.store.clone(), self.keep);
             let (committed, failed) = (self.committed.clone(), self.failed.clone());
+            let boundary = self.boundary.clone();
             let thread = std::thread::Builder::new()
                 .name("seqflow-commit".into())
                 .spawn(move || {
@@ -240,6 +250,7 @@ impl Committer {
                         match commit(&store, keep, &job) {
                             Ok(()) => {
                                 committed.fetch_add(1, Ordering::Relaxed);
+                                boundary.fetch_max(job.manifest.boundary, Ordering::Relaxed);
                                 if let Some(p) = &job.remove {
                                     let _ = std::fs::remove_file(p);
                                 }

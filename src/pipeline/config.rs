@@ -9,6 +9,7 @@ use crate::checkpoint::CheckpointConfig;
 use crate::error::{Error, Result};
 use crate::input::files::FileSource;
 use crate::input::live::{LiveSource, Transport};
+use crate::input::mqtt::MqttSource;
 use crate::input::Columns;
 use crate::model::Model;
 use crate::sink::OutputFile;
@@ -23,6 +24,7 @@ enum RawFormat {
     Jsonl,
     Tcp,
     Stdin,
+    Mqtt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +51,9 @@ struct RawSource {
     max_key_bytes: Option<usize>,
     max_keys: Option<usize>,
     state_ttl_ms: Option<u64>,
+    broker: Option<String>,
+    topics: Option<Vec<String>>,
+    client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,7 +201,7 @@ impl PipelineConfig {
             RawFormat::Parquet => Some(FileFormat::Parquet),
             RawFormat::Csv => Some(FileFormat::Csv),
             RawFormat::Jsonl => Some(FileFormat::Jsonl),
-            RawFormat::Tcp | RawFormat::Stdin => None,
+            RawFormat::Tcp | RawFormat::Stdin | RawFormat::Mqtt => None,
         };
         if s.columns.is_some() && s.lines != Some(LineFormat::Csv) {
             return Err(err(
@@ -218,6 +223,9 @@ impl PipelineConfig {
                     ("max_key_bytes", s.max_key_bytes.is_some()),
                     ("max_keys", s.max_keys.is_some()),
                     ("state_ttl_ms", s.state_ttl_ms.is_some()),
+                    ("broker", s.broker.is_some()),
+                    ("topics", s.topics.is_some()),
+                    ("client_id", s.client_id.is_some()),
                 ] {
                     if set {
                         return Err(err(format!(
@@ -243,7 +251,45 @@ impl PipelineConfig {
                 SourceKind::Files(FileSource { format, path })
             }
             None => {
+                if s.format != RawFormat::Mqtt {
+                    for (name, set) in [
+                        ("broker", s.broker.is_some()),
+                        ("topics", s.topics.is_some()),
+                        ("client_id", s.client_id.is_some()),
+                    ] {
+                        if set {
+                            return Err(err(format!(
+                                "[source] `{name}` applies to format = \"mqtt\" only"
+                            )));
+                        }
+                    }
+                }
                 let transport = match (s.format, s.listen) {
+                    (RawFormat::Mqtt, None) => {
+                        let broker = s.broker.clone().ok_or_else(|| {
+                            err("[source] format = \"mqtt\" needs `broker = \"HOST:PORT\"`".into())
+                        })?;
+                        let topics = s.topics.clone().unwrap_or_default();
+                        if topics.is_empty() {
+                            return Err(err(
+                                "[source] format = \"mqtt\" needs `topics = [\"...\"]` (topic filters)"
+                                    .into(),
+                            ));
+                        }
+                        if s.lines == Some(LineFormat::Csv) && s.columns.is_none() {
+                            return Err(err(
+                                "[source] csv lines over mqtt need `columns = [...]`: a message carries no header".into(),
+                            ));
+                        }
+                        let stem = path
+                            .file_stem()
+                            .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+                        Transport::Mqtt(MqttSource {
+                            broker,
+                            topics,
+                            client_id: s.client_id.clone().unwrap_or_else(|| format!("seqflow-{stem}")),
+                        })
+                    }
                     (RawFormat::Tcp, Some(listen)) => Transport::Tcp { listen },
                     (RawFormat::Tcp, None) => {
                         return Err(err(

@@ -169,6 +169,7 @@ pub(crate) fn settle<T>(
     opts: &RunOptions,
     run: Result<T>,
     completes: bool,
+    output: Option<&std::path::Path>,
 ) -> Result<T> {
     match run {
         Ok(r) => {
@@ -176,6 +177,10 @@ pub(crate) fn settle<T>(
                 Store::new(&c.dir).discard_all()?;
             }
             outputs.commit()?;
+            // A resumed Parquet output's copied source is no longer needed by anything.
+            if let (Some(p), Some(_), 0) = (output, checkpoint, opts.process) {
+                remove_resume_sources(p);
+            }
             Ok(r)
         }
         Err(e) => {
@@ -198,6 +203,27 @@ pub(crate) fn settle<T>(
                     outputs.remove_all();
                     Err(e)
                 }
+            }
+        }
+    }
+}
+
+/// Removes `PATH.partial.resume-g*` files of an output.
+fn remove_resume_sources(path: &std::path::Path) {
+    let partial = crate::outfiles::partial_path(path);
+    let (Some(dir), Some(name)) = (partial.parent(), partial.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.resume-g", name.to_string_lossy());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }

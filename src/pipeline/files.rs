@@ -40,12 +40,13 @@ pub(super) fn run(
     opts: &RunOptions,
 ) -> Result<Option<RunReport>> {
     let checkpoint = cfg.checkpoint.clone();
+    let output = cfg.output.file.path.clone();
     let outputs = match checkpoint {
         Some(_) => Outputs::durable(),
         None => Outputs::default(),
     };
     let run = run_with(cfg, source, model, opts, &outputs);
-    durable::settle(&outputs, checkpoint.as_ref(), opts, run, true)
+    durable::settle(&outputs, checkpoint.as_ref(), opts, run, true, output.as_deref())
 }
 
 fn run_with(

@@ -41,13 +41,14 @@ pub(super) fn run(
 ) -> Result<Option<RunReport>> {
     // Views and their outputs first: once the source is listening, every output exists.
     let checkpoint = cfg.checkpoint.clone();
+    let output = cfg.output.file.path.clone();
     let outputs = match checkpoint {
         Some(_) => Outputs::durable(),
         None => Outputs::default(),
     };
     let run = run_with(cfg, source, model, opts, &outputs);
     // A live run's checkpoints outlive it: the next run resumes its state.
-    durable::settle(&outputs, checkpoint.as_ref(), opts, run, false)
+    durable::settle(&outputs, checkpoint.as_ref(), opts, run, false, output.as_deref())
 }
 
 fn run_with(
@@ -155,10 +156,25 @@ fn run_with(
             let addr = matches!(source.transport, Transport::Tcp { .. })
                 .then_some(src.local_addr)
                 .flatten();
-            (opts.observer)(&Event::Listening {
-                addr,
-                lines: source.lines,
-            });
+            match &source.transport {
+                Transport::Mqtt(_) => {
+                    let name = src
+                        .names
+                        .lock()
+                        .expect("names")
+                        .first()
+                        .cloned()
+                        .unwrap_or_default();
+                    (opts.observer)(&Event::Subscribed {
+                        source: &name,
+                        lines: source.lines,
+                    });
+                }
+                _ => (opts.observer)(&Event::Listening {
+                    addr,
+                    lines: source.lines,
+                }),
+            }
             c.namer = Namer::Live(src.names.clone());
             names = Some(src.names.clone());
             readers = Some(src);
@@ -198,6 +214,17 @@ fn run_with(
             let mut stats = Stats::default();
             let mut now_epoch = first_epoch;
             input.advance_to(now_epoch);
+            // Broker messages' acknowledgements, by the epoch their rows went into: run at
+            // once, or once a checkpoint past that epoch is committed.
+            let committed =
+                collector.and_then(|c| c.borrow().checkpoint.as_ref().map(|k| k.committed_boundary()));
+            let mut acks: std::collections::VecDeque<(u64, crate::input::mqtt::Ack)> = Default::default();
+            let settle = |acks: &mut std::collections::VecDeque<(u64, crate::input::mqtt::Ack)>| {
+                let upto = committed.as_ref().map_or(u64::MAX, |c| c.load(Ordering::Relaxed));
+                while acks.front().is_some_and(|(e, _)| *e < upto) {
+                    acks.pop_front().expect("an ack").1.run();
+                }
+            };
             let mut deadline = Instant::now() + epoch;
             let mut rows = 0usize;
             let mut stopping: Option<Instant> = None;
@@ -207,7 +234,10 @@ fn run_with(
                     .rx
                     .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 {
-                    Ok(lb) => {
+                    Ok(mut lb) => {
+                        for a in lb.acks.drain(..) {
+                            acks.push_back((now_epoch, a));
+                        }
                         for r in &lb.rejects {
                             stats.count_reject(r.reason);
                         }
@@ -267,6 +297,7 @@ fn run_with(
                 // channel meanwhile (backpressure: a slow model makes epochs larger, then
                 // fills the channel, then blocks the readers and the clients).
                 worker.step_or_park_while(Some(Duration::from_millis(1)), || probe.less_than(&now_epoch));
+                settle(&mut acks);
                 if collector.is_some_and(|c| c.borrow().error.is_some()) {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -291,11 +322,27 @@ fn run_with(
             }
             // A stop is a planned restart: the final checkpoint holds everything processed.
             if marks.is_some() {
+                // The mark travels at the open epoch, which then closes: every worker and the
+                // collector see it before the frontier passes its boundary.
                 for dest in 0..worker.peers() {
-                    input.send((dest as u64, SourceMsg::Mark(now_epoch)));
+                    input.send((dest as u64, SourceMsg::Mark(now_epoch + 1)));
+                }
+                now_epoch += 1;
+                input.advance_to(now_epoch);
+                // Broker messages are acknowledged once that checkpoint is committed.
+                if let Some(c) = &committed {
+                    let until = Instant::now() + drain_timeout;
+                    while c.load(Ordering::Relaxed) < now_epoch
+                        && Instant::now() < until
+                        && collector.is_none_or(|c| c.borrow().error.is_none())
+                    {
+                        worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
                 }
             }
+            settle(&mut acks);
             stats.refused_connections = src.refused.load(Ordering::Relaxed);
+            src.done.store(true, Ordering::Relaxed);
             drop(src.rx);
             Ok(stats)
         })
@@ -319,6 +366,7 @@ fn run_with(
     let Some(c) = collected else { return Ok(None) };
     let source = match &source.transport {
         Transport::Stdin => "stdin".to_string(),
+        Transport::Mqtt(m) => format!("mqtt {}", m.broker),
         Transport::Tcp { .. } => count(names.map_or(0, |n| n.lock().expect("names").len()), "connection"),
     };
     let mut r = report(&cfg, opts, c, start, source, true);

@@ -28,6 +28,13 @@ pub enum Event<'a> {
         /// How lines are framed.
         lines: LineFormat,
     },
+    /// A broker source is connected and subscribed.
+    Subscribed {
+        /// `mqtt HOST:PORT topic,...`.
+        source: &'a str,
+        /// How lines are framed.
+        lines: LineFormat,
+    },
     /// Something worth telling that does not stop the run.
     Warning(&'a str),
     /// Every row was read and processed; the outputs are being closed.
