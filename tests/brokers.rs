@@ -278,3 +278,47 @@ fn a_killed_mqtt_run_resumes_and_every_step_gets_exactly_one_prediction() {
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want, "{err}");
     let _ = sigterm;
 }
+
+#[test]
+#[ignore = "needs mosquitto: scripts/test installs and runs it"]
+fn a_broker_restart_mid_stream_is_reconnected_to() {
+    let mut broker = Mosquitto::start();
+    let port = broker.port;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let (a, b) = (messages(0, 15), messages(15, 30));
+    let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let want = file_reference(d, &all);
+    mqtt_pipeline(d, port, "seqflow-restart", false);
+    let mut child = start(d, &[]);
+    let _err = subscribed(&mut child);
+    publish(port, &a);
+    wait_lines(&d.join("out/pred.jsonl"), 8 * 15);
+    // The broker goes away for a second (and comes back without the session).
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    let conf = broker._dir.path().join("m.conf");
+    broker.child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // seqflow is back (and subscribed) within a few seconds: publish until it has all.
+    std::thread::sleep(Duration::from_secs(3));
+    publish(port, &b);
+    wait_lines(&d.join("out/pred.jsonl"), want.len());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+}

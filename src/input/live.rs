@@ -136,6 +136,7 @@ impl Readers {
                     .push(format!("mqtt {} {}", m.broker, m.topics.join(",")));
                 let (client, conn, early) = super::mqtt::connect(m)?;
                 let (stop, done) = (shared.stop.clone(), done.clone());
+                let topics = m.topics.clone();
                 threads.push(spawn("mqtt reader", move || {
                     let (mtx, mrx) = crossbeam_channel::unbounded();
                     let mut payload = Vec::new();
@@ -159,7 +160,7 @@ impl Readers {
                         }
                         out
                     };
-                    super::mqtt::read(client, conn, early, tx, stop, done, parse);
+                    super::mqtt::read(client, conn, early, topics, tx, stop, done, parse);
                 })?);
             }
         }

@@ -111,6 +111,7 @@ pub fn read(
     client: Client,
     mut conn: rumqttc::Connection,
     early: Vec<rumqttc::Publish>,
+    topics: Vec<String>,
     tx: Sender<Routed>,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
@@ -146,6 +147,16 @@ pub fn read(
                 for b in batches {
                     if tx.send(b).is_err() {
                         return;
+                    }
+                }
+            }
+            // Back after a drop: a broker that lost the session (restarted without
+            // persistence) has lost the subscriptions too.
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                failing_since = None;
+                if !ack.session_present {
+                    for t in &topics {
+                        let _ = client.subscribe(t.clone(), QoS::AtLeastOnce);
                     }
                 }
             }
