@@ -134,9 +134,8 @@ impl Readers {
                     .lock()
                     .expect("names")
                     .push(format!("mqtt {} {}", m.broker, m.topics.join(",")));
-                let (client, conn, early) = super::mqtt::connect(m)?;
+                let session = super::mqtt::connect(m)?;
                 let (stop, done) = (shared.stop.clone(), done.clone());
-                let topics = m.topics.clone();
                 threads.push(spawn("mqtt reader", move || {
                     let (mtx, mrx) = crossbeam_channel::unbounded();
                     let mut payload = Vec::new();
@@ -160,7 +159,7 @@ impl Readers {
                         }
                         out
                     };
-                    super::mqtt::read(client, conn, early, topics, tx, stop, done, parse);
+                    super::mqtt::read(session, tx, stop, done, parse);
                 })?);
             }
         }

@@ -44,12 +44,21 @@ pub struct MqttSource {
     pub client_id: String,
 }
 
+/// A connected, subscribed client: its connection, the messages that came with the
+/// subscription, and the topic filters (subscribed again after a lost session).
+pub struct Session {
+    client: Client,
+    conn: rumqttc::Connection,
+    early: Vec<rumqttc::Publish>,
+    topics: Vec<String>,
+}
+
 /// How long the first connection may take before the run fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects (waiting for the broker's answer, so that a wrong address fails the run at
 /// once) and returns the client and its connection.
-pub fn connect(src: &MqttSource) -> Result<(Client, rumqttc::Connection, Vec<rumqttc::Publish>)> {
+pub fn connect(src: &MqttSource) -> Result<Session> {
     let err = |msg: String| Error::Io {
         path: format!("mqtt {}", src.broker).into(),
         source: std::io::Error::other(msg),
@@ -101,22 +110,30 @@ pub fn connect(src: &MqttSource) -> Result<(Client, rumqttc::Connection, Vec<rum
             Err(_) => {}
         }
     }
-    Ok((client, conn, early))
+    Ok(Session {
+        client,
+        conn,
+        early,
+        topics: src.topics.clone(),
+    })
 }
 
 /// The reader: hands each message's lines to `parse` (which sends their batches on `tx`,
 /// the last one carrying the message's [`Ack`]) until `stop`; then keeps the connection
 /// going (so that acknowledgements still reach the broker) until `done`.
 pub fn read(
-    client: Client,
-    mut conn: rumqttc::Connection,
-    early: Vec<rumqttc::Publish>,
-    topics: Vec<String>,
+    session: Session,
     tx: Sender<Routed>,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
     mut parse: impl FnMut(&[u8], &str) -> Vec<Routed>,
 ) {
+    let Session {
+        client,
+        mut conn,
+        early,
+        topics,
+    } = session;
     let mut failing_since: Option<Instant> = None;
     let mut early = early.into_iter();
     while !done.load(Ordering::Relaxed) {
