@@ -43,6 +43,7 @@ pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod sink;
+pub mod sink_mqtt;
 pub mod train;
 pub mod views;
 pub mod vocab;

@@ -364,6 +364,30 @@ impl Sink {
         &self.display
     }
 
+    /// A sink that writes nothing and encodes: [`Sink::json_lines`] (the MQTT output).
+    pub fn encoder(schema: OutputSchema) -> Sink {
+        let arrow_schema = schema.arrow();
+        Sink {
+            schema,
+            arrow_schema,
+            writer: None,
+            health: None,
+            display: PathBuf::from("-"),
+            file: None,
+            rows: 0,
+        }
+    }
+
+    /// Predictions as JSON lines, one object per prediction in batch order, exactly as a
+    /// JSON-lines output writes them.
+    pub fn json_lines(&self, b: &OutBatch) -> Result<Vec<u8>> {
+        let rb = self.to_record_batch(b)?;
+        let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(&rb).map_err(|e| out_err(&self.display, e))?;
+        w.finish().map_err(|e| out_err(&self.display, e))?;
+        Ok(w.into_inner())
+    }
+
     /// Converts predictions to an Arrow batch with the output schema.
     pub fn to_record_batch(&self, b: &OutBatch) -> Result<RecordBatch> {
         let err = |e: arrow::error::ArrowError| out_err(&self.display, e);
@@ -713,6 +737,8 @@ pub enum SinkHandle {
     Inline(Box<Sink>),
     /// Written by a writer thread.
     Background(BackgroundSink),
+    /// Published to an MQTT broker.
+    Mqtt(Box<crate::sink_mqtt::MqttSink>),
 }
 
 impl SinkHandle {
@@ -737,7 +763,17 @@ impl SinkHandle {
                 done
             }
             SinkHandle::Background(s) => s.write(b),
+            SinkHandle::Mqtt(s) => {
+                let done = s.write(&b);
+                b.recycle();
+                done
+            }
         }
+    }
+
+    /// Whether the output is a file (which checkpoints measure and resumes cut back).
+    pub fn is_file(&self) -> bool {
+        !matches!(self, SinkHandle::Mqtt(_))
     }
 
     /// Writes everything handed over so far through to the file.
@@ -745,6 +781,7 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.flush(),
             SinkHandle::Background(s) => s.flush(),
+            SinkHandle::Mqtt(_) => Ok(()),
         }
     }
 
@@ -753,6 +790,7 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.mark_point(),
             SinkHandle::Background(s) => s.mark_point(),
+            SinkHandle::Mqtt(_) => Err(Error::Runtime("an MQTT output has no commit point".into())),
         }
     }
 
@@ -761,6 +799,7 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.close(),
             SinkHandle::Background(s) => s.close().map(|_| ()),
+            SinkHandle::Mqtt(s) => s.close(),
         }
     }
 }

@@ -322,3 +322,77 @@ fn a_broker_restart_mid_stream_is_reconnected_to() {
     assert!(child.wait().unwrap().success());
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
 }
+
+/// Subscribes to `filter` and returns a receiver of the payloads that arrive.
+fn subscribe(port: u16, filter: &str) -> std::sync::mpsc::Receiver<(String, String)> {
+    let mut opts = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (sub_tx, sub_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _keep = client;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = sub_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p)))
+                    if tx
+                        .send((p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned()))
+                        .is_err() =>
+                {
+                    return
+                }
+                Err(_) => return,
+                _ => {}
+            }
+        }
+    });
+    sub_rx.recv_timeout(Duration::from_secs(10)).expect("subscribed");
+    rx
+}
+
+#[test]
+#[ignore = "needs mosquitto: scripts/test installs and runs it"]
+fn predictions_published_to_mqtt_are_the_file_runs_one_topic_per_key() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let msgs = messages(0, 20);
+    let want = file_reference(d, &msgs);
+    write_pipeline(
+        d,
+        "mqtt.toml",
+        &format!(
+            "[source]\nformat = \"mqtt\"\nbroker = \"127.0.0.1:{p}\"\ntopics = [\"plant/+/readings\"]\n\
+             key = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\nepoch_ms = 5\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"mqtt\"\nbroker = \"127.0.0.1:{p}\"\n\
+             topic = \"scores/{{key}}\"\n",
+            p = broker.port
+        ),
+    );
+    let rx = subscribe(broker.port, "scores/+");
+    let mut child = start(d, &[]);
+    let _err = subscribed(&mut child);
+    publish(broker.port, &msgs);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let (topic, payload) = rx.recv_timeout(Duration::from_secs(30)).expect("a prediction");
+        // Each prediction on its key's topic.
+        let key = topic.strip_prefix("scores/").unwrap();
+        assert!(
+            payload.contains(&format!("\"sensor\":\"{key}\"")),
+            "{topic}: {payload}"
+        );
+        got.push(payload);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    got.sort();
+    assert_eq!(got, want);
+}

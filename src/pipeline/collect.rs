@@ -53,6 +53,9 @@ impl Namer {
 pub enum SinkSlot {
     Open(SinkHandle),
     Lazy(OutputFile, OutputSchema),
+    /// An MQTT output, connected at the first prediction (its key type decides how keys
+    /// are written).
+    LazyMqtt(crate::sink_mqtt::MqttTarget, OutputSchema),
     Failed,
 }
 
@@ -190,7 +193,7 @@ impl Collector {
         };
         for b in c.needs_point(to) {
             let output = match &mut self.sink {
-                SinkSlot::Open(s) => Some(s.mark_point()?),
+                SinkSlot::Open(s) if s.is_file() => Some(s.mark_point()?),
                 _ => None,
             };
             let rejects = self.rejects.as_mut().map(|r| r.mark_point()).transpose()?;
@@ -219,20 +222,34 @@ impl Collector {
 
     /// The open sink, opening a lazy one with the key type of `keys`.
     fn sink_for(&mut self, keys: &KeyColumn) -> Option<&mut SinkHandle> {
-        if let SinkSlot::Lazy(cfg, schema) = &self.sink {
-            let mut schema = schema.clone();
-            schema.key_type = match keys {
-                KeyColumn::Int(_) => DataType::Int64,
-                KeyColumn::Str { .. } => DataType::Utf8,
-            };
-            match Sink::create(cfg, schema, &self.outputs) {
+        let key_type = match keys {
+            KeyColumn::Int(_) => DataType::Int64,
+            KeyColumn::Str { .. } => DataType::Utf8,
+        };
+        let opened = match &self.sink {
+            SinkSlot::Lazy(cfg, schema) => {
+                let mut schema = schema.clone();
+                schema.key_type = key_type;
                 // Live outputs are written inline: their flush is on the latency path.
-                Ok(s) => self.sink = SinkSlot::Open(SinkHandle::new(s, false)),
-                Err(e) => {
-                    self.error.get_or_insert(e);
-                    self.sink = SinkSlot::Failed;
-                }
+                Some(Sink::create(cfg, schema, &self.outputs).map(|s| SinkHandle::new(s, false)))
             }
+            SinkSlot::LazyMqtt(target, schema) => {
+                let mut schema = schema.clone();
+                schema.key_type = key_type;
+                Some(
+                    crate::sink_mqtt::MqttSink::connect(target, schema)
+                        .map(|s| SinkHandle::Mqtt(Box::new(s))),
+                )
+            }
+            _ => None,
+        };
+        match opened {
+            Some(Ok(h)) => self.sink = SinkSlot::Open(h),
+            Some(Err(e)) => {
+                self.error.get_or_insert(e);
+                self.sink = SinkSlot::Failed;
+            }
+            None => {}
         }
         match &mut self.sink {
             SinkSlot::Open(s) => Some(s),

@@ -13,6 +13,7 @@ use crate::input::mqtt::MqttSource;
 use crate::input::Columns;
 use crate::model::Model;
 use crate::sink::OutputFile;
+use crate::sink_mqtt::MqttTarget;
 use crate::vocab::{clean_join, one_line, Compression, Emit, FileFormat, LineFormat, NanPolicy, Normalize};
 
 /// The `format` of `[source]`: a file format or a live transport.
@@ -73,8 +74,11 @@ enum RawEmit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOutput {
-    format: FileFormat,
-    path: String,
+    format: RawOutFormat,
+    path: Option<String>,
+    broker: Option<String>,
+    topic: Option<String>,
+    client_id: Option<String>,
     names: Option<Vec<String>>,
     emit: Option<RawEmit>,
     all_steps: Option<bool>,
@@ -82,6 +86,16 @@ struct RawOutput {
     hop: Option<usize>,
     row_group_rows: Option<usize>,
     compression: Option<Compression>,
+}
+
+/// The `format` of `[output]`: a file format or a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOutFormat {
+    Parquet,
+    Csv,
+    Jsonl,
+    Mqtt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +150,8 @@ pub struct OutputConfig {
     pub names: Vec<String>,
     /// When predictions are emitted.
     pub emit: Emit,
+    /// `format = "mqtt"`: predictions published to a broker instead of a file.
+    pub mqtt: Option<MqttTarget>,
 }
 
 /// A parsed, validated pipeline.
@@ -379,17 +395,73 @@ impl PipelineConfig {
                 "[output] `size` and `hop` apply to emit = \"window\" only".into()
             ));
         }
+        // `--output` always names a file (or stdout), whatever the pipeline says.
+        let mqtt = match (o.format, &overrides.output) {
+            (RawOutFormat::Mqtt, None) => {
+                let (Some(broker), Some(topic)) = (o.broker.clone(), o.topic.clone()) else {
+                    return Err(err(
+                        "[output] format = \"mqtt\" needs `broker = \"HOST:PORT\"` and `topic` (`{key}` is replaced by each prediction's key)".into(),
+                    ));
+                };
+                if o.path.is_some() {
+                    return Err(err(
+                        "[output] format = \"mqtt\" publishes to `topic`; `path` is for files".into(),
+                    ));
+                }
+                if topic.contains(['+', '#']) {
+                    return Err(err(format!(
+                        "[output] topic `{topic}`: a topic to publish to has no wildcards"
+                    )));
+                }
+                let stem = path
+                    .file_stem()
+                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+                Some(MqttTarget {
+                    broker,
+                    topic,
+                    client_id: o
+                        .client_id
+                        .clone()
+                        .unwrap_or_else(|| format!("seqflow-{stem}-out")),
+                })
+            }
+            _ => {
+                for (name, set) in [
+                    ("broker", o.broker.is_some()),
+                    ("topic", o.topic.is_some()),
+                    ("client_id", o.client_id.is_some()),
+                ] {
+                    if set && o.format != RawOutFormat::Mqtt {
+                        return Err(err(format!(
+                            "[output] `{name}` applies to format = \"mqtt\" only"
+                        )));
+                    }
+                }
+                None
+            }
+        };
+        let file_format = match o.format {
+            RawOutFormat::Parquet => FileFormat::Parquet,
+            RawOutFormat::Csv => FileFormat::Csv,
+            RawOutFormat::Jsonl | RawOutFormat::Mqtt => FileFormat::Jsonl,
+        };
         let out_format = match &overrides.output {
             // `--output -` shows the predictions: CSV when the pipeline writes Parquet.
-            Some(p) if p.as_os_str() == "-" && o.format == FileFormat::Parquet => FileFormat::Csv,
-            Some(p) => FileFormat::from_path(p).unwrap_or(o.format),
-            None => o.format,
+            Some(p) if p.as_os_str() == "-" && file_format == FileFormat::Parquet => FileFormat::Csv,
+            Some(p) => FileFormat::from_path(p).unwrap_or(file_format),
+            None => file_format,
         };
-        let out_path = match (&overrides.output, o.path.as_str()) {
-            (Some(p), _) if p.as_os_str() == "-" => None,
-            (Some(p), _) => Some(p.clone()),
-            (None, "-") => None,
-            (None, p) => Some(rel(p)),
+        let out_path = match (&overrides.output, o.path.as_deref(), &mqtt) {
+            (Some(p), _, _) if p.as_os_str() == "-" => None,
+            (Some(p), _, _) => Some(p.clone()),
+            (None, _, Some(_)) => None,
+            (None, Some("-"), None) => None,
+            (None, Some(p), None) => Some(rel(p)),
+            (None, None, None) => {
+                return Err(err(
+                    "[output] needs `path` (a file, or \"-\" for stdout), or format = \"mqtt\"".into(),
+                ))
+            }
         };
         if out_path.is_none() && out_format == FileFormat::Parquet {
             return Err(err(
@@ -407,6 +479,7 @@ impl PipelineConfig {
             },
             names,
             emit,
+            mqtt,
         };
         let checkpoint = match raw.checkpoint {
             None => None,
@@ -421,7 +494,7 @@ impl PipelineConfig {
                         "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
                     ));
                 }
-                if output.file.path.is_none() {
+                if output.file.path.is_none() && output.mqtt.is_none() {
                     return Err(err(
                         "[checkpoint] needs the output in a file: stdout (path = \"-\") cannot be \
                          rewound to the checkpoint on --resume"

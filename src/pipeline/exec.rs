@@ -565,7 +565,10 @@ pub(crate) fn report(
     RunReport {
         stats: c.stats,
         elapsed: start.elapsed(),
-        output: cfg.output.file.path.clone().unwrap_or_else(|| PathBuf::from("-")),
+        output: match &cfg.output.mqtt {
+            Some(t) => PathBuf::from(format!("mqtt {} {}", t.broker, t.topic)),
+            None => cfg.output.file.path.clone().unwrap_or_else(|| PathBuf::from("-")),
+        },
         rejects: cfg.source.rejects.clone().zip(c.rejects),
         workers: opts.workers * opts.processes,
         source,
@@ -627,6 +630,14 @@ pub(crate) fn setup_views(
         }
     }
     check_paths(cfg, model, data, &specs)?;
+    if cfg.checkpoint.is_some() && cfg.output.mqtt.is_some() {
+        return Err(Error::PipelineConfig {
+            path: cfg.path.clone(),
+            msg: "[[views]] with [checkpoint] are rebuilt on resume from the predictions' output file; \
+                  with an MQTT output there is none: write the predictions to a file"
+                .into(),
+        });
+    }
     if cfg.checkpoint.is_some() {
         // A checkpoint records each changelog's length; a resume cuts it back to that.
         for v in &specs {

@@ -101,6 +101,10 @@ fn run_with(
     }
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
     let open = || {
+        if let Some(t) = &cfg.output.mqtt {
+            let s = crate::sink_mqtt::MqttSink::connect(t, schema)?;
+            return Ok(SinkSlot::Open(SinkHandle::Mqtt(Box::new(s))));
+        }
         let sink = match &checkpointing {
             Some((_, store, Some(m), _)) if m.output.is_some() => {
                 durable::resumed_sink(&cfg, store, m, schema, outputs)?.expect("an output")

@@ -127,6 +127,9 @@ fn run_with(
                 return Ok(SinkSlot::Open(SinkHandle::new(sink, false)));
             }
         }
+        if let Some(t) = &cfg.output.mqtt {
+            return Ok(SinkSlot::LazyMqtt(t.clone(), schema));
+        }
         // Output problems fail the run before any client connects (the file is opened again,
         // as Parquet or text, when the first line says whether keys are integers).
         if let Some(p) = &cfg.output.file.path {
