@@ -162,6 +162,105 @@ fn json_line(cols: &[(String, ArrayRef)], row: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Where replayed lines go: TCP connections (each key always on the same one), or an MQTT
+/// broker (one message per line, QoS 1, on the topic with `{key}` replaced).
+enum Target {
+    Tcp {
+        to: String,
+        writers: Vec<BufWriter<TcpStream>>,
+    },
+    Mqtt(Box<crate::sink_mqtt::Publisher>),
+}
+
+impl Target {
+    fn tcp(to: &str, conns: usize) -> Result<Target> {
+        let writers = (0..conns)
+            .map(|_| {
+                TcpStream::connect(to)
+                    .map(|s| BufWriter::with_capacity(1 << 16, s))
+                    .map_err(|e| Error::Io {
+                        path: PathBuf::from(format!("tcp {to}")),
+                        source: e,
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Target::Tcp {
+            to: to.to_string(),
+            writers,
+        })
+    }
+
+    /// `HOST:PORT/TOPIC` (the topic may hold `{key}`).
+    fn mqtt(rest: &str) -> Result<Target> {
+        let (broker, topic) = rest.split_once('/').ok_or_else(|| Error::Runtime(format!(
+            "--to mqtt://{rest}: give the topic after the address, e.g. mqtt://127.0.0.1:1883/plant1/{{key}}/readings"
+        )))?;
+        let target = crate::sink_mqtt::MqttTarget {
+            broker: broker.to_string(),
+            topic: topic.to_string(),
+            client_id: format!("seqflow-replay-{}", std::process::id()),
+        };
+        Ok(Target::Mqtt(Box::new(crate::sink_mqtt::Publisher::connect(
+            &target,
+        )?)))
+    }
+
+    fn connections(&self) -> usize {
+        match self {
+            Target::Tcp { writers, .. } => writers.len(),
+            Target::Mqtt(_) => 1,
+        }
+    }
+
+    fn send(&mut self, key: &str, line: &[u8]) -> Result<()> {
+        match self {
+            Target::Tcp { to, writers } => {
+                let k = match key.parse::<i64>() {
+                    Ok(i) => KeyRef::Int(i),
+                    Err(_) => KeyRef::Str(key),
+                };
+                let n = writers.len();
+                writers[k.route(n)].write_all(line).map_err(|e| Error::Io {
+                    path: PathBuf::from(format!("tcp {to}")),
+                    source: e,
+                })
+            }
+            Target::Mqtt(p) => p.publish(key, line.strip_suffix(b"\n").unwrap_or(line)),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            Target::Tcp { to, writers } => {
+                for w in writers {
+                    w.flush().map_err(|e| Error::Io {
+                        path: PathBuf::from(format!("tcp {to}")),
+                        source: e,
+                    })?;
+                }
+                Ok(())
+            }
+            Target::Mqtt(_) => Ok(()),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Target::Tcp { to, writers } => {
+                for w in writers {
+                    let s = w.into_inner().map_err(|e| Error::Io {
+                        path: PathBuf::from(format!("tcp {to}")),
+                        source: e.into_error(),
+                    })?;
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
+                Ok(())
+            }
+            Target::Mqtt(mut p) => p.close(),
+        }
+    }
+}
+
 /// Replays the data; returns what was sent.
 pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
     let batch = read_all(&o.data)?;
@@ -185,32 +284,23 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
         .zip(batch.columns())
         .map(|(f, c)| (f.name().clone(), c.clone()))
         .collect();
-    let conns = o.connections.max(1);
-    let mut writers: Vec<BufWriter<TcpStream>> = (0..conns)
-        .map(|_| {
-            TcpStream::connect(&o.to)
-                .map(|s| BufWriter::with_capacity(1 << 16, s))
-                .map_err(|e| Error::Io {
-                    path: PathBuf::from(format!("tcp {}", o.to)),
-                    source: e,
-                })
-        })
-        .collect::<Result<_>>()?;
     let n = o.limit.map_or(batch.num_rows(), |l| l.min(batch.num_rows()));
-    let conn_of = |row: usize| -> usize {
-        let k = match keys.data_type() {
-            DataType::Utf8 => KeyRef::Str(keys.as_string::<i32>().value(row)),
+    let key_of = |row: usize| -> String {
+        match keys.data_type() {
+            DataType::Utf8 => keys.as_string::<i32>().value(row).to_string(),
             _ => {
                 let c = arrow::compute::cast(&keys.slice(row, 1), &DataType::Int64).expect("key cast");
-                KeyRef::Int(c.as_primitive::<arrow::datatypes::Int64Type>().value(0))
+                c.as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(0)
+                    .to_string()
             }
-        };
-        k.route(conns)
+        }
     };
-    let io_err = |e: std::io::Error| Error::Io {
-        path: PathBuf::from(format!("tcp {}", o.to)),
-        source: e,
+    let mut target = match o.to.strip_prefix("mqtt://") {
+        Some(rest) => Target::mqtt(rest)?,
+        None => Target::tcp(&o.to, o.connections.max(1))?,
     };
+    let conns = target.connections();
     let start = Instant::now();
     let mut line = Vec::with_capacity(256);
     let mut sent = 0;
@@ -224,12 +314,10 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
         for row in sent..due {
             line.clear();
             json_line(&cols, row, &mut line);
-            writers[conn_of(row)].write_all(&line).map_err(io_err)?;
+            target.send(&key_of(row), &line)?;
         }
         sent = due;
-        for w in &mut writers {
-            w.flush().map_err(io_err)?;
-        }
+        target.flush()?;
         if o.rate > 0.0 && sent < n {
             let next = Duration::from_secs_f64((sent + 1) as f64 / o.rate);
             if let Some(wait) = next.checked_sub(start.elapsed()) {
@@ -237,10 +325,7 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
             }
         }
     }
-    for w in writers {
-        let s = w.into_inner().map_err(|e| io_err(e.into_error()))?;
-        let _ = s.shutdown(std::net::Shutdown::Write);
-    }
+    target.finish()?;
     Ok(ReplayReport {
         rows: n,
         connections: conns,

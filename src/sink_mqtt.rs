@@ -26,16 +26,22 @@ pub struct MqttTarget {
     pub client_id: String,
 }
 
-/// A connected publisher.
-pub struct MqttSink {
+/// A connected MQTT client publishing with QoS 1 to a topic template, counting the broker's
+/// acknowledgements (also `seqflow replay --to mqtt://`).
+pub struct Publisher {
     target: MqttTarget,
     client: Client,
-    /// Encodes batches as JSON objects, exactly as the JSON-lines output writes them.
-    encoder: Sink,
     published: u64,
     acked: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The MQTT output.
+pub struct MqttSink {
+    publisher: Publisher,
+    /// Encodes batches as JSON objects, exactly as the JSON-lines output writes them.
+    encoder: Sink,
     /// Predictions published.
     pub rows: u64,
 }
@@ -43,6 +49,39 @@ pub struct MqttSink {
 impl MqttSink {
     /// Connects (waiting for the broker's answer: a wrong address fails the run at once).
     pub fn connect(target: &MqttTarget, schema: OutputSchema) -> Result<MqttSink> {
+        Ok(MqttSink {
+            publisher: Publisher::connect(target)?,
+            encoder: Sink::encoder(schema),
+            rows: 0,
+        })
+    }
+
+    /// Publishes every prediction of `b`.
+    pub fn write(&mut self, b: &OutBatch) -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let lines = self.encoder.json_lines(b)?;
+        for (i, line) in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let key = match b.keys.get(i) {
+                KeyRef::Int(k) => k.to_string(),
+                KeyRef::Str(s) => s.to_string(),
+            };
+            self.publisher.publish(&key, line)?;
+        }
+        self.rows += b.len() as u64;
+        Ok(())
+    }
+
+    /// Waits for the broker's acknowledgements and disconnects.
+    pub fn close(&mut self) -> Result<()> {
+        self.publisher.close()
+    }
+}
+
+impl Publisher {
+    /// Connects (waiting for the broker's answer: a wrong address fails at once).
+    pub fn connect(target: &MqttTarget) -> Result<Publisher> {
         let err = |msg: String| Error::Output {
             path: format!("mqtt {}", target.broker).into(),
             msg,
@@ -96,40 +135,26 @@ impl MqttSink {
                 }
             })
             .map_err(|e| err(format!("could not start the publisher thread: {e}")))?;
-        let encoder = Sink::encoder(schema);
-        Ok(MqttSink {
+        Ok(Publisher {
             target: target.clone(),
             client,
-            encoder,
             published: 0,
             acked,
             done,
             thread: Some(thread),
-            rows: 0,
         })
     }
 
-    /// Publishes every prediction of `b`.
-    pub fn write(&mut self, b: &OutBatch) -> Result<()> {
-        if b.is_empty() {
-            return Ok(());
-        }
-        let lines = self.encoder.json_lines(b)?;
-        for (i, line) in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()).enumerate() {
-            let key = match b.keys.get(i) {
-                KeyRef::Int(k) => k.to_string(),
-                KeyRef::Str(s) => s.to_string(),
-            };
-            let topic = self.target.topic.replace("{key}", &key);
-            self.client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, line.to_vec())
-                .map_err(|e| Error::Output {
-                    path: format!("mqtt {} {topic}", self.target.broker).into(),
-                    msg: e.to_string(),
-                })?;
-            self.published += 1;
-        }
-        self.rows += b.len() as u64;
+    /// Publishes `payload` on the topic of `key` (blocks while the client's queue is full).
+    pub fn publish(&mut self, key: &str, payload: &[u8]) -> Result<()> {
+        let topic = self.target.topic.replace("{key}", key);
+        self.client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.to_vec())
+            .map_err(|e| Error::Output {
+                path: format!("mqtt {} {topic}", self.target.broker).into(),
+                msg: e.to_string(),
+            })?;
+        self.published += 1;
         Ok(())
     }
 

@@ -220,10 +220,12 @@ fn an_mqtt_stream_gives_the_file_runs_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     model(d);
-    let msgs = messages(0, 30);
+    let msgs = messages(0, 1200);
     let want = file_reference(d, &msgs);
     mqtt_pipeline(d, broker.port, "seqflow-equal", false);
     let mut child = start(d, &[]);
+    // 3,200 messages: more acknowledgements in flight than the client's queue once held
+    // (a blocking acknowledgement deadlocked the reader and the driver).
     let _err = subscribed(&mut child);
     publish(broker.port, &msgs);
     wait_lines(&d.join("out/pred.jsonl"), want.len());

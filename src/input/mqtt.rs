@@ -17,12 +17,14 @@ use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
 use super::Routed;
 use crate::error::{Error, Result};
 
-/// Runs a message's acknowledgement: handed to the broker by the reader's connection.
-pub struct Ack(Box<dyn FnOnce() + Send>);
+/// A message's acknowledgement, handed to the reader's connection for the broker. Never
+/// blocks: the connection is polled by the reader thread, which may itself be waiting for
+/// the driver (a blocking acknowledgement there would deadlock).
+pub struct Ack(Box<dyn FnMut() -> bool + Send>);
 
 impl Ack {
-    /// Acknowledges.
-    pub fn run(self) {
+    /// Acknowledges; false when the client's queue is full (try again later).
+    pub fn run(&mut self) -> bool {
         (self.0)()
     }
 }
@@ -73,7 +75,8 @@ pub fn connect(src: &MqttSource) -> Result<Session> {
     opts.set_manual_acks(true);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_max_packet_size(1 << 24, 1 << 24);
-    let (client, mut conn) = Client::new(opts, 256);
+    // Room for a checkpoint interval's acknowledgements at high rates.
+    let (client, mut conn) = Client::new(opts, 1 << 16);
     let start = Instant::now();
     loop {
         match conn.recv_timeout(Duration::from_millis(200)) {
@@ -150,8 +153,11 @@ pub fn read(
                 }
                 let mut batches = parse(&p.payload, &p.topic);
                 let c = client.clone();
-                let ack = Ack(Box::new(move || {
-                    let _ = c.ack(&p);
+                let ack = Ack(Box::new(move || match c.try_ack(&p) {
+                    Ok(()) => true,
+                    Err(rumqttc::ClientError::TryRequest(_)) => false,
+                    // The connection is gone: the broker will deliver the message again.
+                    Err(_) => true,
                 }));
                 match batches.last_mut() {
                     Some(last) => last.acks.push(ack),

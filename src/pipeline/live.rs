@@ -224,8 +224,11 @@ fn run_with(
             let mut acks: std::collections::VecDeque<(u64, crate::input::mqtt::Ack)> = Default::default();
             let settle = |acks: &mut std::collections::VecDeque<(u64, crate::input::mqtt::Ack)>| {
                 let upto = committed.as_ref().map_or(u64::MAX, |c| c.load(Ordering::Relaxed));
-                while acks.front().is_some_and(|(e, _)| *e < upto) {
-                    acks.pop_front().expect("an ack").1.run();
+                while let Some((e, a)) = acks.front_mut() {
+                    if *e >= upto || !a.run() {
+                        break;
+                    }
+                    acks.pop_front();
                 }
             };
             let mut deadline = Instant::now() + epoch;
@@ -343,7 +346,18 @@ fn run_with(
                     }
                 }
             }
+            // The reader's connection still runs: let the last acknowledgements through.
+            let until = Instant::now() + Duration::from_secs(2);
             settle(&mut acks);
+            while !acks.is_empty()
+                && acks
+                    .front()
+                    .is_some_and(|(e, _)| committed.as_ref().is_none_or(|c| *e < c.load(Ordering::Relaxed)))
+                && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(5));
+                settle(&mut acks);
+            }
             stats.refused_connections = src.refused.load(Ordering::Relaxed);
             src.done.store(true, Ordering::Relaxed);
             drop(src.rx);
