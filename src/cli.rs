@@ -75,7 +75,8 @@ enum Command {
     Replay {
         /// Data file (Parquet, or CSV / JSON lines by extension), directory or glob.
         data: PathBuf,
-        /// host:port of the pipeline's tcp source.
+        /// host:port of the pipeline's tcp source, or mqtt://HOST:PORT/TOPIC to publish one
+        /// message per row ({key} in the topic is the row's key).
         #[arg(long)]
         to: String,
         /// Rows per second over all connections (0 = as fast as the pipeline takes them).
