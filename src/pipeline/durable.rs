@@ -106,6 +106,10 @@ pub(crate) fn open(
         store.discard_all()?;
     }
     if !opts.resume {
+        // With --fresh, process 0 empties the folder; the others must not race it.
+        if opts.fresh {
+            return Ok((store, None));
+        }
         if let Some((_, d)) = store
             .folders()
             .into_iter()
