@@ -254,6 +254,15 @@ impl PartWrites {
         let Some(writer) = self.writer.clone() else { return };
         let stats = processor.take_stats();
         output.session(cap).give((0, SinkMsg::Marked { boundary, stats }));
+        // A stopped worker skipped epochs: its state is not the boundary's.
+        if processor.is_aborted() {
+            self.done
+                .lock()
+                .expect("parts")
+                .push((boundary, Err("the run was stopped".into())));
+            let _ = self.wake.activate();
+            return;
+        }
         let rows = processor.export();
         let (done, wake) = (self.done.clone(), self.wake.clone());
         let job = move || {

@@ -104,14 +104,25 @@ pub fn discard_all() {
 /// The files a run writes: created as `.partial`, committed together when the run succeeds,
 /// removed when it fails. Clones share the list (the writers run on worker threads).
 #[derive(Debug, Clone, Default)]
-pub struct Outputs(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>, bool);
+pub struct Outputs(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>, bool, bool);
 
 impl Outputs {
     /// The files of a checkpointed run: a failed or stopped run keeps its partial files
     /// (a checkpoint commits a prefix of them, which `--resume` continues), and so does an
     /// abrupt exit.
     pub fn durable() -> Outputs {
-        Outputs(Arc::default(), true)
+        Outputs(Arc::default(), true, false)
+    }
+
+    /// [`Outputs::durable`] for a live run, whose outputs go on across restarts: a run that
+    /// stopped well renamed them into place, and a resume takes them up again.
+    pub fn durable_live() -> Outputs {
+        Outputs(Arc::default(), true, true)
+    }
+
+    /// Whether a resume may take up a completed `PATH` (live runs).
+    pub fn reclaims(&self) -> bool {
+        self.2
     }
 
     /// Creates `path`'s partial file and registers it (once: creating it again starts it
@@ -130,7 +141,7 @@ impl Outputs {
     /// Takes up `path`'s partial file left by an interrupted run, cut back to its first
     /// `len` bytes (what a checkpoint committed), for writing on at its end.
     pub fn adopt(&self, path: &Path, len: u64) -> Result<File> {
-        let f = reopen_partial(path, len)?;
+        let f = reopen_partial(path, len, self.2)?;
         let tmp = partial_path(path);
         let mut list = self.0.lock().expect("outputs");
         list.retain(|(_, p)| p != path);
@@ -169,11 +180,14 @@ impl Outputs {
 /// Opens `path`'s partial file left by an interrupted run, cut back to its first `len`
 /// bytes and positioned at its end. Refused when it is missing, not a regular file, or
 /// shorter than `len` (then it is not the file the checkpoint was taken with).
-pub fn reopen_partial(path: &Path, len: u64) -> Result<File> {
+/// `reclaim`: a live run's completed `PATH` (renamed into place when it stopped well) is
+/// taken up again when there is no partial file; a file run never touches `PATH`.
+pub fn reopen_partial(path: &Path, len: u64, reclaim: bool) -> Result<File> {
     use std::io::{Seek, SeekFrom};
     let tmp = partial_path(path);
-    // A live run that stopped well renamed its output into place; a resumed run continues it.
-    if std::fs::symlink_metadata(&tmp).is_err() && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    if reclaim
+        && std::fs::symlink_metadata(&tmp).is_err()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
     {
         std::fs::rename(path, &tmp).map_err(|e| Error::io(path, e))?;
     }

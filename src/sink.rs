@@ -163,6 +163,8 @@ pub struct CommitPoint {
     pub rows: u64,
     /// Parquet: metadata, its length and the magic, to append after `bytes`.
     pub footer: Option<Vec<u8>>,
+    /// Whether the output's keys are integers (`None`: not a predictions output).
+    pub int_keys: Option<bool>,
 }
 
 /// The name of a Parquet output's committed bytes, closed by their footer, while a resumed
@@ -208,7 +210,7 @@ impl Sink {
             FileFormat::Parquet => {
                 let source = resume_source(path, generation);
                 if !source.exists() {
-                    let mut f = crate::outfiles::reopen_partial(path, commit.bytes)?;
+                    let mut f = crate::outfiles::reopen_partial(path, commit.bytes, outputs.reclaims())?;
                     let footer = commit.footer.as_deref().unwrap_or_default();
                     f.write_all(footer)
                         .and_then(|_| f.sync_all())
@@ -354,6 +356,7 @@ impl Sink {
                 bytes,
                 rows: self.rows,
                 footer,
+                int_keys: Some(self.schema.key_type.is_integer()),
             },
             handle,
         ))
@@ -599,6 +602,7 @@ impl RejectsWriter {
                 bytes,
                 rows: self.count,
                 footer: None,
+                int_keys: None,
             },
             handle,
         ))
@@ -768,6 +772,14 @@ impl SinkHandle {
                 b.recycle();
                 done
             }
+        }
+    }
+
+    /// An MQTT output's predictions published so far and the broker's acknowledgement count.
+    pub fn delivery(&self) -> Option<(u64, Arc<std::sync::atomic::AtomicU64>)> {
+        match self {
+            SinkHandle::Mqtt(s) => Some(s.delivery()),
+            _ => None,
         }
     }
 

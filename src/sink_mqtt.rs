@@ -77,6 +77,12 @@ impl MqttSink {
     pub fn close(&mut self) -> Result<()> {
         self.publisher.close()
     }
+
+    /// Predictions published so far, and the count the broker has acknowledged (a
+    /// checkpoint is committed only once the broker has everything before it).
+    pub fn delivery(&self) -> (u64, Arc<AtomicU64>) {
+        (self.publisher.published, self.publisher.acked.clone())
+    }
 }
 
 impl Publisher {

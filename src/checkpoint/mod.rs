@@ -52,6 +52,10 @@ pub struct FileCommit {
     pub footer: Option<String>,
     /// CRC-32 of the footer.
     pub footer_crc32: Option<u32>,
+    /// Whether the file's keys are integers (a live run resumed before its first key needs
+    /// it to continue the file).
+    #[serde(default)]
+    pub int_keys: Option<bool>,
     /// Parquet: which file the bytes are in. Every resume copies the committed rows into
     /// a new file, one generation up (see `sink::resume_source`).
     #[serde(default)]
@@ -85,9 +89,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Whether the keys are integers (`None`: the checkpoint holds no key).
+    /// Whether the keys are integers: from the parts, or the output (`None`: nothing says).
     pub fn int_keys(&self) -> Option<bool> {
-        self.parts.iter().find_map(|p| p.int_keys)
+        self.parts
+            .iter()
+            .find_map(|p| p.int_keys)
+            .or(self.output.as_ref().and_then(|o| o.int_keys))
     }
 }
 

@@ -136,6 +136,13 @@ impl Readers {
                     .push(format!("mqtt {} {}", m.broker, m.topics.join(",")));
                 let session = super::mqtt::connect(m)?;
                 let (stop, done) = (shared.stop.clone(), done.clone());
+                // A message is parsed whole, whatever the stop flag says: its acknowledgement
+                // rides on its last batch.
+                let whole = Shared::new(cfg, columns, peers, Arc::new(AtomicBool::new(false)));
+                whole
+                    .key_kind
+                    .store(shared.key_kind.load(Ordering::Relaxed), Ordering::Relaxed);
+                let shared = Arc::new(whole);
                 threads.push(spawn("mqtt reader", move || {
                     let (mtx, mrx) = crossbeam_channel::unbounded();
                     let mut payload = Vec::new();

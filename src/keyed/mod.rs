@@ -92,6 +92,11 @@ impl KeyedProcessor {
         self.abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
+    /// Whether the run was abandoned (its state stopped following the epochs).
+    pub fn is_aborted(&self) -> bool {
+        self.aborted()
+    }
+
     /// Live `sequence_end`: end a key's sequence after `ms` without steps.
     pub fn with_idle_timeout(mut self, ms: Option<u64>) -> Self {
         if let Some(ms) = ms {

@@ -197,10 +197,15 @@ impl Collector {
                 _ => None,
             };
             let rejects = self.rejects.as_mut().map(|r| r.mark_point()).transpose()?;
+            let delivered = match &self.sink {
+                SinkSlot::Open(s) => s.delivery(),
+                _ => None,
+            };
             let point = Point {
                 output,
                 rejects,
                 stats: self.stats.clone(),
+                delivered,
             };
             self.checkpoint.as_mut().expect("checkpoint").set_point(b, point);
         }
@@ -307,7 +312,9 @@ impl Collect<ToSink> for Collector {
 
     fn advance(&mut self, to: Option<u64>) {
         self.pred_at = to.unwrap_or(u64::MAX);
-        if !self.aborted() && self.error.is_none() {
+        // After a worker failed, epochs it did not finish may be behind any later boundary:
+        // no checkpoint from then on.
+        if !self.aborted() && self.error.is_none() && self.failed.is_empty() {
             let r = self.checkpoints(to).and_then(|_| self.sync_views());
             self.record(r);
             let r = self.checkpoint.as_mut().map_or(Ok(()), |c| c.commit_ready());
@@ -355,7 +362,7 @@ impl Collect<ViewChange> for Collector {
 
     fn advance(&mut self, to: Option<u64>) {
         self.views_at = to.unwrap_or(u64::MAX);
-        if !self.aborted() && self.error.is_none() {
+        if !self.aborted() && self.error.is_none() && self.failed.is_empty() {
             let r = self.sync_views();
             self.record(r);
             let r = self.checkpoint.as_mut().map_or(Ok(()), |c| c.commit_ready());

@@ -24,6 +24,9 @@ pub struct Point {
     pub rejects: Option<(CommitPoint, File)>,
     /// The counters of every epoch before the boundary.
     pub stats: Stats,
+    /// An MQTT output: predictions published before the boundary, and the broker's
+    /// acknowledgement count, which must reach it before the checkpoint is committed.
+    pub delivered: Option<(u64, Arc<AtomicU64>)>,
 }
 
 #[derive(Default)]
@@ -41,6 +44,7 @@ struct Job {
     manifest: Manifest,
     footer: Option<Vec<u8>>,
     sync: Vec<(PathBuf, File)>,
+    delivered: Option<(u64, Arc<AtomicU64>)>,
     /// A Parquet resume's source, no longer needed once this checkpoint is durable.
     remove: Option<PathBuf>,
 }
@@ -174,7 +178,8 @@ impl Committer {
                 })?);
             }
             parts.sort_by_key(|p| p.worker);
-            let point = p.point.expect("checked");
+            let mut point = p.point.expect("checked");
+            let delivered = point.delivered.take();
             let mut sync = Vec::new();
             let output = point.output.map(|(o, f)| {
                 sync.push((self.output.clone().unwrap_or_default(), f));
@@ -193,6 +198,7 @@ impl Committer {
                     rows: 0,
                     footer: None,
                     footer_crc32: None,
+                    int_keys: None,
                     generation: 0,
                 });
             }
@@ -209,6 +215,7 @@ impl Committer {
                     rows: o.rows,
                     footer_crc32: o.footer.as_ref().map(|f| crc32fast::hash(f)),
                     footer: o.footer.map(|_| "output.footer".to_string()),
+                    int_keys: o.int_keys,
                     generation: self.generation,
                 }),
                 rejects: rejects.zip(self.rejects.clone()).map(|(r, path)| FileCommit {
@@ -217,6 +224,7 @@ impl Committer {
                     rows: r.rows,
                     footer: None,
                     footer_crc32: None,
+                    int_keys: None,
                     generation: 0,
                 }),
                 views,
@@ -227,6 +235,7 @@ impl Committer {
                 manifest,
                 footer,
                 sync,
+                delivered,
                 remove: self.resume_source.take(),
             };
             self.send(job)?;
@@ -291,6 +300,18 @@ impl Committer {
 /// Makes one checkpoint durable: the outputs' committed bytes synced, then the footer and
 /// the manifest (temporary file, fsync, rename, fsync the folder), then older ones pruned.
 fn commit(store: &Store, keep: usize, job: &Job) -> Result<()> {
+    if let Some((published, acked)) = &job.delivered {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while acked.load(Ordering::Relaxed) < *published {
+            if std::time::Instant::now() > until {
+                return Err(Error::Runtime(format!(
+                    "checkpoint {}: the MQTT broker did not acknowledge the predictions before it within 30 s",
+                    store.folder(job.manifest.boundary).display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
     for (path, f) in &job.sync {
         f.sync_data().map_err(|e| Error::io(path, e))?;
     }

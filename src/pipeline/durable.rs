@@ -213,7 +213,7 @@ pub(crate) fn settle<T>(
 }
 
 /// Removes `PATH.partial.resume-g*` files of an output.
-fn remove_resume_sources(path: &std::path::Path) {
+pub(crate) fn remove_resume_sources(path: &std::path::Path) {
     let partial = crate::outfiles::partial_path(path);
     let (Some(dir), Some(name)) = (partial.parent(), partial.file_name()) else {
         return;
@@ -282,6 +282,7 @@ pub(crate) fn resumed_sink(
         bytes: o.bytes,
         rows: o.rows,
         footer: store.footer(m)?,
+        int_keys: o.int_keys,
     };
     crate::sink::Sink::resume(&cfg.output.file, schema, outputs, &point, o.generation).map(Some)
 }

@@ -69,6 +69,10 @@ fn run_with(
         Some(c) => {
             let ours = durable::identity(&cfg, &model, Some(&plan))?;
             let (store, resume) = durable::open(c, opts, &ours)?;
+            // A run that starts over has no use for an earlier resume's copied rows.
+            if let (None, Some(p), 0) = (&resume, &cfg.output.file.path, opts.process) {
+                durable::remove_resume_sources(p);
+            }
             Some((c.clone(), store, resume.map(Arc::new), ours))
         }
         None => None,

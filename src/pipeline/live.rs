@@ -43,7 +43,7 @@ pub(super) fn run(
     let checkpoint = cfg.checkpoint.clone();
     let output = cfg.output.file.path.clone();
     let outputs = match checkpoint {
-        Some(_) => Outputs::durable(),
+        Some(_) => Outputs::durable_live(),
         None => Outputs::default(),
     };
     let run = run_with(cfg, source, model, opts, &outputs);
@@ -70,6 +70,10 @@ fn run_with(
         Some(c) => {
             let ours = durable::identity(&cfg, &model, None)?;
             let (store, resume) = durable::open(c, opts, &ours)?;
+            // A run that starts over has no use for an earlier resume's copied rows.
+            if let (None, Some(p), 0) = (&resume, &cfg.output.file.path, opts.process) {
+                durable::remove_resume_sources(p);
+            }
             Some((c.clone(), store, resume.map(Arc::new), ours))
         }
         None => None,
@@ -326,6 +330,9 @@ fn run_with(
                     }
                 }
             }
+            // The last counters go before the final mark, so that its checkpoint holds them.
+            stats.refused_connections = src.refused.load(Ordering::Relaxed);
+            input.send((0, SourceMsg::Stats(std::mem::take(&mut stats))));
             // A stop is a planned restart: the final checkpoint holds everything processed.
             if marks.is_some() {
                 // The mark travels at the open epoch, which then closes: every worker and the
@@ -358,7 +365,6 @@ fn run_with(
                 std::thread::sleep(Duration::from_millis(5));
                 settle(&mut acks);
             }
-            stats.refused_connections = src.refused.load(Ordering::Relaxed);
             src.done.store(true, Ordering::Relaxed);
             drop(src.rx);
             Ok(stats)
