@@ -409,12 +409,17 @@ fn assert_refused(o: &Output, needles: &[&str]) {
 /// Three CSV files; the third holds `nan` (under nan = "error", the run fails there after
 /// committing checkpoints) or, fixed, `0.5`: the same bytes but for that cell.
 fn csv_inputs(dir: &Path, broken: bool) {
+    csv_inputs_broken_in(dir, broken, 2, 55);
+}
+
+/// [`csv_inputs`] with the `nan` cell (when `broken`) in file `file` at time `at`.
+fn csv_inputs_broken_in(dir: &Path, broken: bool, file: i64, at: i64) {
     std::fs::create_dir_all(dir.join("in")).unwrap();
     for f in 0..3i64 {
         let mut text = String::from("key,t,f0,f1\n");
         for t in f * 20..(f + 1) * 20 {
             for k in 0..6 {
-                let bad = f == 2 && t == 55 && k == 4;
+                let bad = f == file && t == at && k == 4;
                 let y = if bad && broken {
                     "nan".to_string()
                 } else if bad {
@@ -746,4 +751,31 @@ fn a_live_run_stopped_or_killed_and_resumed_carries_every_key_state() {
             "{case}: {warnings}{e}"
         );
     }
+}
+
+#[test]
+fn no_checkpoint_is_taken_after_a_worker_failed() {
+    // Worker 1 reads the middle file and fails early in it; worker 0 goes on into the last
+    // file. A checkpoint there would let a resume skip the middle file's rest.
+    let root = tempfile::tempdir().unwrap();
+    let reference = root.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    csv_inputs_broken_in(&reference, false, 1, 21);
+    save_model(&reference, &model());
+    let p = csv_pipeline(&reference, "[\"f0\", \"f1\"]", false);
+    let o = run_in(&reference, &["run", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = sorted_lines(&reference.join("out/pred.csv"));
+
+    let d = root.path().join("failing");
+    std::fs::create_dir_all(&d).unwrap();
+    csv_inputs_broken_in(&d, true, 1, 21);
+    save_model(&d, &model());
+    csv_pipeline(&d, "[\"f0\", \"f1\"]", true);
+    let o = run_in(&d, &["run", "p.toml", "-w", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    csv_inputs_broken_in(&d, false, 1, 21);
+    let o = run_in(&d, &["run", "p.toml", "--resume", "-w", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&d.join("out/pred.csv")), want);
 }
