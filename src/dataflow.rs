@@ -135,7 +135,10 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     SourceMsg::Steps(b) => entry.1.push(b),
                                     SourceMsg::Rejects(r) => passthrough.push(SinkMsg::Rejects(r)),
                                     SourceMsg::Stats(s) => passthrough.push(SinkMsg::Stats(s)),
-                                    SourceMsg::Failed(e) => passthrough.push(SinkMsg::Failed(e)),
+                                    SourceMsg::Failed(e) => {
+                                        processor.heard_failure(&e);
+                                        passthrough.push(SinkMsg::Failed(e))
+                                    }
                                     SourceMsg::Mark(b) => {
                                         marks.entry(b).or_insert_with(|| entry.0.delayed(&time));
                                     }

@@ -366,3 +366,54 @@ fn a_killed_process_ends_the_survivor_with_one_message_and_no_output() {
     let b = finish(b, Duration::from_secs(30), "process 1 after its peer was killed");
     assert_one_clear_error(&b, &["the cluster lost a process or its connection", "process 1"]);
 }
+
+#[test]
+fn bad_data_on_one_process_ends_every_process_with_its_message() {
+    // A NaN (nan = "error") in the first row group, which process 0 reads: process 1,
+    // which read its own units without trouble, must not end with exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows: Vec<Row> = (0..4)
+        .flat_map(|k| {
+            (0..40).map(move |t| Row {
+                key: format!("k{k}"),
+                time: t,
+                feats: vec![
+                    if k == 0 && t == 3 {
+                        f32::NAN
+                    } else {
+                        t as f32 * 0.1
+                    },
+                    k as f32,
+                ],
+            })
+        })
+        .collect();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    write_parquet(&d.join("in/part-0.parquet"), &rows, 20);
+    let (mpath, _) = save_model(d, &causal_model(2));
+    let p = write_pipeline(
+        d,
+        "bad.toml",
+        &format!(
+            "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n",
+            mpath.display()
+        ),
+    );
+    let hosts = hostfile(d, [free_port(), free_port()]);
+    let a = spawn(&p, &hosts, "0", &[]);
+    let b = spawn(&p, &hosts, "1", &[]);
+    let a = finish(a, Duration::from_secs(60), "process 0 with bad data");
+    let b = finish(b, Duration::from_secs(60), "process 1 of a run with bad data");
+    for (who, out) in [("process 0", &a), ("process 1", &b)] {
+        assert_eq!(out.status.code(), Some(2), "{who}: {}", stderr(out));
+        let err = stderr(out);
+        assert!(
+            err.contains("is NaN") && err.contains("part-0.parquet"),
+            "{who}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{who}: {err}");
+    }
+    assert_no_outputs(d);
+}

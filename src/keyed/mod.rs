@@ -47,6 +47,9 @@ pub struct KeyedProcessor {
     clock: fn() -> u64,
     /// This worker's counters, sent to the sink when the input ends.
     pub stats: Stats,
+    /// Where a source's failure, heard from any worker, is noted (so that every process of
+    /// a cluster ends with it, not only the one that collects).
+    heard: Option<Arc<std::sync::Mutex<Option<String>>>>,
 }
 
 impl KeyedProcessor {
@@ -71,6 +74,7 @@ impl KeyedProcessor {
             ttl: None,
             clock: crate::vocab::now_us,
             stats: Stats::default(),
+            heard: None,
             model,
         }
     }
@@ -80,6 +84,21 @@ impl KeyedProcessor {
     pub fn with_abort(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
         self.abort = flag;
         self
+    }
+
+    /// Notes source failures in `slot` (the first one).
+    pub fn with_failures(mut self, slot: Arc<std::sync::Mutex<Option<String>>>) -> Self {
+        self.heard = Some(slot);
+        self
+    }
+
+    /// A source failed with `msg` (heard from any worker).
+    pub fn heard_failure(&self, msg: &str) {
+        if let Some(h) = &self.heard {
+            h.lock()
+                .expect("failure slot")
+                .get_or_insert_with(|| msg.to_string());
+        }
     }
 
     /// A checkpointed live run: `finish` does not end `sequence_end`'s sequences.

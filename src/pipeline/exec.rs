@@ -240,6 +240,9 @@ pub(crate) fn execute(
     // message here; timely's own join only says "Any { .. }".
     let panics: Arc<Mutex<Vec<String>>> = Arc::default();
     let recorded = panics.clone();
+    // A source failure heard by this process's workers (from any process).
+    let heard: Arc<Mutex<Option<String>>> = Arc::default();
+    let heard_here = heard.clone();
     let body = move |worker: &mut Worker| -> std::result::Result<Option<Collected>, String> {
         let index = worker.index();
         let idle = match cfg.output.emit {
@@ -258,7 +261,8 @@ pub(crate) fn execute(
                 .with_idle_timeout(idle)
                 .with_key_limits(max_keys, ttl)
                 .with_abort(abort)
-                .with_keep_open(cfg.live().is_some() && checkpointing.is_some());
+                .with_keep_open(cfg.live().is_some() && checkpointing.is_some())
+                .with_failures(heard.clone());
         let parts = checkpointing.as_ref().map(|c| PartWriter {
             store: c.store.clone(),
             worker: index,
@@ -370,7 +374,10 @@ pub(crate) fn execute(
                 None
             }
             Err(msg) => {
-                input.send((index as u64, SourceMsg::Failed(msg.clone())));
+                // Every worker hears it, so that every process of a cluster ends with it.
+                for dest in 0..worker.peers() {
+                    input.send((dest as u64, SourceMsg::Failed(msg.clone())));
+                }
                 Some(msg)
             }
         };
@@ -469,6 +476,7 @@ pub(crate) fn execute(
     }
     let first_error = first_error
         .or_else(|| collected.as_ref().and_then(|c| c.error.clone()))
+        .or_else(|| heard_here.lock().expect("heard").clone())
         .or_else(|| collected.as_ref().and_then(|c| c.failed.first().cloned()))
         .map(
             |e| match opts.processes > 1 && !panics.lock().expect("panics").is_empty() {
