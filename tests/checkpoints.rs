@@ -491,6 +491,21 @@ fn damaged_or_foreign_checkpoints_are_skipped_or_refused_never_silently_restarte
     let o = run_in(&base, &["run", "p.toml"]);
     assert_refused(&o, &["in/2.csv", "--resume"]);
     assert!(base.join("out/pred.csv.partial").is_file());
+    // What the checkpoints hold, for users (and a missing folder is one message).
+    let o = run_in(&base, &["checkpoint", "state"]);
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for needle in [
+        "(what --resume continues from)",
+        "6 keys",
+        "part-0.arrow",
+        "rows committed",
+        "made with",
+        "features: [\"f0\", \"f1\"]",
+    ] {
+        assert!(listing.contains(needle), "listing lacks {needle:?}:\n{listing}");
+    }
+    assert_refused(&run_in(&base, &["checkpoint", "no/such/dir"]), &["no/such/dir"]);
     csv_inputs(&base, false);
 
     let case = |name: &str, damage: &dyn Fn(&Path)| -> (PathBuf, Output) {
