@@ -356,11 +356,14 @@ impl<'scope, D: timely::ExchangeData + Clone> CollectAtWorker0<'scope, D> for St
                     let mut h = handler.borrow_mut();
                     input.for_each(|cap, data| {
                         let time = cap.least().copied().unwrap_or(0);
-                        let (now, later): (Vec<D>, Vec<D>) = data.drain(..).partition(|r| h.at_once(r));
-                        for r in now {
-                            h.take(r);
+                        let held = stash.entry(time).or_default();
+                        for r in data.drain(..) {
+                            if h.at_once(&r) {
+                                h.take(r);
+                            } else {
+                                held.push(r);
+                            }
                         }
-                        stash.entry(time).or_default().extend(later);
                     });
                     while let Some(entry) = stash.first_entry() {
                         if frontier.less_equal(entry.key()) {

@@ -81,6 +81,22 @@ fn create_partial(path: &Path) -> Result<(File, PathBuf)> {
     Ok((f, tmp))
 }
 
+/// Creates `path` for writing, new: a file or link already there (a stale temporary) is
+/// unlinked first, and the open neither follows a link nor shares the name
+/// (`O_CREAT|O_EXCL|O_NOFOLLOW`). For seqflow's own temporary files (checkpoint parts and
+/// manifests).
+pub fn create_fresh(path: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+}
+
 /// Every partial file not yet committed or discarded, process-wide: what [`discard_all`]
 /// removes when the process must end at once.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());

@@ -28,16 +28,27 @@ impl Mosquitto {
     fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let conf = dir.path().join("m.conf");
         // No limit on unacknowledged messages: seqflow acknowledges at checkpoints.
         std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\n"),
+            dir.path().join("m.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\n"
+            ),
         )
         .unwrap();
+        let child = Self::spawn(dir.path(), port);
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Runs mosquitto with `dir/m.conf` and waits until it listens on `port`.
+    fn spawn(dir: &Path, port: u16) -> Child {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(dir.join("m.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -47,11 +58,16 @@ impl Mosquitto {
             assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Stops the broker, waits `down`, and starts it again on the same port (without the
+    /// sessions: no persistence).
+    fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(self._dir.path(), self.port);
     }
 }
 
@@ -168,27 +184,6 @@ fn start(dir: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits until the output (or its partial) holds `n` lines.
-fn wait_lines(path: &Path, n: usize) {
-    let partial = PathBuf::from(format!("{}.partial", path.display()));
-    let t = Instant::now();
-    loop {
-        let count = std::fs::read_to_string(&partial)
-            .or_else(|_| std::fs::read_to_string(path))
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if count >= n {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{}: {count} of {n} lines",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn sigterm(child: Child) -> String {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -298,22 +293,7 @@ fn a_broker_restart_mid_stream_is_reconnected_to() {
     publish(port, &a);
     wait_lines(&d.join("out/pred.jsonl"), 8 * 15);
     // The broker goes away for a second (and comes back without the session).
-    let _ = broker.child.kill();
-    let _ = broker.child.wait();
-    std::thread::sleep(Duration::from_secs(1));
-    let conf = broker._dir.path().join("m.conf");
-    broker.child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not restart");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    broker.restart(Duration::from_secs(1));
     // seqflow is back (and subscribed) within a few seconds: publish until it has all.
     std::thread::sleep(Duration::from_secs(3));
     publish(port, &b);

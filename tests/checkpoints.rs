@@ -691,27 +691,6 @@ fn send(addr: &str, text: &str) {
     c.write_all(text.as_bytes()).unwrap();
 }
 
-/// Waits until `path` (or its `.partial`) holds `n` lines.
-fn wait_lines(path: &Path, n: usize) {
-    let partial = PathBuf::from(format!("{}.partial", path.display()));
-    let t = Instant::now();
-    loop {
-        let count = std::fs::read_to_string(&partial)
-            .or_else(|_| std::fs::read_to_string(path))
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if count >= n {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{}: {count} of {n} lines",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_live_run_stopped_or_killed_and_resumed_carries_every_key_state() {
     let root = tempfile::tempdir().unwrap();

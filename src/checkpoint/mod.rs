@@ -165,8 +165,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = crate::outfiles::partial_path(path);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut f = crate::outfiles::create_fresh(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;

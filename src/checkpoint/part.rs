@@ -333,8 +333,7 @@ pub fn write_part(path: &Path, rows: StateRows) -> Result<(u64, u32)> {
     let batch = rows.into_batch()?;
     let tmp = crate::outfiles::partial_path(path);
     let io = |e: std::io::Error| Error::io(&tmp, e);
-    let _ = std::fs::remove_file(&tmp);
-    let file = File::create(&tmp).map_err(io)?;
+    let file = crate::outfiles::create_fresh(&tmp).map_err(io)?;
     let sum = Summing {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),

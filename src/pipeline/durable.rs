@@ -2,13 +2,14 @@
 //! the run starts fresh or resumes (and from which checkpoint), what the state belongs to
 //! (its [`Identity`]), and when the readers ask for the next checkpoint.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::collect::{Collector, Committer};
 use super::config::PipelineConfig;
-use super::exec::Restore;
 use super::exec::RunOptions;
+use super::exec::{Checkpointing, Restore};
 use super::report::Event;
 use crate::checkpoint::{CheckpointConfig, Identity, Manifest, Store};
 use crate::error::{Error, Result};
@@ -233,40 +234,103 @@ pub(crate) fn remove_resume_sources(path: &std::path::Path) {
     }
 }
 
-/// Worker 0's side of a run's checkpoints: the committer, and for a resumed run the
-/// counters so far and which Parquet generation the output continues.
-pub(crate) fn attach(
-    c: &mut Collector,
-    ck: &CheckpointConfig,
-    store: &Store,
-    ours: &Identity,
-    workers: usize,
+/// A run's checkpointing, decided before anything is written: where checkpoints go, what
+/// the state belongs to, and the checkpoint the run resumes from.
+pub(crate) struct Prepared {
+    pub config: CheckpointConfig,
+    pub store: Store,
+    pub identity: Identity,
+    pub resume: Option<Arc<Manifest>>,
+}
+
+/// The run's [`Prepared`] checkpointing (`None` without `[checkpoint]`); `plan`: the input
+/// of a file run. `--resume` without `[checkpoint]` is refused.
+pub(crate) fn prepare(
     cfg: &PipelineConfig,
-    resume: Option<&Manifest>,
-) {
-    let mut committer = Committer::new(
-        store.clone(),
-        ck.keep,
-        workers,
-        ours.clone(),
-        cfg.output.file.path.clone(),
-    );
-    committer.rejects = cfg.source.rejects.clone();
-    if let Some(m) = resume {
-        c.stats = m.stats.clone();
-        // A gauge, not a counter: this run's workers report their own.
-        c.stats.state_bytes = 0;
-        if let Some(o) = &m.output {
-            // A resumed Parquet output is a new file, one generation up.
-            if cfg.output.file.format == crate::vocab::FileFormat::Parquet {
-                committer.generation = o.generation + 1;
-                committer.resume_source = Some(crate::sink::resume_source(&o.path, o.generation));
-            } else {
-                committer.generation = o.generation;
-            }
+    model: &Model,
+    plan: Option<&Plan>,
+    opts: &RunOptions,
+) -> Result<Option<Prepared>> {
+    let Some(c) = &cfg.checkpoint else {
+        if opts.resume {
+            return Err(Error::PipelineConfig {
+                path: cfg.path.clone(),
+                msg: "--resume needs a [checkpoint] section (dir = ...) in the pipeline".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let identity = identity(cfg, model, plan)?;
+    let (store, resume) = open(c, opts, &identity)?;
+    // A run that starts over has no use for an earlier resume's copied rows.
+    if let (None, Some(p), 0) = (&resume, &cfg.output.file.path, opts.process) {
+        remove_resume_sources(p);
+    }
+    Ok(Some(Prepared {
+        config: c.clone(),
+        store,
+        identity,
+        resume: resume.map(Arc::new),
+    }))
+}
+
+impl Prepared {
+    /// Each view changelog's committed length, when resuming.
+    pub fn view_bytes(&self) -> Option<Vec<u64>> {
+        self.resume
+            .as_ref()
+            .map(|m| m.views.iter().map(|v| v.bytes).collect())
+    }
+
+    /// The checkpoint resumed from and the rows that were in it (for the report).
+    pub fn resumed(&self) -> Option<(PathBuf, u64)> {
+        self.resume
+            .as_ref()
+            .map(|m| (self.store.folder(m.boundary), m.stats.rows_read))
+    }
+
+    /// What the executor needs: where parts go and what they restore from.
+    pub fn checkpointing(&self) -> Checkpointing {
+        Checkpointing {
+            store: self.store.clone(),
+            resume: self.resume.clone(),
         }
     }
-    c.checkpoint = Some(committer);
+
+    /// Worker 0's side: the committer (with the views' changelogs), and for a resumed run
+    /// the counters so far, which Parquet generation the output continues, and the epoch
+    /// before which view changes only rebuild the views.
+    pub fn attach(&self, c: &mut Collector, workers: usize, cfg: &PipelineConfig) {
+        let mut committer = Committer::new(
+            self.store.clone(),
+            self.config.keep,
+            workers,
+            self.identity.clone(),
+            cfg.output.file.path.clone(),
+        );
+        committer.rejects = cfg.source.rejects.clone();
+        if let Some(v) = &c.views {
+            committer.views = v.paths();
+        }
+        if let Some(m) = &self.resume {
+            c.stats = m.stats.clone();
+            // A gauge, not a counter: this run's workers report their own.
+            c.stats.state_bytes = 0;
+            if c.views.is_some() {
+                c.restored_before = m.boundary;
+            }
+            if let Some(o) = &m.output {
+                // A resumed Parquet output is a new file, one generation up.
+                if cfg.output.file.format == FileFormat::Parquet {
+                    committer.generation = o.generation + 1;
+                    committer.resume_source = Some(crate::sink::resume_source(&o.path, o.generation));
+                } else {
+                    committer.generation = o.generation;
+                }
+            }
+        }
+        c.checkpoint = Some(committer);
+    }
 }
 
 /// The output of a resumed run, continued from the checkpoint's commit point.

@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use super::collect::{Namer, SinkSlot};
 use super::config::PipelineConfig;
-use super::durable::{self, MarkClock};
-use super::exec::{collector, execute, report, setup_views, Checkpointing, Feed, RunOptions};
+use super::durable::{self, MarkClock, Prepared};
+use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
 use super::report::{count, Event, RunReport};
-use crate::checkpoint::Store;
 use crate::error::{Error, Result};
 use crate::input::arrow::{route_batch, Origin};
 use crate::input::files::{epoch_of, FileSource, Plan};
@@ -59,28 +58,9 @@ fn run_with(
     let plan = Arc::new(Plan::build(&source, &cfg.source.columns)?);
     let int_keys = plan.key_type.is_integer();
     let data: Vec<PathBuf> = plan.files.iter().map(|f| f.path.clone()).collect();
-    if opts.resume && cfg.checkpoint.is_none() {
-        return Err(Error::PipelineConfig {
-            path: cfg.path.clone(),
-            msg: "--resume needs a [checkpoint] section (dir = ...) in the pipeline".into(),
-        });
-    }
-    let checkpointing = match &cfg.checkpoint {
-        Some(c) => {
-            let ours = durable::identity(&cfg, &model, Some(&plan))?;
-            let (store, resume) = durable::open(c, opts, &ours)?;
-            // A run that starts over has no use for an earlier resume's copied rows.
-            if let (None, Some(p), 0) = (&resume, &cfg.output.file.path, opts.process) {
-                durable::remove_resume_sources(p);
-            }
-            Some((c.clone(), store, resume.map(Arc::new), ours))
-        }
-        None => None,
-    };
-    let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
-    let views_from = resume
-        .as_ref()
-        .map(|m| m.views.iter().map(|v| v.bytes).collect::<Vec<_>>());
+    let prepared = durable::prepare(&cfg, &model, Some(&plan), opts)?;
+    let resume = prepared.as_ref().and_then(|p| p.resume.clone());
+    let views_from = prepared.as_ref().and_then(Prepared::view_bytes);
     let (mut view_setup, view_outputs) = setup_views(
         &cfg,
         opts,
@@ -109,9 +89,9 @@ fn run_with(
             let s = crate::sink_mqtt::MqttSink::connect(t, schema)?;
             return Ok(SinkSlot::Open(SinkHandle::Mqtt(Box::new(s))));
         }
-        let sink = match &checkpointing {
-            Some((_, store, Some(m), _)) if m.output.is_some() => {
-                durable::resumed_sink(&cfg, store, m, schema, outputs)?.expect("an output")
+        let sink = match (&prepared, &resume) {
+            (Some(p), Some(m)) if m.output.is_some() => {
+                durable::resumed_sink(&cfg, &p.store, m, schema, outputs)?.expect("an output")
             }
             _ => Sink::create(&cfg.output.file, schema, outputs)?,
         };
@@ -129,16 +109,11 @@ fn run_with(
     )?;
     if let Some(c) = collector.as_mut() {
         c.abort = Some(opts.stop.clone());
-        if let Some((ck, store, _, ours)) = &checkpointing {
-            let workers = opts.workers * opts.processes;
-            durable::attach(c, ck, store, ours, workers, &cfg, resume.as_deref());
-            if let Some(v) = &c.views {
-                c.checkpoint.as_mut().expect("attached").views = v.paths();
-                c.restored_before = resume.as_ref().map_or(0, |m| m.boundary);
-            }
+        if let Some(p) = &prepared {
+            p.attach(c, opts.workers * opts.processes, &cfg);
         }
     }
-    let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));
+    let marks = prepared.as_ref().map(|p| Arc::new(MarkClock::new(&p.config)));
     let local_rows: Option<u64> = (0..opts.workers)
         .map(|w| plan.rows_for(opts.process * opts.workers + w, opts.workers * opts.processes))
         .sum();
@@ -223,7 +198,7 @@ fn run_with(
         collector,
         view_setup,
         feed,
-        checkpointing.map(|(_, store, resume, _)| Checkpointing { store, resume }),
+        prepared.as_ref().map(Prepared::checkpointing),
     )?;
     (opts.observer)(&Event::Finished);
     // A stop that came after the last batch was read still discards the output.
@@ -235,9 +210,6 @@ fn run_with(
     let Some(c) = collected else { return Ok(None) };
     let files = count(plan.files.len(), "file");
     let mut r = report(&cfg, opts, c, start, files, false);
-    r.resumed = resume.map(|m| {
-        let folder = Store::new(&cfg.checkpoint.as_ref().expect("resumed").dir).folder(m.boundary);
-        (folder, m.stats.rows_read)
-    });
+    r.resumed = prepared.as_ref().and_then(Prepared::resumed);
     Ok(Some(r))
 }

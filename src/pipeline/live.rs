@@ -16,10 +16,9 @@ use crossbeam_channel::RecvTimeoutError;
 
 use super::collect::{Namer, SinkSlot};
 use super::config::PipelineConfig;
-use super::durable::{self, MarkClock};
-use super::exec::{collector, execute, report, setup_views, Checkpointing, Feed, RunOptions};
+use super::durable::{self, MarkClock, Prepared};
+use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
 use super::report::{count, Event, RunReport};
-use crate::checkpoint::Store;
 use crate::error::{Error, Result};
 use crate::input::live::{LiveSource, Readers, Transport};
 use crate::model::Model;
@@ -60,28 +59,9 @@ fn run_with(
 ) -> Result<Option<RunReport>> {
     let stop = opts.stop.clone();
     let peers = opts.workers * opts.processes;
-    if opts.resume && cfg.checkpoint.is_none() {
-        return Err(Error::PipelineConfig {
-            path: cfg.path.clone(),
-            msg: "--resume needs a [checkpoint] section (dir = ...) in the pipeline".into(),
-        });
-    }
-    let checkpointing = match &cfg.checkpoint {
-        Some(c) => {
-            let ours = durable::identity(&cfg, &model, None)?;
-            let (store, resume) = durable::open(c, opts, &ours)?;
-            // A run that starts over has no use for an earlier resume's copied rows.
-            if let (None, Some(p), 0) = (&resume, &cfg.output.file.path, opts.process) {
-                durable::remove_resume_sources(p);
-            }
-            Some((c.clone(), store, resume.map(Arc::new), ours))
-        }
-        None => None,
-    };
-    let resume = checkpointing.as_ref().and_then(|c| c.2.clone());
-    let views_from = resume
-        .as_ref()
-        .map(|m| m.views.iter().map(|v| v.bytes).collect::<Vec<_>>());
+    let prepared = durable::prepare(&cfg, &model, None, opts)?;
+    let resume = prepared.as_ref().and_then(|p| p.resume.clone());
+    let views_from = prepared.as_ref().and_then(Prepared::view_bytes);
     let (mut view_setup, view_outputs) = setup_views(
         &cfg,
         opts,
@@ -125,8 +105,8 @@ fn run_with(
             time_type: arrow::datatypes::DataType::Int64,
             names: cfg.output.names.clone(),
         };
-        if let (Some((_, store, Some(m), _)), Some(_)) = (&checkpointing, int_keys) {
-            if let Some(sink) = durable::resumed_sink(&cfg, store, m, schema.clone(), outputs)? {
+        if let (Some(p), Some(m), Some(_)) = (&prepared, &resume, int_keys) {
+            if let Some(sink) = durable::resumed_sink(&cfg, &p.store, m, schema.clone(), outputs)? {
                 // Live outputs are written inline: their flush is on the latency path.
                 return Ok(SinkSlot::Open(SinkHandle::new(sink, false)));
             }
@@ -152,12 +132,8 @@ fn run_with(
         resume.as_ref().and_then(|m| m.rejects.as_ref()),
     )? {
         Some(mut c) => {
-            if let Some((ck, store, _, ours)) = &checkpointing {
-                durable::attach(&mut c, ck, store, ours, peers, &cfg, resume.as_deref());
-                if let Some(v) = &c.views {
-                    c.checkpoint.as_mut().expect("attached").views = v.paths();
-                    c.restored_before = resume.as_ref().map_or(0, |m| m.boundary);
-                }
+            if let Some(p) = &prepared {
+                p.attach(&mut c, peers, &cfg);
             }
             let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone(), int_keys)?;
             let addr = matches!(source.transport, Transport::Tcp { .. })
@@ -199,7 +175,7 @@ fn run_with(
     let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
     let max_rows = cfg.source.batch_rows;
     let start = Instant::now();
-    let marks = checkpointing.as_ref().map(|(c, ..)| Arc::new(MarkClock::new(c)));
+    let marks = prepared.as_ref().map(|p| Arc::new(MarkClock::new(&p.config)));
     // A resumed run numbers its epochs on from the checkpoint's, so that checkpoints of
     // successive runs stay in order.
     let first_epoch = resume.as_ref().map_or(0, |m| m.boundary);
@@ -371,7 +347,7 @@ fn run_with(
         })
     };
     let cfg = Arc::new(cfg);
-    let checkpoints = checkpointing.map(|(_, store, resume, _)| Checkpointing { store, resume });
+    let checkpoints = prepared.as_ref().map(Prepared::checkpointing);
     let (collected, error) = execute(
         opts,
         cfg.clone(),
@@ -393,9 +369,6 @@ fn run_with(
         Transport::Tcp { .. } => count(names.map_or(0, |n| n.lock().expect("names").len()), "connection"),
     };
     let mut r = report(&cfg, opts, c, start, source, true);
-    r.resumed = resume.map(|m| {
-        let folder = Store::new(&cfg.checkpoint.as_ref().expect("resumed").dir).folder(m.boundary);
-        (folder, m.stats.rows_read)
-    });
+    r.resumed = prepared.as_ref().and_then(Prepared::resumed);
     Ok(Some(r))
 }

@@ -277,3 +277,25 @@ pub fn terminate(mut child: Child, mut err: BufReader<std::process::ChildStderr>
     let ok = child.wait().unwrap().success();
     (ok, rest)
 }
+
+/// Waits until the output `path` (or its `.partial`, while the run goes on) holds `n`
+/// lines; fails after 30 s.
+pub fn wait_lines(path: &Path, n: usize) {
+    let partial = PathBuf::from(format!("{}.partial", path.display()));
+    let t = std::time::Instant::now();
+    loop {
+        let count = std::fs::read_to_string(&partial)
+            .or_else(|_| std::fs::read_to_string(path))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{}: {count} of {n} lines",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
