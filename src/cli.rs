@@ -75,10 +75,17 @@ enum Command {
     Replay {
         /// Data file (Parquet, or CSV / JSON lines by extension), directory or glob.
         data: PathBuf,
-        /// host:port of the pipeline's tcp source, or mqtt://HOST:PORT/TOPIC to publish one
-        /// message per row ({key} in the topic is the row's key).
+        /// host:port of the pipeline's tcp source, mqtt://HOST:PORT/TOPIC to publish one
+        /// message per row ({key} in the topic is the row's key), or kafka://HOST:PORT/TOPIC
+        /// to produce one record per row, keyed by the row's key.
         #[arg(long)]
         to: String,
+        /// kafka://: partitions of the topic when it does not exist yet (it is created).
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// kafka://: records per produce request (1: one request per row).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
         /// Rows per second over all connections (0 = as fast as the pipeline takes them).
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
@@ -182,6 +189,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
             to,
             rate,
             connections,
+            partitions,
+            batch,
             key,
             time,
             limit,
@@ -191,6 +200,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 to,
                 rate,
                 connections,
+                partitions,
+                batch,
                 key,
                 time,
                 limit,

@@ -135,6 +135,7 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     SourceMsg::Steps(b) => entry.1.push(b),
                                     SourceMsg::Rejects(r) => passthrough.push(SinkMsg::Rejects(r)),
                                     SourceMsg::Stats(s) => passthrough.push(SinkMsg::Stats(s)),
+                                    SourceMsg::Offsets(o) => passthrough.push(SinkMsg::Offsets(o)),
                                     SourceMsg::Failed(e) => {
                                         processor.heard_failure(&e);
                                         passthrough.push(SinkMsg::Failed(e))

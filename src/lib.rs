@@ -16,7 +16,8 @@
 //! 4. [`input`]: the one input layer: file plans and readers, live line readers, column
 //!    mapping, normalization and the NaN policy, routing; [`sink`]: output writers;
 //!    [`latency`]: the latency histogram; [`checkpoint`]: checkpoint folders, manifests
-//!    and the Arrow IPC state parts;
+//!    and the Arrow IPC state parts; [`kafka`], [`sink_mqtt`], [`sink_kafka`]: broker
+//!    clients and outputs;
 //! 5. [`keyed`]: a worker's keyed state: key index, epoch ordering, one emitter per emit
 //!    mode;
 //! 6. [`views`]: aggregates over the predictions (differential dataflow);
@@ -34,6 +35,7 @@ pub mod dataflow;
 pub mod error;
 pub mod guard;
 pub mod input;
+pub mod kafka;
 pub mod kernels;
 pub mod keyed;
 pub mod latency;
@@ -43,6 +45,7 @@ pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod sink;
+pub mod sink_kafka;
 pub mod sink_mqtt;
 pub mod train;
 pub mod views;

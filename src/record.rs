@@ -468,6 +468,8 @@ pub enum SinkMsg {
         /// The worker's counters since its previous mark.
         stats: Stats,
     },
+    /// Kafka partitions fed up to here (passed through at the epoch they were fed in).
+    Offsets(Vec<PartitionOffset>),
     /// A worker wrote (or failed to write) its part of the checkpoint at `boundary`.
     Part {
         /// The checkpoint.
@@ -495,6 +497,17 @@ pub struct PartInfo {
     pub int_keys: Option<bool>,
 }
 
+/// How far a Kafka partition has been fed into the dataflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the next record to read (every record before it is fed).
+    pub next: i64,
+    /// The partition's high watermark when last fetched (`high - next` is the lag).
+    pub high: i64,
+}
+
 /// Records leaving the keyed operator for the sink on worker 0 (the first field routes).
 pub type ToSink = (u64, SinkMsg);
 
@@ -512,6 +525,8 @@ pub enum SourceMsg {
     /// Take a checkpoint at this boundary (sent to every worker at a time at most the
     /// boundary, so it arrives before the frontier passes it).
     Mark(u64),
+    /// Kafka partitions fed up to here by the end of this epoch (for the sink on worker 0).
+    Offsets(Vec<PartitionOffset>),
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub struct ReplayOptions {
     pub rate: f64,
     /// TCP connections; each key always uses the same one.
     pub connections: usize,
+    /// Kafka: partitions of a topic created because it was missing.
+    pub partitions: i32,
+    /// Kafka: records per produce request.
+    pub batch: usize,
     /// Key column (decides the connection).
     pub key: String,
     /// Time column (the replay order).
@@ -40,8 +44,10 @@ pub struct ReplayOptions {
 pub struct ReplayReport {
     /// Rows sent.
     pub rows: usize,
-    /// Connections used.
+    /// Connections (Kafka: partitions) used.
     pub connections: usize,
+    /// What `connections` counts: `connection` or `partition`.
+    pub unit: &'static str,
     /// Time taken.
     pub elapsed: Duration,
     /// The rate asked for (0 = unlimited).
@@ -53,9 +59,10 @@ impl std::fmt::Display for ReplayReport {
         let rate = self.rows as f64 / self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "sent {} rows over {} connection{} in {:.2} s ({:.0} rows/s",
+            "sent {} rows over {} {}{} in {:.2} s ({:.0} rows/s",
             self.rows,
             self.connections,
+            self.unit,
             if self.connections == 1 { "" } else { "s" },
             self.elapsed.as_secs_f64(),
             rate
@@ -170,6 +177,7 @@ enum Target {
         writers: Vec<BufWriter<TcpStream>>,
     },
     Mqtt(Box<crate::sink_mqtt::Publisher>),
+    Kafka(Box<crate::kafka::Producer>),
 }
 
 impl Target {
@@ -205,10 +213,32 @@ impl Target {
         )?)))
     }
 
+    /// `HOST:PORT/TOPIC`; a missing topic is created with `partitions` partitions.
+    fn kafka(rest: &str, partitions: i32, batch: usize) -> Result<Target> {
+        let (broker, topic) = rest.split_once('/').ok_or_else(|| {
+            Error::Runtime(format!(
+                "--to kafka://{rest}: give the topic after the address, e.g. kafka://127.0.0.1:9092/readings"
+            ))
+        })?;
+        let mut p = crate::kafka::Producer::connect(
+            &[broker.to_string()],
+            topic,
+            &format!("seqflow-replay-{}", std::process::id()),
+            Some(partitions.max(1)),
+        )
+        .map_err(|msg| Error::Output {
+            path: format!("kafka {broker}").into(),
+            msg,
+        })?;
+        p.batch = batch.max(1);
+        Ok(Target::Kafka(Box::new(p)))
+    }
+
     fn connections(&self) -> usize {
         match self {
             Target::Tcp { writers, .. } => writers.len(),
             Target::Mqtt(_) => 1,
+            Target::Kafka(p) => p.partitions(),
         }
     }
 
@@ -226,6 +256,10 @@ impl Target {
                 })
             }
             Target::Mqtt(p) => p.publish(key, line.strip_suffix(b"\n").unwrap_or(line)),
+            Target::Kafka(p) => {
+                p.push(key.as_bytes(), line.strip_suffix(b"\n").unwrap_or(line).to_vec());
+                Ok(())
+            }
         }
     }
 
@@ -241,6 +275,10 @@ impl Target {
                 Ok(())
             }
             Target::Mqtt(_) => Ok(()),
+            Target::Kafka(p) => p.flush().map_err(|msg| Error::Output {
+                path: "kafka".into(),
+                msg,
+            }),
         }
     }
 
@@ -257,6 +295,10 @@ impl Target {
                 Ok(())
             }
             Target::Mqtt(mut p) => p.close(),
+            Target::Kafka(mut p) => p.flush().map_err(|msg| Error::Output {
+                path: "kafka".into(),
+                msg,
+            }),
         }
     }
 }
@@ -296,9 +338,12 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
             }
         }
     };
-    let mut target = match o.to.strip_prefix("mqtt://") {
-        Some(rest) => Target::mqtt(rest)?,
-        None => Target::tcp(&o.to, o.connections.max(1))?,
+    let mut target = if let Some(rest) = o.to.strip_prefix("mqtt://") {
+        Target::mqtt(rest)?
+    } else if let Some(rest) = o.to.strip_prefix("kafka://") {
+        Target::kafka(rest, o.partitions, o.batch)?
+    } else {
+        Target::tcp(&o.to, o.connections.max(1))?
     };
     let conns = target.connections();
     let start = Instant::now();
@@ -329,6 +374,11 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
     Ok(ReplayReport {
         rows: n,
         connections: conns,
+        unit: if o.to.starts_with("kafka://") {
+            "partition"
+        } else {
+            "connection"
+        },
         elapsed: start.elapsed(),
         target_rate: o.rate,
     })

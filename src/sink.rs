@@ -743,6 +743,39 @@ pub enum SinkHandle {
     Background(BackgroundSink),
     /// Published to an MQTT broker.
     Mqtt(Box<crate::sink_mqtt::MqttSink>),
+    /// Produced to a Kafka topic.
+    Kafka(Box<crate::sink_kafka::KafkaSink>),
+}
+
+/// A broker output, connected when the key type is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerTarget {
+    /// `format = "mqtt"`.
+    Mqtt(crate::sink_mqtt::MqttTarget),
+    /// `format = "kafka"`.
+    Kafka(crate::sink_kafka::KafkaTarget),
+}
+
+impl BrokerTarget {
+    /// Connects (an unreachable broker or a missing topic is an error here).
+    pub fn connect(&self, schema: OutputSchema) -> Result<SinkHandle> {
+        Ok(match self {
+            BrokerTarget::Mqtt(t) => {
+                SinkHandle::Mqtt(Box::new(crate::sink_mqtt::MqttSink::connect(t, schema)?))
+            }
+            BrokerTarget::Kafka(t) => {
+                SinkHandle::Kafka(Box::new(crate::sink_kafka::KafkaSink::connect(t, schema)?))
+            }
+        })
+    }
+
+    /// How the report names it.
+    pub fn describe(&self) -> String {
+        match self {
+            BrokerTarget::Mqtt(t) => format!("mqtt {} {}", t.broker, t.topic),
+            BrokerTarget::Kafka(t) => format!("kafka {} {}", t.brokers.join(","), t.topic),
+        }
+    }
 }
 
 impl SinkHandle {
@@ -772,20 +805,27 @@ impl SinkHandle {
                 b.recycle();
                 done
             }
+            SinkHandle::Kafka(s) => {
+                let done = s.write(&b);
+                b.recycle();
+                done
+            }
         }
     }
 
-    /// An MQTT output's predictions published so far and the broker's acknowledgement count.
-    pub fn delivery(&self) -> Option<(u64, Arc<std::sync::atomic::AtomicU64>)> {
+    /// A broker output's predictions handed over so far and the broker's acknowledgement
+    /// count (a Kafka output sends what it buffers first).
+    pub fn delivery(&mut self) -> Result<Option<(u64, Arc<std::sync::atomic::AtomicU64>)>> {
         match self {
-            SinkHandle::Mqtt(s) => Some(s.delivery()),
-            _ => None,
+            SinkHandle::Mqtt(s) => Ok(Some(s.delivery())),
+            SinkHandle::Kafka(s) => s.delivery().map(Some),
+            _ => Ok(None),
         }
     }
 
     /// Whether the output is a file (which checkpoints measure and resumes cut back).
     pub fn is_file(&self) -> bool {
-        !matches!(self, SinkHandle::Mqtt(_))
+        !matches!(self, SinkHandle::Mqtt(_) | SinkHandle::Kafka(_))
     }
 
     /// Writes everything handed over so far through to the file.
@@ -794,6 +834,7 @@ impl SinkHandle {
             SinkHandle::Inline(s) => s.flush(),
             SinkHandle::Background(s) => s.flush(),
             SinkHandle::Mqtt(_) => Ok(()),
+            SinkHandle::Kafka(s) => s.flush(),
         }
     }
 
@@ -802,7 +843,9 @@ impl SinkHandle {
         match self {
             SinkHandle::Inline(s) => s.mark_point(),
             SinkHandle::Background(s) => s.mark_point(),
-            SinkHandle::Mqtt(_) => Err(Error::Runtime("an MQTT output has no commit point".into())),
+            SinkHandle::Mqtt(_) | SinkHandle::Kafka(_) => {
+                Err(Error::Runtime("a broker output has no commit point".into()))
+            }
         }
     }
 
@@ -812,6 +855,7 @@ impl SinkHandle {
             SinkHandle::Inline(s) => s.close(),
             SinkHandle::Background(s) => s.close().map(|_| ()),
             SinkHandle::Mqtt(s) => s.close(),
+            SinkHandle::Kafka(s) => s.close(),
         }
     }
 }

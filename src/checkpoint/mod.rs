@@ -84,6 +84,9 @@ pub struct Manifest {
     pub views: Vec<FileCommit>,
     /// The run's counters up to the boundary.
     pub stats: Stats,
+    /// A Kafka source: where each partition goes on from.
+    #[serde(default)]
+    pub kafka: Option<KafkaOffsets>,
     /// What the state belongs to; a resume compares it with its own.
     pub identity: Identity,
 }
@@ -96,6 +99,16 @@ impl Manifest {
             .find_map(|p| p.int_keys)
             .or(self.output.as_ref().and_then(|o| o.int_keys))
     }
+}
+
+/// A Kafka source's position at a checkpoint: every record before `next` of each partition
+/// is in the state; a resume fetches from there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaOffsets {
+    /// The topic read.
+    pub topic: String,
+    /// Each partition's next offset (and high watermark, when last fetched).
+    pub partitions: Vec<crate::record::PartitionOffset>,
 }
 
 /// What a checkpoint's state belongs to: the model and the data layout. Each field is

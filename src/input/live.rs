@@ -65,6 +65,8 @@ pub enum Transport {
     Stdin,
     /// Messages of an MQTT broker's topics.
     Mqtt(super::mqtt::MqttSource),
+    /// Records of a Kafka topic, its partitions shared by all workers of all processes.
+    Kafka(super::kafka::KafkaSource),
 }
 
 /// Running readers: parsed steps arrive on `rx`, one [`Routed`] per chunk read.
@@ -138,24 +140,10 @@ impl Readers {
                 let (stop, done) = (shared.stop.clone(), done.clone());
                 // A message is parsed whole, whatever the stop flag says: its acknowledgement
                 // rides on its last batch.
-                let whole = Shared::new(cfg, columns, peers, Arc::new(AtomicBool::new(false)));
-                whole
-                    .key_kind
-                    .store(shared.key_kind.load(Ordering::Relaxed), Ordering::Relaxed);
-                let shared = Arc::new(whole);
+                let mut parser = MessageParser::new(Arc::new(Shared::detached(&shared)));
                 threads.push(spawn("mqtt reader", move || {
-                    let (mtx, mrx) = crossbeam_channel::unbounded();
-                    let mut payload = Vec::new();
-                    let mut bufs = LineBuffers::default();
                     let parse = |bytes: &[u8], topic: &str| {
-                        // A message is whole lines; the last needs no newline of its own.
-                        payload.clear();
-                        payload.extend_from_slice(bytes);
-                        if payload.last().is_some_and(|&b| b != b'\n') {
-                            payload.push(b'\n');
-                        }
-                        read_lines_with(&payload[..], 0, &mtx, &shared, &mut bufs);
-                        let mut out: Vec<Routed> = mrx.try_iter().collect();
+                        let mut out = parser.parse(bytes, 0);
                         for r in &mut out {
                             for j in &mut r.rejects {
                                 j.detail = if j.detail.is_empty() {
@@ -170,6 +158,11 @@ impl Readers {
                     super::mqtt::read(session, tx, stop, done, parse);
                 })?);
             }
+            Transport::Kafka(_) => {
+                return Err(Error::Runtime(
+                    "a Kafka source is read by Readers::kafka, one reader per worker".into(),
+                ))
+            }
         }
         Ok(Readers {
             rx,
@@ -179,6 +172,64 @@ impl Readers {
             done,
             threads,
         })
+    }
+
+    /// A Kafka source's readers in this process: one per local worker (of `workers`,
+    /// numbered from `first` among `peers`) that has partitions, each reading its share
+    /// from the checkpoint's offsets in `from` (or the source's `start`). Also returns the
+    /// name of every partition (a reject's source is its partition). The topic must exist.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kafka(
+        cfg: &LiveSource,
+        src: &super::kafka::KafkaSource,
+        columns: &Columns,
+        (first, workers, peers): (usize, usize, usize),
+        stop: Arc<AtomicBool>,
+        int_keys: Option<bool>,
+        from: &std::collections::BTreeMap<i32, i64>,
+        warn: Arc<dyn Fn(String) + Send + Sync>,
+    ) -> Result<(Vec<Option<Readers>>, Vec<String>)> {
+        let io = |e: String| Error::Io {
+            path: PathBuf::from(format!("kafka {}", src.brokers.join(","))),
+            source: std::io::Error::other(e),
+        };
+        let partitions = crate::kafka::Kafka::connect(&src.brokers, &src.client_id)
+            .and_then(|k| k.partitions(&src.topic))
+            .map_err(io)?;
+        let top = partitions.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let names: Vec<String> = (0..=top).map(|p| format!("kafka {}/{p}", src.topic)).collect();
+        // Every reader of the process parses with the same settings and key kind.
+        let shared = Shared::new(cfg, columns, peers, stop.clone());
+        if let Some(int) = int_keys {
+            shared
+                .key_kind
+                .store(if int { KIND_INT } else { KIND_STR }, Ordering::Relaxed);
+        }
+        let shared = Arc::new(Shared::detached(&shared));
+        let mut out = Vec::new();
+        for w in first..first + workers {
+            let mine = super::kafka::assigned(&partitions, w, peers);
+            if mine.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let kafka = crate::kafka::Kafka::connect(&src.brokers, &src.client_id).map_err(io)?;
+            let (tx, rx) = bounded(CHANNEL_BATCHES);
+            let parser = MessageParser::new(shared.clone());
+            let (src, stop, warn, from) = (src.clone(), stop.clone(), warn.clone(), from.clone());
+            let thread = spawn("kafka reader", move || {
+                super::kafka::read(kafka, &src, mine, &from, parser, tx, stop, &*warn);
+            })?;
+            out.push(Some(Readers {
+                rx,
+                names: Arc::new(Mutex::new(names.clone())),
+                local_addr: None,
+                refused: Arc::default(),
+                done: Arc::default(),
+                threads: vec![thread],
+            }));
+        }
+        Ok((out, names))
     }
 
     /// Waits for the acceptor and readers to finish (after stop or end of input).
@@ -239,6 +290,60 @@ impl Shared {
             key_kind: AtomicU8::new(KIND_UNSET),
             stop,
         }
+    }
+}
+
+impl Shared {
+    /// The same settings and key kind, with a stop flag of its own that is never set: a
+    /// broker message is parsed whole, whatever the run's flag says.
+    fn detached(s: &Shared) -> Shared {
+        Shared {
+            fields: s.fields.clone(),
+            lines: s.lines,
+            header: s.header.clone(),
+            max_line: s.max_line,
+            max_key: s.max_key,
+            max_connections: s.max_connections,
+            refused: s.refused.clone(),
+            peers: s.peers,
+            key_kind: AtomicU8::new(s.key_kind.load(Ordering::Relaxed)),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Parses broker messages (each one or more whole lines) exactly as a TCP connection's
+/// lines, reusing its buffers from message to message.
+pub(crate) struct MessageParser {
+    shared: Arc<Shared>,
+    tx: Sender<Routed>,
+    rx: Receiver<Routed>,
+    payload: Vec<u8>,
+    bufs: LineBuffers,
+}
+
+impl MessageParser {
+    fn new(shared: Arc<Shared>) -> MessageParser {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        MessageParser {
+            shared,
+            tx,
+            rx,
+            payload: Vec::new(),
+            bufs: LineBuffers::default(),
+        }
+    }
+
+    /// The routed steps and rejects of one message (its last line needs no newline);
+    /// `source` numbers where it came from, rows are its lines from 1.
+    pub(crate) fn parse(&mut self, bytes: &[u8], source: u32) -> Vec<Routed> {
+        self.payload.clear();
+        self.payload.extend_from_slice(bytes);
+        if self.payload.last().is_some_and(|&b| b != b'\n') {
+            self.payload.push(b'\n');
+        }
+        read_lines_with(&self.payload[..], source, &self.tx, &self.shared, &mut self.bufs);
+        self.rx.try_iter().collect()
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod arrow;
 pub mod columns;
 pub mod files;
+pub mod kafka;
 pub mod lines;
 pub mod live;
 pub mod mqtt;
@@ -15,7 +16,7 @@ pub mod prep;
 pub use columns::{ColumnMap, Columns};
 pub use prep::{fill_forward, Prep};
 
-use crate::record::{KeyColumn, KeyRef, Reject, RejectReason, StepBatch};
+use crate::record::{KeyColumn, KeyRef, PartitionOffset, Reject, RejectReason, StepBatch};
 
 /// Steps split by destination worker, and the rows rejected on the way.
 #[derive(Debug, Default)]
@@ -29,6 +30,8 @@ pub struct Routed {
     /// Broker sources: acknowledgements of the messages these rows came from, to run once
     /// the rows are safe (forwarded, or in a committed checkpoint).
     pub acks: Vec<mqtt::Ack>,
+    /// Kafka sources: partitions read up to here once these rows are fed.
+    pub offsets: Vec<PartitionOffset>,
     peers: usize,
     source: u32,
 }

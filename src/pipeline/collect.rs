@@ -14,7 +14,7 @@ use crate::input::arrow::describe_row;
 use crate::input::files::Plan;
 use crate::latency::Histogram;
 use crate::outfiles::Outputs;
-use crate::record::{KeyColumn, Reject, SinkMsg, Stats, ToSink};
+use crate::record::{KeyColumn, PartitionOffset, Reject, SinkMsg, Stats, ToSink};
 use crate::sink::{OutputFile, OutputSchema, RejectsWriter, Sink, SinkHandle};
 use crate::views::flow::ViewChange;
 use crate::views::output::ViewOutputs;
@@ -26,6 +26,8 @@ pub enum Namer {
     Files(Arc<Plan>),
     /// Live sources: the connection and the line.
     Live(Arc<Mutex<Vec<String>>>),
+    /// Kafka: the partition and the record's offset.
+    Kafka(Arc<Mutex<Vec<String>>>),
 }
 
 impl Namer {
@@ -44,6 +46,15 @@ impl Namer {
                     .unwrap_or_else(|| format!("connection {}", r.source)),
                 format!("line {}", r.row),
             ),
+            Namer::Kafka(names) => (
+                names
+                    .lock()
+                    .expect("names")
+                    .get(r.source as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("partition {}", r.source)),
+                format!("offset {}", r.row),
+            ),
         }
     }
 }
@@ -53,9 +64,9 @@ impl Namer {
 pub enum SinkSlot {
     Open(SinkHandle),
     Lazy(OutputFile, OutputSchema),
-    /// An MQTT output, connected at the first prediction (its key type decides how keys
+    /// A broker output, connected at the first prediction (its key type decides how keys
     /// are written).
-    LazyMqtt(crate::sink_mqtt::MqttTarget, OutputSchema),
+    LazyBroker(crate::sink::BrokerTarget, OutputSchema),
     Failed,
 }
 
@@ -90,6 +101,8 @@ pub struct Collector {
     views_at: u64,
     /// Collect streams finished (predictions, views); the outputs close after the last.
     finished: u8,
+    /// Kafka sources: each partition's progress as of the epochs taken so far.
+    pub offsets: std::collections::BTreeMap<i32, PartitionOffset>,
 }
 
 impl Collector {
@@ -118,6 +131,7 @@ impl Collector {
             pred_at: 0,
             views_at: 0,
             finished: 0,
+            offsets: Default::default(),
         }
     }
 
@@ -197,8 +211,8 @@ impl Collector {
                 _ => None,
             };
             let rejects = self.rejects.as_mut().map(|r| r.mark_point()).transpose()?;
-            let delivered = match &self.sink {
-                SinkSlot::Open(s) => s.delivery(),
+            let delivered = match &mut self.sink {
+                SinkSlot::Open(s) => s.delivery()?,
                 _ => None,
             };
             let point = Point {
@@ -206,6 +220,7 @@ impl Collector {
                 rejects,
                 stats: self.stats.clone(),
                 delivered,
+                offsets: self.offsets.values().copied().collect(),
             };
             self.checkpoint.as_mut().expect("checkpoint").set_point(b, point);
         }
@@ -238,13 +253,10 @@ impl Collector {
                 // Live outputs are written inline: their flush is on the latency path.
                 Some(Sink::create(cfg, schema, &self.outputs).map(|s| SinkHandle::new(s, false)))
             }
-            SinkSlot::LazyMqtt(target, schema) => {
+            SinkSlot::LazyBroker(target, schema) => {
                 let mut schema = schema.clone();
                 schema.key_type = key_type;
-                Some(
-                    crate::sink_mqtt::MqttSink::connect(target, schema)
-                        .map(|s| SinkHandle::Mqtt(Box::new(s))),
-                )
+                Some(target.connect(schema))
             }
             _ => None,
         };
@@ -293,6 +305,14 @@ impl Collect<ToSink> for Collector {
                 }
             }
             SinkMsg::Stats(s) => self.stats.add(&s),
+            SinkMsg::Offsets(os) => {
+                for o in os {
+                    let e = self.offsets.entry(o.partition).or_insert(o);
+                    if o.next >= e.next {
+                        *e = o;
+                    }
+                }
+            }
             SinkMsg::Failed(m) => self.failed.push(m),
             SinkMsg::Marked { boundary, stats } => {
                 self.stats.add(&stats);

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::checkpoint::{self, FileCommit, Identity, Manifest, PartInfo, Store};
+use crate::checkpoint::{self, FileCommit, Identity, KafkaOffsets, Manifest, PartInfo, Store};
 use crate::error::{Error, Result};
-use crate::record::Stats;
+use crate::record::{PartitionOffset, Stats};
 use crate::sink::CommitPoint;
 
 /// What the collector measured at a boundary.
@@ -24,9 +24,11 @@ pub struct Point {
     pub rejects: Option<(CommitPoint, File)>,
     /// The counters of every epoch before the boundary.
     pub stats: Stats,
-    /// An MQTT output: predictions published before the boundary, and the broker's
+    /// A broker output: predictions published before the boundary, and the broker's
     /// acknowledgement count, which must reach it before the checkpoint is committed.
     pub delivered: Option<(u64, Arc<AtomicU64>)>,
+    /// A Kafka source: each partition's offset fed before the boundary.
+    pub offsets: Vec<PartitionOffset>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,8 @@ pub struct Committer {
     pub views: Vec<PathBuf>,
     /// The Parquet output's generation (one more per resume).
     pub generation: u32,
+    /// A Kafka source's topic (its offsets go into every checkpoint).
+    pub kafka_topic: Option<String>,
     /// After a Parquet resume: the committed rows it copied, removed once a checkpoint of
     /// the new file is durable.
     pub resume_source: Option<PathBuf>,
@@ -98,6 +102,7 @@ impl Committer {
             views: Vec::new(),
             generation: 0,
             resume_source: None,
+            kafka_topic: None,
             pending: BTreeMap::new(),
             committed: Arc::default(),
             boundary: Arc::default(),
@@ -229,6 +234,10 @@ impl Committer {
                 }),
                 views,
                 stats: point.stats,
+                kafka: self.kafka_topic.clone().map(|topic| KafkaOffsets {
+                    topic,
+                    partitions: point.offsets,
+                }),
                 identity: self.identity.clone(),
             };
             let job = Job {
@@ -305,7 +314,7 @@ fn commit(store: &Store, keep: usize, job: &Job) -> Result<()> {
         while acked.load(Ordering::Relaxed) < *published {
             if std::time::Instant::now() > until {
                 return Err(Error::Runtime(format!(
-                    "checkpoint {}: the MQTT broker did not acknowledge the predictions before it within 30 s",
+                    "checkpoint {}: the broker did not acknowledge the predictions before it within 30 s",
                     store.folder(job.manifest.boundary).display()
                 )));
             }

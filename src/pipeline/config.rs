@@ -8,11 +8,14 @@ use serde::Deserialize;
 use crate::checkpoint::CheckpointConfig;
 use crate::error::{Error, Result};
 use crate::input::files::FileSource;
+use crate::input::kafka::{KafkaSource, Start};
 use crate::input::live::{LiveSource, Transport};
 use crate::input::mqtt::MqttSource;
 use crate::input::Columns;
 use crate::model::Model;
+use crate::sink::BrokerTarget;
 use crate::sink::OutputFile;
+use crate::sink_kafka::KafkaTarget;
 use crate::sink_mqtt::MqttTarget;
 use crate::vocab::{clean_join, one_line, Compression, Emit, FileFormat, LineFormat, NanPolicy, Normalize};
 
@@ -26,6 +29,15 @@ enum RawFormat {
     Tcp,
     Stdin,
     Mqtt,
+    Kafka,
+}
+
+/// `start` of a Kafka source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawStart {
+    Earliest,
+    Latest,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +67,9 @@ struct RawSource {
     broker: Option<String>,
     topics: Option<Vec<String>>,
     client_id: Option<String>,
+    brokers: Option<Vec<String>>,
+    topic: Option<String>,
+    start: Option<RawStart>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +92,7 @@ struct RawOutput {
     format: RawOutFormat,
     path: Option<String>,
     broker: Option<String>,
+    brokers: Option<Vec<String>>,
     topic: Option<String>,
     client_id: Option<String>,
     names: Option<Vec<String>>,
@@ -96,6 +112,7 @@ enum RawOutFormat {
     Csv,
     Jsonl,
     Mqtt,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,8 +167,8 @@ pub struct OutputConfig {
     pub names: Vec<String>,
     /// When predictions are emitted.
     pub emit: Emit,
-    /// `format = "mqtt"`: predictions published to a broker instead of a file.
-    pub mqtt: Option<MqttTarget>,
+    /// `format = "mqtt"` or `"kafka"`: predictions sent to a broker instead of a file.
+    pub broker: Option<BrokerTarget>,
 }
 
 /// A parsed, validated pipeline.
@@ -217,7 +234,7 @@ impl PipelineConfig {
             RawFormat::Parquet => Some(FileFormat::Parquet),
             RawFormat::Csv => Some(FileFormat::Csv),
             RawFormat::Jsonl => Some(FileFormat::Jsonl),
-            RawFormat::Tcp | RawFormat::Stdin | RawFormat::Mqtt => None,
+            RawFormat::Tcp | RawFormat::Stdin | RawFormat::Mqtt | RawFormat::Kafka => None,
         };
         if s.columns.is_some() && s.lines != Some(LineFormat::Csv) {
             return Err(err(
@@ -267,18 +284,39 @@ impl PipelineConfig {
                 SourceKind::Files(FileSource { format, path })
             }
             None => {
-                if s.format != RawFormat::Mqtt {
-                    for (name, set) in [
-                        ("broker", s.broker.is_some()),
-                        ("topics", s.topics.is_some()),
-                        ("client_id", s.client_id.is_some()),
-                    ] {
-                        if set {
-                            return Err(err(format!(
-                                "[source] `{name}` applies to format = \"mqtt\" only"
-                            )));
-                        }
+                let stem = path
+                    .file_stem()
+                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+                for (name, set, applies) in [
+                    ("broker", s.broker.is_some(), RawFormat::Mqtt),
+                    ("topics", s.topics.is_some(), RawFormat::Mqtt),
+                    ("brokers", s.brokers.is_some(), RawFormat::Kafka),
+                    ("topic", s.topic.is_some(), RawFormat::Kafka),
+                    ("start", s.start.is_some(), RawFormat::Kafka),
+                ] {
+                    if set && s.format != applies {
+                        return Err(err(format!(
+                            "[source] `{name}` applies to format = \"{}\" only",
+                            if applies == RawFormat::Mqtt {
+                                "mqtt"
+                            } else {
+                                "kafka"
+                            }
+                        )));
                     }
+                }
+                if s.client_id.is_some() && !matches!(s.format, RawFormat::Mqtt | RawFormat::Kafka) {
+                    return Err(err(
+                        "[source] `client_id` applies to format = \"mqtt\" or \"kafka\" only".into(),
+                    ));
+                }
+                if matches!(s.format, RawFormat::Mqtt | RawFormat::Kafka)
+                    && s.lines == Some(LineFormat::Csv)
+                    && s.columns.is_none()
+                {
+                    return Err(err(
+                        "[source] csv lines over a broker need `columns = [...]`: a message carries no header".into(),
+                    ));
                 }
                 let transport = match (s.format, s.listen) {
                     (RawFormat::Mqtt, None) => {
@@ -292,17 +330,27 @@ impl PipelineConfig {
                                     .into(),
                             ));
                         }
-                        if s.lines == Some(LineFormat::Csv) && s.columns.is_none() {
-                            return Err(err(
-                                "[source] csv lines over mqtt need `columns = [...]`: a message carries no header".into(),
-                            ));
-                        }
-                        let stem = path
-                            .file_stem()
-                            .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
                         Transport::Mqtt(MqttSource {
                             broker,
                             topics,
+                            client_id: s.client_id.clone().unwrap_or_else(|| format!("seqflow-{stem}")),
+                        })
+                    }
+                    (RawFormat::Kafka, None) => {
+                        let brokers = s.brokers.clone().unwrap_or_default();
+                        let (false, Some(topic)) = (brokers.is_empty(), s.topic.clone()) else {
+                            return Err(err(
+                                "[source] format = \"kafka\" needs `brokers = [\"HOST:PORT\"]` and `topic`"
+                                    .into(),
+                            ));
+                        };
+                        Transport::Kafka(KafkaSource {
+                            brokers,
+                            topic,
+                            start: match s.start.unwrap_or(RawStart::Earliest) {
+                                RawStart::Earliest => Start::Earliest,
+                                RawStart::Latest => Start::Latest,
+                            },
                             client_id: s.client_id.clone().unwrap_or_else(|| format!("seqflow-{stem}")),
                         })
                     }
@@ -425,25 +473,64 @@ impl PipelineConfig {
                         .unwrap_or_else(|| format!("seqflow-{stem}-out")),
                 })
             }
-            _ => {
-                for (name, set) in [
-                    ("broker", o.broker.is_some()),
-                    ("topic", o.topic.is_some()),
-                    ("client_id", o.client_id.is_some()),
-                ] {
-                    if set && o.format != RawOutFormat::Mqtt {
-                        return Err(err(format!(
-                            "[output] `{name}` applies to format = \"mqtt\" only"
-                        )));
-                    }
-                }
-                None
-            }
+            _ => None,
         };
+        let kafka = match (o.format, &overrides.output) {
+            (RawOutFormat::Kafka, None) => {
+                let brokers = o.brokers.clone().unwrap_or_default();
+                let (false, Some(topic)) = (brokers.is_empty(), o.topic.clone()) else {
+                    return Err(err(
+                        "[output] format = \"kafka\" needs `brokers = [\"HOST:PORT\"]` and `topic` (each record's key is the prediction's key)".into(),
+                    ));
+                };
+                if o.path.is_some() {
+                    return Err(err(
+                        "[output] format = \"kafka\" produces to `topic`; `path` is for files".into(),
+                    ));
+                }
+                let stem = path
+                    .file_stem()
+                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+                Some(KafkaTarget {
+                    brokers,
+                    topic,
+                    client_id: o
+                        .client_id
+                        .clone()
+                        .unwrap_or_else(|| format!("seqflow-{stem}-out")),
+                })
+            }
+            _ => None,
+        };
+        for (name, set, applies) in [
+            ("broker", o.broker.is_some(), o.format == RawOutFormat::Mqtt),
+            ("brokers", o.brokers.is_some(), o.format == RawOutFormat::Kafka),
+            (
+                "topic",
+                o.topic.is_some(),
+                matches!(o.format, RawOutFormat::Mqtt | RawOutFormat::Kafka),
+            ),
+            (
+                "client_id",
+                o.client_id.is_some(),
+                matches!(o.format, RawOutFormat::Mqtt | RawOutFormat::Kafka),
+            ),
+        ] {
+            if set && !applies {
+                return Err(err(format!(
+                    "[output] `{name}` applies to {} only",
+                    match name {
+                        "broker" => "format = \"mqtt\"",
+                        "brokers" => "format = \"kafka\"",
+                        _ => "format = \"mqtt\" or \"kafka\"",
+                    }
+                )));
+            }
+        }
         let file_format = match o.format {
             RawOutFormat::Parquet => FileFormat::Parquet,
             RawOutFormat::Csv => FileFormat::Csv,
-            RawOutFormat::Jsonl | RawOutFormat::Mqtt => FileFormat::Jsonl,
+            RawOutFormat::Jsonl | RawOutFormat::Mqtt | RawOutFormat::Kafka => FileFormat::Jsonl,
         };
         let out_format = match &overrides.output {
             // `--output -` shows the predictions: CSV when the pipeline writes Parquet.
@@ -451,18 +538,19 @@ impl PipelineConfig {
             Some(p) => FileFormat::from_path(p).unwrap_or(file_format),
             None => file_format,
         };
-        let out_path = match (&overrides.output, o.path.as_deref(), &mqtt) {
-            (Some(p), _, _) if p.as_os_str() == "-" => None,
-            (Some(p), _, _) => Some(p.clone()),
-            (None, _, Some(_)) => None,
-            (None, Some("-"), None) => None,
-            (None, Some(p), None) => Some(rel(p)),
-            (None, None, None) => {
-                return Err(err(
-                    "[output] needs `path` (a file, or \"-\" for stdout), or format = \"mqtt\"".into(),
-                ))
-            }
-        };
+        let broker = mqtt.is_some() || kafka.is_some();
+        let out_path =
+            match (&overrides.output, o.path.as_deref(), broker) {
+                (Some(p), _, _) if p.as_os_str() == "-" => None,
+                (Some(p), _, _) => Some(p.clone()),
+                (None, _, true) => None,
+                (None, Some("-"), false) => None,
+                (None, Some(p), false) => Some(rel(p)),
+                (None, None, false) => return Err(err(
+                    "[output] needs `path` (a file, or \"-\" for stdout), or format = \"mqtt\" or \"kafka\""
+                        .into(),
+                )),
+            };
         if out_path.is_none() && out_format == FileFormat::Parquet {
             return Err(err(
                 "[output] parquet cannot be written to stdout (path = \"-\"); use csv or jsonl".into(),
@@ -479,7 +567,7 @@ impl PipelineConfig {
             },
             names,
             emit,
-            mqtt,
+            broker: mqtt.map(BrokerTarget::Mqtt).or(kafka.map(BrokerTarget::Kafka)),
         };
         let checkpoint = match raw.checkpoint {
             None => None,
@@ -494,7 +582,7 @@ impl PipelineConfig {
                         "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
                     ));
                 }
-                if output.file.path.is_none() && output.mqtt.is_none() {
+                if output.file.path.is_none() && output.broker.is_none() {
                     return Err(err(
                         "[checkpoint] needs the output in a file: stdout (path = \"-\") cannot be \
                          rewound to the checkpoint on --resume"

@@ -178,6 +178,8 @@ pub(crate) struct Collected {
     pub rejects: Option<u64>,
     pub latency: Histogram,
     pub checkpoints: u64,
+    /// Kafka sources: each partition's progress at the end.
+    pub offsets: Vec<crate::record::PartitionOffset>,
 }
 
 /// Side-table updates entering the views: `(row, time, diff)`.
@@ -395,6 +397,7 @@ pub(crate) fn execute(
                 rejects: c.rejects.as_ref().map(|w| w.count),
                 latency: std::mem::take(&mut c.latency),
                 checkpoints: c.checkpoint.as_ref().map_or(0, |k| k.committed()),
+                offsets: c.offsets.values().copied().collect(),
             }
         }))
     };
@@ -573,8 +576,8 @@ pub(crate) fn report(
     RunReport {
         stats: c.stats,
         elapsed: start.elapsed(),
-        output: match &cfg.output.mqtt {
-            Some(t) => PathBuf::from(format!("mqtt {} {}", t.broker, t.topic)),
+        output: match &cfg.output.broker {
+            Some(t) => PathBuf::from(t.describe()),
             None => cfg.output.file.path.clone().unwrap_or_else(|| PathBuf::from("-")),
         },
         rejects: cfg.source.rejects.clone().zip(c.rejects),
@@ -583,6 +586,7 @@ pub(crate) fn report(
         latency: latency.then_some(c.latency),
         checkpoints: c.checkpoints,
         resumed: None,
+        lag: None,
     }
 }
 
@@ -638,11 +642,11 @@ pub(crate) fn setup_views(
         }
     }
     check_paths(cfg, model, data, &specs)?;
-    if cfg.checkpoint.is_some() && cfg.output.mqtt.is_some() {
+    if cfg.checkpoint.is_some() && cfg.output.broker.is_some() {
         return Err(Error::PipelineConfig {
             path: cfg.path.clone(),
             msg: "[[views]] with [checkpoint] are rebuilt on resume from the predictions' output file; \
-                  with an MQTT output there is none: write the predictions to a file"
+                  with a broker output there is none: write the predictions to a file"
                 .into(),
         });
     }

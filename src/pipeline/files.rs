@@ -85,9 +85,8 @@ fn run_with(
     }
     let wide = cfg.output.names.len() >= SinkHandle::WIDE;
     let open = || {
-        if let Some(t) = &cfg.output.mqtt {
-            let s = crate::sink_mqtt::MqttSink::connect(t, schema)?;
-            return Ok(SinkSlot::Open(SinkHandle::Mqtt(Box::new(s))));
+        if let Some(t) = &cfg.output.broker {
+            return Ok(SinkSlot::Open(t.connect(schema)?));
         }
         let sink = match (&prepared, &resume) {
             (Some(p), Some(m)) if m.output.is_some() => {

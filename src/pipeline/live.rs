@@ -23,13 +23,36 @@ use crate::error::{Error, Result};
 use crate::input::live::{LiveSource, Readers, Transport};
 use crate::model::Model;
 use crate::outfiles::Outputs;
-use crate::record::{SourceMsg, Stats};
+use crate::record::{PartitionOffset, SourceMsg, Stats};
 use crate::sink::{OutputSchema, SinkHandle};
 
 /// How often a live run looks for changed side tables.
 const SIDE_RELOAD: Duration = Duration::from_millis(500);
 /// After a stop, how long to wait for readers to hand over what they had read.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Where each Kafka partition goes on from: the resumed checkpoint's offsets (of the same
+/// topic only: another topic's offsets mean nothing here).
+fn kafka_resume(
+    cfg: &PipelineConfig,
+    k: &crate::input::kafka::KafkaSource,
+    resume: Option<&crate::checkpoint::Manifest>,
+) -> Result<std::collections::BTreeMap<i32, i64>> {
+    let Some(pos) = resume.and_then(|m| m.kafka.as_ref()) else {
+        return Ok(Default::default());
+    };
+    if pos.topic != k.topic {
+        return Err(Error::PipelineConfig {
+            path: cfg.path.clone(),
+            msg: format!(
+                "the checkpoint holds offsets of Kafka topic `{}`, this pipeline reads `{}`; \
+                 resume with the same topic, or start over with --fresh",
+                pos.topic, k.topic
+            ),
+        });
+    }
+    Ok(pos.partitions.iter().map(|o| (o.partition, o.next)).collect())
+}
 
 /// Runs a pipeline over a live source until the input ends or the stop flag is set.
 pub(super) fn run(
@@ -93,7 +116,29 @@ fn run_with(
     // A resumed run knows its key type; otherwise the first line decides.
     let int_keys = resume.as_ref().and_then(|m| m.int_keys());
     let mut names = None;
-    let mut readers = None;
+    // One reader set per worker of this process that feeds: worker 0 of process 0 for TCP,
+    // stdin and MQTT; every worker with partitions for Kafka.
+    let mut readers: Vec<Option<Readers>> = (0..opts.workers).map(|_| None).collect();
+    let mut kafka_names = None;
+    if let Transport::Kafka(k) = &source.transport {
+        let from = kafka_resume(&cfg, k, resume.as_deref())?;
+        let warn = {
+            let observer = opts.observer.clone();
+            Arc::new(move |msg: String| observer(&Event::Warning(&msg))) as Arc<dyn Fn(String) + Send + Sync>
+        };
+        let (rs, n) = Readers::kafka(
+            &source,
+            k,
+            &cfg.source.columns,
+            (opts.process * opts.workers, opts.workers, peers),
+            stop.clone(),
+            int_keys,
+            &from,
+            warn,
+        )?;
+        readers = rs;
+        kafka_names = Some(Arc::new(Mutex::new(n)));
+    }
     let open = || {
         let schema = OutputSchema {
             key_name: cfg.source.columns.key.clone(),
@@ -111,8 +156,8 @@ fn run_with(
                 return Ok(SinkSlot::Open(SinkHandle::new(sink, false)));
             }
         }
-        if let Some(t) = &cfg.output.mqtt {
-            return Ok(SinkSlot::LazyMqtt(t.clone(), schema));
+        if let Some(t) = &cfg.output.broker {
+            return Ok(SinkSlot::LazyBroker(t.clone(), schema));
         }
         // Output problems fail the run before any client connects (the file is opened again,
         // as Parquet or text, when the first line says whether keys are integers).
@@ -135,33 +180,49 @@ fn run_with(
             if let Some(p) = &prepared {
                 p.attach(&mut c, peers, &cfg);
             }
-            let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone(), int_keys)?;
-            let addr = matches!(source.transport, Transport::Tcp { .. })
-                .then_some(src.local_addr)
-                .flatten();
-            match &source.transport {
-                Transport::Mqtt(_) => {
-                    let name = src
-                        .names
-                        .lock()
-                        .expect("names")
-                        .first()
-                        .cloned()
-                        .unwrap_or_default();
-                    (opts.observer)(&Event::Subscribed {
-                        source: &name,
-                        lines: source.lines,
-                    });
+            if let Some(n) = &kafka_names {
+                let Transport::Kafka(k) = &source.transport else {
+                    unreachable!()
+                };
+                if let Some(committer) = c.checkpoint.as_mut() {
+                    committer.kafka_topic = Some(k.topic.clone());
                 }
-                _ => (opts.observer)(&Event::Listening {
-                    addr,
+                (opts.observer)(&Event::Subscribed {
+                    source: &format!("kafka {} {}", k.brokers.join(","), k.topic),
                     lines: source.lines,
-                }),
+                });
+                c.namer = Namer::Kafka(n.clone());
+                names = Some(n.clone());
+                Some(c)
+            } else {
+                let src = Readers::start(&source, &cfg.source.columns, peers, stop.clone(), int_keys)?;
+                let addr = matches!(source.transport, Transport::Tcp { .. })
+                    .then_some(src.local_addr)
+                    .flatten();
+                match &source.transport {
+                    Transport::Mqtt(_) => {
+                        let name = src
+                            .names
+                            .lock()
+                            .expect("names")
+                            .first()
+                            .cloned()
+                            .unwrap_or_default();
+                        (opts.observer)(&Event::Subscribed {
+                            source: &name,
+                            lines: source.lines,
+                        });
+                    }
+                    _ => (opts.observer)(&Event::Listening {
+                        addr,
+                        lines: source.lines,
+                    }),
+                }
+                c.namer = Namer::Live(src.names.clone());
+                names = Some(src.names.clone());
+                readers[0] = Some(src);
+                Some(c)
             }
-            c.namer = Namer::Live(src.names.clone());
-            names = Some(src.names.clone());
-            readers = Some(src);
-            Some(c)
         }
         None => None,
     };
@@ -187,13 +248,20 @@ fn run_with(
             opts.observer.clone(),
         );
         Arc::new(move |worker, input, mut side, probe, collector| {
-            let Some(src) = (if worker.index() == 0 {
-                readers.lock().expect("readers").take()
-            } else {
-                None
-            }) else {
+            let local = worker.index() % readers.lock().expect("readers").len().max(1);
+            let Some(src) = readers
+                .lock()
+                .expect("readers")
+                .get_mut(local)
+                .and_then(Option::take)
+            else {
                 return Ok(Stats::default());
             };
+            // Worker 0 keeps the checkpoint clock; every feeding worker its own epochs (they
+            // stay within one of each other: each waits for the frontier to pass its epoch).
+            let marks = marks.clone().filter(|_| worker.index() == 0);
+            let mut offsets: std::collections::BTreeMap<i32, PartitionOffset> = Default::default();
+            let mut offsets_moved = false;
             let mut stats = Stats::default();
             let mut now_epoch = first_epoch;
             input.advance_to(now_epoch);
@@ -223,6 +291,10 @@ fn run_with(
                     Ok(mut lb) => {
                         for a in lb.acks.drain(..) {
                             acks.push_back((now_epoch, a));
+                        }
+                        for o in lb.offsets.drain(..) {
+                            offsets.insert(o.partition, o);
+                            offsets_moved = true;
                         }
                         for r in &lb.rejects {
                             stats.count_reject(r.reason);
@@ -266,6 +338,9 @@ fn run_with(
                 if stats != Stats::default() {
                     input.send((0, SourceMsg::Stats(std::mem::take(&mut stats))));
                 }
+                if std::mem::take(&mut offsets_moved) {
+                    input.send((0, SourceMsg::Offsets(offsets.values().copied().collect())));
+                }
                 if marks.as_ref().is_some_and(|m| m.due()) {
                     for dest in 0..worker.peers() {
                         input.send((dest as u64, SourceMsg::Mark(now_epoch + 1)));
@@ -298,6 +373,7 @@ fn run_with(
                     // A stop must not wait on a flood: past the drain timeout, what was read
                     // and not yet processed is dropped, and counted.
                     if since.elapsed() > drain_timeout {
+                        // (Kafka: their offsets are not passed on, so a resume reads them again.)
                         while let Ok(lb) = src.rx.try_recv() {
                             stats.rows_read += lb.rows;
                             stats.dropped_lines += lb.rows;
@@ -363,12 +439,22 @@ fn run_with(
         return Err(Error::Runtime(e));
     }
     let Some(c) = collected else { return Ok(None) };
+    let lag: i64 = c.offsets.iter().map(|o| (o.high - o.next).max(0)).sum();
+    let kafka = matches!(source.transport, Transport::Kafka(_));
     let source = match &source.transport {
         Transport::Stdin => "stdin".to_string(),
         Transport::Mqtt(m) => format!("mqtt {}", m.broker),
+        Transport::Kafka(k) => format!(
+            "kafka {} ({})",
+            k.topic,
+            count(names.map_or(0, |n| n.lock().expect("names").len()), "partition")
+        ),
         Transport::Tcp { .. } => count(names.map_or(0, |n| n.lock().expect("names").len()), "connection"),
     };
     let mut r = report(&cfg, opts, c, start, source, true);
     r.resumed = prepared.as_ref().and_then(Prepared::resumed);
+    if kafka {
+        r.lag = Some(lag);
+    }
     Ok(Some(r))
 }

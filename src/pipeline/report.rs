@@ -71,6 +71,9 @@ pub struct RunReport {
     /// A resumed run: the checkpoint it continued from, and the rows read before it (in
     /// `stats.rows_read`, but not read by this run).
     pub resumed: Option<(PathBuf, u64)>,
+    /// Kafka sources: records produced but not yet read at the end (over all partitions,
+    /// against the high watermarks last fetched).
+    pub lag: Option<i64>,
 }
 
 impl fmt::Display for RunReport {
@@ -115,6 +118,9 @@ impl fmt::Display for RunReport {
                 dir.display(),
                 group_digits(*rows as usize)
             )?;
+        }
+        if let Some(lag) = self.lag {
+            write!(f, "; consumer lag {} records", group_digits(lag as usize))?;
         }
         if s.refused_connections > 0 {
             write!(
