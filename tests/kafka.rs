@@ -77,8 +77,11 @@ impl Drop for Tansu {
     }
 }
 
-/// `tansu` on the PATH, or where `cargo install` puts it.
+/// `$TANSU` (set by scripts/test), else where `cargo install` puts it, else the PATH's.
 fn tansu() -> PathBuf {
+    if let Some(t) = std::env::var_os("TANSU") {
+        return PathBuf::from(t);
+    }
     let home = std::env::var("HOME").unwrap_or_default();
     let installed = Path::new(&home).join(".cargo/bin/tansu");
     if installed.exists() {
@@ -210,15 +213,17 @@ fn sigterm(mut child: Child, mut err: std::io::BufReader<std::process::ChildStde
 }
 
 /// Every record of every partition of `topic`: (partition, key, value), read until `n`
-/// have come (or 30 s).
-fn consume(addr: &str, topic: &str, n: usize) -> Vec<(i32, String, String)> {
+/// have come (or 30 s), then until none came for `settle`.
+fn consume(addr: &str, topic: &str, n: usize, settle: Duration) -> Vec<(i32, String, String)> {
     let k = Kafka::connect(&[addr.to_string()], "test-consumer").unwrap();
     let parts = k.partitions(topic).unwrap();
     let clients: Vec<_> = parts.iter().map(|&p| k.partition(topic, p).unwrap()).collect();
     let mut next = vec![0i64; parts.len()];
     let mut out = Vec::new();
     let t = Instant::now();
-    while out.len() < n && t.elapsed() < Duration::from_secs(30) {
+    let mut last_new = Instant::now();
+    while (out.len() < n || last_new.elapsed() < settle) && t.elapsed() < Duration::from_secs(30) {
+        let before = out.len();
         for (i, c) in clients.iter().enumerate() {
             let (recs, _) = k.block_on(c.fetch_records(next[i], 1..1 << 20, 50)).unwrap();
             let from = next[i];
@@ -228,6 +233,9 @@ fn consume(addr: &str, topic: &str, n: usize) -> Vec<(i32, String, String)> {
                 let value = String::from_utf8(r.record.value.unwrap_or_default()).unwrap();
                 out.push((parts[i], key, value));
             }
+        }
+        if out.len() > before {
+            last_new = Instant::now();
         }
     }
     out
@@ -493,7 +501,7 @@ fn predictions_produced_to_kafka_are_the_file_runs_keyed_by_sensor() {
         "{}",
         stderr(&o)
     );
-    let got = consume(&addr, "scores", want.len());
+    let got = consume(&addr, "scores", want.len(), Duration::ZERO);
     let mut values: Vec<String> = got.iter().map(|(_, _, v)| v.clone()).collect();
     values.sort();
     assert_eq!(values, want);
@@ -522,4 +530,145 @@ fn predictions_produced_to_kafka_are_the_file_runs_keyed_by_sensor() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn two_processes_share_the_partitions_and_a_lost_peer_resumes_on_one_process() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let (a, b) = (records(0, 20, 1), records(20, 40, 1));
+    let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let want = file_reference(d, &all);
+    // Five partitions over 2 processes x 2 workers: every worker reads one, worker 0 two;
+    // the second process (workers 2 and 3) holds sensors, so waiting for every prediction
+    // below waits for it.
+    assert!((0..8).any(|k| matches!(partition_for(format!("s{k}").as_bytes(), 5), 2 | 3)));
+    Kafka::connect(std::slice::from_ref(&addr), "test")
+        .unwrap()
+        .create_topic("readings", 5)
+        .unwrap();
+    kafka_pipeline(d, &addr, true);
+    std::fs::write(
+        d.join("hosts.txt"),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let cluster = ["-w", "2", "-n", "2", "-h", "hosts.txt", "-p"];
+    let mut second = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(d)
+        .args(["run", "kafka.toml"])
+        .args(cluster)
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (first, err) = start(d, &[&cluster[..], &["0"]].concat());
+    produce(&addr, "readings", &a, 1);
+    wait_lines(&d.join("out/pred.jsonl"), 8 * 20);
+    // Let a checkpoint cover what was read, then lose the second process.
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = second.kill();
+    let _ = second.wait();
+    let out = first.wait_with_output().unwrap();
+    let mut rest = String::new();
+    let mut err = err;
+    let _ = err.read_to_string(&mut rest);
+    assert_eq!(out.status.code(), Some(2), "{rest}");
+    // The checkpoint names where each partition goes on.
+    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(d)
+        .args(["checkpoint", "state"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains("kafka       topic readings, resumes at partition@offset"),
+        "{listing}"
+    );
+    // One process, three workers, from the checkpoint's offsets of all five partitions.
+    let (child, err) = start(d, &["--resume", "-w", "3"]);
+    produce(&addr, "readings", &b, 1);
+    wait_lines(&d.join("out/pred.jsonl"), want.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = sigterm(child, err);
+    assert!(summary.contains("kafka readings (5 partitions)"), "{summary}");
+    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+}
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn start_latest_skips_what_was_there_and_a_resume_goes_on_from_the_checkpoint() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let (old, a, b) = (records(0, 10, 1), records(10, 20, 1), records(20, 30, 1));
+    let ab: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let want = file_reference(d, &ab);
+    produce(&addr, "readings", &old, 1);
+    let p = kafka_pipeline(d, &addr, true);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"earliest\"", "\"latest\"");
+    std::fs::write(&p, text).unwrap();
+    let (child, err) = start(d, &[]);
+    produce(&addr, "readings", &a, 1);
+    wait_lines(&d.join("out/pred.jsonl"), 8 * 10);
+    sigterm(child, err);
+    // Produced while seqflow is down: `start = "latest"` does not skip them on a resume.
+    produce(&addr, "readings", &b, 1);
+    let (child, err) = start(d, &["--resume"]);
+    wait_lines(&d.join("out/pred.jsonl"), want.len());
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(child, err);
+    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+}
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn a_kafka_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let (a, b) = (records(0, 20, 1), records(20, 40, 1));
+    let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let want = file_reference(d, &all);
+    let k = Kafka::connect(std::slice::from_ref(&addr), "test").unwrap();
+    k.create_topic("readings", 3).unwrap();
+    k.create_topic("scores", 2).unwrap();
+    write_pipeline(
+        d,
+        "kafka.toml",
+        &format!(
+            "[source]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"readings\"\n\
+             key = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\nepoch_ms = 5\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"scores\"\n\
+             [checkpoint]\ndir = \"state\"\nevery_ms = 300\n"
+        ),
+    );
+    let (mut child, _err) = start(d, &["-w", "2"]);
+    produce(&addr, "readings", &a, 1);
+    let first = consume(&addr, "scores", 8 * 20, Duration::ZERO);
+    assert_eq!(first.len(), 8 * 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = child.kill();
+    let _ = child.wait();
+    produce(&addr, "readings", &b, 1);
+    let (child, err) = start(d, &["--resume"]);
+    let got = consume(&addr, "scores", want.len(), Duration::from_secs(1));
+    sigterm(child, err);
+    // Every prediction is there, the same as the file run's; what came after the last
+    // checkpoint before the kill may be there twice, never differently.
+    let distinct: std::collections::BTreeSet<String> = got.iter().map(|(_, _, v)| v.clone()).collect();
+    assert_eq!(distinct.into_iter().collect::<Vec<_>>(), want);
+    assert!(got.len() >= want.len());
 }

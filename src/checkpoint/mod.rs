@@ -507,6 +507,23 @@ impl std::fmt::Display for Listing {
                     group_digits(m.stats.rows_read as usize)
                 )?;
             }
+            if let Some(k) = &m.kafka {
+                let at: Vec<String> = k
+                    .partitions
+                    .iter()
+                    .map(|p| format!("{}@{}", p.partition, p.next))
+                    .collect();
+                writeln!(
+                    f,
+                    "  kafka       topic {}, resumes at partition@offset {}",
+                    k.topic,
+                    if at.is_empty() {
+                        "(none read yet)".into()
+                    } else {
+                        at.join(" ")
+                    }
+                )?;
+            }
             let keys: u64 = m.parts.iter().map(|p| p.keys).sum();
             let bytes: u64 = m.parts.iter().map(|p| p.bytes).sum();
             writeln!(

@@ -46,8 +46,12 @@ pub enum Start {
 
 /// Bytes asked for per fetch and partition (a record larger than this is still returned whole).
 const FETCH_BYTES: i32 = 1 << 20;
-/// How long the broker may hold a fetch open waiting for records.
-const FETCH_WAIT_MS: i32 = 200;
+/// How long the broker may hold a fetch open waiting for records, when the partition's last
+/// fetch brought none (a long poll: Kafka answers as soon as a record comes).
+const FETCH_WAIT_IDLE_MS: i32 = 100;
+/// ... and when it brought records: some brokers (tansu 0.6) hold every fetch for its whole
+/// wait even with records at hand, which capped a backlog's reading at a fetch per wait.
+const FETCH_WAIT_BUSY_MS: i32 = 1;
 /// How often the reader looks at the stop flag while fetches are out.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -65,6 +69,8 @@ struct Reading {
     client: Arc<PartitionClient>,
     next: i64,
     high: i64,
+    /// The last fetch brought records.
+    busy: bool,
 }
 
 /// A fetch's partition (index) and its records and high watermark, or why not.
@@ -117,6 +123,7 @@ pub(crate) fn read(
                         client: c,
                         next,
                         high: next,
+                        busy: true,
                     })
                 }
                 Err(e) => Err(e),
@@ -146,8 +153,13 @@ pub(crate) fn read(
     // rskafka may wait without end for a broker that went away: a fetch gets a deadline.
     let fetch = |i: usize, r: &Reading| {
         let (c, at) = (r.client.clone(), r.next);
+        let wait = if r.busy {
+            FETCH_WAIT_BUSY_MS
+        } else {
+            FETCH_WAIT_IDLE_MS
+        };
         async move {
-            let f = c.fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS);
+            let f = c.fetch_records(at, 1..FETCH_BYTES, wait);
             match tokio::time::timeout(FETCH_DEADLINE, f).await {
                 Ok(r) => (i, r.map_err(FetchError::Broker)),
                 Err(_) => (i, Err(FetchError::NoAnswer)),
@@ -180,11 +192,14 @@ pub(crate) fn read(
                 payload.clear();
                 line_offsets.clear();
                 let mut last = None;
+                let mut want = r.next;
                 for rec in &records {
-                    // A batch may start before the offset asked for.
-                    if rec.offset < r.next {
+                    // A batch may start before the offset asked for; a broker may also send
+                    // a record twice in one answer (tansu 0.6 does): each offset once, in order.
+                    if rec.offset < want {
                         continue;
                     }
+                    want = rec.offset + 1;
                     last = Some(rec.offset);
                     let Some(v) = rec.record.value.as_deref() else {
                         continue;
@@ -218,6 +233,7 @@ pub(crate) fn read(
                         j.row = offset_of(j.row);
                     }
                 }
+                r.busy = last.is_some();
                 let moved = last.is_some_and(|l| l + 1 > r.next) || high != r.high;
                 if let Some(l) = last {
                     r.next = r.next.max(l + 1);
