@@ -128,6 +128,11 @@ enum Command {
     Inspect {
         /// The model TOML (its weights file is read too).
         model: PathBuf,
+        /// Also run one input sequence through it and print every recurrent cell's gates,
+        /// cell state and output at each step: steps separated by spaces, features by commas
+        /// (`--trace "1 0 0 0"`).
+        #[arg(long, value_name = "STEPS")]
+        trace: Option<String>,
     },
 }
 
@@ -156,10 +161,14 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Checkpoint { dir } => {
             out!("{}", seqflow::checkpoint::Listing::read(&dir)?);
         }
-        Command::Inspect { model } => {
+        Command::Inspect { model, trace } => {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
             out!("{}", Summary(&m));
+            if let Some(steps) = trace {
+                let steps = seqflow::train::trace::parse_steps(&steps, m.input_size())?;
+                out!("\n{}", seqflow::train::trace::trace(&model, &steps)?);
+            }
         }
         Command::Train {
             config,

@@ -672,3 +672,31 @@ fn a_kafka_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
     assert_eq!(distinct.into_iter().collect::<Vec<_>>(), want);
     assert!(got.len() >= want.len());
 }
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn a_broker_stopped_for_seconds_is_waited_for_and_nothing_it_kept_is_lost() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let (a, b) = (records(0, 15, 1), records(15, 30, 1));
+    let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let want = file_reference(d, &all);
+    produce(&addr, "readings", &a, 1);
+    kafka_pipeline(d, &addr, true);
+    let (child, err) = start(d, &[]);
+    wait_lines(&d.join("out/pred.jsonl"), 8 * 15);
+    // The broker process stopped (SIGSTOP) for 8 s: connections stay open, nothing answers.
+    let pid = broker.child.id().to_string();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    produce(&addr, "readings", &b, 1);
+    wait_lines(&d.join("out/pred.jsonl"), want.len());
+    let rest = sigterm(child, err);
+    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+    assert!(rest.contains("no answer within"), "no word of the outage: {rest}");
+    assert!(rest.contains("again after"), "no word of the recovery: {rest}");
+}

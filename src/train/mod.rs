@@ -16,5 +16,6 @@ pub mod params;
 pub mod plot;
 pub mod recurrent;
 pub mod seq;
+pub mod trace;
 pub mod trainer;
 pub mod window;

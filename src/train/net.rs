@@ -80,6 +80,16 @@ pub struct GradProbe {
     pub layers: Vec<(usize, HiddenGrads)>,
 }
 
+impl Tape {
+    /// Layer `i`'s recurrent tape, if it is a recurrent stack.
+    pub fn recurrent(&self, i: usize) -> Option<&RecTape> {
+        match self.aux.get(i) {
+            Some(Aux::Rec(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 impl Net {
     /// Builds the trainable form of `model`, taking its parameter values from `store` (the
     /// tensors `model` was loaded from) as f64.

@@ -89,6 +89,30 @@ pub struct HiddenGrads {
     pub norms: Vec<Vec<f64>>,
 }
 
+impl CellTape {
+    /// `T*B x G*H`: the activated gates of each step (LSTM i, f, g, o; GRU r, z, n; RNN h).
+    pub fn gates(&self) -> &[f64] {
+        &self.gates
+    }
+
+    /// LSTM: `T*B x H`, the cell state after each step (empty otherwise).
+    pub fn cell(&self) -> &[f64] {
+        &self.c
+    }
+
+    /// `T*B x hout`: the output each step started from.
+    pub fn hprev(&self) -> &[f64] {
+        &self.hprev
+    }
+}
+
+impl RecTape {
+    /// Each cell's tape, `cells[layer * dirs + dir]`.
+    pub fn cells(&self) -> &[CellTape] {
+        &self.cells
+    }
+}
+
 impl RecSpec {
     /// Output width: `hout` per direction, directions side by side.
     pub fn out_width(&self) -> usize {
