@@ -94,13 +94,19 @@ impl Kafka {
 
     /// The partitions of `topic`, in order; an error when the topic does not exist.
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, String> {
+        self.find_topic(topic)?
+            .ok_or_else(|| format!("topic `{topic}` does not exist on {}", self.brokers))
+    }
+
+    /// The partitions of `topic`, or `None` when the cluster has no such topic.
+    fn find_topic(&self, topic: &str) -> Result<Option<Vec<i32>>, String> {
         let topics = self
             .request(self.client.list_topics())
             .map_err(|e| format!("cannot list the topics of {}: {e}", self.brokers))?;
-        match topics.into_iter().find(|t| t.name == topic) {
-            Some(t) if !t.partitions.is_empty() => Ok(t.partitions.into_iter().collect()),
-            _ => Err(format!("topic `{topic}` does not exist on {}", self.brokers)),
-        }
+        Ok(topics
+            .into_iter()
+            .find(|t| t.name == topic && !t.partitions.is_empty())
+            .map(|t| t.partitions.into_iter().collect()))
     }
 
     /// Creates `topic` with `partitions` partitions (replication factor 1).
@@ -206,9 +212,12 @@ impl Producer {
         create: Option<i32>,
     ) -> Result<Producer, String> {
         let kafka = Kafka::connect(brokers, client_id)?;
-        let parts = match (kafka.partitions(topic), create) {
-            (Ok(p), _) => p,
-            (Err(_), Some(n)) => {
+        if topic.is_empty() {
+            return Err("no topic given".into());
+        }
+        let parts = match (kafka.find_topic(topic)?, create) {
+            (Some(p), _) => p,
+            (None, Some(n)) => {
                 kafka.create_topic(topic, n)?;
                 // The new topic's metadata may take a moment to reach every broker.
                 let until = std::time::Instant::now() + CONNECT_TIMEOUT;
@@ -220,7 +229,7 @@ impl Producer {
                     }
                 }
             }
-            (Err(e), None) => return Err(e),
+            (None, None) => return Err(format!("topic `{topic}` does not exist on {}", kafka.brokers)),
         };
         let clients = parts
             .iter()
@@ -263,37 +272,44 @@ impl Producer {
     pub fn flush(&mut self) -> Result<(), String> {
         let batch = self.batch.max(1);
         let (clients, pending) = (&self.clients, &mut self.pending);
-        let sent = self.kafka.block_on(async {
-            let jobs = clients
-                .iter()
-                .zip(pending.iter_mut())
-                .map(|(c, recs)| async move {
-                    let mut done = 0usize;
-                    while done < recs.len() {
-                        let end = (done + batch).min(recs.len());
-                        c.produce(recs[done..end].to_vec(), Compression::NoCompression)
-                            .await?;
-                        done = end;
+        // Each partition sends its records in order, one request at a time, and says how
+        // many were acknowledged before any failure: those are done, the rest stay.
+        let sent: Vec<(usize, Option<String>)> = self.kafka.block_on(async {
+            let jobs = clients.iter().zip(pending.iter()).map(|(c, recs)| async move {
+                let mut done = 0usize;
+                while done < recs.len() {
+                    let end = (done + batch).min(recs.len());
+                    let req = c.produce(recs[done..end].to_vec(), Compression::NoCompression);
+                    match tokio::time::timeout(REQUEST_TIMEOUT, req).await {
+                        Ok(Ok(_)) => done = end,
+                        Ok(Err(e)) => return (done, Some(short(&e))),
+                        Err(_) => {
+                            return (
+                                done,
+                                Some(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+                            )
+                        }
                     }
-                    recs.clear();
-                    Ok::<usize, rskafka::client::error::Error>(done)
-                });
-            tokio::time::timeout(REQUEST_TIMEOUT, futures::future::join_all(jobs)).await
+                }
+                (done, None)
+            });
+            futures::future::join_all(jobs).await
         });
-        let err = |why: String| {
-            format!(
-                "cannot produce to `{}` on {}: {why}",
-                self.topic, self.kafka.brokers
-            )
-        };
-        let sent = sent.map_err(|_| err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))?;
-        for r in sent {
-            match r {
-                Ok(n) => self.acked += n as u64,
-                Err(e) => return Err(err(short(&e))),
+        let mut failure = None;
+        for (recs, (done, err)) in pending.iter_mut().zip(sent) {
+            recs.drain(..done);
+            self.acked += done as u64;
+            if failure.is_none() {
+                failure = err;
             }
         }
-        Ok(())
+        match failure {
+            Some(why) => Err(format!(
+                "cannot produce to `{}` on {}: {why}",
+                self.topic, self.kafka.brokers
+            )),
+            None => Ok(()),
+        }
     }
 }
 

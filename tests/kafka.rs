@@ -700,3 +700,81 @@ fn a_broker_stopped_for_seconds_is_waited_for_and_nothing_it_kept_is_lost() {
     assert!(rest.contains("no answer within"), "no word of the outage: {rest}");
     assert!(rest.contains("again after"), "no word of the recovery: {rest}");
 }
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn a_partition_idle_before_a_crash_is_resumed_from_where_it_stood() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    Kafka::connect(std::slice::from_ref(&addr), "test")
+        .unwrap()
+        .create_topic("readings", 3)
+        .unwrap();
+    // Old records wait in partitions 1 and 2 (`start = "latest"` skips them). While the
+    // first run is up, records reach partition 0 only: 1 and 2 stay idle. While it is down,
+    // records come to all of them. A resume must read 1 and 2 from where they stood when
+    // the first run started: from their start it would apply the old records, from their
+    // end it would skip the new ones.
+    let in_p0 = |k: &String| partition_for(k.as_bytes(), 3) == 0;
+    let old: Vec<_> = records(0, 10, 1).into_iter().filter(|(k, _)| !in_p0(k)).collect();
+    let all = records(10, 30, 1);
+    let a: Vec<_> = all.iter().filter(|(k, _)| in_p0(k)).cloned().collect();
+    let rest: Vec<_> = all.iter().filter(|(k, _)| !in_p0(k)).cloned().collect();
+    assert!(!a.is_empty() && !rest.is_empty());
+    let want = file_reference(d, &all);
+    produce(&addr, "readings", &old, 1);
+    let p = kafka_pipeline(d, &addr, true);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"earliest\"", "\"latest\"");
+    std::fs::write(&p, text).unwrap();
+    let (mut child, _err) = start(d, &["-w", "2"]);
+    produce(&addr, "readings", &a, 1);
+    wait_lines(&d.join("out/pred.jsonl"), a.len());
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = child.kill();
+    let _ = child.wait();
+    produce(&addr, "readings", &rest, 1);
+    let (child, err) = start(d, &["--resume"]);
+    wait_lines(&d.join("out/pred.jsonl"), want.len());
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(child, err);
+    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+}
+
+#[test]
+#[ignore = "needs tansu: scripts/test installs and runs it"]
+fn csv_records_are_parsed_one_by_one_so_a_stray_quote_spoils_only_its_own() {
+    let broker = Tansu::start();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    // Sensor s0's readings as CSV, one per record; record 2 has an unclosed quote.
+    let line = |t: i64| format!("s0,{t},{},{}", ((t * 3) % 7) as f32 * 0.1, (t % 5) as f32 - 2.0);
+    let mut recs: Vec<(String, String)> = (0..6).map(|t| ("s0".to_string(), line(t))).collect();
+    recs[2].1 = "s0,\"2,0.5,1".into();
+    produce(&addr, "readings", &recs, 1);
+    write_pipeline(
+        d,
+        "kafka.toml",
+        &format!(
+            "[source]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"readings\"\nlines = \"csv\"\n\
+             columns = [\"sensor\", \"ts\", \"a\", \"b\"]\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
+             epoch_ms = 5\nrejects = \"out/rejects.jsonl\"\n\
+             [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"out/pred.jsonl\"\n"
+        ),
+    );
+    let (child, err) = start(d, &[]);
+    wait_lines(&d.join("out/pred.jsonl"), 5);
+    wait_lines(&d.join("out/rejects.jsonl"), 1);
+    let summary = sigterm(child, err);
+    assert!(summary.contains("malformed 1"), "{summary}");
+    let rejects = std::fs::read_to_string(d.join("out/rejects.jsonl")).unwrap();
+    assert!(rejects.contains("\"offset 2\""), "{rejects}");
+    let times: Vec<String> = sorted_lines(&d.join("out/pred.jsonl"));
+    assert_eq!(times.len(), 5, "{times:?}");
+}

@@ -114,7 +114,14 @@ pub(crate) fn read(
             let begin = match kafka.partition(topic, p) {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    let at = match (from.get(&p), src.start) {
+                    // A resumed run reads a partition its checkpoint does not name (the
+                    // topic grew since) from its start: nothing in it was read before.
+                    let start = if from.is_empty() {
+                        src.start
+                    } else {
+                        Start::Earliest
+                    };
+                    let at = match (from.get(&p), start) {
                         (Some(&o), _) => Ok(o),
                         (None, Start::Earliest) => kafka.request(c.get_offset(OffsetAt::Earliest)),
                         (None, Start::Latest) => kafka.request(c.get_offset(OffsetAt::Latest)),
@@ -166,6 +173,21 @@ pub(crate) fn read(
             }
         }
     };
+    // Where every partition starts, idle ones too: a checkpoint names each partition read.
+    let mut first = Routed::new(0, 0);
+    first.offsets = partitions
+        .iter()
+        .zip(&reading)
+        .map(|(&p, r)| PartitionOffset {
+            partition: p,
+            next: r.next,
+            high: r.high,
+        })
+        .collect();
+    if tx.send(first).is_err() {
+        return;
+    }
+    let csv = parser.is_csv();
     let mut inflight: FuturesUnordered<_> = reading.iter().enumerate().map(|(i, r)| fetch(i, r)).collect();
     let mut payload = Vec::new();
     let mut line_offsets: Vec<i64> = Vec::new();
@@ -188,9 +210,11 @@ pub(crate) fn read(
                         since.elapsed().as_secs_f64()
                     ));
                 }
-                // One parse per fetch: the values' lines, each remembered with its record.
+                // JSON lines: one parse per fetch, each line remembered with its record. CSV:
+                // one parse per record, so that a stray quote cannot run into the next ones.
                 payload.clear();
                 line_offsets.clear();
+                let mut out = Vec::new();
                 let mut last = None;
                 let mut want = r.next;
                 for rec in &records {
@@ -201,37 +225,50 @@ pub(crate) fn read(
                     }
                     want = rec.offset + 1;
                     last = Some(rec.offset);
-                    let Some(v) = rec.record.value.as_deref() else {
+                    let Some(v) = rec.record.value.as_deref().filter(|v| !v.is_empty()) else {
                         continue;
                     };
+                    if csv {
+                        for mut o in parser.parse(v, p as u32) {
+                            for b in &mut o.batches {
+                                b.rows.iter_mut().for_each(|row| *row = rec.offset as u64);
+                            }
+                            o.rejects.iter_mut().for_each(|j| j.row = rec.offset as u64);
+                            out.push(o);
+                        }
+                        continue;
+                    }
                     payload.extend_from_slice(v);
-                    if v.last().is_some_and(|&b| b != b'\n') {
+                    let lines = v.iter().filter(|&&b| b == b'\n').count() + usize::from(!v.ends_with(b"\n"));
+                    if !v.ends_with(b"\n") {
                         payload.push(b'\n');
                     }
-                    let lines = v.iter().filter(|&&b| b == b'\n').count().max(1);
                     line_offsets.extend(std::iter::repeat_n(rec.offset, lines));
                 }
-                let mut out = if payload.is_empty() {
-                    Vec::new()
-                } else {
-                    parser.parse(&payload, p as u32)
-                };
-                // Rows are the records' offsets (a reject names its partition and offset).
-                let offset_of = |line: u64| {
-                    line_offsets
-                        .get((line as usize).saturating_sub(1))
-                        .copied()
-                        .unwrap_or(r.next) as u64
-                };
-                for o in &mut out {
-                    for b in &mut o.batches {
-                        for row in &mut b.rows {
-                            *row = offset_of(*row);
+                if !payload.is_empty() {
+                    out = parser.parse(&payload, p as u32);
+                    // Rows are the records' offsets (a reject names its partition and offset).
+                    let offset_of = |line: u64| {
+                        line_offsets
+                            .get((line as usize).saturating_sub(1))
+                            .copied()
+                            .unwrap_or(r.next) as u64
+                    };
+                    for o in &mut out {
+                        for b in &mut o.batches {
+                            for row in &mut b.rows {
+                                *row = offset_of(*row);
+                            }
+                        }
+                        for j in &mut o.rejects {
+                            j.row = offset_of(j.row);
                         }
                     }
-                    for j in &mut o.rejects {
-                        j.row = offset_of(j.row);
-                    }
+                }
+                // Nothing readable below the high watermark (a transaction's marker, which
+                // rskafka does not hand out): the broker answers at once, so wait a little.
+                if last.is_none() && high > r.next {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 r.busy = last.is_some();
                 let moved = last.is_some_and(|l| l + 1 > r.next) || high != r.high;
@@ -264,18 +301,34 @@ pub(crate) fn read(
                 let earliest = kafka.request(r.client.get_offset(OffsetAt::Earliest));
                 let latest = kafka.request(r.client.get_offset(OffsetAt::Latest));
                 if let (Ok(e), Ok(l)) = (earliest, latest) {
-                    if r.next < e {
+                    let moved_to = if r.next < e {
                         warn(format!(
                             "kafka {}: partition {p} of `{topic}` no longer holds offsets {}..{} (retention); going on from {e}",
                             kafka.brokers, r.next, e
                         ));
-                        r.next = e;
+                        Some(e)
                     } else if r.next > l {
                         warn(format!(
                             "kafka {}: partition {p} of `{topic}` ends at {l}, before the offset to read ({}); going on from {l}",
                             kafka.brokers, r.next
                         ));
-                        r.next = l;
+                        Some(l)
+                    } else {
+                        None
+                    };
+                    // The new position goes into the next checkpoint like any other.
+                    if let Some(at) = moved_to {
+                        r.next = at;
+                        r.high = at.max(l);
+                        let mut o = Routed::new(0, p as u32);
+                        o.offsets.push(PartitionOffset {
+                            partition: p,
+                            next: r.next,
+                            high: r.high,
+                        });
+                        if tx.send(o).is_err() {
+                            return;
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));

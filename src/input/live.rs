@@ -334,6 +334,11 @@ impl MessageParser {
         }
     }
 
+    /// Whether lines are CSV (whose quotes may span lines).
+    pub(crate) fn is_csv(&self) -> bool {
+        self.shared.lines == LineFormat::Csv
+    }
+
     /// The routed steps and rejects of one message (its last line needs no newline);
     /// `source` numbers where it came from, rows are its lines from 1.
     pub(crate) fn parse(&mut self, bytes: &[u8], source: u32) -> Vec<Routed> {

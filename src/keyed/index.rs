@@ -71,6 +71,10 @@ pub enum Lookup {
     New(u32),
     /// A new key, refused: the index already holds its limit.
     Full,
+    /// A key of the other kind (an integer among strings, or the reverse): refused. Only
+    /// a run whose processes each decided the key kind from their own first line can
+    /// send one (a Kafka topic with both kinds).
+    WrongKind,
 }
 
 impl KeyIndex {
@@ -183,7 +187,7 @@ impl KeyIndex {
                 });
                 Lookup::New(x)
             }
-            _ => panic!("key kind mismatch"),
+            _ => Lookup::WrongKind,
         }
     }
 
@@ -299,6 +303,8 @@ mod tests {
         let mut ints = KeyIndex::new(Some(true));
         assert_eq!(ints.index(KeyRef::Int(-3), usize::MAX), Lookup::New(0));
         assert_eq!(ints.index(KeyRef::Int(-3), usize::MAX), Lookup::Held(0));
+        // The other kind is refused, never a panic.
+        assert_eq!(ints.index(KeyRef::Str("a7"), usize::MAX), Lookup::WrongKind);
         assert_eq!(ints.get(0), KeyRef::Int(-3));
     }
 
@@ -336,6 +342,7 @@ mod tests {
                         model.insert(id, i);
                     }
                     Lookup::Full => assert!(!model.contains_key(&id) && model.len() == limit),
+                    Lookup::WrongKind => panic!("one kind of key only"),
                 }
                 assert_eq!(ix.len(), model.len());
                 max_slots = max_slots.max(ix.slots());

@@ -22,7 +22,7 @@ use order::{Accepted, Sequencer};
 
 use crate::checkpoint::part::StateRows;
 use crate::model::{Model, Packed, Workspace};
-use crate::record::{Reject, RejectReason, SinkMsg, Stats, StepBatch};
+use crate::record::{KeyRef, Reject, RejectReason, SinkMsg, Stats, StepBatch};
 use crate::vocab::{Emit, NanPolicy};
 
 /// The keyed state of one worker.
@@ -202,6 +202,23 @@ impl KeyedProcessor {
                                  max_keys, or set state_ttl_ms so that idle keys are forgotten",
                                 self.max_keys
                             ),
+                        });
+                        continue;
+                    }
+                    Lookup::WrongKind => {
+                        self.stats.count_reject(RejectReason::Malformed);
+                        let (this, held) = match b.keys.get(r) {
+                            KeyRef::Int(_) => ("an integer", "strings"),
+                            KeyRef::Str(_) => ("a string", "integers"),
+                        };
+                        refused.push(Reject {
+                            reason: RejectReason::Malformed,
+                            source: b.source,
+                            row: b.rows[r],
+                            key: Some(b.keys.get(r).to_owned()),
+                            time: Some(b.times[r]),
+                            last_time: None,
+                            detail: format!("key is {this} but this worker's keys are {held}; a stream's keys are all one type"),
                         });
                         continue;
                     }

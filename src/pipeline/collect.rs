@@ -305,12 +305,11 @@ impl Collect<ToSink> for Collector {
                 }
             }
             SinkMsg::Stats(s) => self.stats.add(&s),
+            // Each partition has one reader, and its messages come in epoch order: the
+            // newest is where it stands (it may go back, after the broker's log did).
             SinkMsg::Offsets(os) => {
                 for o in os {
-                    let e = self.offsets.entry(o.partition).or_insert(o);
-                    if o.next >= e.next {
-                        *e = o;
-                    }
+                    self.offsets.insert(o.partition, o);
                 }
             }
             SinkMsg::Failed(m) => self.failed.push(m),

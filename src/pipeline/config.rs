@@ -259,10 +259,13 @@ impl PipelineConfig {
                     ("broker", s.broker.is_some()),
                     ("topics", s.topics.is_some()),
                     ("client_id", s.client_id.is_some()),
+                    ("brokers", s.brokers.is_some()),
+                    ("topic", s.topic.is_some()),
+                    ("start", s.start.is_some()),
                 ] {
                     if set {
                         return Err(err(format!(
-                            "[source] `{name}` applies to live sources (tcp, stdin) only"
+                            "[source] `{name}` applies to live sources (tcp, stdin, mqtt, kafka) only"
                         )));
                     }
                 }

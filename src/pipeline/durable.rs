@@ -314,6 +314,10 @@ impl Prepared {
         }
         if let Some(m) = &self.resume {
             c.stats = m.stats.clone();
+            // A partition this run does not read from (idle) keeps its checkpointed offset.
+            if let Some(k) = &m.kafka {
+                c.offsets = k.partitions.iter().map(|o| (o.partition, *o)).collect();
+            }
             // A gauge, not a counter: this run's workers report their own.
             c.stats.state_bytes = 0;
             if c.views.is_some() {
