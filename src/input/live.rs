@@ -193,9 +193,33 @@ impl Readers {
             path: PathBuf::from(format!("kafka {}", src.brokers.join(","))),
             source: std::io::Error::other(e),
         };
-        let partitions = crate::kafka::Kafka::connect(&src.brokers, &src.client_id)
-            .and_then(|k| k.partitions(&src.topic))
-            .map_err(io)?;
+        let discovery = crate::kafka::Kafka::connect(&src.brokers, &src.client_id).map_err(io)?;
+        let partitions = discovery.partitions(&src.topic).map_err(io)?;
+        // Where each of this process's partitions begins is settled before the run says it
+        // is subscribed: a record produced after that line is never skipped by "latest".
+        // A resumed run reads partitions its checkpoint does not name from their start.
+        let mut from = from.clone();
+        let start = if from.is_empty() {
+            src.start
+        } else {
+            super::kafka::Start::Earliest
+        };
+        for w in first..first + workers {
+            for p in super::kafka::assigned(&partitions, w, peers) {
+                if from.contains_key(&p) {
+                    continue;
+                }
+                let at = match start {
+                    super::kafka::Start::Earliest => rskafka::client::partition::OffsetAt::Earliest,
+                    super::kafka::Start::Latest => rskafka::client::partition::OffsetAt::Latest,
+                };
+                let offset = discovery
+                    .partition(&src.topic, p)
+                    .and_then(|c| discovery.request(c.get_offset(at)))
+                    .map_err(|e| io(format!("partition {p} of `{}`: {e}", src.topic)))?;
+                from.insert(p, offset);
+            }
+        }
         let top = partitions.iter().copied().max().unwrap_or(0).max(0) as usize;
         let names: Vec<String> = (0..=top).map(|p| format!("kafka {}/{p}", src.topic)).collect();
         // Every reader of the process parses with the same settings and key kind.
