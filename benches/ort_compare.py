@@ -16,10 +16,11 @@ measured in the same run (`cargo run --release --example faer_peak`). It also ch
 seqflow's outputs equal onnxruntime's (max |diff|).
 
   python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime onnx numpy pyarrow safetensors
-  cargo build --release --bin seqflow --example faer_peak
+  cargo build --release --bin seqflow --example faer_peak --example fma_peak
   /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000 --reps 3 --models lstm128,cnn_lstm128]
 """
 import argparse
+import resource
 import os
 import re
 import subprocess
@@ -144,7 +145,7 @@ def ort_whole(spec, w, x, batch=256):
     keys, steps, _ = x.shape
     s = session(onnx_model(cell, hidden, conv, w, steps))
     out = np.empty((keys, steps, hidden), np.float32)
-    t = time.perf_counter()
+    t = clock()
     for b in range(0, keys, batch):
         xb = np.ascontiguousarray(x[b:b + batch].transpose(1, 0, 2))
         n = xb.shape[1]
@@ -153,7 +154,7 @@ def ort_whole(spec, w, x, batch=256):
             feed["c0"] = np.zeros((1, n, hidden), np.float32)
         y = s.run(["Y"], feed)[0]  # [T, 1, n, H]
         out[b:b + batch] = y[:, 0].transpose(1, 0, 2)
-    return time.perf_counter() - t, out
+    return since(t), out
 
 
 class Stepper:
@@ -187,10 +188,10 @@ def ort_steps(spec, w, x):
     keys, steps, _ = x.shape
     st = Stepper(spec, w, keys)
     xt = np.ascontiguousarray(x.transpose(1, 0, 2))
-    t = time.perf_counter()
+    t = clock()
     for k in range(steps):
         st.step(xt[k])
-    return time.perf_counter() - t
+    return since(t)
 
 
 def ort_job(spec, w, data, out, keys, steps):
@@ -198,7 +199,7 @@ def ort_job(spec, w, data, out, keys, steps):
     with state fed back, pyarrow writes the predictions (snappy, as seqflow's default)."""
     hidden = spec[1]
     fresh(out)
-    t = time.perf_counter()
+    t = clock()
     tab = pq.read_table(data).sort_by([("t", "ascending"), ("key", "ascending")])
     x = np.stack([tab[f"f{j}"].to_numpy() for j in range(INPUT)], axis=1).reshape(steps, keys, INPUT)
     st = Stepper(spec, w, keys)
@@ -210,7 +211,7 @@ def ort_job(spec, w, data, out, keys, steps):
     for j in range(hidden):
         cols[f"y{j}"] = flat[:, j]
     pq.write_table(pa.table(cols), out, compression="snappy")
-    return time.perf_counter() - t
+    return since(t)
 
 
 def fresh(path):
@@ -222,13 +223,40 @@ def fresh(path):
         os.sync()
 
 
-def seqflow(pipe, workers, out):
+def seqflow(pipe, workers, out, binary=None):
     """Wall clock of the whole `seqflow run` process."""
     fresh(out)
-    t = time.perf_counter()
-    subprocess.run([os.path.join(ROOT, "target/release/seqflow"), "run", pipe, "-w", str(workers)],
+    t = clock()
+    subprocess.run([binary or os.path.join(ROOT, "target/release/seqflow"), "run", pipe, "-w", str(workers)],
                    capture_output=True, text=True, check=True)
-    return time.perf_counter() - t
+    return since(t)
+
+
+class Timing(float):
+    """Wall-clock seconds; `.cpu` holds the CPU seconds spent meanwhile (this process and the
+    children it waited for): the machines are shared, and CPU time tells the truth when the
+    wall clock is noisy."""
+
+
+def clock():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time() + r.ru_utime + r.ru_stime
+
+
+def since(t0):
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s = Timing(time.perf_counter() - t0[0])
+    s.cpu = time.process_time() + r.ru_utime + r.ru_stime - t0[1]
+    return s
+
+
+def fma_peak():
+    """The machine's single-core FMA peak, f32 and bf16 (examples/fma_peak.rs)."""
+    r = subprocess.run([os.path.join(ROOT, "target/release/examples/fma_peak")],
+                       capture_output=True, text=True, check=True)
+    f32 = re.search(r"fma_peak_f32_gflops ([0-9.]+)", r.stdout)
+    bf16 = re.search(r"fma_peak_bf16_gflops ([0-9.]+)", r.stdout)
+    return float(f32.group(1)) if f32 else None, float(bf16.group(1)) if bf16 else None
 
 
 def faer_peak():
@@ -243,6 +271,7 @@ def main():
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--baseline", help="another seqflow binary, timed side by side (before/after a change)")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.keys, a.steps, INPUT)).astype(np.float32)
@@ -257,10 +286,12 @@ def main():
     pq.write_table(pa.table(cols), data, row_group_size=1 << 20)
     n = a.keys * a.steps
     peaks = [faer_peak()]
+    fma32, fma16 = fma_peak()
     print(f"{a.keys} keys x {a.steps} steps = {n:,} key-steps, input {INPUT}; onnxruntime {ort.__version__}, "
-          f"1 thread; best of {a.reps}; faer single-thread GEMM peak {peaks[0]:.1f} GFLOP/s (this run)\n")
-    print("| model | mode | seconds | key-steps/s | GFLOP/s | vs ORT best | of faer peak |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          f"1 thread; best of {a.reps}; this run: faer single-thread GEMM peak {peaks[0]:.1f} GFLOP/s, "
+          f"single-core FMA peak f32 {fma32} GFLOP/s, bf16 {fma16} GFLOP/s\n")
+    print("| model | mode | seconds | CPU s | key-steps/s | GFLOP/s | vs ORT best | of faer peak | of FMA peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     summary = []
     for name in a.models.split(","):
         spec = MODELS[name]
@@ -285,16 +316,23 @@ def main():
         sf = {wk: min(seqflow(pipe, wk, out) for _ in range(a.reps)) for wk in (1, 2)}
         for wk in (1, 2):
             rows.append((f"seqflow run -w {wk} (Parquet in/out, whole job)", sf[wk]))
+        if a.baseline:
+            for wk in (1, 2):
+                base = min(seqflow(pipe, wk, out, a.baseline) for _ in range(a.reps))
+                rows.append((f"baseline seqflow run -w {wk} ({os.path.basename(a.baseline)})", base))
         best = min(s for label, s in rows if label.startswith("onnxruntime"))
         rows.insert(2, ("onnxruntime step by step + pyarrow Parquet in/out (whole job)", job))
         peaks.append(faer_peak())
         peak = max(peaks)
         for label, s in rows:
             gf = n * flop / s / 1e9
-            print(f"| {name} | {label} | {s:.3f} | {n / s / 1e6:.3f} M | {gf:.1f} | {best / s:.2f}x | {gf / peak:.0%} |")
+            cpu = getattr(s, "cpu", float("nan"))
+            of_fma = f"{gf / fma32:.0%}" if fma32 else "-"
+            print(f"| {name} | {label} | {s:.3f} | {cpu:.3f} | {n / s / 1e6:.3f} M | {gf:.1f} | {best / s:.2f}x "
+                  f"| {gf / peak:.0%} | {of_fma} |")
         got = pq.read_table(os.path.join(tmp, f"out_{name}.parquet")).to_pandas().sort_values(["key", "t"])
         y = got[[f"y{j}" for j in range(hidden)]].to_numpy().reshape(a.keys, a.steps, hidden)
-        print(f"|  | max abs diff seqflow vs onnxruntime | {np.abs(y - ref).max():.1e} | | | | |")
+        print(f"|  | max abs diff seqflow vs onnxruntime | {np.abs(y - ref).max():.1e} | | | | | | |")
         summary.append((name, best / sf[1], best / sf[2], sf[1] / sf[2]))
     print(f"\nfaer peak measured {len(peaks)} times in this run: " + ", ".join(f"{p:.1f}" for p in peaks) + " GFLOP/s")
     print("\n| model | seqflow -w 1 vs ORT best | seqflow -w 2 vs ORT best | -w 2 / -w 1 |")

@@ -81,8 +81,16 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reads criterion's estimates and prints key-steps/s and GFLOP/s per configuration.
+/// The machine's FMA peak, measured in the same run (shared with `cargo run --example
+/// fma_peak`, which `benches/ort_compare.py` runs).
+#[path = "../examples/fma_peak.rs"]
+#[allow(dead_code)]
+mod fma_peak;
+
+/// Reads criterion's estimates and prints key-steps/s and GFLOP/s per configuration, next to
+/// the machine's single-core f32 FMA peak measured now.
 fn report() {
+    let peak = fma_peak::f32_gflops(5);
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
@@ -92,10 +100,14 @@ fn report() {
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
+    match peak {
+        Some(p) => println!("\nsingle-core f32 FMA peak, measured now: {p:.1} GFLOP/s"),
+        None => println!("\nsingle-core f32 FMA peak: unknown on this CPU"),
+    }
     println!(
-        "\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s | faer GEMM alone | step / GEMM |"
+        "\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s | of FMA peak | faer GEMM alone | step / GEMM |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (cell, gates) in [("lstm", 4.0), ("gru", 3.0)] {
         for hidden in HIDDENS {
             for batch in BATCHES {
@@ -111,8 +123,9 @@ fn report() {
                     Some(f) => (format!("{f:.1}"), format!("{:.0}%", 100.0 * gflops / f)),
                     None => ("-".into(), "-".into()),
                 };
+                let of_peak = peak.map_or("-".into(), |p| format!("{:.0}%", 100.0 * gflops / p));
                 println!(
-                    "| {cell} | {hidden} | {batch} | {:.1} us | {:.3} M | {gflops:.1} | {faer_col} | {ratio_col} |",
+                    "| {cell} | {hidden} | {batch} | {:.1} us | {:.3} M | {gflops:.1} | {of_peak} | {faer_col} | {ratio_col} |",
                     ns / 1e3,
                     steps / 1e6,
                 );

@@ -592,3 +592,49 @@ fn offline_reference_is_batch_independent() {
         .collect();
     assert_eq!(rows, single.data, "bit-identical regardless of batch company");
 }
+
+#[test]
+fn parquet_predictions_have_statistics_only_when_asked_keys_and_times_always() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    std::fs::write(dir.path().join("a.csv"), "dev,t,x,y\n7,1,0.5,1\n7,2,0.25,2\n9,1,-1,0\n").unwrap();
+    for (name, extra, want) in [("off.toml", "", false), ("on.toml", "statistics = true\n", true)] {
+        let out = format!("out/{name}.parquet");
+        let p = write_pipeline(
+            dir.path(),
+            name,
+            &format!(
+                "[source]\nformat = \"csv\"\npath = \"a.csv\"\nkey = \"dev\"\ntime = \"t\"\nfeatures = [\"x\", \"y\"]\n\
+                 [model]\npath = \"{}\"\n[output]\nformat = \"parquet\"\npath = \"{out}\"\n{extra}",
+                mpath.display()
+            ),
+        );
+        run_report(&p, 1, Default::default());
+        let f = std::fs::File::open(dir.path().join(&out)).unwrap();
+        let meta = SerializedFileReader::new(f).unwrap().metadata().clone();
+        let rg = meta.row_group(0);
+        for (i, col) in rg.columns().iter().enumerate() {
+            let has = col.statistics().is_some_and(|s| s.min_bytes_opt().is_some());
+            let name = col.column_path().string();
+            if i < 2 {
+                assert!(has, "{name} (key/time) always has statistics");
+            } else {
+                assert_eq!(has, want, "{name}: statistics {want} expected");
+            }
+        }
+    }
+    // Asked of a text output: one message.
+    let p = write_pipeline(
+        dir.path(),
+        "csv.toml",
+        &format!(
+            "[source]\nformat = \"csv\"\npath = \"a.csv\"\nkey = \"dev\"\ntime = \"t\"\nfeatures = [\"x\", \"y\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"out/o.csv\"\nstatistics = true\n",
+            mpath.display()
+        ),
+    );
+    let o = seqflow(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`statistics` applies to format = \"parquet\" only"), "{}", stderr(&o));
+}

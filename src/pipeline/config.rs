@@ -102,6 +102,7 @@ struct RawOutput {
     hop: Option<usize>,
     row_group_rows: Option<usize>,
     compression: Option<Compression>,
+    statistics: Option<bool>,
 }
 
 /// The `format` of `[output]`: a file format or a broker.
@@ -559,6 +560,11 @@ impl PipelineConfig {
                 "[output] parquet cannot be written to stdout (path = \"-\"); use csv or jsonl".into(),
             ));
         }
+        if o.statistics.is_some() && out_format != FileFormat::Parquet {
+            return Err(err(
+                "[output] `statistics` applies to format = \"parquet\" only".into()
+            ));
+        }
         let names = o.names.unwrap_or_default();
         let output = OutputConfig {
             file: OutputFile {
@@ -567,6 +573,7 @@ impl PipelineConfig {
                 // Row groups are buffered in memory until full: 128k rows bounds that for wide outputs.
                 row_group_rows: o.row_group_rows.unwrap_or(1 << 17).max(1),
                 compression: o.compression.unwrap_or_default(),
+                statistics: o.statistics.unwrap_or(false),
             },
             names,
             emit,
