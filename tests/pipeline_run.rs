@@ -598,7 +598,11 @@ fn parquet_predictions_have_statistics_only_when_asked_keys_and_times_always() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let dir = tempfile::tempdir().unwrap();
     let (mpath, _) = save_model(dir.path(), &causal_model(2));
-    std::fs::write(dir.path().join("a.csv"), "dev,t,x,y\n7,1,0.5,1\n7,2,0.25,2\n9,1,-1,0\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.csv"),
+        "dev,t,x,y\n7,1,0.5,1\n7,2,0.25,2\n9,1,-1,0\n",
+    )
+    .unwrap();
     for (name, extra, want) in [("off.toml", "", false), ("on.toml", "statistics = true\n", true)] {
         let out = format!("out/{name}.parquet");
         let p = write_pipeline(
@@ -636,5 +640,9 @@ fn parquet_predictions_have_statistics_only_when_asked_keys_and_times_always() {
     );
     let o = seqflow(&["run", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("`statistics` applies to format = \"parquet\" only"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`statistics` applies to format = \"parquet\" only"),
+        "{}",
+        stderr(&o)
+    );
 }
