@@ -52,6 +52,30 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+    // The LSTM gate math alone (bias add, 3 sigmoids, 2 tanh, the cell update) over B rows
+    // of hidden 128: what a change to the formulas buys, without the GEMM around it.
+    let mut group = c.benchmark_group("lstm_gates");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(30);
+    for batch in [64, 1024] {
+        let hid = 128;
+        let mut rng = SplitMix::new(5);
+        let x: Vec<f32> = (0..batch * 4 * hid).map(|_| 2.0 * rng.normal()).collect();
+        let hp: Vec<f32> = (0..batch * 4 * hid).map(|_| 2.0 * rng.normal()).collect();
+        let bias: Vec<f32> = (0..4 * hid).map(|_| rng.normal()).collect();
+        let c0: Vec<f32> = (0..batch * hid).map(|_| rng.normal()).collect();
+        let (mut cs, mut h) = (c0.clone(), vec![0.0f32; batch * hid]);
+        group.throughput(Throughput::Elements((batch * hid) as u64));
+        group.bench_with_input(BenchmarkId::new("h128", batch), &batch, |b, _| {
+            b.iter(|| {
+                cs.copy_from_slice(&c0);
+                seqflow::kernels::lstm_gates(&x, &hp, &bias, &mut cs, &mut h, hid);
+                black_box(h[0]);
+            })
+        });
+    }
+    group.finish();
     let mut group = c.benchmark_group("faer_gemm");
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));
