@@ -15,7 +15,7 @@ onnxruntime's best inference-only mode, and the fraction of faer's single-thread
 measured in the same run (`cargo run --release --example faer_peak`). It also checks that
 seqflow's outputs equal onnxruntime's (max |diff|).
 
-  python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime onnx numpy pyarrow safetensors
+  python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime onnx numpy pyarrow safetensors pandas
   cargo build --release --bin seqflow --example faer_peak --example fma_peak
   /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000 --reps 3 --models lstm128,cnn_lstm128]
 """
