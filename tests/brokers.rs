@@ -126,15 +126,6 @@ fn messages(from: i64, to: i64) -> Vec<(String, String)> {
     out
 }
 
-fn model(dir: &Path) {
-    save_model(
-        dir,
-        &seqflow::model::builder::ModelBuilder::new(2, 9)
-            .recurrent("lstm", "lstm", 8, 1)
-            .linear("head", 1),
-    );
-}
-
 fn mqtt_pipeline(dir: &Path, port: u16, client: &str, checkpoint: bool) -> PathBuf {
     let ck = if checkpoint {
         "[checkpoint]\ndir = \"state\"\nevery_ms = 400\n"
@@ -150,26 +141,6 @@ fn mqtt_pipeline(dir: &Path, port: u16, client: &str, checkpoint: bool) -> PathB
              [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"out/pred.jsonl\"\n{ck}"
         ),
     )
-}
-
-/// The file run over the same lines: the reference.
-fn file_reference(dir: &Path, msgs: &[(String, String)]) -> Vec<String> {
-    let text: String = msgs.iter().map(|(_, m)| m.as_str()).collect();
-    std::fs::write(dir.join("all.jsonl"), text).unwrap();
-    let p = write_pipeline(
-        dir,
-        "file.toml",
-        "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
-         [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"ref.jsonl\"\n",
-    );
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(dir)
-        .arg("run")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    sorted_lines(&dir.join("ref.jsonl"))
 }
 
 fn start(dir: &Path, args: &[&str]) -> Child {
@@ -214,9 +185,9 @@ fn an_mqtt_stream_gives_the_file_runs_predictions() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let msgs = messages(0, 1200);
-    let want = file_reference(d, &msgs);
+    let want = broker_file_reference(d, &msgs);
     mqtt_pipeline(d, broker.port, "seqflow-equal", false);
     let mut child = start(d, &[]);
     // 3,200 messages: more acknowledgements in flight than the client's queue once held
@@ -237,11 +208,11 @@ fn a_killed_mqtt_run_resumes_and_every_step_gets_exactly_one_prediction() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a1, a2, b) = (messages(0, 15), messages(15, 30), messages(30, 60));
     let all: Vec<_> = a1.iter().chain(&a2).chain(&b).cloned().collect();
     // The reference sees the steps key by key in time order, as the broker delivers them.
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     mqtt_pipeline(d, broker.port, "seqflow-crash", true);
     let mut child = start(d, &[]);
     let _err = subscribed(&mut child);
@@ -283,10 +254,10 @@ fn a_broker_restart_mid_stream_is_reconnected_to() {
     let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (messages(0, 15), messages(15, 30));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     mqtt_pipeline(d, port, "seqflow-restart", false);
     let mut child = start(d, &[]);
     let _err = subscribed(&mut child);
@@ -342,9 +313,9 @@ fn predictions_published_to_mqtt_are_the_file_runs_one_topic_per_key() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let msgs = messages(0, 20);
-    let want = file_reference(d, &msgs);
+    let want = broker_file_reference(d, &msgs);
     write_pipeline(
         d,
         "mqtt.toml",
@@ -385,10 +356,10 @@ fn an_mqtt_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (messages(0, 30), messages(30, 60));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     write_pipeline(
         d,
         "mqtt.toml",

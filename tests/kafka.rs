@@ -123,15 +123,6 @@ fn produce(addr: &str, topic: &str, recs: &[(String, String)], batch: usize) {
     p.flush().unwrap();
 }
 
-fn model(dir: &Path) {
-    save_model(
-        dir,
-        &seqflow::model::builder::ModelBuilder::new(2, 9)
-            .recurrent("lstm", "lstm", 8, 1)
-            .linear("head", 1),
-    );
-}
-
 fn kafka_pipeline(dir: &Path, addr: &str, checkpoint: bool) -> PathBuf {
     let ck = if checkpoint {
         "[checkpoint]\ndir = \"state\"\nevery_ms = 300\n"
@@ -147,26 +138,6 @@ fn kafka_pipeline(dir: &Path, addr: &str, checkpoint: bool) -> PathBuf {
              [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"out/pred.jsonl\"\n{ck}"
         ),
     )
-}
-
-/// The file run over the same lines: the reference.
-fn file_reference(dir: &Path, recs: &[(String, String)]) -> Vec<String> {
-    let text: String = recs.iter().map(|(_, m)| m.as_str()).collect();
-    std::fs::write(dir.join("all.jsonl"), text).unwrap();
-    let p = write_pipeline(
-        dir,
-        "file.toml",
-        "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
-         [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"ref.jsonl\"\n",
-    );
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(dir)
-        .arg("run")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    sorted_lines(&dir.join("ref.jsonl"))
 }
 
 /// Starts `seqflow run kafka.toml ARGS` and waits for its "subscribed" line; the caller
@@ -212,6 +183,18 @@ fn sigterm(mut child: Child, mut err: std::io::BufReader<std::process::ChildStde
     rest
 }
 
+/// Starts the pipeline with `args`, waits for every prediction of `want`, lets a moment pass
+/// (nothing more may come), stops it with SIGTERM and checks the output is exactly `want`.
+/// Returns the end of its stderr (the summary).
+fn resume_and_check(dir: &Path, args: &[&str], want: &[String]) -> String {
+    let (child, err) = start(dir, args);
+    wait_lines(&dir.join("out/pred.jsonl"), want.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = sigterm(child, err);
+    assert_eq!(sorted_lines(&dir.join("out/pred.jsonl")), want);
+    summary
+}
+
 /// Every record of every partition of `topic`: (partition, key, value), read until `n`
 /// have come (or 30 s), then until none came for `settle`.
 fn consume(addr: &str, topic: &str, n: usize, settle: Duration) -> Vec<(i32, String, String)> {
@@ -247,10 +230,10 @@ fn a_kafka_stream_read_by_two_workers_gives_the_file_runs_predictions() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     // Three lines per record, 1,000 records per request.
     let recs = records(0, 600, 3);
-    let want = file_reference(d, &recs);
+    let want = broker_file_reference(d, &recs);
     produce(&broker.addr(), "readings", &recs, 1000);
     kafka_pipeline(d, &broker.addr(), false);
     let (child, err) = start(d, &["-w", "2"]);
@@ -270,9 +253,9 @@ fn seqflow_replay_to_kafka_feeds_the_source_and_bad_records_are_named_by_offset(
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let recs = records(0, 40, 1);
-    let want = file_reference(d, &recs);
+    let want = broker_file_reference(d, &recs);
     // `replay` creates the topic (3 partitions) and keys each record by its sensor.
     let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
         .current_dir(d)
@@ -335,12 +318,12 @@ fn a_kafka_run_killed_at_several_moments_resumes_from_its_offsets_with_every_ste
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     // Five chunks of steps, one record each; a kill after each of the first four, at a
     // different moment: at once, mid-epoch, around a checkpoint, well after one.
     let chunks: Vec<_> = (0..5).map(|i| records(i * 12, (i + 1) * 12, 1)).collect();
     let all: Vec<_> = chunks.iter().flatten().cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     Kafka::connect(std::slice::from_ref(&addr), "test")
         .unwrap()
         .create_topic("readings", 3)
@@ -447,10 +430,10 @@ fn a_network_drop_to_kafka_is_reported_and_reconnected_without_loss() {
     let addr = format!("127.0.0.1:{}", proxy.port);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (records(0, 15, 1), records(15, 30, 1));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     produce(&addr, "readings", &a, 1);
     kafka_pipeline(d, &addr, false);
     let (child, err) = start(d, &[]);
@@ -474,9 +457,9 @@ fn predictions_produced_to_kafka_are_the_file_runs_keyed_by_sensor() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let recs = records(0, 30, 1);
-    let want = file_reference(d, &recs);
+    let want = broker_file_reference(d, &recs);
     Kafka::connect(std::slice::from_ref(&addr), "test")
         .unwrap()
         .create_topic("scores", 4)
@@ -539,10 +522,10 @@ fn two_processes_share_the_partitions_and_a_lost_peer_resumes_on_one_process() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (records(0, 20, 1), records(20, 40, 1));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     // Five partitions over 2 processes x 2 workers: every worker reads one, worker 0 two;
     // the second process (workers 2 and 3) holds sensors, so waiting for every prediction
     // below waits for it.
@@ -608,10 +591,10 @@ fn start_latest_skips_what_was_there_and_a_resume_goes_on_from_the_checkpoint() 
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (old, a, b) = (records(0, 10, 1), records(10, 20, 1), records(20, 30, 1));
     let ab: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &ab);
+    let want = broker_file_reference(d, &ab);
     produce(&addr, "readings", &old, 1);
     let p = kafka_pipeline(d, &addr, true);
     let text = std::fs::read_to_string(&p)
@@ -624,11 +607,7 @@ fn start_latest_skips_what_was_there_and_a_resume_goes_on_from_the_checkpoint() 
     sigterm(child, err);
     // Produced while seqflow is down: `start = "latest"` does not skip them on a resume.
     produce(&addr, "readings", &b, 1);
-    let (child, err) = start(d, &["--resume"]);
-    wait_lines(&d.join("out/pred.jsonl"), want.len());
-    std::thread::sleep(Duration::from_millis(300));
-    sigterm(child, err);
-    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+    resume_and_check(d, &["--resume"], &want);
 }
 
 #[test]
@@ -638,10 +617,10 @@ fn a_kafka_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (records(0, 20, 1), records(20, 40, 1));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     let k = Kafka::connect(std::slice::from_ref(&addr), "test").unwrap();
     k.create_topic("readings", 3).unwrap();
     k.create_topic("scores", 2).unwrap();
@@ -680,10 +659,10 @@ fn a_broker_stopped_for_seconds_is_waited_for_and_nothing_it_kept_is_lost() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     let (a, b) = (records(0, 15, 1), records(15, 30, 1));
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     produce(&addr, "readings", &a, 1);
     kafka_pipeline(d, &addr, true);
     let (child, err) = start(d, &[]);
@@ -708,7 +687,7 @@ fn a_partition_idle_before_a_crash_is_resumed_from_where_it_stood() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     Kafka::connect(std::slice::from_ref(&addr), "test")
         .unwrap()
         .create_topic("readings", 3)
@@ -724,7 +703,7 @@ fn a_partition_idle_before_a_crash_is_resumed_from_where_it_stood() {
     let a: Vec<_> = all.iter().filter(|(k, _)| in_p0(k)).cloned().collect();
     let rest: Vec<_> = all.iter().filter(|(k, _)| !in_p0(k)).cloned().collect();
     assert!(!a.is_empty() && !rest.is_empty());
-    let want = file_reference(d, &all);
+    let want = broker_file_reference(d, &all);
     produce(&addr, "readings", &old, 1);
     let p = kafka_pipeline(d, &addr, true);
     let text = std::fs::read_to_string(&p)
@@ -738,11 +717,7 @@ fn a_partition_idle_before_a_crash_is_resumed_from_where_it_stood() {
     let _ = child.kill();
     let _ = child.wait();
     produce(&addr, "readings", &rest, 1);
-    let (child, err) = start(d, &["--resume"]);
-    wait_lines(&d.join("out/pred.jsonl"), want.len());
-    std::thread::sleep(Duration::from_millis(300));
-    sigterm(child, err);
-    assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
+    resume_and_check(d, &["--resume"], &want);
 }
 
 #[test]
@@ -752,7 +727,7 @@ fn csv_records_are_parsed_one_by_one_so_a_stray_quote_spoils_only_its_own() {
     let addr = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    model(d);
+    broker_model(d);
     // Sensor s0's readings as CSV, one per record; record 2 has an unclosed quote.
     let line = |t: i64| format!("s0,{t},{},{}", ((t * 3) % 7) as f32 * 0.1, (t % 5) as f32 - 2.0);
     let mut recs: Vec<(String, String)> = (0..6).map(|t| ("s0".to_string(), line(t))).collect();

@@ -448,6 +448,13 @@ impl PipelineConfig {
             ));
         }
         // `--output` always names a file (or stdout), whatever the pipeline says.
+        // A broker output's client name, as the broker logs it: the pipeline file's, unless given.
+        let out_client_id = o.client_id.clone().unwrap_or_else(|| {
+            let stem = path
+                .file_stem()
+                .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+            format!("seqflow-{stem}-out")
+        });
         let mqtt = match (o.format, &overrides.output) {
             (RawOutFormat::Mqtt, None) => {
                 let (Some(broker), Some(topic)) = (o.broker.clone(), o.topic.clone()) else {
@@ -465,16 +472,10 @@ impl PipelineConfig {
                         "[output] topic `{topic}`: a topic to publish to has no wildcards"
                     )));
                 }
-                let stem = path
-                    .file_stem()
-                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
                 Some(MqttTarget {
                     broker,
                     topic,
-                    client_id: o
-                        .client_id
-                        .clone()
-                        .unwrap_or_else(|| format!("seqflow-{stem}-out")),
+                    client_id: out_client_id.clone(),
                 })
             }
             _ => None,
@@ -492,16 +493,10 @@ impl PipelineConfig {
                         "[output] format = \"kafka\" produces to `topic`; `path` is for files".into(),
                     ));
                 }
-                let stem = path
-                    .file_stem()
-                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
                 Some(KafkaTarget {
                     brokers,
                     topic,
-                    client_id: o
-                        .client_id
-                        .clone()
-                        .unwrap_or_else(|| format!("seqflow-{stem}-out")),
+                    client_id: out_client_id.clone(),
                 })
             }
             _ => None,

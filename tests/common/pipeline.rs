@@ -299,3 +299,34 @@ pub fn wait_lines(path: &Path, n: usize) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The broker tests' model: LSTM(2 -> 8) and a linear head, seed 9, as `dir/m.toml`.
+pub fn broker_model(dir: &Path) {
+    save_model(
+        dir,
+        &seqflow::model::builder::ModelBuilder::new(2, 9)
+            .recurrent("lstm", "lstm", 8, 1)
+            .linear("head", 1),
+    );
+}
+
+/// The broker tests' reference: the file run over the same lines (every message's or
+/// record's text, in order) with `dir/m.toml`, its output lines sorted.
+pub fn broker_file_reference(dir: &Path, msgs: &[(String, String)]) -> Vec<String> {
+    let text: String = msgs.iter().map(|(_, m)| m.as_str()).collect();
+    std::fs::write(dir.join("all.jsonl"), text).unwrap();
+    let p = write_pipeline(
+        dir,
+        "file.toml",
+        "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
+         [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"ref.jsonl\"\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(dir)
+        .arg("run")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    sorted_lines(&dir.join("ref.jsonl"))
+}
