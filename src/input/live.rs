@@ -237,7 +237,14 @@ impl Readers {
                 out.push(None);
                 continue;
             }
-            let kafka = crate::kafka::Kafka::connect(&src.brokers, &src.client_id).map_err(io)?;
+            let kafka = match crate::kafka::Kafka::connect(&src.brokers, &src.client_id) {
+                Ok(k) => k,
+                Err(e) => {
+                    // The run fails: the readers already started stop with it.
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(io(e));
+                }
+            };
             let (tx, rx) = bounded(CHANNEL_BATCHES);
             let parser = MessageParser::new(shared.clone());
             let (src, stop, warn, from) = (src.clone(), stop.clone(), warn.clone(), from.clone());
