@@ -52,19 +52,54 @@ pub fn has_bf16() -> bool {
     }
 }
 
+/// 16 independent accumulators `zmm0..zmm15`, each `op zmmN, zmm16, zmm17`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! chains {
-    ($op:literal, $a:literal, $b:literal) => {
+    ($op:literal) => {
         concat!(
-            $op, " ", $a, "0, ", $a, "16, ", $a, "17\n", $op, " ", $a, "1, ", $a, "16, ", $a, "17\n", $op,
-            " ", $a, "2, ", $a, "16, ", $a, "17\n", $op, " ", $a, "3, ", $a, "16, ", $a, "17\n", $op, " ",
-            $a, "4, ", $a, "16, ", $a, "17\n", $op, " ", $a, "5, ", $a, "16, ", $a, "17\n", $op, " ", $a,
-            "6, ", $a, "16, ", $a, "17\n", $op, " ", $a, "7, ", $a, "16, ", $a, "17\n", $op, " ", $a, "8, ",
-            $a, "16, ", $a, "17\n", $op, " ", $a, "9, ", $a, "16, ", $a, "17\n", $op, " ", $a, "10, ", $a,
-            "16, ", $a, "17\n", $op, " ", $a, "11, ", $a, "16, ", $a, "17\n", $op, " ", $a, "12, ", $a,
-            "16, ", $a, "17\n", $op, " ", $a, "13, ", $a, "16, ", $a, "17\n", $op, " ", $a, "14, ", $a,
-            "16, ", $a, "17\n", $op, " ", $a, "15, ", $a, "16, ", $a, "17\n",
+            $op,
+            " zmm0, zmm16, zmm17\n",
+            $op,
+            " zmm1, zmm16, zmm17\n",
+            $op,
+            " zmm2, zmm16, zmm17\n",
+            $op,
+            " zmm3, zmm16, zmm17\n",
+            $op,
+            " zmm4, zmm16, zmm17\n",
+            $op,
+            " zmm5, zmm16, zmm17\n",
+            $op,
+            " zmm6, zmm16, zmm17\n",
+            $op,
+            " zmm7, zmm16, zmm17\n",
+            $op,
+            " zmm8, zmm16, zmm17\n",
+            $op,
+            " zmm9, zmm16, zmm17\n",
+            $op,
+            " zmm10, zmm16, zmm17\n",
+            $op,
+            " zmm11, zmm16, zmm17\n",
+            $op,
+            " zmm12, zmm16, zmm17\n",
+            $op,
+            " zmm13, zmm16, zmm17\n",
+            $op,
+            " zmm14, zmm16, zmm17\n",
+            $op,
+            " zmm15, zmm16, zmm17\n",
         )
+    };
+}
+
+/// The timed loop around a body: the lines (label `2:` among them) and `iters` turns of
+/// `dec rcx; jnz 2b`, every vector register declared clobbered through the C ABI (they are
+/// all caller-saved).
+#[cfg(target_arch = "x86_64")]
+macro_rules! counted_loop {
+    ($iters:expr, $($line:expr),+ $(,)?) => {
+        std::arch::asm!($($line,)+ "dec rcx", "jnz 2b", inout("rcx") $iters => _, clobber_abi("C"))
     };
 }
 
@@ -76,17 +111,16 @@ fn run(kind: &str, iters: u64) {
     // counter register.
     unsafe {
         match kind {
-            "zmm" => std::arch::asm!(
+            "zmm" => counted_loop!(
+                iters,
                 "vpxord zmm16, zmm16, zmm16",
                 "vpxord zmm17, zmm17, zmm17",
                 "2:",
-                chains!("vfmadd231ps", "zmm", "zmm"),
-                "dec rcx",
-                "jnz 2b",
-                inout("rcx") iters => _,
-                clobber_abi("C"),
+                chains!("vfmadd231ps"),
             ),
-            "ymm" => std::arch::asm!(
+            // AVX2 has 16 registers: 14 accumulators, two sources.
+            "ymm" => counted_loop!(
+                iters,
                 "vpxor ymm14, ymm14, ymm14",
                 "vpxor ymm15, ymm15, ymm15",
                 "2:",
@@ -106,20 +140,13 @@ fn run(kind: &str, iters: u64) {
                 "vfmadd231ps ymm13, ymm14, ymm15",
                 "vfmadd231ps ymm0, ymm14, ymm15",
                 "vfmadd231ps ymm1, ymm14, ymm15",
-                "dec rcx",
-                "jnz 2b",
-                inout("rcx") iters => _,
-                clobber_abi("C"),
             ),
-            "bf16" => std::arch::asm!(
+            "bf16" => counted_loop!(
+                iters,
                 "vpxord zmm16, zmm16, zmm16",
                 "vpxord zmm17, zmm17, zmm17",
                 "2:",
-                chains!("vdpbf16ps", "zmm", "zmm"),
-                "dec rcx",
-                "jnz 2b",
-                inout("rcx") iters => _,
-                clobber_abi("C"),
+                chains!("vdpbf16ps"),
             ),
             _ => unreachable!(),
         }

@@ -257,7 +257,7 @@ impl Producer {
             key: Some(key.to_vec()),
             value: Some(value),
             headers: Default::default(),
-            timestamp: chrono_now(),
+            timestamp: chrono::Utc::now(),
         });
     }
 
@@ -311,10 +311,6 @@ impl Producer {
             None => Ok(()),
         }
     }
-}
-
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
 }
 
 #[cfg(test)]

@@ -92,11 +92,8 @@ impl Publisher {
             path: format!("mqtt {}", target.broker).into(),
             msg,
         };
-        let (host, port) = target
-            .broker
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| err("`broker` is not host:port".into()))?;
+        let (host, port) =
+            crate::vocab::host_port(&target.broker).ok_or_else(|| err("`broker` is not host:port".into()))?;
         let mut opts = MqttOptions::new(target.client_id.clone(), host, port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 24, 1 << 24);

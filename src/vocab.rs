@@ -152,6 +152,12 @@ pub enum Compression {
     None,
 }
 
+/// `host:port` split into its host and port (`None`: not that shape).
+pub fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (h, p) = addr.rsplit_once(':')?;
+    Some((h.to_string(), p.parse().ok()?))
+}
+
 /// `base/p` with `.` and `dir/..` removed lexically, so messages show `out/x.parquet`
 /// rather than `pipelines/../out/x.parquet`. Absolute `p` wins, as with `Path::join`.
 pub fn clean_join(base: &Path, p: &str) -> PathBuf {

@@ -143,42 +143,6 @@ fn mqtt_pipeline(dir: &Path, port: u16, client: &str, checkpoint: bool) -> PathB
     )
 }
 
-fn start(dir: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(dir)
-        .args(["run", "mqtt.toml"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: Child) -> String {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
-    err
-}
-
-/// Waits for seqflow's "subscribed" line.
-fn subscribed(child: &mut Child) -> std::io::BufReader<std::process::ChildStderr> {
-    use std::io::BufRead;
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "no subscribed line");
-        if line.contains("subscribed to") {
-            return err;
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs mosquitto: scripts/test installs and runs it"]
 fn an_mqtt_stream_gives_the_file_runs_predictions() {
@@ -189,16 +153,12 @@ fn an_mqtt_stream_gives_the_file_runs_predictions() {
     let msgs = messages(0, 1200);
     let want = broker_file_reference(d, &msgs);
     mqtt_pipeline(d, broker.port, "seqflow-equal", false);
-    let mut child = start(d, &[]);
     // 3,200 messages: more acknowledgements in flight than the client's queue once held
     // (a blocking acknowledgement deadlocked the reader and the driver).
-    let _err = subscribed(&mut child);
+    let (child, err) = start_subscribed(d, "mqtt.toml", &[]);
     publish(broker.port, &msgs);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
 }
 
@@ -214,8 +174,7 @@ fn a_killed_mqtt_run_resumes_and_every_step_gets_exactly_one_prediction() {
     // The reference sees the steps key by key in time order, as the broker delivers them.
     let want = broker_file_reference(d, &all);
     mqtt_pipeline(d, broker.port, "seqflow-crash", true);
-    let mut child = start(d, &[]);
-    let _err = subscribed(&mut child);
+    let (mut child, _err) = start_subscribed(d, "mqtt.toml", &[]);
     // The first half is covered by a checkpoint (every 400 ms), so acknowledged.
     publish(broker.port, &a1);
     wait_lines(&d.join("out/pred.jsonl"), 8 * 15);
@@ -231,20 +190,11 @@ fn a_killed_mqtt_run_resumes_and_every_step_gets_exactly_one_prediction() {
     let _ = child.wait();
     // Published while seqflow is down: the persistent session keeps them.
     publish(broker.port, &b);
-    let mut child = start(d, &["--resume", "-w", "2"]);
-    let _err = subscribed(&mut child);
+    let (child, err) = start_subscribed(d, "mqtt.toml", &["--resume", "-w", "2"]);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
     std::thread::sleep(Duration::from_millis(200));
-    let err = {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let ok = child.wait().unwrap().success();
-        assert!(ok);
-        String::new()
-    };
+    let err = stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want, "{err}");
-    let _ = sigterm;
 }
 
 #[test]
@@ -259,8 +209,7 @@ fn a_broker_restart_mid_stream_is_reconnected_to() {
     let all: Vec<_> = a.iter().chain(&b).cloned().collect();
     let want = broker_file_reference(d, &all);
     mqtt_pipeline(d, port, "seqflow-restart", false);
-    let mut child = start(d, &[]);
-    let _err = subscribed(&mut child);
+    let (child, err) = start_subscribed(d, "mqtt.toml", &[]);
     publish(port, &a);
     wait_lines(&d.join("out/pred.jsonl"), 8 * 15);
     // The broker goes away for a second (and comes back without the session).
@@ -269,10 +218,7 @@ fn a_broker_restart_mid_stream_is_reconnected_to() {
     std::thread::sleep(Duration::from_secs(3));
     publish(port, &b);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
 }
 
@@ -328,8 +274,7 @@ fn predictions_published_to_mqtt_are_the_file_runs_one_topic_per_key() {
         ),
     );
     let rx = subscribe(broker.port, "scores/+");
-    let mut child = start(d, &[]);
-    let _err = subscribed(&mut child);
+    let (child, err) = start_subscribed(d, "mqtt.toml", &[]);
     publish(broker.port, &msgs);
     let mut got = Vec::new();
     while got.len() < want.len() {
@@ -342,10 +287,7 @@ fn predictions_published_to_mqtt_are_the_file_runs_one_topic_per_key() {
         );
         got.push(payload);
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    stop_ok(child, err);
     got.sort();
     assert_eq!(got, want);
 }
@@ -372,8 +314,7 @@ fn an_mqtt_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
         ),
     );
     let rx = subscribe(broker.port, "scores/+");
-    let mut child = start(d, &[]);
-    let _err = subscribed(&mut child);
+    let (mut child, _err) = start_subscribed(d, "mqtt.toml", &[]);
     publish(broker.port, &a);
     let mut got: std::collections::BTreeSet<String> = Default::default();
     while got.len() < 8 * 30 {
@@ -384,16 +325,12 @@ fn an_mqtt_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
         .status();
     let _ = child.wait();
     publish(broker.port, &b);
-    let mut child = start(d, &["--resume"]);
-    let _err = subscribed(&mut child);
+    let (child, err) = start_subscribed(d, "mqtt.toml", &["--resume"]);
     // Everything after the last checkpoint comes again: the distinct predictions are the
     // file run's, none missing.
     while got.len() < want.len() {
         got.insert(rx.recv_timeout(Duration::from_secs(30)).expect("a prediction").1);
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    stop_ok(child, err);
     assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
 }

@@ -140,47 +140,9 @@ fn kafka_pipeline(dir: &Path, addr: &str, checkpoint: bool) -> PathBuf {
     )
 }
 
-/// Starts `seqflow run kafka.toml ARGS` and waits for its "subscribed" line; the caller
-/// waits for the child.
-#[allow(clippy::zombie_processes)]
+/// Starts `seqflow run kafka.toml ARGS` and waits for its "subscribed" line.
 fn start(dir: &Path, args: &[&str]) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(dir)
-        .args(["run", "kafka.toml"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut seen = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("no subscribed line: {seen}");
-        }
-        if line.contains("subscribed to") {
-            return (child, err);
-        }
-        seen.push_str(&line);
-    }
-}
-
-/// SIGTERM, then the rest of stderr; the run must end well.
-fn sigterm(mut child: Child, mut err: std::io::BufReader<std::process::ChildStderr>) -> String {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let ok = child.wait().unwrap().success();
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    assert!(ok, "{rest}");
-    rest
+    start_subscribed(dir, "kafka.toml", args)
 }
 
 /// Starts the pipeline with `args`, waits for every prediction of `want`, lets a moment pass
@@ -190,7 +152,7 @@ fn resume_and_check(dir: &Path, args: &[&str], want: &[String]) -> String {
     let (child, err) = start(dir, args);
     wait_lines(&dir.join("out/pred.jsonl"), want.len());
     std::thread::sleep(Duration::from_millis(300));
-    let summary = sigterm(child, err);
+    let summary = stop_ok(child, err);
     assert_eq!(sorted_lines(&dir.join("out/pred.jsonl")), want);
     summary
 }
@@ -238,7 +200,7 @@ fn a_kafka_stream_read_by_two_workers_gives_the_file_runs_predictions() {
     kafka_pipeline(d, &broker.addr(), false);
     let (child, err) = start(d, &["-w", "2"]);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
-    let summary = sigterm(child, err);
+    let summary = stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
     assert!(
         summary.contains("rows from kafka readings (3 partitions)"),
@@ -294,7 +256,7 @@ fn seqflow_replay_to_kafka_feeds_the_source_and_bad_records_are_named_by_offset(
     let (child, err) = start(d, &[]);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
     wait_lines(&d.join("out/rejects.jsonl"), 1);
-    let summary = sigterm(child, err);
+    let summary = stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
     let rejects = std::fs::read_to_string(d.join("out/rejects.jsonl")).unwrap();
     let p = partition_for(b"s1", 3);
@@ -348,7 +310,7 @@ fn a_kafka_run_killed_at_several_moments_resumes_from_its_offsets_with_every_ste
             wait_lines(&d.join("out/pred.jsonl"), want.len());
             // Nothing more comes (no prediction twice).
             std::thread::sleep(Duration::from_millis(300));
-            let summary = sigterm(child, _err);
+            let summary = stop_ok(child, _err);
             assert!(summary.contains("resumed from"), "{summary}");
         }
     }
@@ -444,7 +406,7 @@ fn a_network_drop_to_kafka_is_reported_and_reconnected_without_loss() {
     proxy.down.store(false, Ordering::Relaxed);
     produce(&addr, "readings", &b, 1);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
-    let rest = sigterm(child, err);
+    let rest = stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
     assert!(rest.contains("retrying"), "no word of the outage: {rest}");
     assert!(rest.contains("again after"), "no word of the recovery: {rest}");
@@ -579,7 +541,7 @@ fn two_processes_share_the_partitions_and_a_lost_peer_resumes_on_one_process() {
     produce(&addr, "readings", &b, 1);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
     std::thread::sleep(Duration::from_millis(300));
-    let summary = sigterm(child, err);
+    let summary = stop_ok(child, err);
     assert!(summary.contains("kafka readings (5 partitions)"), "{summary}");
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
 }
@@ -604,7 +566,7 @@ fn start_latest_skips_what_was_there_and_a_resume_goes_on_from_the_checkpoint() 
     let (child, err) = start(d, &[]);
     produce(&addr, "readings", &a, 1);
     wait_lines(&d.join("out/pred.jsonl"), 8 * 10);
-    sigterm(child, err);
+    stop_ok(child, err);
     // Produced while seqflow is down: `start = "latest"` does not skip them on a resume.
     produce(&addr, "readings", &b, 1);
     resume_and_check(d, &["--resume"], &want);
@@ -644,7 +606,7 @@ fn a_kafka_output_killed_and_resumed_delivers_every_prediction_at_least_once() {
     produce(&addr, "readings", &b, 1);
     let (child, err) = start(d, &["--resume"]);
     let got = consume(&addr, "scores", want.len(), Duration::from_secs(1));
-    sigterm(child, err);
+    stop_ok(child, err);
     // Every prediction is there, the same as the file run's; what came after the last
     // checkpoint before the kill may be there twice, never differently.
     let distinct: std::collections::BTreeSet<String> = got.iter().map(|(_, _, v)| v.clone()).collect();
@@ -674,7 +636,7 @@ fn a_broker_stopped_for_seconds_is_waited_for_and_nothing_it_kept_is_lost() {
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     produce(&addr, "readings", &b, 1);
     wait_lines(&d.join("out/pred.jsonl"), want.len());
-    let rest = sigterm(child, err);
+    let rest = stop_ok(child, err);
     assert_eq!(sorted_lines(&d.join("out/pred.jsonl")), want);
     assert!(rest.contains("no answer within"), "no word of the outage: {rest}");
     assert!(rest.contains("again after"), "no word of the recovery: {rest}");
@@ -746,7 +708,7 @@ fn csv_records_are_parsed_one_by_one_so_a_stray_quote_spoils_only_its_own() {
     let (child, err) = start(d, &[]);
     wait_lines(&d.join("out/pred.jsonl"), 5);
     wait_lines(&d.join("out/rejects.jsonl"), 1);
-    let summary = sigterm(child, err);
+    let summary = stop_ok(child, err);
     assert!(summary.contains("malformed 1"), "{summary}");
     let rejects = std::fs::read_to_string(d.join("out/rejects.jsonl")).unwrap();
     assert!(rejects.contains("\"offset 2\""), "{rejects}");

@@ -351,6 +351,55 @@ fn settings_of_the_other_source_kind_are_refused() {
 }
 
 #[test]
+fn broker_settings_are_checked_before_anything_connects() {
+    // Each refused at load, naming the setting: no broker is needed to see them.
+    let c = Case::new();
+    c.good_rows();
+    c.fails(
+        &["run", &c.standard("brokers = [\"127.0.0.1:9\"]")],
+        &["p.toml", "`brokers` applies to live sources"],
+    );
+    let src = |extra: &str| {
+        format!("format = \"kafka\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n{extra}")
+    };
+    let csv_out = "format = \"csv\"\npath = \"out/o.csv\"";
+    for (source, output, part) in [
+        (
+            src("topic = \"r\""),
+            csv_out.to_string(),
+            "format = \"kafka\" needs `brokers",
+        ),
+        (
+            src("brokers = [\"127.0.0.1:9\"]"),
+            csv_out.to_string(),
+            "needs `brokers = [\"HOST:PORT\"]` and `topic`",
+        ),
+        (
+            src("brokers = [\"127.0.0.1:9\"]\ntopic = \"r\"\ntopics = [\"a\"]"),
+            csv_out.to_string(),
+            "`topics` applies to format = \"mqtt\" only",
+        ),
+        (
+            src("brokers = [\"127.0.0.1:9\"]\ntopic = \"r\"\nlines = \"csv\""),
+            csv_out.to_string(),
+            "csv lines over a broker need `columns",
+        ),
+        (
+            src("brokers = [\"127.0.0.1:9\"]\ntopic = \"r\""),
+            "format = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]".to_string(),
+            "[output] format = \"kafka\" needs",
+        ),
+        (
+            src("brokers = [\"127.0.0.1:9\"]\ntopic = \"r\""),
+            "format = \"csv\"\npath = \"out/o.csv\"\nbrokers = [\"127.0.0.1:9\"]".to_string(),
+            "[output] `brokers` applies to format = \"kafka\"",
+        ),
+    ] {
+        c.fails(&["run", &c.pipeline(&source, &output)], &[part]);
+    }
+}
+
+#[test]
 fn a_stopped_file_run_writes_no_output() {
     // The binary sets the stop flag on SIGINT/SIGTERM; a file run then fails without writing
     // its output (no file, no `.partial`).

@@ -135,3 +135,24 @@ fn an_lstm_with_saturated_gates_is_an_rnn_plus_tanh_only_without_recurrence() {
         );
     }
 }
+
+#[test]
+fn a_bad_trace_is_one_message() {
+    for (steps, part) in [
+        ("1 x", "step 1: `x` is not a number"),
+        ("1,2 0", "step 0 has 2 value(s); the model takes 1 feature(s)"),
+        ("", "no step given"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+            .current_dir(root())
+            .args(["inspect", "models/tour/lstm.toml", "--trace", steps])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{steps:?}: {err}");
+        assert!(
+            err.contains(part) && !err.contains("panicked"),
+            "{steps:?}: {err}"
+        );
+    }
+}

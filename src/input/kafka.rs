@@ -7,7 +7,6 @@
 //! record is neither lost nor applied twice. Without a checkpoint, `start` says where to
 //! begin. A broker that goes away is retried with backoff, and said so on stderr.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,49 +89,35 @@ enum FetchError {
 /// How long a fetch may take before the broker counts as unreachable.
 const FETCH_DEADLINE: Duration = crate::kafka::REQUEST_TIMEOUT;
 
-/// The reader thread's body: fetches `partitions` (each from the checkpoint's offset in
-/// `from`, or `start`) until `stop`, sending what it parsed on `tx` (the partition number
+/// The reader thread's body: fetches `partitions` (each from its given first offset: the
+/// checkpoint's, or where `start` put it) until `stop`, sending what it parsed on `tx` (the partition number
 /// is the reject's source, its offset the reject's row). `warn` reports an outage once, and
 /// the recovery.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read(
     kafka: Kafka,
     src: &KafkaSource,
-    partitions: Vec<i32>,
-    from: &BTreeMap<i32, i64>,
+    starts: Vec<(i32, i64)>,
     mut parser: MessageParser,
     tx: Sender<Routed>,
     stop: Arc<AtomicBool>,
     warn: &(dyn Fn(String) + Send + Sync),
 ) {
     let topic = src.topic.as_str();
+    let partitions: Vec<i32> = starts.iter().map(|&(p, _)| p).collect();
     let mut reading: Vec<Reading> = Vec::new();
-    for &p in &partitions {
+    for &(p, first) in &starts {
         // A partition that the broker cannot serve yet is retried until it can, or the stop.
         let mut down: Option<Instant> = None;
         let r = loop {
             let begin = match kafka.partition(topic, p) {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    // A resumed run reads a partition its checkpoint does not name (the
-                    // topic grew since) from its start: nothing in it was read before.
-                    let start = if from.is_empty() {
-                        src.start
-                    } else {
-                        Start::Earliest
-                    };
-                    let at = match (from.get(&p), start) {
-                        (Some(&o), _) => Ok(o),
-                        (None, Start::Earliest) => kafka.request(c.get_offset(OffsetAt::Earliest)),
-                        (None, Start::Latest) => kafka.request(c.get_offset(OffsetAt::Latest)),
-                    };
-                    at.map(|next| Reading {
-                        client: c,
-                        next,
-                        high: next,
-                        busy: true,
-                    })
-                }
+                // Where it begins was settled before the run said it is subscribed.
+                Ok(c) => Ok(Reading {
+                    client: Arc::new(c),
+                    next: first,
+                    high: first,
+                    busy: true,
+                }),
                 Err(e) => Err(e),
             };
             match begin {

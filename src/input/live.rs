@@ -232,7 +232,11 @@ impl Readers {
         let shared = Arc::new(Shared::detached(&shared));
         let mut out = Vec::new();
         for w in first..first + workers {
-            let mine = super::kafka::assigned(&partitions, w, peers);
+            // Every assigned partition's first offset was settled above.
+            let mine: Vec<(i32, i64)> = super::kafka::assigned(&partitions, w, peers)
+                .into_iter()
+                .filter_map(|p| from.get(&p).map(|&o| (p, o)))
+                .collect();
             if mine.is_empty() {
                 out.push(None);
                 continue;
@@ -247,9 +251,9 @@ impl Readers {
             };
             let (tx, rx) = bounded(CHANNEL_BATCHES);
             let parser = MessageParser::new(shared.clone());
-            let (src, stop, warn, from) = (src.clone(), stop.clone(), warn.clone(), from.clone());
+            let (src, stop, warn) = (src.clone(), stop.clone(), warn.clone());
             let thread = spawn("kafka reader", move || {
-                super::kafka::read(kafka, &src, mine, &from, parser, tx, stop, &*warn);
+                super::kafka::read(kafka, &src, mine, parser, tx, stop, &*warn);
             })?;
             out.push(Some(Readers {
                 rx,

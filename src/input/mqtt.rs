@@ -65,11 +65,8 @@ pub fn connect(src: &MqttSource) -> Result<Session> {
         path: format!("mqtt {}", src.broker).into(),
         source: std::io::Error::other(msg),
     };
-    let (host, port) = src
-        .broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| err("`broker` is not host:port".into()))?;
+    let (host, port) =
+        crate::vocab::host_port(&src.broker).ok_or_else(|| err("`broker` is not host:port".into()))?;
     let mut opts = MqttOptions::new(src.client_id.clone(), host, port);
     opts.set_clean_session(false);
     opts.set_manual_acks(true);

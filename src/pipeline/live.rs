@@ -31,6 +31,21 @@ const SIDE_RELOAD: Duration = Duration::from_millis(500);
 /// After a stop, how long to wait for readers to hand over what they had read.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// A live run's output columns: its key (integers or strings) and an integer time.
+fn live_schema(cfg: &PipelineConfig, int_keys: bool) -> OutputSchema {
+    OutputSchema {
+        key_name: cfg.source.columns.key.clone(),
+        key_type: if int_keys {
+            arrow::datatypes::DataType::Int64
+        } else {
+            arrow::datatypes::DataType::Utf8
+        },
+        time_name: cfg.source.columns.time.clone(),
+        time_type: arrow::datatypes::DataType::Int64,
+        names: cfg.output.names.clone(),
+    }
+}
+
 /// Where each Kafka partition goes on from: the resumed checkpoint's offsets (of the same
 /// topic only: another topic's offsets mean nothing here).
 fn kafka_resume(
@@ -100,17 +115,7 @@ fn run_with(
         resume.as_ref().and_then(|m| m.int_keys()),
         view_setup.specs.is_empty(),
     ) {
-        let schema = OutputSchema {
-            key_name: cfg.source.columns.key.clone(),
-            key_type: if int {
-                arrow::datatypes::DataType::Int64
-            } else {
-                arrow::datatypes::DataType::Utf8
-            },
-            time_name: cfg.source.columns.time.clone(),
-            time_type: arrow::datatypes::DataType::Int64,
-            names: cfg.output.names.clone(),
-        };
+        let schema = live_schema(&cfg, int);
         view_setup.restore = durable::restore_from_output(&cfg, m, schema.arrow());
     }
     // A resumed run knows its key type; otherwise the first line decides.
@@ -140,16 +145,8 @@ fn run_with(
         kafka_names = Some(Arc::new(Mutex::new(n)));
     }
     let open = || {
-        let schema = OutputSchema {
-            key_name: cfg.source.columns.key.clone(),
-            key_type: match int_keys {
-                Some(true) => arrow::datatypes::DataType::Int64,
-                _ => arrow::datatypes::DataType::Utf8, // or decided by the first line
-            },
-            time_name: cfg.source.columns.time.clone(),
-            time_type: arrow::datatypes::DataType::Int64,
-            names: cfg.output.names.clone(),
-        };
+        // Strings until the first line says otherwise (a lazy sink takes the batch's kind).
+        let schema = live_schema(&cfg, int_keys == Some(true));
         if let (Some(p), Some(m), Some(_)) = (&prepared, &resume, int_keys) {
             if let Some(sink) = durable::resumed_sink(&cfg, &p.store, m, schema.clone(), outputs)? {
                 // Live outputs are written inline: their flush is on the latency path.

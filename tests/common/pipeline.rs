@@ -265,6 +265,47 @@ pub fn start_live(pipeline: &Path, args: &[&str]) -> (Child, String, BufReader<s
     (child, addr, err)
 }
 
+/// Starts `seqflow run PIPELINE ARGS` in `dir` and waits for its "subscribed to" line (a
+/// broker source): nothing published after it returns is missed. The caller waits for the
+/// child.
+#[allow(clippy::zombie_processes)]
+pub fn start_subscribed(
+    dir: &Path,
+    pipeline: &str,
+    args: &[&str],
+) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(dir)
+        .args(["run", pipeline])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no subscribed line: {seen}");
+        }
+        if line.contains("subscribed to") {
+            return (child, err);
+        }
+        seen.push_str(&line);
+    }
+}
+
+/// SIGTERM; the run must end well. Returns the rest of its stderr (the summary).
+pub fn stop_ok(child: Child, err: BufReader<std::process::ChildStderr>) -> String {
+    let (ok, rest) = terminate(child, err);
+    assert!(ok, "{rest}");
+    rest
+}
+
 /// Sends SIGTERM and returns (exit success, the rest of stderr).
 pub fn terminate(mut child: Child, mut err: BufReader<std::process::ChildStderr>) -> (bool, String) {
     let status = Command::new("kill")
