@@ -140,6 +140,14 @@ fn kafka_pipeline(dir: &Path, addr: &str, checkpoint: bool) -> PathBuf {
     )
 }
 
+/// Creates `topic` with `partitions` partitions.
+fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    Kafka::connect(&[addr.to_string()], "test")
+        .unwrap()
+        .create_topic(topic, partitions)
+        .unwrap();
+}
+
 /// Starts `seqflow run kafka.toml ARGS` and waits for its "subscribed" line.
 fn start(dir: &Path, args: &[&str]) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
     start_subscribed(dir, "kafka.toml", args)
@@ -286,10 +294,7 @@ fn a_kafka_run_killed_at_several_moments_resumes_from_its_offsets_with_every_ste
     let chunks: Vec<_> = (0..5).map(|i| records(i * 12, (i + 1) * 12, 1)).collect();
     let all: Vec<_> = chunks.iter().flatten().cloned().collect();
     let want = broker_file_reference(d, &all);
-    Kafka::connect(std::slice::from_ref(&addr), "test")
-        .unwrap()
-        .create_topic("readings", 3)
-        .unwrap();
+    create_topic(&addr, "readings", 3);
     kafka_pipeline(d, &addr, true);
     let waits = [0u64, 40, 320, 900];
     let workers = ["1", "2", "3", "2"];
@@ -422,24 +427,25 @@ fn predictions_produced_to_kafka_are_the_file_runs_keyed_by_sensor() {
     broker_model(d);
     let recs = records(0, 30, 1);
     let want = broker_file_reference(d, &recs);
-    Kafka::connect(std::slice::from_ref(&addr), "test")
-        .unwrap()
-        .create_topic("scores", 4)
-        .unwrap();
-    let p = write_pipeline(
-        d,
-        "to_kafka.toml",
-        &format!(
-            "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
-             [model]\npath = \"m.toml\"\n[output]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"scores\"\n"
-        ),
-    );
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(d)
-        .arg("run")
-        .arg(&p)
-        .output()
-        .unwrap();
+    create_topic(&addr, "scores", 4);
+    // The file run of the same lines, its predictions produced to `topic`.
+    let run_to = |topic: &str| {
+        let p = write_pipeline(
+            d,
+            &format!("to_{topic}.toml"),
+            &format!(
+                "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
+                 [model]\npath = \"m.toml\"\n[output]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"{topic}\"\n"
+            ),
+        );
+        Command::new(env!("CARGO_BIN_EXE_seqflow"))
+            .current_dir(d)
+            .arg("run")
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let o = run_to("scores");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!("output kafka {addr} scores")),
@@ -455,20 +461,7 @@ fn predictions_produced_to_kafka_are_the_file_runs_keyed_by_sensor() {
         assert_eq!(*part as usize, partition_for(key.as_bytes(), 4), "{key}");
     }
     // A missing topic is one message naming it.
-    let p = write_pipeline(
-        d,
-        "missing.toml",
-        &format!(
-            "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
-             [model]\npath = \"m.toml\"\n[output]\nformat = \"kafka\"\nbrokers = [\"{addr}\"]\ntopic = \"nope\"\n"
-        ),
-    );
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(d)
-        .arg("run")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let o = run_to("nope");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("topic `nope` does not exist"),
@@ -492,10 +485,7 @@ fn two_processes_share_the_partitions_and_a_lost_peer_resumes_on_one_process() {
     // the second process (workers 2 and 3) holds sensors, so waiting for every prediction
     // below waits for it.
     assert!((0..8).any(|k| matches!(partition_for(format!("s{k}").as_bytes(), 5), 2 | 3)));
-    Kafka::connect(std::slice::from_ref(&addr), "test")
-        .unwrap()
-        .create_topic("readings", 5)
-        .unwrap();
+    create_topic(&addr, "readings", 5);
     kafka_pipeline(d, &addr, true);
     std::fs::write(
         d.join("hosts.txt"),
@@ -650,10 +640,7 @@ fn a_partition_idle_before_a_crash_is_resumed_from_where_it_stood() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     broker_model(d);
-    Kafka::connect(std::slice::from_ref(&addr), "test")
-        .unwrap()
-        .create_topic("readings", 3)
-        .unwrap();
+    create_topic(&addr, "readings", 3);
     // Old records wait in partitions 1 and 2 (`start = "latest"` skips them). While the
     // first run is up, records reach partition 0 only: 1 and 2 stay idle. While it is down,
     // records come to all of them. A resume must read 1 and 2 from where they stood when
