@@ -19,6 +19,7 @@ use super::packed::Packed;
 use super::state::StateSpec;
 use super::StateRef;
 use crate::kernels;
+use crate::kernels::fused::{FusedCell, Gates, Rows, RowsMut};
 
 /// Rows of a wavefront processed together: their input and hidden products (`G*H` floats
 /// each per row, 256 KB at LSTM h128) stay in L2 until the gate kernel has read them.
@@ -39,6 +40,9 @@ pub struct Cell {
     b_hn: Vec<f32>,
     /// LSTM with `proj_size`: `W_hr^T`, `[H x P]`.
     w_hr_t: Option<Vec<f32>>,
+    /// The same weights packed for the fused kernel, where it runs (AVX-512, no projection);
+    /// `None` keeps the faer path.
+    fused: Option<FusedCell>,
 }
 
 /// Raw PyTorch tensors of one direction of one layer, as read from the state_dict.
@@ -126,8 +130,20 @@ impl Recurrent {
                         b_hn.copy_from_slice(&b[2 * hidden..]);
                     }
                 }
+                let gates = match cell {
+                    CellKind::Lstm => Gates::Lstm,
+                    CellKind::Gru => Gates::Gru,
+                    CellKind::Rnn(nl) => Gates::Rnn {
+                        relu: nl == Nonlinearity::Relu,
+                    },
+                };
+                let fused = match w.w_hr {
+                    Some(_) => None,
+                    None => FusedCell::new(gates, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh),
+                };
                 Cell {
                     in_w,
+                    fused,
                     w_ih_t: transpose(w.w_ih, g * hidden, in_w),
                     w_hh_t: transpose(w.w_hh, g * hidden, hout),
                     bias_x,
@@ -234,7 +250,6 @@ impl Recurrent {
     ) {
         let cell = &self.cells[l * self.dirs() + d];
         let (hid, hout) = (self.hidden, self.hout());
-        let gh = self.cell.gates() * hid;
         let layout = &src.layout;
         let b0 = layout.active();
         let lstm = self.cell == CellKind::Lstm;
@@ -255,6 +270,30 @@ impl Recurrent {
             }
         }
 
+        if let Some(fused) = &cell.fused {
+            run_fused(fused, d, src, dst, &mut s.h, &mut s.c);
+        } else {
+            self.run_generic(cell, d, src, dst, s);
+        }
+
+        if let StateRef::Slots { slots, ids } = state {
+            for pos in 0..b0 {
+                let row = slots.row_mut(ids[layout.seq[pos] as usize]);
+                row[off..off + hout].copy_from_slice(&s.h[pos * hout..(pos + 1) * hout]);
+                if lstm {
+                    row[off + hout..off + hout + hid].copy_from_slice(&s.c[pos * hid..(pos + 1) * hid]);
+                }
+            }
+        }
+    }
+
+    /// The portable path: per block of rows, faer GEMMs into scratch, the gate kernel, and
+    /// `h` copied into `dst`. `s.h`/`s.c` hold the gathered state and end as the final one.
+    fn run_generic(&self, cell: &Cell, d: usize, src: &Packed, dst: &mut Packed, s: &mut RecScratch) {
+        let (hid, hout) = (self.hidden, self.hout());
+        let gh = self.cell.gates() * hid;
+        let layout = &src.layout;
+        let b0 = layout.active();
         let waves = layout.waves();
         let out_w = dst.width;
         let in_w = cell.in_w;
@@ -303,15 +342,85 @@ impl Recurrent {
                 }
             }
         }
+    }
+}
 
-        if let StateRef::Slots { slots, ids } = state {
-            for pos in 0..b0 {
-                let row = slots.row_mut(ids[layout.seq[pos] as usize]);
-                row[off..off + hout].copy_from_slice(&s.h[pos * hout..(pos + 1) * hout]);
-                if lstm {
-                    row[off + hout..off + hout + hid].copy_from_slice(&s.c[pos * hid..(pos + 1) * hid]);
-                }
-            }
+/// One direction of one layer through the fused kernel. Each wavefront reads its previous
+/// hidden state straight from the previous wavefront's output rows in `dst` (or from `h`,
+/// the gathered state, for a key's first step of this call) and writes the new state into
+/// its own rows of `dst`: no scratch, no copy. `c` is updated in place. At the end `h` holds
+/// every key's last state, as the generic path leaves it.
+fn run_fused(fused: &FusedCell, d: usize, src: &Packed, dst: &mut Packed, h: &mut [f32], c: &mut [f32]) {
+    let layout = &src.layout;
+    let waves = layout.waves();
+    let hout = h.len() / layout.active().max(1);
+    let (in_w, out_w) = (src.width, dst.width);
+    let col = d * hout;
+    let c_w = c.len() / layout.active().max(1);
+    for step in 0..waves {
+        // The backward direction walks the wavefronts in reverse; keys join as their last
+        // step comes up, with the state they start from.
+        let (w, prev) = if d == 0 {
+            (step, step.checked_sub(1))
+        } else {
+            (waves - 1 - step, (step > 0).then_some(waves - step))
+        };
+        let b = layout.batch_sizes[w] as usize;
+        let r0 = layout.offsets[w];
+        // Rows 0..m continue from the previous wavefront's rows; rows m..b start here.
+        let m = prev.map_or(0, |p| (layout.batch_sizes[p] as usize).min(b));
+        let x = &src.data[r0 * in_w..];
+        // The current wavefront's rows and the previous one's are disjoint spans of `dst`.
+        let split = match prev {
+            Some(p) if p < w => layout.offsets[w],
+            Some(p) => layout.offsets[p],
+            None => r0,
+        };
+        let (lo, hi) = dst.data.split_at_mut(split * out_w);
+        let (cur, before): (&mut [f32], &[f32]) = match prev {
+            Some(p) if p < w => (&mut hi[col..], &lo[layout.offsets[p] * out_w + col..]),
+            Some(_) => (&mut lo[r0 * out_w + col..], &hi[col..]),
+            None => (&mut hi[col..], &[]),
+        };
+        fused.step(
+            m,
+            Rows {
+                data: x,
+                stride: in_w,
+            },
+            Rows {
+                data: before,
+                stride: out_w,
+            },
+            &mut c[..m * c_w],
+            RowsMut {
+                data: &mut *cur,
+                stride: out_w,
+            },
+        );
+        if b > m {
+            fused.step(
+                b - m,
+                Rows {
+                    data: &x[m * in_w..],
+                    stride: in_w,
+                },
+                Rows {
+                    data: &h[m * hout..],
+                    stride: hout,
+                },
+                &mut c[m * c_w..b * c_w],
+                RowsMut {
+                    data: &mut cur[m * out_w..],
+                    stride: out_w,
+                },
+            );
         }
+    }
+    // Each key's last state: forward, the row of its last step; backward, of wavefront 0.
+    for pos in 0..layout.active() {
+        let w = if d == 0 { layout.lens[pos] as usize - 1 } else { 0 };
+        let r = layout.offsets[w] + pos;
+        h[pos * hout..(pos + 1) * hout].copy_from_slice(&dst.data[r * out_w + col..r * out_w + col + hout]);
     }
 }

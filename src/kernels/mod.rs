@@ -6,6 +6,8 @@
 //! vectorized. The polynomial `exp` below is accurate to about 2 ulp over the whole range,
 //! far inside the 1e-4 tolerance against PyTorch.
 
+pub mod fused;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 

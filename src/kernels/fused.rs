@@ -1,0 +1,704 @@
+//! The fused recurrent step: `b + [x h] · [W_ih; W_hh]^T` and the cell's gates in one pass
+//! over register tiles, on CPUs with AVX-512.
+//!
+//! Why: the generic path (per block of rows, one faer GEMM with `W_ih` and one with `W_hh`
+//! into scratch, a gate pass over both, then a copy of `h` into the output rows) moves every
+//! gate pre-activation through memory three times, and its first GEMM, with the input width
+//! (often 8) as its depth, is mostly call overhead. Here the weights are packed once, at load,
+//! into panels of 64 columns: for an LSTM or a GRU, 16 hidden units times 4 gate groups, so
+//! that one register tile holds every gate of its units. A tile of up to 6 rows x 64 columns
+//! stays in 24 zmm registers over the whole reduction (input, then hidden state); the gates
+//! run on it as soon as it is complete, and `h` goes straight into the caller's output rows.
+//!
+//! **Invariance.** Every pre-activation is one FMA chain in a fixed order: the bias, then
+//! `x[0..I]`, then `h[0..H]`, whichever rows share its tile or its call. A key's result
+//! therefore does not depend on how keys are batched, which is what keeps a pipeline's
+//! output bit-identical for any worker count (the property tests and the `-w` invariance
+//! tests defend it; `tests::rows_are_independent_of_batching` here).
+//!
+//! **Dispatch.** [`FusedCell::new`] returns `None` on a CPU without AVX-512F, or when the
+//! environment sets `SEQFLOW_KERNEL=generic` (for comparisons, and to run the portable path
+//! on this machine); the caller then keeps the faer path, which gives the same results to
+//! within float rounding (about 1e-7).
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// f32 lanes of a zmm register.
+const LANES: usize = 16;
+/// Column groups per panel (zmm accumulators per tile row).
+const GROUPS: usize = 4;
+/// Columns per panel.
+const COLS: usize = GROUPS * LANES;
+/// Rows per register tile: 6 x 4 accumulators + 4 weight vectors + 1 broadcast fit in the
+/// 32 zmm registers.
+const MR: usize = 6;
+/// Rows per block: a panel of weights (136 x 64 floats at LSTM 8->128, 35 KB) is reused
+/// over this many rows while it sits in L1.
+const ROW_BLOCK: usize = 48;
+
+/// Which cell's gates the epilogue applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gates {
+    /// Gates `i f g o` in the four groups of a panel; `c' = f c + i g`, `h' = o tanh(c')`.
+    Lstm,
+    /// Groups `r`, `z`, `n` from the input (`nx`) and `n` from the hidden state (`nh`, kept
+    /// apart because the reset gate multiplies it): `h' = (1 - z) tanh(nx + r nh) + z h`.
+    Gru,
+    /// 64 hidden units per panel: `h' = act(pre)`.
+    Rnn {
+        /// ReLU rather than tanh.
+        relu: bool,
+    },
+}
+
+/// One 64-byte-aligned vector of weights, so that every load of the tile loop is aligned.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+struct Line([f32; LANES]);
+
+/// The weights and biases of one direction of one recurrent layer, packed for the kernel.
+#[derive(Debug, Clone)]
+pub struct FusedCell {
+    gates: Gates,
+    in_w: usize,
+    hid: usize,
+    panels: usize,
+    /// Per panel, `in_w + hid` rows of `GROUPS` lines: row `k < in_w` multiplies `x[k]`,
+    /// row `in_w + k` multiplies `h[k]`. Columns past the last unit are zero.
+    w: Vec<Line>,
+    /// Per panel, `GROUPS` lines: each column's bias (the accumulators' starting value).
+    bias: Vec<Line>,
+}
+
+/// `n` rows of `width` values, row `r` starting at `data[r * stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    /// The values; only the rows' spans are read.
+    pub data: &'a [f32],
+    /// Distance between rows, in floats.
+    pub stride: usize,
+}
+
+/// Mutable rows, as [`Rows`].
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    /// The values; only the rows' spans are written.
+    pub data: &'a mut [f32],
+    /// Distance between rows, in floats.
+    pub stride: usize,
+}
+
+/// Whether the fused kernel may run here: AVX-512F, and not switched off with
+/// `SEQFLOW_KERNEL=generic`. Decided once per process.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let asked_generic = std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic");
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && !asked_generic
+    })
+}
+
+impl FusedCell {
+    /// Packs PyTorch's tensors of one direction of one layer: `w_ih [G*hid x in_w]`,
+    /// `w_hh [G*hid x hid]`, the optional biases `[G*hid]`, gates in PyTorch's order.
+    /// `None` when the fused kernel is not [`enabled`].
+    pub fn new(
+        gates: Gates,
+        in_w: usize,
+        hid: usize,
+        w_ih: &[f32],
+        w_hh: &[f32],
+        b_ih: Option<&[f32]>,
+        b_hh: Option<&[f32]>,
+    ) -> Option<FusedCell> {
+        if !enabled() || in_w == 0 || hid == 0 {
+            return None;
+        }
+        let units = match gates {
+            Gates::Rnn { .. } => COLS,
+            Gates::Lstm | Gates::Gru => LANES,
+        };
+        let panels = hid.div_ceil(units);
+        let k = in_w + hid;
+        let mut w = vec![Line([0.0; LANES]); panels * k * GROUPS];
+        let mut bias = vec![Line([0.0; LANES]); panels * GROUPS];
+        let b = |v: Option<&[f32]>, row: usize| v.map_or(0.0, |v| v[row]);
+        for p in 0..panels {
+            for q in 0..GROUPS {
+                for l in 0..LANES {
+                    let unit = match gates {
+                        Gates::Rnn { .. } => p * COLS + q * LANES + l,
+                        Gates::Lstm | Gates::Gru => p * LANES + l,
+                    };
+                    if unit >= hid {
+                        continue;
+                    }
+                    // Which PyTorch row feeds this column from x, which from h, and its bias.
+                    let (x_row, h_row, bias_v) = match (gates, q) {
+                        (Gates::Lstm, _) | (Gates::Gru, 0 | 1) => {
+                            let row = q * hid + unit;
+                            (Some(row), Some(row), b(b_ih, row) + b(b_hh, row))
+                        }
+                        (Gates::Gru, 2) => (Some(2 * hid + unit), None, b(b_ih, 2 * hid + unit)),
+                        (Gates::Gru, _) => (None, Some(2 * hid + unit), b(b_hh, 2 * hid + unit)),
+                        (Gates::Rnn { .. }, _) => (Some(unit), Some(unit), b(b_ih, unit) + b(b_hh, unit)),
+                    };
+                    bias[p * GROUPS + q].0[l] = bias_v;
+                    let panel = &mut w[p * k * GROUPS..(p + 1) * k * GROUPS];
+                    if let Some(row) = x_row {
+                        for kk in 0..in_w {
+                            panel[kk * GROUPS + q].0[l] = w_ih[row * in_w + kk];
+                        }
+                    }
+                    if let Some(row) = h_row {
+                        for kk in 0..hid {
+                            panel[(in_w + kk) * GROUPS + q].0[l] = w_hh[row * hid + kk];
+                        }
+                    }
+                }
+            }
+        }
+        Some(FusedCell {
+            gates,
+            in_w,
+            hid,
+            panels,
+            w,
+            bias,
+        })
+    }
+
+    /// Advances `n` rows one step: row `r` reads `x` row `r` (`in_w` values) and `h` row `r`
+    /// (the previous hidden state, `hid` values), updates `c[r*hid..]` in place (LSTM only;
+    /// ignored otherwise) and writes the new hidden state to `out` row `r`.
+    ///
+    /// # Panics
+    /// If a row span lies outside its slice (a caller's bug, never input-dependent).
+    pub fn step(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
+        if n == 0 {
+            return;
+        }
+        let fits = |len: usize, stride: usize, width: usize| (n - 1) * stride + width <= len;
+        assert!(
+            fits(x.data.len(), x.stride, self.in_w),
+            "fused step: x rows out of bounds"
+        );
+        assert!(
+            fits(h.data.len(), h.stride, self.hid),
+            "fused step: h rows out of bounds"
+        );
+        assert!(
+            fits(out.data.len(), out.stride, self.hid),
+            "fused step: output rows out of bounds"
+        );
+        if self.gates == Gates::Lstm {
+            assert!(c.len() >= n * self.hid, "fused step: c rows out of bounds");
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a FusedCell exists only where `enabled()` saw AVX-512F; every row span was
+        // checked against its slice above.
+        unsafe {
+            self.step_avx512(n, x, h, c, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("FusedCell is only built on x86_64");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn step_avx512(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
+        let k = self.in_w + self.hid;
+        let mut tile = [Line([0.0; LANES]); MR * GROUPS];
+        for r0 in (0..n).step_by(ROW_BLOCK) {
+            let r1 = n.min(r0 + ROW_BLOCK);
+            for p in 0..self.panels {
+                let w = self.w[p * k * GROUPS..].as_ptr().cast::<f32>();
+                let bias = self.bias[p * GROUPS..].as_ptr().cast::<f32>();
+                let mut t = r0;
+                while t < r1 {
+                    let m = MR.min(r1 - t);
+                    let acc = tile.as_mut_ptr().cast::<f32>();
+                    // SAFETY: rows t..t+m are < n, whose spans were checked by `step`; the
+                    // panel holds k rows of COLS floats; `tile` holds MR rows of COLS.
+                    unsafe {
+                        let xs = x.data.as_ptr().add(t * x.stride);
+                        let hs = h.data.as_ptr().add(t * h.stride);
+                        let (kx, kh, xst, hst) = (self.in_w, self.hid, x.stride, h.stride);
+                        match m {
+                            6 => tile_kernel::<6>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                            5 => tile_kernel::<5>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                            4 => tile_kernel::<4>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                            3 => tile_kernel::<3>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                            2 => tile_kernel::<2>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                            _ => tile_kernel::<1>(w, bias, kx, kh, xs, xst, hs, hst, acc),
+                        }
+                    }
+                    for (i, row) in tile[..m * GROUPS].chunks_exact(GROUPS).enumerate() {
+                        let pre: &[Line; GROUPS] = row.try_into().expect("GROUPS lines per tile row");
+                        // SAFETY: AVX-512F, as for this function.
+                        unsafe { self.epilogue(p, t + i, pre, &h, c, &mut *out.data, out.stride) };
+                    }
+                    t += m;
+                }
+            }
+        }
+    }
+
+    /// Applies the gates to one row's finished pre-activations for panel `p`'s units.
+    ///
+    /// # Safety
+    /// AVX-512F present (called from `step_avx512` only).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue(
+        &self,
+        p: usize,
+        r: usize,
+        pre: &[Line; GROUPS],
+        h: &Rows<'_>,
+        c: &mut [f32],
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let hid = self.hid;
+        // SAFETY (every block below): AVX-512F, per this function's contract.
+        match self.gates {
+            Gates::Lstm => {
+                let u0 = p * LANES;
+                let n = LANES.min(hid - u0);
+                let c = &mut c[r * hid + u0..r * hid + u0 + n];
+                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
+                if let (Ok(c), Ok(o)) = (
+                    <&mut [f32; LANES]>::try_from(&mut *c),
+                    <&mut [f32; LANES]>::try_from(&mut *o),
+                ) {
+                    unsafe { lstm_lanes(pre, c, o) };
+                } else {
+                    let (mut cl, mut ol) = ([0.0; LANES], [0.0; LANES]);
+                    cl[..n].copy_from_slice(c);
+                    unsafe { lstm_lanes(pre, &mut cl, &mut ol) };
+                    c.copy_from_slice(&cl[..n]);
+                    o.copy_from_slice(&ol[..n]);
+                }
+            }
+            Gates::Gru => {
+                let u0 = p * LANES;
+                let n = LANES.min(hid - u0);
+                let hp = &h.data[r * h.stride + u0..r * h.stride + u0 + n];
+                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
+                if let (Ok(hp), Ok(o)) = (
+                    <&[f32; LANES]>::try_from(hp),
+                    <&mut [f32; LANES]>::try_from(&mut *o),
+                ) {
+                    unsafe { gru_lanes(pre, hp, o) };
+                } else {
+                    let (mut hl, mut ol) = ([0.0; LANES], [0.0; LANES]);
+                    hl[..n].copy_from_slice(hp);
+                    unsafe { gru_lanes(pre, &hl, &mut ol) };
+                    o.copy_from_slice(&ol[..n]);
+                }
+            }
+            Gates::Rnn { relu } => {
+                let u0 = p * COLS;
+                let n = COLS.min(hid - u0);
+                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
+                for (q, line) in pre.iter().enumerate() {
+                    let (lo, hi) = ((q * LANES).min(n), ((q + 1) * LANES).min(n));
+                    let mut hl = [0.0; LANES];
+                    unsafe { rnn_lanes(line, relu, &mut hl) };
+                    o[lo..hi].copy_from_slice(&hl[..hi - lo]);
+                }
+            }
+        }
+    }
+}
+
+/// Vector gate math, 16 lanes. Same formulas as the generic path's (`super::exp` and the
+/// gates built on it), but each division is `rcp14` plus one Newton step (relative error
+/// about 2^-27 against `vdivps`, which costs several times as much) and `tanh(x)` is
+/// `2 sigmoid(2x) - 1`, one exponential each. Absolute error against float64 stays about
+/// 1e-7 (`tests::matches_float64_reference`).
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use std::arch::x86_64::*;
+
+    /// `e^x`: `x = n ln2 + r` with n rounded to nearest, Cephes' degree-6 polynomial for
+    /// `e^r`, `vscalefps` for the `2^n` (overflow and underflow handled by it).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.336_55)),
+            _mm512_set1_ps(88.376_26),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// `1 / d` for `d >= 1`: `rcp14` and one Newton step.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn recip(d: __m512) -> __m512 {
+        let r = _mm512_rcp14_ps(d);
+        let e = _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0));
+        _mm512_fmadd_ps(r, e, r)
+    }
+
+    /// `1 / (1 + e^-x)`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn sigmoid(x: __m512) -> __m512 {
+        recip(_mm512_add_ps(
+            _mm512_set1_ps(1.0),
+            exp(_mm512_sub_ps(_mm512_setzero_ps(), x)),
+        ))
+    }
+
+    /// `2 sigmoid(2x) - 1`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn tanh(x: __m512) -> __m512 {
+        let s = sigmoid(_mm512_add_ps(x, x));
+        _mm512_sub_ps(_mm512_add_ps(s, s), _mm512_set1_ps(1.0))
+    }
+}
+
+/// LSTM gates over 16 units: `c' = f c + i g`, `h' = o tanh(c')`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn lstm_lanes(pre: &[Line; GROUPS], c: &mut [f32; LANES], h: &mut [f32; LANES]) {
+    // SAFETY: `Line` is 64-byte aligned; `c` and `h` hold 16 floats (unaligned accesses).
+    unsafe {
+        let ld = |l: &Line| _mm512_load_ps(l.0.as_ptr());
+        let i = lanes::sigmoid(ld(&pre[0]));
+        let f = lanes::sigmoid(ld(&pre[1]));
+        let g = lanes::tanh(ld(&pre[2]));
+        let o = lanes::sigmoid(ld(&pre[3]));
+        let cn = _mm512_add_ps(_mm512_mul_ps(f, _mm512_loadu_ps(c.as_ptr())), _mm512_mul_ps(i, g));
+        _mm512_storeu_ps(c.as_mut_ptr(), cn);
+        _mm512_storeu_ps(h.as_mut_ptr(), _mm512_mul_ps(o, lanes::tanh(cn)));
+    }
+}
+
+/// GRU gates over 16 units: `h' = (1 - z) tanh(nx + r nh) + z h`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gru_lanes(pre: &[Line; GROUPS], hp: &[f32; LANES], h: &mut [f32; LANES]) {
+    // SAFETY: as in `lstm_lanes`.
+    unsafe {
+        let ld = |l: &Line| _mm512_load_ps(l.0.as_ptr());
+        let r = lanes::sigmoid(ld(&pre[0]));
+        let z = lanes::sigmoid(ld(&pre[1]));
+        let n = lanes::tanh(_mm512_add_ps(ld(&pre[2]), _mm512_mul_ps(r, ld(&pre[3]))));
+        let one_z = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
+        let hn = _mm512_add_ps(
+            _mm512_mul_ps(one_z, n),
+            _mm512_mul_ps(z, _mm512_loadu_ps(hp.as_ptr())),
+        );
+        _mm512_storeu_ps(h.as_mut_ptr(), hn);
+    }
+}
+
+/// RNN activation over 16 units.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn rnn_lanes(pre: &Line, relu: bool, h: &mut [f32; LANES]) {
+    // SAFETY: as in `lstm_lanes`.
+    unsafe {
+        let v = _mm512_load_ps(pre.0.as_ptr());
+        let a = if relu {
+            _mm512_max_ps(v, _mm512_setzero_ps())
+        } else {
+            lanes::tanh(v)
+        };
+        _mm512_storeu_ps(h.as_mut_ptr(), a);
+    }
+}
+
+/// One register tile: `M` rows x 64 columns, accumulators started at the bias, then one FMA
+/// per (row, column) for each of the `kx` input and `kh` hidden values, in order.
+///
+/// # Safety
+/// AVX-512F present; `w` holds `kx + kh` rows of 64 floats and `bias` 64, both 64-byte
+/// aligned; `x + r*xst` holds `kx` and `h + r*hst` holds `kh` floats for every `r < M`;
+/// `out` has room for `M * 64`, 64-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_kernel<const M: usize>(
+    w: *const f32,
+    bias: *const f32,
+    kx: usize,
+    kh: usize,
+    x: *const f32,
+    xst: usize,
+    h: *const f32,
+    hst: usize,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's contract above.
+    unsafe {
+        let b = [
+            _mm512_load_ps(bias),
+            _mm512_load_ps(bias.add(16)),
+            _mm512_load_ps(bias.add(32)),
+            _mm512_load_ps(bias.add(48)),
+        ];
+        let mut acc = [b; M];
+        let mut wp = w;
+        // A macro, not a closure, so the loop is compiled inside this function's
+        // `target_feature` context.
+        macro_rules! reduce {
+            ($a:expr, $stride:expr, $depth:expr) => {
+                for k in 0..$depth {
+                    let w0 = _mm512_load_ps(wp);
+                    let w1 = _mm512_load_ps(wp.add(16));
+                    let w2 = _mm512_load_ps(wp.add(32));
+                    let w3 = _mm512_load_ps(wp.add(48));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let v = _mm512_set1_ps(*$a.add(r * $stride + k));
+                        acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
+                        acc[2] = _mm512_fmadd_ps(v, w2, acc[2]);
+                        acc[3] = _mm512_fmadd_ps(v, w3, acc[3]);
+                    }
+                    wp = wp.add(COLS);
+                }
+            };
+        }
+        reduce!(x, xst, kx);
+        reduce!(h, hst, kh);
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, &v) in acc.iter().enumerate() {
+                _mm512_store_ps(out.add((r * GROUPS + q) * LANES), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::SplitMix;
+
+    /// Float64 reference of one step, from the documented formulas.
+    fn reference(
+        gates: Gates,
+        in_w: usize,
+        hid: usize,
+        wts: &Wts,
+        x: &[f32],
+        h: &[f32],
+        c: &mut [f64],
+    ) -> Vec<f64> {
+        let dot = |w: &[f32], row: usize, v: &[f32], width: usize| -> f64 {
+            (0..width).map(|k| w[row * width + k] as f64 * v[k] as f64).sum()
+        };
+        let pre = |g: usize, u: usize, with_h: bool, with_x: bool| -> f64 {
+            let row = g * hid + u;
+            let mut s =
+                wts.b_ih[row] as f64 * with_x as u8 as f64 + wts.b_hh[row] as f64 * with_h as u8 as f64;
+            if with_x {
+                s += dot(&wts.w_ih, row, x, in_w);
+            }
+            if with_h {
+                s += dot(&wts.w_hh, row, h, hid);
+            }
+            s
+        };
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        (0..hid)
+            .map(|u| match gates {
+                Gates::Lstm => {
+                    let (i, f, g, o) = (
+                        sig(pre(0, u, true, true)),
+                        sig(pre(1, u, true, true)),
+                        pre(2, u, true, true).tanh(),
+                        sig(pre(3, u, true, true)),
+                    );
+                    c[u] = f * c[u] + i * g;
+                    o * c[u].tanh()
+                }
+                Gates::Gru => {
+                    let r = sig(pre(0, u, true, true));
+                    let z = sig(pre(1, u, true, true));
+                    let n = (pre(2, u, false, true) + r * pre(2, u, true, false)).tanh();
+                    (1.0 - z) * n + z * h[u] as f64
+                }
+                Gates::Rnn { relu } => {
+                    let v = pre(0, u, true, true);
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v.tanh()
+                    }
+                }
+            })
+            .collect()
+    }
+
+    struct Wts {
+        w_ih: Vec<f32>,
+        w_hh: Vec<f32>,
+        b_ih: Vec<f32>,
+        b_hh: Vec<f32>,
+    }
+
+    fn weights(g: usize, in_w: usize, hid: usize, seed: u64) -> Wts {
+        let mut rng = SplitMix::new(seed);
+        let scale = 1.0 / (hid as f32).sqrt();
+        let mut v = |n: usize| (0..n).map(|_| rng.normal() * scale).collect::<Vec<f32>>();
+        Wts {
+            w_ih: v(g * hid * in_w),
+            w_hh: v(g * hid * hid),
+            b_ih: v(g * hid),
+            b_hh: v(g * hid),
+        }
+    }
+
+    fn cells() -> [(Gates, usize); 4] {
+        [
+            (Gates::Lstm, 4),
+            (Gates::Gru, 3),
+            (Gates::Rnn { relu: false }, 1),
+            (Gates::Rnn { relu: true }, 1),
+        ]
+    }
+
+    #[test]
+    fn matches_float64_reference() {
+        if !enabled() {
+            eprintln!("no AVX-512F here: the fused kernel is not built, nothing to check");
+            return;
+        }
+        for (gates, g) in cells() {
+            // Widths around the panel and tile sizes: partial panels, partial tiles.
+            for &(in_w, hid, n) in &[(8, 128, 13), (3, 50, 7), (1, 16, 1), (17, 70, 49), (5, 130, 6)] {
+                let wts = weights(g, in_w, hid, 7 + hid as u64);
+                let cell = FusedCell::new(
+                    gates,
+                    in_w,
+                    hid,
+                    &wts.w_ih,
+                    &wts.w_hh,
+                    Some(&wts.b_ih),
+                    Some(&wts.b_hh),
+                )
+                .expect("enabled");
+                let mut rng = SplitMix::new(3);
+                let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
+                let h: Vec<f32> = (0..n * hid).map(|_| rng.normal() * 0.5).collect();
+                let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+                // Output rows wider than hid, as in a bidirectional layer's half.
+                let stride = hid + 3;
+                let mut out = vec![f32::NAN; n * stride];
+                let mut c = c0.clone();
+                cell.step(
+                    n,
+                    Rows {
+                        data: &x,
+                        stride: in_w,
+                    },
+                    Rows {
+                        data: &h,
+                        stride: hid,
+                    },
+                    &mut c,
+                    RowsMut {
+                        data: &mut out,
+                        stride,
+                    },
+                );
+                for r in 0..n {
+                    let mut c64: Vec<f64> = c0[r * hid..(r + 1) * hid].iter().map(|&v| v as f64).collect();
+                    let want = reference(gates, in_w, hid, &wts, &x[r * in_w..], &h[r * hid..], &mut c64);
+                    for u in 0..hid {
+                        let got = out[r * stride + u] as f64;
+                        assert!(
+                            (got - want[u]).abs() < 2e-6,
+                            "{gates:?} {in_w}->{hid} row {r} unit {u}: {got} vs {}",
+                            want[u]
+                        );
+                        if gates == Gates::Lstm {
+                            assert!((c[r * hid + u] as f64 - c64[u]).abs() < 2e-6);
+                        }
+                    }
+                    assert!(
+                        out[r * stride + hid..(r + 1) * stride].iter().all(|v| v.is_nan()),
+                        "wrote past the row"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_independent_of_batching() {
+        if !enabled() {
+            return;
+        }
+        let (in_w, hid, n) = (8, 40, 61);
+        for (gates, g) in cells() {
+            let wts = weights(g, in_w, hid, 11);
+            let cell = FusedCell::new(gates, in_w, hid, &wts.w_ih, &wts.w_hh, Some(&wts.b_ih), None)
+                .expect("enabled");
+            let mut rng = SplitMix::new(9);
+            let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
+            let h: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+            let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+            let run = |from: usize, to: usize| {
+                let mut c = c0[from * hid..to * hid].to_vec();
+                let mut out = vec![0.0; (to - from) * hid];
+                cell.step(
+                    to - from,
+                    Rows {
+                        data: &x[from * in_w..],
+                        stride: in_w,
+                    },
+                    Rows {
+                        data: &h[from * hid..],
+                        stride: hid,
+                    },
+                    &mut c,
+                    RowsMut {
+                        data: &mut out,
+                        stride: hid,
+                    },
+                );
+                (out, c)
+            };
+            let (all, call) = run(0, n);
+            // Every split point, so rows land in every tile position and block.
+            for cut in [1, 5, 6, 7, 30, 48, 49, 60] {
+                let (a, ca) = run(0, cut);
+                let (b, cb) = run(cut, n);
+                assert_eq!([a, b].concat(), all, "{gates:?} split at {cut}");
+                if gates == Gates::Lstm {
+                    assert_eq!([ca, cb].concat(), call);
+                }
+            }
+        }
+    }
+}
