@@ -580,7 +580,7 @@ impl Windows {
                 self.rings[k][pos * w..(pos + 1) * w].copy_from_slice(acc.row(a));
                 let n = n + 1;
                 self.counts[k] = n;
-                if n >= size as u64 && (n - size as u64) % self.hop as u64 == 0 {
+                if n >= size as u64 && (n - size as u64).is_multiple_of(self.hop as u64) {
                     // Oldest first: the ring starts after the newest entry.
                     for j in 0..size {
                         let p = ((n as usize) + j) % size;
