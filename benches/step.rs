@@ -4,7 +4,9 @@
 //! key, a GRU step 2*3H*(I+H)) and the fraction of faer's own single-thread GEMM on the
 //! same product shape, `[B x (I+H)] * [(I+H) x G*H]`, measured in the same run (group
 //! `faer_gemm`): how close the whole step (gather, two GEMMs, gates, scatter) comes to the
-//! matrix product alone.
+//! matrix product alone. Where the CPU has AVX512_BF16, the same steps again with
+//! `precision = "bf16"` (groups `lstm_bf16_step`, `gru_bf16_step`; FLOPs counted the same, so
+//! the bf16 rows can pass the f32 peak; the bf16 peak is printed beside it).
 //!
 //!     cargo bench --bench step
 //!     cargo bench --bench step -- --quick     # fewer samples
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use seqflow::model::builder::ModelBuilder;
+use seqflow::model::config::Precision;
 use seqflow::vocab::SplitMix;
 use seqflow::{Packed, Workspace};
 
@@ -23,13 +26,26 @@ const HIDDENS: [usize; 3] = [64, 128, 256];
 const BATCHES: [usize; 3] = [1, 64, 1024];
 
 fn bench(c: &mut Criterion) {
-    for cell in ["lstm", "gru"] {
-        let mut group = c.benchmark_group(format!("{cell}_step"));
+    for (cell, precision) in [
+        ("lstm", Precision::F32),
+        ("gru", Precision::F32),
+        ("lstm", Precision::Bf16),
+        ("gru", Precision::Bf16),
+    ] {
+        if precision == Precision::Bf16 && !seqflow::kernels::fused::bf16_supported() {
+            continue;
+        }
+        let name = match precision {
+            Precision::F32 => format!("{cell}_step"),
+            Precision::Bf16 => format!("{cell}_bf16_step"),
+        };
+        let mut group = c.benchmark_group(name);
         group.warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(2));
         group.sample_size(20);
         for hidden in HIDDENS {
             let model = ModelBuilder::new(INPUT, 7)
+                .precision(precision)
                 .recurrent(cell, cell, hidden, 1)
                 .build()
                 .unwrap();
@@ -128,11 +144,14 @@ fn report() {
         Some(p) => println!("\nsingle-core f32 FMA peak, measured now: {p:.1} GFLOP/s"),
         None => println!("\nsingle-core f32 FMA peak: unknown on this CPU"),
     }
+    if let Some(p) = fma_peak::bf16_gflops(5) {
+        println!("single-core bf16 dot-product peak, measured now: {p:.1} GFLOP/s");
+    }
     println!(
         "\n| cell | hidden | keys/call | time/call | key-steps/s | GFLOP/s | of FMA peak | faer GEMM alone | step / GEMM |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (cell, gates) in [("lstm", 4.0), ("gru", 3.0)] {
+    for (cell, gates) in [("lstm", 4.0), ("gru", 3.0), ("lstm_bf16", 4.0), ("gru_bf16", 3.0)] {
         for hidden in HIDDENS {
             for batch in BATCHES {
                 let Some(ns) = median_ns(format!("{cell}_step/h{hidden}/{batch}/new/estimates.json")) else {
@@ -142,6 +161,7 @@ fn report() {
                 let flops = 2.0 * gates * hidden as f64 * (INPUT + hidden) as f64;
                 let gflops = steps * flops / 1e9;
                 let faer = median_ns(format!("faer_gemm/g{gates}h{hidden}/{batch}/new/estimates.json"))
+                    .filter(|_| !cell.ends_with("bf16"))
                     .map(|g| batch as f64 * flops / g);
                 let (faer_col, ratio_col) = match faer {
                     Some(f) => (format!("{f:.1}"), format!("{:.0}%", 100.0 * gflops / f)),

@@ -53,7 +53,38 @@ pub enum Gates {
     },
 }
 
-/// One 64-byte-aligned vector of weights, so that every load of the tile loop is aligned.
+/// How the recurrent matrix products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and FMAs: PyTorch's numbers within 1e-4 (the default).
+    #[default]
+    F32,
+    /// bfloat16 weights and inputs, f32 accumulation (`vdpbf16ps`, AVX512_BF16): twice the
+    /// products per instruction, at about 1e-3 of error. Gates and state stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The model file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Whether this CPU runs the bf16 kernel: the fused kernel is [`enabled`] and has AVX512_BF16.
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let cpu = std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let cpu = false;
+    enabled() && cpu
+}
+
+/// One 64-byte-aligned vector of weights, so that every load of the tile loop is aligned:
+/// 16 f32, or for the bf16 kernel 16 pairs of bf16 (the bit patterns stored as f32).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
 struct Line([f32; LANES]);
@@ -62,14 +93,19 @@ struct Line([f32; LANES]);
 #[derive(Debug, Clone)]
 pub struct FusedCell {
     gates: Gates,
+    precision: Precision,
     in_w: usize,
     hid: usize,
     panels: usize,
-    /// Per panel, `in_w` rows of [`FusedCell::lines`] lines multiplying `x[k]`, then `hid`
-    /// such rows multiplying `h[k]`. Columns past the last unit are zero. A GRU has 3 lines
-    /// per row: `r z nx` for x, `r z nh` for h (the zero fourth would cost a third more
-    /// FMAs).
+    /// Per panel, `kx` reduction rows of [`FusedCell::lines_of`] lines multiplying the
+    /// input, then `kh` such rows multiplying `h`: in f32 one row per value (`kx = in_w`,
+    /// `kh = hid`), in bf16 one row per pair of values (`x[2k]` in each lane's low half).
+    /// Columns past the last unit and values past an odd width are zero. A GRU has 3 lines
+    /// per row: `r z nx` for x, `r z nh` for h (a zero fourth would cost a third more FMAs).
     w: Vec<Line>,
+    /// Reduction rows of the input and of the hidden segment.
+    kx: usize,
+    kh: usize,
     /// Per panel, `GROUPS` lines: each column's bias (the accumulators' starting value).
     bias: Vec<Line>,
 }
@@ -109,9 +145,12 @@ pub fn enabled() -> bool {
 impl FusedCell {
     /// Packs PyTorch's tensors of one direction of one layer: `w_ih [G*hid x in_w]`,
     /// `w_hh [G*hid x hid]`, the optional biases `[G*hid]`, gates in PyTorch's order.
-    /// `None` when the fused kernel is not [`enabled`].
+    /// `None` when the fused kernel is not [`enabled`] (or, for bf16, not
+    /// [`bf16_supported`]; callers check that first, to say so).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         gates: Gates,
+        precision: Precision,
         in_w: usize,
         hid: usize,
         w_ih: &[f32],
@@ -119,17 +158,44 @@ impl FusedCell {
         b_ih: Option<&[f32]>,
         b_hh: Option<&[f32]>,
     ) -> Option<FusedCell> {
-        if !enabled() || in_w == 0 || hid == 0 {
+        let supported = match precision {
+            Precision::F32 => enabled(),
+            Precision::Bf16 => bf16_supported(),
+        };
+        if !supported || in_w == 0 || hid == 0 {
             return None;
         }
+        let (kx, kh) = match precision {
+            Precision::F32 => (in_w, hid),
+            Precision::Bf16 => (in_w.div_ceil(2), hid.div_ceil(2)),
+        };
         let units = match gates {
             Gates::Rnn { .. } => COLS,
             Gates::Lstm | Gates::Gru => LANES,
         };
         let panels = hid.div_ceil(units);
         let lines = Self::lines_of(gates);
-        let per_panel = (in_w + hid) * lines;
+        let per_panel = (kx + kh) * lines;
         let mut w = vec![Line([0.0; LANES]); panels * per_panel];
+        // Value `k` of a segment goes to reduction row `k` (f32) or to half `k % 2` of pair
+        // row `k / 2` (bf16).
+        let put = |line: &mut Line, l: usize, k: usize, v: f32| match precision {
+            Precision::F32 => line.0[l] = v,
+            Precision::Bf16 => {
+                let bits = line.0[l].to_bits();
+                let half = (bf16_bits(v) as u32) << (16 * (k % 2));
+                let keep = if k.is_multiple_of(2) {
+                    0xffff_0000
+                } else {
+                    0x0000_ffff
+                };
+                line.0[l] = f32::from_bits((bits & keep) | half);
+            }
+        };
+        let row_of = |k: usize| match precision {
+            Precision::F32 => k,
+            Precision::Bf16 => k / 2,
+        };
         let mut bias = vec![Line([0.0; LANES]); panels * GROUPS];
         let b = |v: Option<&[f32]>, row: usize| v.map_or(0.0, |v| v[row]);
         for p in 0..panels {
@@ -161,12 +227,22 @@ impl FusedCell {
                     };
                     if let Some(row) = x_row {
                         for kk in 0..in_w {
-                            panel[kk * lines + x_line].0[l] = w_ih[row * in_w + kk];
+                            put(
+                                &mut panel[row_of(kk) * lines + x_line],
+                                l,
+                                kk,
+                                w_ih[row * in_w + kk],
+                            );
                         }
                     }
                     if let Some(row) = h_row {
                         for kk in 0..hid {
-                            panel[(in_w + kk) * lines + h_line].0[l] = w_hh[row * hid + kk];
+                            put(
+                                &mut panel[(kx + row_of(kk)) * lines + h_line],
+                                l,
+                                kk,
+                                w_hh[row * hid + kk],
+                            );
                         }
                     }
                 }
@@ -174,12 +250,20 @@ impl FusedCell {
         }
         Some(FusedCell {
             gates,
+            precision,
             in_w,
             hid,
             panels,
             w,
+            kx,
+            kh,
             bias,
         })
+    }
+
+    /// The precision this cell computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Weight lines per reduction row.
@@ -192,11 +276,20 @@ impl FusedCell {
 
     /// Advances `n` rows one step: row `r` reads `x` row `r` (`in_w` values) and `h` row `r`
     /// (the previous hidden state, `hid` values), updates `c[r*hid..]` in place (LSTM only;
-    /// ignored otherwise) and writes the new hidden state to `out` row `r`.
+    /// ignored otherwise) and writes the new hidden state to `out` row `r`. `scratch` holds
+    /// the bf16 kernel's converted inputs (reused across calls; untouched in f32).
     ///
     /// # Panics
     /// If a row span lies outside its slice (a caller's bug, never input-dependent).
-    pub fn step(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
+    pub fn step(
+        &self,
+        n: usize,
+        x: Rows<'_>,
+        h: Rows<'_>,
+        c: &mut [f32],
+        out: RowsMut<'_>,
+        scratch: &mut Vec<u32>,
+    ) {
         if n == 0 {
             return;
         }
@@ -217,10 +310,13 @@ impl FusedCell {
             assert!(c.len() >= n * self.hid, "fused step: c rows out of bounds");
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a FusedCell exists only where `enabled()` saw AVX-512F; every row span was
-        // checked against its slice above.
+        // SAFETY: a FusedCell exists only where `enabled()` saw AVX-512F (and, in bf16,
+        // `bf16_supported()` AVX512_BF16); every row span was checked against its slice above.
         unsafe {
-            self.step_avx512(n, x, h, c, out)
+            match self.precision {
+                Precision::F32 => self.step_avx512(n, x, h, c, out),
+                Precision::Bf16 => self.step_bf16(n, x, h, c, out, scratch),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("FusedCell is only built on x86_64");
@@ -229,50 +325,111 @@ impl FusedCell {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn step_avx512(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
-        let lines = Self::lines_of(self.gates);
-        let per_panel = (self.in_w + self.hid) * lines;
-        let gru = self.gates == Gates::Gru;
-        let mut tile = [Line([0.0; LANES]); MR * GROUPS];
         for r0 in (0..n).step_by(ROW_BLOCK) {
             let r1 = n.min(r0 + ROW_BLOCK);
-            for p in 0..self.panels {
-                let w = self.w[p * per_panel..].as_ptr().cast::<f32>();
-                let bias = self.bias[p * GROUPS..].as_ptr().cast::<f32>();
-                let mut t = r0;
-                while t < r1 {
-                    let m = MR.min(r1 - t);
-                    let acc = tile.as_mut_ptr().cast::<f32>();
-                    // SAFETY: rows t..t+m are < n, whose spans were checked by `step`; the
-                    // panel holds k rows of COLS floats; `tile` holds MR rows of COLS.
-                    unsafe {
+            // SAFETY: rows r0..r1 are < n, whose spans `step` checked.
+            unsafe {
+                self.block(
+                    r0,
+                    r1,
+                    &h,
+                    c,
+                    &mut *out.data,
+                    out.stride,
+                    |t, m, gru, w, bias, acc| {
                         let xs = x.data.as_ptr().add(t * x.stride);
                         let hs = h.data.as_ptr().add(t * h.stride);
-                        let (kx, kh, xst, hst) = (self.in_w, self.hid, x.stride, h.stride);
-                        macro_rules! dispatch {
-                            ($gru:literal) => {
-                                match m {
-                                    6 => tile_kernel::<6, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                    5 => tile_kernel::<5, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                    4 => tile_kernel::<4, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                    3 => tile_kernel::<3, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                    2 => tile_kernel::<2, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                    _ => tile_kernel::<1, $gru>(w, bias, kx, kh, xs, xst, hs, hst, acc),
-                                }
-                            };
-                        }
-                        if gru {
-                            dispatch!(true)
-                        } else {
-                            dispatch!(false)
-                        }
-                    }
-                    for (i, row) in tile[..m * GROUPS].chunks_exact(GROUPS).enumerate() {
-                        let pre: &[Line; GROUPS] = row.try_into().expect("GROUPS lines per tile row");
-                        // SAFETY: AVX-512F, as for this function.
-                        unsafe { self.epilogue(p, t + i, pre, &h, c, &mut *out.data, out.stride) };
-                    }
-                    t += m;
+                        let (kx, kh, xst, hst) = (self.kx, self.kh, x.stride, h.stride);
+                        dispatch!(tile_f32, m, gru, (w, bias, kx, kh, xs, xst, hs, hst, acc));
+                    },
+                );
+            }
+        }
+    }
+
+    /// The bf16 kernel: each block's rows of `x` and `h` are first rounded to bf16 pairs in
+    /// `scratch` (one conversion per value per step, against `4*hid` products that read it).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn step_bf16(
+        &self,
+        n: usize,
+        x: Rows<'_>,
+        h: Rows<'_>,
+        c: &mut [f32],
+        out: RowsMut<'_>,
+        scratch: &mut Vec<u32>,
+    ) {
+        let kp = self.kx + self.kh;
+        scratch.clear();
+        scratch.resize(ROW_BLOCK.min(n) * kp, 0);
+        for r0 in (0..n).step_by(ROW_BLOCK) {
+            let r1 = n.min(r0 + ROW_BLOCK);
+            for (i, pairs) in scratch.chunks_exact_mut(kp).take(r1 - r0).enumerate() {
+                let r = r0 + i;
+                let (px, ph) = pairs.split_at_mut(self.kx);
+                to_pairs(&x.data[r * x.stride..r * x.stride + self.in_w], px);
+                to_pairs(&h.data[r * h.stride..r * h.stride + self.hid], ph);
+            }
+            let a = scratch.as_ptr();
+            // SAFETY: rows r0..r1 are < n, whose spans `step` checked; `scratch` holds
+            // r1 - r0 rows of kp pairs.
+            unsafe {
+                self.block(
+                    r0,
+                    r1,
+                    &h,
+                    c,
+                    &mut *out.data,
+                    out.stride,
+                    |t, m, gru, w, bias, acc| {
+                        let xs = a.add((t - r0) * kp);
+                        let hs = xs.add(self.kx);
+                        let (kx, kh) = (self.kx, self.kh);
+                        dispatch!(tile_bf16, m, gru, (w, bias, kx, kh, xs, kp, hs, kp, acc));
+                    },
+                );
+            }
+        }
+    }
+
+    /// Rows `r0..r1` through every panel: for each register tile of up to `MR` rows, `tile`
+    /// runs the reduction into the tile buffer (`tile(t, m, gru, weights, bias, out)`), then
+    /// the epilogue applies the gates row by row.
+    ///
+    /// # Safety
+    /// AVX-512F present; rows `r0..r1` within the spans `step` checked; `tile` upholds the
+    /// tile kernels' contracts.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        r0: usize,
+        r1: usize,
+        h: &Rows<'_>,
+        c: &mut [f32],
+        out: &mut [f32],
+        out_stride: usize,
+        mut tile_fn: impl FnMut(usize, usize, bool, *const f32, *const f32, *mut f32),
+    ) {
+        let per_panel = (self.kx + self.kh) * Self::lines_of(self.gates);
+        let gru = self.gates == Gates::Gru;
+        let mut tile = [Line([0.0; LANES]); MR * GROUPS];
+        for p in 0..self.panels {
+            let w = self.w[p * per_panel..].as_ptr().cast::<f32>();
+            let bias = self.bias[p * GROUPS..].as_ptr().cast::<f32>();
+            let mut t = r0;
+            while t < r1 {
+                let m = MR.min(r1 - t);
+                tile_fn(t, m, gru, w, bias, tile.as_mut_ptr().cast::<f32>());
+                for (i, row) in tile[..m * GROUPS].chunks_exact(GROUPS).enumerate() {
+                    let pre: &[Line; GROUPS] = row.try_into().expect("GROUPS lines per tile row");
+                    // SAFETY: AVX-512F, as for this function.
+                    unsafe { self.epilogue(p, t + i, pre, h, c, out, out_stride) };
                 }
+                t += m;
             }
         }
     }
@@ -467,87 +624,182 @@ unsafe fn rnn_lanes(pre: &Line, relu: bool, h: &mut [f32; LANES]) {
     }
 }
 
-/// One register tile: `M` rows x 64 columns, accumulators started at the bias, then one FMA
-/// per (row, column) for each of the `kx` input and `kh` hidden values, in order. With `GRU`,
-/// each reduction row holds 3 lines: x rows feed groups 0 1 2, h rows groups 0 1 3.
+/// Calls a tile kernel with the tile's row count and cell as constants.
+macro_rules! dispatch {
+    ($kernel:ident, $m:expr, $gru:expr, $args:tt) => {
+        match ($m, $gru) {
+            (6, false) => $kernel::<6, false> $args,
+            (5, false) => $kernel::<5, false> $args,
+            (4, false) => $kernel::<4, false> $args,
+            (3, false) => $kernel::<3, false> $args,
+            (2, false) => $kernel::<2, false> $args,
+            (_, false) => $kernel::<1, false> $args,
+            (6, true) => $kernel::<6, true> $args,
+            (5, true) => $kernel::<5, true> $args,
+            (4, true) => $kernel::<4, true> $args,
+            (3, true) => $kernel::<3, true> $args,
+            (2, true) => $kernel::<2, true> $args,
+            (_, true) => $kernel::<1, true> $args,
+        }
+    };
+}
+use dispatch;
+
+/// Defines a register-tile kernel: `M` rows x 64 columns, accumulators started at the bias,
+/// then for each of the `kx` input and `kh` hidden reduction rows, in order, one
+/// multiply-accumulate per (row, column): `$mac(acc, broadcast(a), w)`. With `GRU`, each
+/// reduction row holds 3 lines: x rows feed groups 0 1 2, h rows groups 0 1 3.
 ///
-/// # Safety
-/// AVX-512F present; `w` holds `kx + kh` rows of 4 lines (3 with `GRU`) and `bias` 4 lines,
-/// all 64-byte aligned; `x + r*xst` holds `kx` and `h + r*hst` holds `kh` floats for every
-/// `r < M`; `out` has room for `M * 64` floats, 64-byte aligned.
+/// Safety of the generated function: its `target_feature`s present; `w` holds `kx + kh`
+/// reduction rows of 4 lines (3 with `GRU`) and `bias` 4 lines, all 64-byte aligned;
+/// `x + r*xst` holds `kx` and `h + r*hst` holds `kh` elements for every `r < M`; `out` has
+/// room for `M * 64` floats, 64-byte aligned.
+macro_rules! tile_kernel {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $elem:ty, $bcast:ident, $mac:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const M: usize, const GRU: bool>(
+            w: *const f32,
+            bias: *const f32,
+            kx: usize,
+            kh: usize,
+            x: *const $elem,
+            xst: usize,
+            h: *const $elem,
+            hst: usize,
+            out: *mut f32,
+        ) {
+            // SAFETY: the contract in `tile_kernel!`'s documentation.
+            unsafe {
+                let b = [
+                    _mm512_load_ps(bias),
+                    _mm512_load_ps(bias.add(16)),
+                    _mm512_load_ps(bias.add(32)),
+                    _mm512_load_ps(bias.add(48)),
+                ];
+                let mut acc = [b; M];
+                let mut wp = w;
+                // Macros, not closures, so the loops are compiled inside this function's
+                // `target_feature` context.
+                macro_rules! reduce4 {
+                    ($a:expr, $stride:expr, $depth:expr) => {
+                        for k in 0..$depth {
+                            let w0 = _mm512_load_ps(wp);
+                            let w1 = _mm512_load_ps(wp.add(16));
+                            let w2 = _mm512_load_ps(wp.add(32));
+                            let w3 = _mm512_load_ps(wp.add(48));
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let v = $bcast($a.add(r * $stride + k));
+                                acc[0] = $mac(acc[0], v, w0);
+                                acc[1] = $mac(acc[1], v, w1);
+                                acc[2] = $mac(acc[2], v, w2);
+                                acc[3] = $mac(acc[3], v, w3);
+                            }
+                            wp = wp.add(4 * LANES);
+                        }
+                    };
+                }
+                macro_rules! reduce3 {
+                    ($a:expr, $stride:expr, $depth:expr, $third:literal) => {
+                        for k in 0..$depth {
+                            let w0 = _mm512_load_ps(wp);
+                            let w1 = _mm512_load_ps(wp.add(16));
+                            let w2 = _mm512_load_ps(wp.add(32));
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let v = $bcast($a.add(r * $stride + k));
+                                acc[0] = $mac(acc[0], v, w0);
+                                acc[1] = $mac(acc[1], v, w1);
+                                acc[$third] = $mac(acc[$third], v, w2);
+                            }
+                            wp = wp.add(3 * LANES);
+                        }
+                    };
+                }
+                if GRU {
+                    reduce3!(x, xst, kx, 2);
+                    reduce3!(h, hst, kh, 3);
+                } else {
+                    reduce4!(x, xst, kx);
+                    reduce4!(h, hst, kh);
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    for (q, &v) in acc.iter().enumerate() {
+                        _mm512_store_ps(out.add((r * GROUPS + q) * LANES), v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+tile_kernel!(
+    /// f32: one FMA per value.
+    tile_f32, "avx512f", f32, bcast_f32, fma_f32
+);
+tile_kernel!(
+    /// bf16: one `vdpbf16ps` per pair of values (two products, f32 accumulation).
+    tile_bf16, "avx512f,avx512bf16", u32, bcast_pair, dot_bf16
+);
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_kernel<const M: usize, const GRU: bool>(
-    w: *const f32,
-    bias: *const f32,
-    kx: usize,
-    kh: usize,
-    x: *const f32,
-    xst: usize,
-    h: *const f32,
-    hst: usize,
-    out: *mut f32,
-) {
-    // SAFETY: the caller's contract above.
-    unsafe {
-        let b = [
-            _mm512_load_ps(bias),
-            _mm512_load_ps(bias.add(16)),
-            _mm512_load_ps(bias.add(32)),
-            _mm512_load_ps(bias.add(48)),
-        ];
-        let mut acc = [b; M];
-        let mut wp = w;
-        // Macros, not closures, so the loops are compiled inside this function's
-        // `target_feature` context.
-        macro_rules! reduce4 {
-            ($a:expr, $stride:expr, $depth:expr) => {
-                for k in 0..$depth {
-                    let w0 = _mm512_load_ps(wp);
-                    let w1 = _mm512_load_ps(wp.add(16));
-                    let w2 = _mm512_load_ps(wp.add(32));
-                    let w3 = _mm512_load_ps(wp.add(48));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let v = _mm512_set1_ps(*$a.add(r * $stride + k));
-                        acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
-                        acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
-                        acc[2] = _mm512_fmadd_ps(v, w2, acc[2]);
-                        acc[3] = _mm512_fmadd_ps(v, w3, acc[3]);
-                    }
-                    wp = wp.add(4 * LANES);
-                }
-            };
-        }
-        macro_rules! reduce3 {
-            ($a:expr, $stride:expr, $depth:expr, $third:literal) => {
-                for k in 0..$depth {
-                    let w0 = _mm512_load_ps(wp);
-                    let w1 = _mm512_load_ps(wp.add(16));
-                    let w2 = _mm512_load_ps(wp.add(32));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let v = _mm512_set1_ps(*$a.add(r * $stride + k));
-                        acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
-                        acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
-                        acc[$third] = _mm512_fmadd_ps(v, w2, acc[$third]);
-                    }
-                    wp = wp.add(3 * LANES);
-                }
-            };
-        }
-        if GRU {
-            reduce3!(x, xst, kx, 2);
-            reduce3!(h, hst, kh, 3);
-        } else {
-            reduce4!(x, xst, kx);
-            reduce4!(h, hst, kh);
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (q, &v) in acc.iter().enumerate() {
-                _mm512_store_ps(out.add((r * GROUPS + q) * LANES), v);
-            }
-        }
+unsafe fn bcast_f32(p: *const f32) -> __m512 {
+    // SAFETY: the tile kernel's contract.
+    unsafe { _mm512_set1_ps(*p) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fma_f32(acc: __m512, v: __m512, w: __m512) -> __m512 {
+    _mm512_fmadd_ps(v, w, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bcast_pair(p: *const u32) -> __m512 {
+    // SAFETY: the tile kernel's contract.
+    unsafe { _mm512_castsi512_ps(_mm512_set1_epi32(*p as i32)) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+fn dot_bf16(acc: __m512, v: __m512, w: __m512) -> __m512 {
+    // SAFETY: reinterpreting 64 bytes of bf16 pairs; both types are plain vectors.
+    let (v, w) = unsafe {
+        (
+            std::mem::transmute::<__m512, __m512bh>(v),
+            std::mem::transmute::<__m512, __m512bh>(w),
+        )
+    };
+    _mm512_dpbf16_ps(acc, v, w)
+}
+
+/// `v` rounded to bfloat16 (to nearest, ties to even), as its 16 bits. Inputs are finite
+/// (non-finite rows are rejected before the model), so no NaN case.
+pub fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of bfloat16 bits.
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Values rounded to bf16 pairs: `out[k]` = `v[2k]` in the low half, `v[2k+1]` (or zero past
+/// the end) in the high half.
+fn to_pairs(v: &[f32], out: &mut [u32]) {
+    for (k, o) in out.iter_mut().enumerate() {
+        let lo = v.get(2 * k).map_or(0, |&x| bf16_bits(x));
+        let hi = v.get(2 * k + 1).map_or(0, |&x| bf16_bits(x));
+        *o = lo as u32 | (hi as u32) << 16;
     }
 }
 
@@ -556,9 +808,21 @@ mod tests {
     use super::*;
     use crate::vocab::SplitMix;
 
-    /// Float64 reference of one step, from the documented formulas.
+    /// What a precision does to a value entering a matrix product.
+    fn round(p: Precision, v: f32) -> f32 {
+        match p {
+            Precision::F32 => v,
+            Precision::Bf16 => bf16_value(bf16_bits(v)),
+        }
+    }
+
+    /// Float64 reference of one step, from the documented formulas. The matrix products read
+    /// weights and inputs rounded as `p` rounds them; biases, gates and the GRU's `z h` term
+    /// use the exact values.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         gates: Gates,
+        p: Precision,
         in_w: usize,
         hid: usize,
         wts: &Wts,
@@ -567,7 +831,9 @@ mod tests {
         c: &mut [f64],
     ) -> Vec<f64> {
         let dot = |w: &[f32], row: usize, v: &[f32], width: usize| -> f64 {
-            (0..width).map(|k| w[row * width + k] as f64 * v[k] as f64).sum()
+            (0..width)
+                .map(|k| round(p, w[row * width + k]) as f64 * round(p, v[k]) as f64)
+                .sum()
         };
         let pre = |g: usize, u: usize, with_h: bool, with_x: bool| -> f64 {
             let row = g * hid + u;
@@ -640,71 +906,123 @@ mod tests {
         ]
     }
 
+    /// The precisions this CPU runs.
+    fn precisions() -> Vec<Precision> {
+        let mut p = vec![];
+        if enabled() {
+            p.push(Precision::F32);
+        } else {
+            eprintln!("no AVX-512F here: the fused kernel is not built, nothing to check");
+        }
+        if bf16_supported() {
+            p.push(Precision::Bf16);
+        } else {
+            eprintln!("no AVX512_BF16 here: the bf16 kernel is not checked");
+        }
+        p
+    }
+
+    /// One step of `n` rows through a fresh cell: (h written with a row stride of
+    /// `hid + 3`, c after the step).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        cell: &FusedCell,
+        n: usize,
+        in_w: usize,
+        hid: usize,
+        x: &[f32],
+        h: &[f32],
+        c0: &[f32],
+        stride: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut out = vec![f32::NAN; n * stride];
+        let mut c = c0.to_vec();
+        cell.step(
+            n,
+            Rows {
+                data: x,
+                stride: in_w,
+            },
+            Rows { data: h, stride: hid },
+            &mut c,
+            RowsMut {
+                data: &mut out,
+                stride,
+            },
+            &mut Vec::new(),
+        );
+        (out, c)
+    }
+
     #[test]
     fn matches_float64_reference() {
-        if !enabled() {
-            eprintln!("no AVX-512F here: the fused kernel is not built, nothing to check");
-            return;
-        }
-        for (gates, g) in cells() {
-            // Widths around the panel and tile sizes: partial panels, partial tiles.
-            for &(in_w, hid, n) in &[(8, 128, 13), (3, 50, 7), (1, 16, 1), (17, 70, 49), (5, 130, 6)] {
-                let wts = weights(g, in_w, hid, 7 + hid as u64);
-                let cell = FusedCell::new(
-                    gates,
-                    in_w,
-                    hid,
-                    &wts.w_ih,
-                    &wts.w_hh,
-                    Some(&wts.b_ih),
-                    Some(&wts.b_hh),
-                )
-                .expect("enabled");
-                let mut rng = SplitMix::new(3);
-                let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
-                let h: Vec<f32> = (0..n * hid).map(|_| rng.normal() * 0.5).collect();
-                let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
-                // Output rows wider than hid, as in a bidirectional layer's half.
-                let stride = hid + 3;
-                let mut out = vec![f32::NAN; n * stride];
-                let mut c = c0.clone();
-                cell.step(
-                    n,
-                    Rows {
-                        data: &x,
-                        stride: in_w,
-                    },
-                    Rows {
-                        data: &h,
-                        stride: hid,
-                    },
-                    &mut c,
-                    RowsMut {
-                        data: &mut out,
-                        stride,
-                    },
-                );
-                for r in 0..n {
-                    let mut c64: Vec<f64> = c0[r * hid..(r + 1) * hid].iter().map(|&v| v as f64).collect();
-                    let want = reference(gates, in_w, hid, &wts, &x[r * in_w..], &h[r * hid..], &mut c64);
-                    for u in 0..hid {
-                        let got = out[r * stride + u] as f64;
-                        assert!(
-                            (got - want[u]).abs() < 2e-6,
-                            "{gates:?} {in_w}->{hid} row {r} unit {u}: {got} vs {}",
-                            want[u]
-                        );
-                        if gates == Gates::Lstm {
-                            assert!((c[r * hid + u] as f64 - c64[u]).abs() < 2e-6);
+        for p in precisions() {
+            // Against a reference that rounds what the kernel rounds: only the order of the
+            // sums differs. (bf16's own error against f32 is what `inspect` measures.)
+            let tol = match p {
+                Precision::F32 => 2e-6,
+                Precision::Bf16 => 1e-5,
+            };
+            for (gates, g) in cells() {
+                // Widths around the panel and tile sizes: partial panels, partial tiles, odd
+                // widths (a bf16 pair half empty).
+                for &(in_w, hid, n) in &[(8, 128, 13), (3, 50, 7), (1, 16, 1), (17, 70, 49), (5, 131, 6)] {
+                    let wts = weights(g, in_w, hid, 7 + hid as u64);
+                    let cell = FusedCell::new(
+                        gates,
+                        p,
+                        in_w,
+                        hid,
+                        &wts.w_ih,
+                        &wts.w_hh,
+                        Some(&wts.b_ih),
+                        Some(&wts.b_hh),
+                    )
+                    .expect("supported");
+                    let mut rng = SplitMix::new(3);
+                    let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
+                    let h: Vec<f32> = (0..n * hid).map(|_| rng.normal() * 0.5).collect();
+                    let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+                    // Output rows wider than hid, as in a bidirectional layer's half.
+                    let stride = hid + 3;
+                    let (out, c) = step(&cell, n, in_w, hid, &x, &h, &c0, stride);
+                    for r in 0..n {
+                        let mut c64: Vec<f64> =
+                            c0[r * hid..(r + 1) * hid].iter().map(|&v| v as f64).collect();
+                        let want =
+                            reference(gates, p, in_w, hid, &wts, &x[r * in_w..], &h[r * hid..], &mut c64);
+                        for u in 0..hid {
+                            let got = out[r * stride + u] as f64;
+                            assert!(
+                                (got - want[u]).abs() < tol,
+                                "{p:?} {gates:?} {in_w}->{hid} row {r} unit {u}: {got} vs {}",
+                                want[u]
+                            );
+                            if gates == Gates::Lstm {
+                                assert!((c[r * hid + u] as f64 - c64[u]).abs() < tol);
+                            }
                         }
+                        assert!(
+                            out[r * stride + hid..(r + 1) * stride].iter().all(|v| v.is_nan()),
+                            "wrote past the row"
+                        );
                     }
-                    assert!(
-                        out[r * stride + hid..(r + 1) * stride].iter().all(|v| v.is_nan()),
-                        "wrote past the row"
-                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to even (up).
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_value(bf16_bits(-2.5)), -2.5);
+        let mut out = [0u32; 2];
+        to_pairs(&[1.0, -2.0, 0.5], &mut out);
+        assert_eq!(out, [0xc000_3f80, 0x0000_3f00]);
     }
 
     #[test]
@@ -745,47 +1063,37 @@ mod tests {
 
     #[test]
     fn rows_are_independent_of_batching() {
-        if !enabled() {
-            return;
-        }
-        let (in_w, hid, n) = (8, 40, 61);
-        for (gates, g) in cells() {
-            let wts = weights(g, in_w, hid, 11);
-            let cell = FusedCell::new(gates, in_w, hid, &wts.w_ih, &wts.w_hh, Some(&wts.b_ih), None)
-                .expect("enabled");
-            let mut rng = SplitMix::new(9);
-            let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
-            let h: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
-            let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
-            let run = |from: usize, to: usize| {
-                let mut c = c0[from * hid..to * hid].to_vec();
-                let mut out = vec![0.0; (to - from) * hid];
-                cell.step(
-                    to - from,
-                    Rows {
-                        data: &x[from * in_w..],
-                        stride: in_w,
-                    },
-                    Rows {
-                        data: &h[from * hid..],
-                        stride: hid,
-                    },
-                    &mut c,
-                    RowsMut {
-                        data: &mut out,
-                        stride: hid,
-                    },
-                );
-                (out, c)
-            };
-            let (all, call) = run(0, n);
-            // Every split point, so rows land in every tile position and block.
-            for cut in [1, 5, 6, 7, 30, 48, 49, 60] {
-                let (a, ca) = run(0, cut);
-                let (b, cb) = run(cut, n);
-                assert_eq!([a, b].concat(), all, "{gates:?} split at {cut}");
-                if gates == Gates::Lstm {
-                    assert_eq!([ca, cb].concat(), call);
+        let (in_w, hid, n) = (7, 40, 61);
+        for p in precisions() {
+            for (gates, g) in cells() {
+                let wts = weights(g, in_w, hid, 11);
+                let cell = FusedCell::new(gates, p, in_w, hid, &wts.w_ih, &wts.w_hh, Some(&wts.b_ih), None)
+                    .expect("supported");
+                let mut rng = SplitMix::new(9);
+                let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
+                let h: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+                let c0: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
+                let run = |from: usize, to: usize| {
+                    step(
+                        &cell,
+                        to - from,
+                        in_w,
+                        hid,
+                        &x[from * in_w..],
+                        &h[from * hid..],
+                        &c0[from * hid..to * hid],
+                        hid,
+                    )
+                };
+                let (all, call) = run(0, n);
+                // Every split point, so rows land in every tile position and block.
+                for cut in [1, 5, 6, 7, 30, 48, 49, 60] {
+                    let (a, ca) = run(0, cut);
+                    let (b, cb) = run(cut, n);
+                    assert_eq!([a, b].concat(), all, "{p:?} {gates:?} split at {cut}");
+                    if gates == Gates::Lstm {
+                        assert_eq!([ca, cb].concat(), call);
+                    }
                 }
             }
         }

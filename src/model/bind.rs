@@ -3,7 +3,7 @@
 //! is taken with its exact shape, so a missing, misshapen or leftover tensor is reported
 //! with the file, the layer and the tensor.
 
-use super::config::{CellKind, LayerConfig, LayerKindConfig, ModelConfig};
+use super::config::{CellKind, LayerConfig, LayerKindConfig, ModelConfig, Precision};
 use super::dense::Linear;
 use super::recurrent::{CellWeights, Recurrent};
 use super::tensors::{gates_doc, Shape, TensorSpec};
@@ -129,7 +129,12 @@ pub(super) fn infer_input_size(config: &ModelConfig, store: &WeightStore) -> Res
 }
 
 /// Builds the layer `lc` over an input of `width`, taking its tensors from `store`.
-pub(super) fn build_layer(lc: &LayerConfig, width: usize, store: &mut WeightStore) -> Result<Layer> {
+pub(super) fn build_layer(
+    lc: &LayerConfig,
+    width: usize,
+    precision: Precision,
+    store: &mut WeightStore,
+) -> Result<Layer> {
     let has = |store: &WeightStore, s: &str| store.contains(&lc.tensor(s));
     let layer = match &lc.kind {
         LayerKindConfig::Conv1d {
@@ -190,6 +195,7 @@ pub(super) fn build_layer(lc: &LayerConfig, width: usize, store: &mut WeightStor
             width,
             [*hidden_size, *num_layers],
             *bidirectional,
+            precision,
             store,
         )?,
     };
@@ -206,6 +212,7 @@ fn build_recurrent(
     width: usize,
     [hidden_size, num_layers]: [Option<usize>; 2],
     bidirectional: Option<bool>,
+    precision: Precision,
     store: &mut WeightStore,
 ) -> Result<Layer> {
     let g = cell.gates();
@@ -315,7 +322,7 @@ fn build_recurrent(
         })
         .collect();
     Ok(Layer::Recurrent(Recurrent::new(
-        cell, width, hidden, proj, layers, bidir, &weights,
+        cell, width, hidden, proj, layers, bidir, precision, &weights,
     )))
 }
 

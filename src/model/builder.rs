@@ -8,7 +8,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, Precision};
 use super::tensors;
 use super::weights::{Tensor, WeightStore};
 use super::Model;
@@ -20,6 +20,7 @@ pub struct ModelBuilder {
     input_size: usize,
     layers: String,
     seed: u64,
+    precision: Precision,
 }
 
 impl ModelBuilder {
@@ -29,7 +30,14 @@ impl ModelBuilder {
             input_size,
             layers: String::new(),
             seed,
+            precision: Precision::F32,
         }
+    }
+
+    /// `precision = "..."` at the top of the model file.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Appends `[[layers]]` with `type = kind` and the given TOML body.
@@ -86,8 +94,12 @@ impl ModelBuilder {
 
     /// The model file text, naming `weights` as its safetensors file.
     pub fn toml(&self, weights: &str) -> String {
+        let precision = match self.precision {
+            Precision::F32 => String::new(),
+            p => format!("precision = \"{}\"\n", p.as_str()),
+        };
         format!(
-            "weights = \"{weights}\"\ninput_size = {}\n{}",
+            "weights = \"{weights}\"\ninput_size = {}\n{precision}{}",
             self.input_size, self.layers
         )
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::kernels::fused::Precision;
 use crate::vocab::{clean_join, one_line};
 
 /// The parsed model file, before any weight is read.
@@ -19,6 +20,8 @@ pub struct ModelConfig {
     pub weights: Option<PathBuf>,
     /// Number of input features, if the file states it.
     pub input_size: Option<usize>,
+    /// `precision = "f32" | "bf16"` (top level; f32 when absent).
+    pub precision: Precision,
     /// The `[[layers]]`, in order.
     pub layers: Vec<LayerConfig>,
 }
@@ -206,6 +209,7 @@ impl LayerKindConfig {
 struct RawModel {
     weights: Option<String>,
     input_size: Option<usize>,
+    precision: Option<String>,
     #[serde(default)]
     layers: Vec<toml::Value>,
 }
@@ -294,6 +298,15 @@ impl ModelConfig {
         if raw.layers.is_empty() {
             return Err(err("no [[layers]]: a model needs at least one layer".into()));
         }
+        let precision = match raw.precision.as_deref() {
+            None | Some("f32") => Precision::F32,
+            Some("bf16") => Precision::Bf16,
+            Some(other) => {
+                return Err(err(format!(
+                    "`precision` = \"{other}\": expected \"f32\" (the default) or \"bf16\""
+                )))
+            }
+        };
         let mut layers = Vec::with_capacity(raw.layers.len());
         for (index, value) in raw.layers.into_iter().enumerate() {
             let raw: RawLayer = value
@@ -307,6 +320,7 @@ impl ModelConfig {
             path: path.to_path_buf(),
             weights: raw.weights.map(|w| clean_join(base, &w)),
             input_size: raw.input_size,
+            precision,
             layers,
         })
     }

@@ -220,10 +220,24 @@ impl Model {
             None => bind::infer_input_size(&config, &store)?,
         };
         let input_size = width;
+        if config.precision == config::Precision::Bf16 && !crate::kernels::fused::bf16_supported() {
+            let why = if crate::kernels::fused::enabled() {
+                "this CPU has none"
+            } else {
+                "this CPU has none, or the fused kernels are switched off (SEQFLOW_KERNEL=generic)"
+            };
+            return Err(Error::ModelConfig {
+                path: config.path.clone(),
+                msg: format!(
+                    "`precision = \"bf16\"` needs a CPU with AVX512_BF16 (bf16 dot products): {why}; \
+                     remove the line to run the model in f32"
+                ),
+            });
+        }
         let mut layers = Vec::with_capacity(config.layers.len());
         let mut widths = vec![width];
         for lc in &config.layers {
-            let layer = bind::build_layer(lc, width, &mut store)?;
+            let layer = bind::build_layer(lc, width, config.precision, &mut store)?;
             width = match &layer {
                 Layer::Conv(c) => c.out_ch,
                 Layer::Pool(_) | Layer::Activation(_) => width,

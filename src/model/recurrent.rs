@@ -19,7 +19,7 @@ use super::packed::Packed;
 use super::state::StateSpec;
 use super::StateRef;
 use crate::kernels;
-use crate::kernels::fused::{FusedCell, Gates, Rows, RowsMut};
+use crate::kernels::fused::{FusedCell, Gates, Precision, Rows, RowsMut};
 
 /// Rows of a wavefront processed together: their input and hidden products (`G*H` floats
 /// each per row, 256 KB at LSTM h128) stay in L2 until the gate kernel has read them.
@@ -88,6 +88,8 @@ pub struct RecScratch {
     c: Vec<f32>,
     gh: Vec<f32>,
     hraw: Vec<f32>,
+    /// The bf16 kernel's inputs rounded to pairs.
+    pairs: Vec<u32>,
     stages: [Packed; 2],
 }
 
@@ -101,6 +103,7 @@ impl Recurrent {
         proj: Option<usize>,
         num_layers: usize,
         bidirectional: bool,
+        precision: Precision,
         weights: &[CellWeights<'_>],
     ) -> Recurrent {
         let g = cell.gates();
@@ -139,7 +142,7 @@ impl Recurrent {
                 };
                 let fused = match w.w_hr {
                     Some(_) => None,
-                    None => FusedCell::new(gates, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh),
+                    None => FusedCell::new(gates, precision, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh),
                 };
                 Cell {
                     in_w,
@@ -170,6 +173,15 @@ impl Recurrent {
         } else {
             1
         }
+    }
+
+    /// The precision the matrix products run in: bf16 only where the model asked for it and
+    /// the fused kernel runs (an LSTM with a projection stays f32).
+    pub fn precision(&self) -> Precision {
+        self.cells
+            .first()
+            .and_then(|c| c.fused.as_ref())
+            .map_or(Precision::F32, FusedCell::precision)
     }
 
     /// Width of `h` (the projection size when there is one).
@@ -271,7 +283,7 @@ impl Recurrent {
         }
 
         if let Some(fused) = &cell.fused {
-            run_fused(fused, d, src, dst, &mut s.h, &mut s.c);
+            run_fused(fused, d, src, dst, &mut s.h, &mut s.c, &mut s.pairs);
         } else {
             self.run_generic(cell, d, src, dst, s);
         }
@@ -350,7 +362,15 @@ impl Recurrent {
 /// the gathered state, for a key's first step of this call) and writes the new state into
 /// its own rows of `dst`: no scratch, no copy. `c` is updated in place. At the end `h` holds
 /// every key's last state, as the generic path leaves it.
-fn run_fused(fused: &FusedCell, d: usize, src: &Packed, dst: &mut Packed, h: &mut [f32], c: &mut [f32]) {
+fn run_fused(
+    fused: &FusedCell,
+    d: usize,
+    src: &Packed,
+    dst: &mut Packed,
+    h: &mut [f32],
+    c: &mut [f32],
+    pairs: &mut Vec<u32>,
+) {
     let layout = &src.layout;
     let waves = layout.waves();
     let hout = h.len() / layout.active().max(1);
@@ -397,6 +417,7 @@ fn run_fused(fused: &FusedCell, d: usize, src: &Packed, dst: &mut Packed, h: &mu
                 data: &mut *cur,
                 stride: out_w,
             },
+            pairs,
         );
         if b > m {
             fused.step(
@@ -414,6 +435,7 @@ fn run_fused(fused: &FusedCell, d: usize, src: &Packed, dst: &mut Packed, h: &mu
                     data: &mut cur[m * out_w..],
                     stride: out_w,
                 },
+                pairs,
             );
         }
     }
