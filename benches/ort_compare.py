@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """seqflow vs onnxruntime, side by side in one run, on the same weights and the same data.
 
-Models (input 8): LSTM and GRU at hidden 64 and 128, and a CNN -> LSTM stack (causal conv1d
-8->32, kernel 5, ReLU, LSTM 128). For each: a safetensors file (PyTorch names), the seqflow
+Models (input 8): LSTM and GRU at hidden 64 and 128 (every hidden value is a prediction: 128
+output columns, a wide output), a CNN -> LSTM stack (causal conv1d 8->32, kernel 5, ReLU, LSTM
+128), and LSTM 128 -> Linear(1) (`lstm128_head`: one score per step, the usual job). For each: a safetensors file (PyTorch names), the seqflow
 model file, and one Parquet log of KEYS keys x STEPS steps (time-major rows). Measured:
   - onnxruntime 1 thread, (a) whole sequences batched (the ONNX graph over [T, B, I], 256 keys
     per call) and (b) step by step with state fed back (all keys per call; for the CNN the
     last k inputs are fed back as the convolution's window);
   - onnxruntime (b) + pyarrow reading the Parquet log and writing the predictions (whole job);
   - seqflow `run` (every_step, Parquet in, Parquet out: the whole job, wall clock of the
-    process) with -w 1 and -w 2.
+    process) with -w 1 and -w 2; with --bf16 also the same model with `precision = "bf16"`
+    (its error against onnxruntime's f32 outputs printed beside it).
 Reported: key-steps/s, GFLOP/s (FLOPs of the matrix products per key-step), the ratio to
 onnxruntime's best inference-only mode, and the fraction of faer's single-thread GEMM peak,
 measured in the same run (`cargo run --release --example faer_peak`). It also checks that
@@ -17,7 +19,7 @@ seqflow's outputs equal onnxruntime's (max |diff|).
 
   python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime onnx numpy pyarrow safetensors pandas
   cargo build --release --bin seqflow --example faer_peak --example fma_peak
-  /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000 --reps 3 --models lstm128,cnn_lstm128]
+  /tmp/ort/bin/python benches/ort_compare.py [--keys 1024 --steps 1000 --reps 3 --models lstm128,cnn_lstm128] [--bf16]
 """
 import argparse
 import resource
@@ -38,12 +40,13 @@ from safetensors.numpy import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT = 8
 CONV_OUT, CONV_K = 32, 5
-MODELS = {  # name: (cell, hidden, conv in front)
-    "lstm64": ("lstm", 64, False),
-    "lstm128": ("lstm", 128, False),
-    "gru64": ("gru", 64, False),
-    "gru128": ("gru", 128, False),
-    "cnn_lstm128": ("lstm", 128, True),
+MODELS = {  # name: (cell, hidden, conv in front, linear head to 1 output)
+    "lstm64": ("lstm", 64, False, False),
+    "lstm128": ("lstm", 128, False, False),
+    "gru64": ("gru", 64, False, False),
+    "gru128": ("gru", 128, False, False),
+    "cnn_lstm128": ("lstm", 128, True, False),
+    "lstm128_head": ("lstm", 128, False, True),
 }
 
 
@@ -51,13 +54,17 @@ def gates(cell):
     return 4 if cell == "lstm" else 3
 
 
-def flops_per_step(cell, hidden, conv):
+def flops_per_step(cell, hidden, conv, head):
     rec_in = CONV_OUT if conv else INPUT
     f = 2 * gates(cell) * hidden * (rec_in + hidden)
-    return f + (2 * CONV_OUT * INPUT * CONV_K if conv else 0)
+    return f + (2 * CONV_OUT * INPUT * CONV_K if conv else 0) + (2 * hidden if head else 0)
 
 
-def make_weights(cell, hidden, conv, seed):
+def out_width(spec):
+    return 1 if spec[3] else spec[1]
+
+
+def make_weights(cell, hidden, conv, head, seed):
     rng = np.random.default_rng(seed)
     u = lambda k, *s: rng.uniform(-k, k, size=s).astype(np.float32)
     g = gates(cell)
@@ -73,20 +80,35 @@ def make_weights(cell, hidden, conv, seed):
         kc = 1 / np.sqrt(INPUT * CONV_K)
         w["conv.weight"] = u(kc, CONV_OUT, INPUT, CONV_K)
         w["conv.bias"] = u(kc, CONV_OUT)
+    if head:
+        w["head.weight"] = u(k, 1, hidden)
+        w["head.bias"] = u(k, 1)
     return w
 
 
-def model_toml(name, cell, conv):
+def model_toml(name, cell, conv, head, precision="f32"):
     layers = ""
     if conv:
         layers += '[[layers]]\ntype = "conv1d"\nname = "conv"\npadding = "causal"\n[[layers]]\ntype = "relu"\n'
     layers += f'[[layers]]\ntype = "{cell}"\nname = "{cell}"\n'
-    return f'weights = "{name}.safetensors"\ninput_size = {INPUT}\n' + layers
+    if head:
+        layers += '[[layers]]\ntype = "linear"\nname = "head"\n'
+    top = f'weights = "{name}.safetensors"\ninput_size = {INPUT}\n'
+    if precision != "f32":  # only then: a --baseline binary from before precision existed reads the f32 file
+        top += f'precision = "{precision}"\n'
+    return top + layers
 
 
-def onnx_model(cell, hidden, conv, w, seq_len):
+def pipeline_toml(model, out):
+    return (f'[source]\nformat = "parquet"\npath = "data.parquet"\nkey = "key"\ntime = "t"\n'
+            f'features = {[f"f{j}" for j in range(INPUT)]}\n'.replace("'", '"')
+            + f'[model]\npath = "{model}"\n[output]\nformat = "parquet"\npath = "{out}"\n')
+
+
+def onnx_model(cell, hidden, conv, head, w, seq_len):
     """The PyTorch weights as an ONNX graph (gate order converted). Whole mode takes X
-    [T, B, I]; step mode (seq_len 1) takes X [1, B, I], or with a conv the window [B, I, k]."""
+    [T, B, I]; step mode (seq_len 1) takes X [1, B, I], or with a conv the window [B, I, k].
+    The predictions are output P: Y itself, or with a head Y [T, B, H] x W^T + b."""
     g = gates(cell)
     order = [0, 3, 1, 2] if cell == "lstm" else [1, 0, 2]  # i,f,g,o -> i,o,f,c ; r,z,n -> z,r,h
     re_ = lambda m: np.concatenate([m.reshape(g, hidden, -1)[i] for i in order]).reshape(g * hidden, -1)
@@ -127,6 +149,17 @@ def onnx_model(cell, hidden, conv, w, seq_len):
         attrs["linear_before_reset"] = 1
         op = "GRU"
     nodes.append(helper.make_node(op, node_in, node_out, **attrs))
+    if head:
+        inits += [helper.make_tensor("HW", TensorProto.FLOAT, (hidden, 1), w["head.weight"].T.flatten()),
+                  helper.make_tensor("HB", TensorProto.FLOAT, (1,), w["head.bias"].flatten()),
+                  helper.make_tensor("ax", TensorProto.INT64, (1,), [1])]
+        nodes.append(helper.make_node("Squeeze", ["Y", "ax"], ["ys"]))  # [T, B, H]
+        nodes.append(helper.make_node("MatMul", ["ys", "HW"], ["pm"]))
+        nodes.append(helper.make_node("Add", ["pm", "HB"], ["P"]))  # [T, B, 1]
+    else:
+        nodes.append(helper.make_node("Squeeze", ["Y", "ax"], ["P"]))
+        inits.append(helper.make_tensor("ax", TensorProto.INT64, (1,), [1]))
+    outs.append(helper.make_tensor_value_info("P", TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "g", ins, outs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -141,10 +174,10 @@ def session(model):
 
 def ort_whole(spec, w, x, batch=256):
     """x [keys, T, I]; returns (seconds, outputs [keys, T, H])."""
-    cell, hidden, conv = spec
+    cell, hidden, conv, head = spec
     keys, steps, _ = x.shape
-    s = session(onnx_model(cell, hidden, conv, w, steps))
-    out = np.empty((keys, steps, hidden), np.float32)
+    s = session(onnx_model(cell, hidden, conv, head, w, steps))
+    out = np.empty((keys, steps, out_width(spec)), np.float32)
     t = clock()
     for b in range(0, keys, batch):
         xb = np.ascontiguousarray(x[b:b + batch].transpose(1, 0, 2))
@@ -152,8 +185,8 @@ def ort_whole(spec, w, x, batch=256):
         feed = {"X": xb, "h0": np.zeros((1, n, hidden), np.float32)}
         if cell == "lstm":
             feed["c0"] = np.zeros((1, n, hidden), np.float32)
-        y = s.run(["Y"], feed)[0]  # [T, 1, n, H]
-        out[b:b + batch] = y[:, 0].transpose(1, 0, 2)
+        y = s.run(["P"], feed)[0]  # [T, n, out]
+        out[b:b + batch] = y.transpose(1, 0, 2)
     return since(t), out
 
 
@@ -161,14 +194,14 @@ class Stepper:
     """One step of all keys per call, state (h, c, the conv window) fed back."""
 
     def __init__(self, spec, w, keys):
-        self.cell, hidden, self.conv = spec
-        self.s = session(onnx_model(self.cell, hidden, self.conv, w, 1))
+        self.cell, hidden, self.conv, head = spec
+        self.s = session(onnx_model(self.cell, hidden, self.conv, head, w, 1))
         self.h = np.zeros((1, keys, hidden), np.float32)
         self.c = np.zeros((1, keys, hidden), np.float32)
         self.win = np.zeros((keys, INPUT, CONV_K), np.float32)
 
     def step(self, xt):
-        """xt [keys, I]; returns h [keys, H]."""
+        """xt [keys, I]; returns the predictions [keys, out]."""
         if self.conv:
             self.win[:, :, :-1] = self.win[:, :, 1:]
             self.win[:, :, -1] = xt
@@ -178,10 +211,10 @@ class Stepper:
         feed["h0"] = self.h
         if self.cell == "lstm":
             feed["c0"] = self.c
-            _, self.h, self.c = self.s.run(None, feed)
+            self.h, self.c, p = self.s.run(["Yh", "Yc", "P"], feed)
         else:
-            _, self.h = self.s.run(None, feed)
-        return self.h[0]
+            self.h, p = self.s.run(["Yh", "P"], feed)
+        return p[0]
 
 
 def ort_steps(spec, w, x):
@@ -197,18 +230,18 @@ def ort_steps(spec, w, x):
 def ort_job(spec, w, data, out, keys, steps):
     """The whole job with onnxruntime: pyarrow reads the Parquet log, step-by-step inference
     with state fed back, pyarrow writes the predictions (snappy, as seqflow's default)."""
-    hidden = spec[1]
+    width = out_width(spec)
     fresh(out)
     t = clock()
     tab = pq.read_table(data).sort_by([("t", "ascending"), ("key", "ascending")])
     x = np.stack([tab[f"f{j}"].to_numpy() for j in range(INPUT)], axis=1).reshape(steps, keys, INPUT)
     st = Stepper(spec, w, keys)
-    ys = np.empty((steps, keys, hidden), np.float32)
+    ys = np.empty((steps, keys, width), np.float32)
     for k in range(steps):
         ys[k] = st.step(x[k])
     cols = {"key": tab["key"], "t": tab["t"]}
-    flat = ys.reshape(-1, hidden)
-    for j in range(hidden):
+    flat = ys.reshape(-1, width)
+    for j in range(width):
         cols[f"y{j}"] = flat[:, j]
     pq.write_table(pa.table(cols), out, compression="snappy")
     return since(t)
@@ -272,6 +305,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--baseline", help="another seqflow binary, timed side by side (before/after a change)")
+    ap.add_argument("--bf16", action="store_true", help='also run seqflow with precision = "bf16"')
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.keys, a.steps, INPUT)).astype(np.float32)
@@ -295,17 +329,21 @@ def main():
     summary = []
     for name in a.models.split(","):
         spec = MODELS[name]
-        cell, hidden, conv = spec
+        cell, hidden, conv, head = spec
         flop = flops_per_step(*spec)
         w = make_weights(*spec, seed=1)
         save_file(w, os.path.join(tmp, f"{name}.safetensors"))
         with open(os.path.join(tmp, f"{name}.toml"), "w") as f:
-            f.write(model_toml(name, cell, conv))
+            f.write(model_toml(name, cell, conv, head))
         pipe = os.path.join(tmp, f"{name}.pipeline.toml")
         with open(pipe, "w") as f:
-            f.write(f'[source]\nformat = "parquet"\npath = "data.parquet"\nkey = "key"\ntime = "t"\n'
-                    f'features = {[f"f{j}" for j in range(INPUT)]}\n'.replace("'", '"')
-                    + f'[model]\npath = "{name}.toml"\n[output]\nformat = "parquet"\npath = "out_{name}.parquet"\n')
+            f.write(pipeline_toml(f"{name}.toml", f"out_{name}.parquet"))
+        pipe16 = os.path.join(tmp, f"{name}_bf16.pipeline.toml")
+        if a.bf16:
+            with open(os.path.join(tmp, f"{name}_bf16.toml"), "w") as f:
+                f.write(model_toml(name, cell, conv, head, "bf16"))
+            with open(pipe16, "w") as f:
+                f.write(pipeline_toml(f"{name}_bf16.toml", f"out_{name}_bf16.parquet"))
         rows = []
         whole, ref = ort_whole(spec, w, x)
         whole = min([whole] + [ort_whole(spec, w, x)[0] for _ in range(a.reps - 1)])
@@ -316,6 +354,12 @@ def main():
         sf = {wk: min(seqflow(pipe, wk, out) for _ in range(a.reps)) for wk in (1, 2)}
         for wk in (1, 2):
             rows.append((f"seqflow run -w {wk} (Parquet in/out, whole job)", sf[wk]))
+        sf16 = {}
+        if a.bf16:
+            out16 = os.path.join(tmp, f"out_{name}_bf16.parquet")
+            sf16 = {wk: min(seqflow(pipe16, wk, out16) for _ in range(a.reps)) for wk in (1, 2)}
+            for wk in (1, 2):
+                rows.append((f"seqflow run -w {wk}, precision bf16 (whole job)", sf16[wk]))
         if a.baseline:
             for wk in (1, 2):
                 base = min(seqflow(pipe, wk, out, a.baseline) for _ in range(a.reps))
@@ -330,15 +374,18 @@ def main():
             of_fma = f"{gf / fma32:.0%}" if fma32 else "-"
             print(f"| {name} | {label} | {s:.3f} | {cpu:.3f} | {n / s / 1e6:.3f} M | {gf:.1f} | {best / s:.2f}x "
                   f"| {gf / peak:.0%} | {of_fma} |")
-        got = pq.read_table(os.path.join(tmp, f"out_{name}.parquet")).to_pandas().sort_values(["key", "t"])
-        y = got[[f"y{j}" for j in range(hidden)]].to_numpy().reshape(a.keys, a.steps, hidden)
-        print(f"|  | max abs diff seqflow vs onnxruntime | {np.abs(y - ref).max():.1e} | | | | | | |")
-        summary.append((name, best / sf[1], best / sf[2], sf[1] / sf[2]))
+        for label, suffix in [("seqflow", ""), ("seqflow bf16", "_bf16")] if a.bf16 else [("seqflow", "")]:
+            got = pq.read_table(os.path.join(tmp, f"out_{name}{suffix}.parquet")).to_pandas().sort_values(["key", "t"])
+            y = got[[f"y{j}" for j in range(out_width(spec))]].to_numpy().reshape(a.keys, a.steps, -1)
+            d = np.abs(y - ref)
+            print(f"|  | {label} vs onnxruntime: max abs diff {d.max():.1e}, mean {d.mean():.1e} | | | | | | | |")
+        summary.append((name, best / sf[1], best / sf[2], sf[1] / sf[2], best / sf16[1] if sf16 else None))
     print(f"\nfaer peak measured {len(peaks)} times in this run: " + ", ".join(f"{p:.1f}" for p in peaks) + " GFLOP/s")
-    print("\n| model | seqflow -w 1 vs ORT best | seqflow -w 2 vs ORT best | -w 2 / -w 1 |")
-    print("|---|---:|---:|---:|")
-    for name, r1, r2, sc in summary:
-        print(f"| {name} | {r1:.2f}x | {r2:.2f}x | {sc:.2f}x |")
+    print("\n| model | seqflow -w 1 vs ORT best | seqflow -w 2 vs ORT best | -w 2 / -w 1 | bf16 -w 1 vs ORT best (f32) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r1, r2, sc, r16 in summary:
+        b16 = f"{r16:.2f}x" if r16 else "-"
+        print(f"| {name} | {r1:.2f}x | {r2:.2f}x | {sc:.2f}x | {b16} |")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
             out!("{}", Summary(&m));
+            if let Some(e) = m.bf16_error()? {
+                out!("{e}\n");
+            }
             if let Some(steps) = trace {
                 let steps = seqflow::train::trace::parse_steps(&steps, m.input_size())?;
                 out!("\n{}", seqflow::train::trace::trace(&model, &steps)?);

@@ -151,3 +151,43 @@ fn non_causal_models_refuse_to_stream_and_name_the_layer() {
         );
     }
 }
+
+/// `precision = "bf16"` on every golden model: its error against PyTorch's f32 outputs on the
+/// fixtures' sequences, printed as a table (BENCHMARKS.md shows it), and the error
+/// `inspect` reports against seqflow's own f32 run on generated input. bf16 keeps about 8
+/// bits of mantissa, so the bound is loose: it catches a wrong kernel (errors of order 1),
+/// not the rounding the user opted into.
+#[test]
+fn bf16_error_on_every_golden_model() {
+    use seqflow::model::config::{ModelConfig, Precision};
+    use seqflow::model::weights::WeightStore;
+    if !seqflow::kernels::fused::bf16_supported() {
+        eprintln!("no AVX512_BF16 on this CPU: bf16 models are refused here, nothing to measure");
+        return;
+    }
+    const BOUND: f32 = 0.05;
+    println!("| golden model | max abs error vs PyTorch, bf16 | f32 | inspect: max / mean vs f32 |");
+    println!("|---|---:|---:|---:|");
+    for case in cases() {
+        let dir = golden_dir().join(&case.name);
+        let mut config = ModelConfig::load(&dir.join("model.toml")).unwrap();
+        config.precision = Precision::Bf16;
+        let store = WeightStore::load(config.weights.as_ref().unwrap()).unwrap();
+        let m = Model::from_parts(config, store).unwrap();
+        let (mut worst, mut worst_f32) = (0.0f32, 0.0f32);
+        for (x, t, y, _) in &case.seqs {
+            worst = worst.max(max_abs_diff(&m.forward_sequence(x, *t).data, y));
+            worst_f32 = worst_f32.max(max_abs_diff(&case.model.forward_sequence(x, *t).data, y));
+        }
+        let e = m.bf16_error().unwrap().expect("a bf16 model reports its error");
+        println!(
+            "| {} | {worst:.1e} | {worst_f32:.1e} | {:.1e} / {:.1e} |",
+            case.name, e.max, e.mean
+        );
+        assert!(
+            worst <= BOUND,
+            "{}: bf16 max |diff| {worst:e} > {BOUND:e}",
+            case.name
+        );
+    }
+}

@@ -371,3 +371,54 @@ fn model_without_weights_is_fine() {
     let out = m.forward_sequence(&[1.0, 5.0, 3.0, 2.0, 0.0, 9.0], 3);
     assert_eq!((out.data, out.steps), (vec![3.0, 5.0], vec![1]));
 }
+
+#[test]
+fn precision_other_than_f32_or_bf16_is_refused() {
+    let d = Dir::new();
+    write(&d, &good_lstm_head(&d));
+    let msg = err(&d.model(&format!("precision = \"fp16\"\n{LSTM_HEAD}")));
+    assert_has(
+        &msg,
+        &["model.toml", "`precision` = \"fp16\"", "\"f32\"", "\"bf16\""],
+    );
+}
+
+/// bf16 where it cannot run is refused with the reason (the portable kernels are forced
+/// here, as on a CPU without AVX512_BF16); where it runs, `inspect` prints its error against
+/// f32. Through the binary, as a user sees it.
+#[test]
+fn bf16_is_refused_without_the_kernel_and_inspect_reports_its_error() {
+    let d = Dir::new();
+    write(&d, &good_lstm_head(&d));
+    let model = d.model(&format!("precision = \"bf16\"\n{LSTM_HEAD}"));
+    let inspect = |generic: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_seqflow"));
+        c.arg("inspect").arg(&model);
+        if generic {
+            c.env("SEQFLOW_KERNEL", "generic");
+        }
+        c.output().unwrap()
+    };
+    let o = inspect(true);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_has(
+        &stderr,
+        &[
+            "model.toml",
+            "precision = \"bf16\"",
+            "AVX512_BF16",
+            "remove the line",
+        ],
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if seqflow::kernels::fused::bf16_supported() {
+        let o = inspect(false);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_has(
+            &stdout,
+            &["precision        bf16 in #0 (lstm \"lstm\")", "max |bf16 - f32| "],
+        );
+    }
+}

@@ -158,6 +158,8 @@ pub struct Model {
     widths: Vec<usize>,
     /// Why the model cannot stream, naming the layer; `None` if it can.
     not_streamable: Option<String>,
+    /// What the model file asked for; [`Recurrent::precision`] says what each layer runs.
+    precision: config::Precision,
 }
 
 /// Output of [`Model::forward_sequence`]: `steps.len()` rows of `width` values.
@@ -306,6 +308,7 @@ impl Model {
             layers,
             widths,
             not_streamable,
+            precision: config.precision,
         })
     }
 

@@ -4,9 +4,11 @@
 
 use std::fmt;
 
-use super::config::{CellKind, Nonlinearity, Padding};
-use super::{Layer, Model};
-use crate::vocab::group_digits;
+use super::config::{CellKind, ModelConfig, Nonlinearity, Padding, Precision};
+use super::weights::WeightStore;
+use super::{Layer, Model, Packed, Workspace};
+use crate::error::Result;
+use crate::vocab::{group_digits, SplitMix};
 
 /// Timing of a model's outputs relative to its input steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,97 @@ impl Model {
     /// Bytes of streamed state one key costs.
     pub fn state_bytes_per_key(&self) -> usize {
         self.new_arena().bytes_per_slot()
+    }
+
+    /// The precision the model file asked for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// For a bf16 model, its error against the same model in f32: both run over the same
+    /// generated input ([`BF16_CHECK_SEQS`] sequences of [`BF16_CHECK_STEPS`] standard normal
+    /// steps, what normalized data looks like), the f32 twin loaded again from the files.
+    /// `None` for an f32 model.
+    pub fn bf16_error(&self) -> Result<Option<PrecisionError>> {
+        if self.precision != Precision::Bf16 {
+            return Ok(None);
+        }
+        let mut config = ModelConfig::load(&self.path)?;
+        config.precision = Precision::F32;
+        let store = match &config.weights {
+            Some(w) => WeightStore::load(w)?,
+            None => WeightStore::empty(&self.path),
+        };
+        let twin = Model::from_parts(config, store)?;
+        let mut input = Packed::default();
+        input.build(self.input_size(), &[BF16_CHECK_STEPS; BF16_CHECK_SEQS]);
+        let mut rng = SplitMix::new(16);
+        input.data.iter_mut().for_each(|v| *v = rng.normal());
+        let (mut ws_a, mut ws_b) = (Workspace::default(), Workspace::default());
+        let a = self.forward(&input, &mut ws_a);
+        let b = twin.forward(&input, &mut ws_b);
+        let (mut max, mut sum) = (0.0f32, 0.0f64);
+        for (x, y) in a.data.iter().zip(&b.data) {
+            let d = (x - y).abs();
+            max = max.max(d);
+            sum += d as f64;
+        }
+        let layers = self
+            .layers()
+            .filter_map(|(lc, l)| match l {
+                Layer::Recurrent(r) => Some((lc.label(), r.precision() == Precision::Bf16)),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(PrecisionError {
+            max,
+            mean: sum / a.data.len().max(1) as f64,
+            layers,
+        }))
+    }
+}
+
+/// Sequences of the input [`Model::bf16_error`] measures on.
+pub const BF16_CHECK_SEQS: usize = 64;
+/// Steps per sequence of that input.
+pub const BF16_CHECK_STEPS: usize = 256;
+
+/// A bf16 model's error against f32; see [`Model::bf16_error`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrecisionError {
+    /// Largest absolute difference of an output value.
+    pub max: f32,
+    /// Mean absolute difference.
+    pub mean: f64,
+    /// Each recurrent layer's label and whether it runs in bf16 (an LSTM with a projection
+    /// stays f32).
+    pub layers: Vec<(String, bool)>,
+}
+
+impl fmt::Display for PrecisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |bf16: bool| {
+            self.layers
+                .iter()
+                .filter(|l| l.1 == bf16)
+                .map(|l| l.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (on, off) = (names(true), names(false));
+        if on.is_empty() {
+            write!(f, "precision        bf16 asked, but no layer runs it")?;
+        } else {
+            write!(f, "precision        bf16 in {on}")?;
+        }
+        if !off.is_empty() {
+            write!(f, "; f32 in {off} (a projection has no bf16 kernel)")?;
+        }
+        write!(
+            f,
+            "\n                 max |bf16 - f32| {:.1e}, mean {:.1e}, over {BF16_CHECK_SEQS} generated sequences x {BF16_CHECK_STEPS} steps (standard normal inputs)",
+            self.max, self.mean
+        )
     }
 }
 
