@@ -70,6 +70,10 @@ enum Command {
         /// Discard the checkpoints in [checkpoint] dir and start over.
         #[arg(long)]
         fresh: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (instead of [metrics] listen);
+        /// port 0 picks a free one.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
@@ -231,6 +235,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             connect_timeout,
             resume,
             fresh,
+            metrics,
         } => {
             PROCESS.store(process, Ordering::Relaxed);
             let stop = Arc::new(AtomicBool::new(false));
@@ -246,7 +251,11 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 processes,
                 process,
                 hostfile,
-                overrides: Overrides { input, output },
+                overrides: Overrides {
+                    input,
+                    output,
+                    metrics,
+                },
                 observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
                 stop,
                 connect_timeout: Duration::from_secs(connect_timeout),
@@ -296,6 +305,7 @@ fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
             "seqflow: subscribed to {source} ({} lines); Ctrl-C or SIGTERM to stop",
             lines.name()
         ),
+        Event::Serving { what, addr } => bar.suspend(|| say!("seqflow: {what} on http://{addr}/{what}")),
         Event::Warning(w) => bar.suspend(|| say!("seqflow: warning: {w}")),
         Event::Finished => bar.finish_and_clear(),
     }

@@ -17,7 +17,7 @@
 //!    mapping, normalization and the NaN policy, routing; [`sink`]: output writers;
 //!    [`latency`]: the latency histogram; [`checkpoint`]: checkpoint folders, manifests
 //!    and the Arrow IPC state parts; [`kafka`], [`sink_mqtt`], [`sink_kafka`]: broker
-//!    clients and outputs;
+//!    clients and outputs; [`metrics`]: the Prometheus exposition and its HTTP server;
 //! 5. [`keyed`]: a worker's keyed state: key index, epoch ordering, one emitter per emit
 //!    mode;
 //! 6. [`views`]: aggregates over the predictions (differential dataflow);
@@ -39,6 +39,7 @@ pub mod kafka;
 pub mod kernels;
 pub mod keyed;
 pub mod latency;
+pub mod metrics;
 pub mod model;
 pub mod outfiles;
 pub mod pipeline;

@@ -456,8 +456,13 @@ pub enum SinkMsg {
     Rows(OutBatch),
     /// Rejected steps.
     Rejects(Vec<Reject>),
-    /// A worker's counters, sent once when its input ends.
+    /// A worker's counters since its previous message: after each epoch it processed, and
+    /// when its input ends. They travel at the epoch's time, so a checkpoint at a boundary
+    /// holds exactly the counters of the epochs before it.
     Stats(Stats),
+    /// A worker processed an epoch: how long it took and what it holds now (the metrics'
+    /// epoch-time histogram and key / state gauges).
+    Epoch(EpochReport),
     /// A worker failed (bad input); the run fails and its output is discarded.
     Failed(String),
     /// A worker passed the checkpoint boundary `boundary` (every epoch before it processed,
@@ -477,6 +482,19 @@ pub enum SinkMsg {
         /// The part, or why it could not be written.
         part: std::result::Result<PartInfo, String>,
     },
+}
+
+/// See [`SinkMsg::Epoch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// The worker (global index).
+    pub worker: u32,
+    /// Time spent on the epoch: keying, ordering, the model, emitting.
+    pub micros: u64,
+    /// Keys held after it.
+    pub keys: u64,
+    /// Bytes of per-key state held after it.
+    pub state_bytes: u64,
 }
 
 /// One worker's part, as the manifest lists it.

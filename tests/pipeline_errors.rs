@@ -572,6 +572,7 @@ fn input_extension_picks_the_format() {
         Overrides {
             input: Some(c.path("x.csv")),
             output: Some(out.clone()),
+            metrics: None,
         },
     );
     assert_eq!((report.stats.rows_read, report.stats.outputs), (2, 2));

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
@@ -99,7 +98,7 @@ pub(crate) fn read(
     src: &KafkaSource,
     starts: Vec<(i32, i64)>,
     mut parser: MessageParser,
-    tx: Sender<Routed>,
+    tx: super::live::Outbox,
     stop: Arc<AtomicBool>,
     warn: &(dyn Fn(String) + Send + Sync),
 ) {

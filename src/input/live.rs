@@ -6,12 +6,12 @@
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, SendError, Sender, TrySendError};
 
 use super::columns::Columns;
 use super::lines::{FieldMap, LineError};
@@ -69,10 +69,63 @@ pub enum Transport {
     Kafka(super::kafka::KafkaSource),
 }
 
+/// A reader's end of the channel into the dataflow. A full channel blocks the reader (that
+/// is the backpressure); the time it waits is counted, for the metrics.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: Sender<Routed>,
+    blocked_us: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    /// A bounded channel of `cap` batches: the outbox, the receiver, the blocked-time counter.
+    pub fn bounded(cap: usize) -> (Outbox, Receiver<Routed>, Arc<AtomicU64>) {
+        let (tx, rx) = bounded(cap);
+        let blocked_us = Arc::new(AtomicU64::new(0));
+        (
+            Outbox {
+                tx,
+                blocked_us: blocked_us.clone(),
+            },
+            rx,
+            blocked_us,
+        )
+    }
+
+    /// An unbounded one (tests, and parsers whose output is drained at once).
+    pub fn unbounded() -> (Outbox, Receiver<Routed>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (
+            Outbox {
+                tx,
+                blocked_us: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Sends, waiting while the channel is full; `Err` once the receiver is gone.
+    pub fn send(&self, r: Routed) -> std::result::Result<(), SendError<Routed>> {
+        match self.tx.try_send(r) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(r)) => {
+                let waited = Instant::now();
+                let sent = self.tx.send(r);
+                self.blocked_us
+                    .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
+                sent
+            }
+            Err(TrySendError::Disconnected(r)) => Err(SendError(r)),
+        }
+    }
+}
+
 /// Running readers: parsed steps arrive on `rx`, one [`Routed`] per chunk read.
 pub struct Readers {
     /// Steps and rejects; `rows` counts the non-blank lines.
     pub rx: Receiver<Routed>,
+    /// Microseconds the readers spent waiting on a full channel.
+    pub blocked_us: Arc<AtomicU64>,
     /// Connection id -> description (`tcp 127.0.0.1:5123`, `stdin`), for messages.
     pub names: Arc<Mutex<Vec<String>>>,
     /// The bound address (tcp).
@@ -97,7 +150,7 @@ impl Readers {
         stop: Arc<AtomicBool>,
         int_keys: Option<bool>,
     ) -> Result<Readers> {
-        let (tx, rx) = bounded(CHANNEL_BATCHES);
+        let (tx, rx, blocked_us) = Outbox::bounded(CHANNEL_BATCHES);
         let names = Arc::new(Mutex::new(Vec::new()));
         let done = Arc::new(AtomicBool::new(false));
         let shared = Shared::new(cfg, columns, peers, stop);
@@ -166,6 +219,7 @@ impl Readers {
         }
         Ok(Readers {
             rx,
+            blocked_us,
             names,
             local_addr,
             refused,
@@ -249,7 +303,7 @@ impl Readers {
                     return Err(io(e));
                 }
             };
-            let (tx, rx) = bounded(CHANNEL_BATCHES);
+            let (tx, rx, blocked_us) = Outbox::bounded(CHANNEL_BATCHES);
             let parser = MessageParser::new(shared.clone());
             let (src, stop, warn) = (src.clone(), stop.clone(), warn.clone());
             let thread = spawn("kafka reader", move || {
@@ -257,6 +311,7 @@ impl Readers {
             })?;
             out.push(Some(Readers {
                 rx,
+                blocked_us,
                 names: Arc::new(Mutex::new(names.clone())),
                 local_addr: None,
                 refused: Arc::default(),
@@ -280,7 +335,7 @@ impl Readers {
 /// limits and per-line rejects) and returns what a reader would have sent. For tests and
 /// the parser's fuzzing bench.
 pub fn read_stream<R: Read>(cfg: &LiveSource, columns: &Columns, peers: usize, r: R) -> Vec<Routed> {
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = Outbox::unbounded();
     let shared = Shared::new(cfg, columns, peers, Arc::new(AtomicBool::new(false)));
     read_lines(r, 0, &tx, &shared);
     drop(tx);
@@ -351,7 +406,7 @@ impl Shared {
 /// lines, reusing its buffers from message to message.
 pub(crate) struct MessageParser {
     shared: Arc<Shared>,
-    tx: Sender<Routed>,
+    tx: Outbox,
     rx: Receiver<Routed>,
     payload: Vec<u8>,
     bufs: LineBuffers,
@@ -359,7 +414,7 @@ pub(crate) struct MessageParser {
 
 impl MessageParser {
     fn new(shared: Arc<Shared>) -> MessageParser {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = Outbox::unbounded();
         MessageParser {
             shared,
             tx,
@@ -387,12 +442,7 @@ impl MessageParser {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    tx: Sender<Routed>,
-    names: Arc<Mutex<Vec<String>>>,
-    shared: Arc<Shared>,
-) {
+fn accept_loop(listener: TcpListener, tx: Outbox, names: Arc<Mutex<Vec<String>>>, shared: Arc<Shared>) {
     let mut readers = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -445,7 +495,7 @@ fn refuse(stream: &mut TcpStream, shared: &Shared, why: String) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-fn serve(stream: TcpStream, conn: u32, tx: Sender<Routed>, shared: Arc<Shared>) {
+fn serve(stream: TcpStream, conn: u32, tx: Outbox, shared: Arc<Shared>) {
     // Blocking reads with a timeout, so a quiet client does not keep a stopping reader alive.
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(POLL));
@@ -453,7 +503,7 @@ fn serve(stream: TcpStream, conn: u32, tx: Sender<Routed>, shared: Arc<Shared>) 
 }
 
 /// Reads lines until end of input or stop; complete lines already read are always handed on.
-fn read_lines<R: Read>(r: R, conn: u32, tx: &Sender<Routed>, s: &Shared) {
+fn read_lines<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
     let mut bufs = LineBuffers::default();
     read_lines_with(r, conn, tx, s, &mut bufs);
 }
@@ -467,7 +517,7 @@ pub(crate) struct LineBuffers {
     chunk: Vec<u8>,
 }
 
-fn read_lines_with<R: Read>(mut r: R, conn: u32, tx: &Sender<Routed>, s: &Shared, bufs: &mut LineBuffers) {
+fn read_lines_with<R: Read>(mut r: R, conn: u32, tx: &Outbox, s: &Shared, bufs: &mut LineBuffers) {
     let buf = &mut bufs.buf;
     buf.clear();
     if bufs.chunk.len() < 1 << 16 {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
 
 use super::Routed;
@@ -123,7 +122,7 @@ pub fn connect(src: &MqttSource) -> Result<Session> {
 /// going (so that acknowledgements still reach the broker) until `done`.
 pub fn read(
     session: Session,
-    tx: Sender<Routed>,
+    tx: super::live::Outbox,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
     mut parse: impl FnMut(&[u8], &str) -> Vec<Routed>,

@@ -293,7 +293,14 @@ impl FusedCell {
         if n == 0 {
             return;
         }
-        let fits = |len: usize, stride: usize, width: usize| (n - 1) * stride + width <= len;
+        // Checked: a wrapped product must not pass for a fit (this is a safe function in
+        // front of raw pointer reads).
+        let fits = |len: usize, stride: usize, width: usize| {
+            (n - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(width))
+                .is_some_and(|end| end <= len)
+        };
         assert!(
             fits(x.data.len(), x.stride, self.in_w),
             "fused step: x rows out of bounds"
@@ -307,7 +314,10 @@ impl FusedCell {
             "fused step: output rows out of bounds"
         );
         if self.gates == Gates::Lstm {
-            assert!(c.len() >= n * self.hid, "fused step: c rows out of bounds");
+            assert!(
+                n.checked_mul(self.hid).is_some_and(|need| c.len() >= need),
+                "fused step: c rows out of bounds"
+            );
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a FusedCell exists only where `enabled()` saw AVX-512F (and, in bf16,
@@ -511,13 +521,13 @@ impl FusedCell {
 /// Vector gate math, 16 lanes. The generic path's formulas (`super::exp` and the gates built
 /// on it), trimmed: each division is `rcp14` plus one Newton step (relative error about
 /// 2^-27, against several times the cost for `vdivps`), `tanh(x)` is `2 sigmoid(2x) - 1`,
-/// and each clamp is one-sided; 93 vector operations per 16 LSTM units instead of 105. Absolute error against float64 stays about
+/// 93 vector operations per 16 LSTM units instead of 105. Absolute error against float64 stays about
 /// 1e-7 (`tests::matches_float64_reference`).
 #[cfg(target_arch = "x86_64")]
 mod lanes {
     use std::arch::x86_64::*;
 
-    /// `e^-x` for `x >= -87.3` (callers clamp): `-x = n ln2 + r` with n rounded to
+    /// `e^-x` for `x` in [-87.3, 88.3] (callers clamp): `-x = n ln2 + r` with n rounded to
     /// nearest, Cephes' polynomial for `e^r` (the generic path's coefficients, evaluated by
     /// Horner), `vscalefps` for the `2^n` (underflow to zero handled by it).
     #[inline]
@@ -545,7 +555,8 @@ mod lanes {
         _mm512_scalef_ps(p, n)
     }
 
-    /// `1 / (1 + e^-x)` for `x >= -87.3`; the division is `rcp14` and one Newton step.
+    /// `1 / (1 + e^-x)` for `x` in [-87.3, 88.3]; the division is `rcp14` and one Newton
+    /// step.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn sigmoid_clamped(x: __m512) -> __m512 {
@@ -555,19 +566,28 @@ mod lanes {
         _mm512_fmadd_ps(r, e, r)
     }
 
-    /// `1 / (1 + e^-x)`. Below -87.3, `e^-x` would overflow to infinity and the Newton step
-    /// turn it into NaN; the result there is 0 to f32 precision anyway.
+    /// `x` clamped to [-87.3, 88.3]: below, `e^-x` would overflow to infinity (and the
+    /// Newton step make it NaN); above, the range reduction of `exp_neg` loses `r` to
+    /// rounding (from about 1e13 on) and its polynomial overflows. The sigmoid there is 0
+    /// or 1 to f32 precision anyway; the generic path clamps the same way.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn clamp(x: __m512) -> __m512 {
+        _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3))
+    }
+
+    /// `1 / (1 + e^-x)`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn sigmoid(x: __m512) -> __m512 {
-        sigmoid_clamped(_mm512_max_ps(x, _mm512_set1_ps(-87.3)))
+        sigmoid_clamped(clamp(x))
     }
 
     /// `2 sigmoid(2x) - 1`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn tanh(x: __m512) -> __m512 {
-        let x2 = _mm512_max_ps(_mm512_add_ps(x, x), _mm512_set1_ps(-87.3));
+        let x2 = clamp(_mm512_add_ps(x, x));
         _mm512_fmsub_ps(sigmoid_clamped(x2), _mm512_set1_ps(2.0), _mm512_set1_ps(1.0))
     }
 }
@@ -1052,6 +1072,23 @@ mod tests {
             worst_s < 2e-7 && worst_t < 3e-7,
             "sigmoid {worst_s:e}, tanh {worst_t:e}"
         );
+    }
+
+    #[test]
+    fn huge_preactivations_saturate() {
+        if !enabled() {
+            return;
+        }
+        for v in [1e13f32, 1e15, 1e20, f32::MAX, f32::INFINITY] {
+            for (v, want) in [(v, 1.0f32), (-v, 0.0)] {
+                let (mut s, mut t) = ([0.0; LANES], [0.0; LANES]);
+                // SAFETY: AVX-512F (enabled() above); arrays of 16 floats.
+                unsafe { vector_gates(&[v; LANES], &mut s, &mut t) };
+                assert!(s.iter().all(|&y| (y - want).abs() < 1e-30), "sigmoid({v}): {s:?}");
+                let tw = if want == 1.0 { 1.0 } else { -1.0 };
+                assert!(t.iter().all(|&y| y == tw), "tanh({v}): {t:?}");
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]

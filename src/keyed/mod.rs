@@ -22,7 +22,7 @@ use order::{Accepted, Sequencer};
 
 use crate::checkpoint::part::StateRows;
 use crate::model::{Model, Packed, Workspace};
-use crate::record::{KeyRef, Reject, RejectReason, SinkMsg, Stats, StepBatch};
+use crate::record::{EpochReport, KeyRef, Reject, RejectReason, SinkMsg, Stats, StepBatch};
 use crate::vocab::{Emit, NanPolicy};
 
 /// The keyed state of one worker.
@@ -45,8 +45,11 @@ pub struct KeyedProcessor {
     ttl: Option<Ttl>,
     /// The time (us) a step is seen at: `vocab::now_us`, or a test's clock.
     clock: fn() -> u64,
-    /// This worker's counters, sent to the sink when the input ends.
+    /// This worker's counters since they were last sent (after each epoch, at a mark, at
+    /// the end).
     pub stats: Stats,
+    /// This worker's global index, named in its [`EpochReport`]s.
+    pub worker: u32,
     /// Where a source's failure, heard from any worker, is noted (so that every process of
     /// a cluster ends with it, not only the one that collects).
     heard: Option<Arc<std::sync::Mutex<Option<String>>>>,
@@ -74,6 +77,7 @@ impl KeyedProcessor {
             ttl: None,
             clock: crate::vocab::now_us,
             stats: Stats::default(),
+            worker: 0,
             heard: None,
             model,
         }
@@ -174,6 +178,22 @@ impl KeyedProcessor {
         if self.aborted() {
             return;
         }
+        let start = std::time::Instant::now();
+        self.epoch_inner(batches, out);
+        // The epoch's counters and a report travel with it: the sink's totals (and the
+        // metrics) follow the run epoch by epoch instead of jumping at the end.
+        if self.stats != Stats::default() {
+            out.push(SinkMsg::Stats(std::mem::take(&mut self.stats)));
+        }
+        out.push(SinkMsg::Epoch(EpochReport {
+            worker: self.worker,
+            micros: start.elapsed().as_micros() as u64,
+            keys: self.keys() as u64,
+            state_bytes: self.state_bytes() as u64,
+        }));
+    }
+
+    fn epoch_inner(&mut self, batches: &[&StepBatch], out: &mut Vec<SinkMsg>) {
         self.order.begin();
         let mut any = false;
         let mut refused = Vec::new();

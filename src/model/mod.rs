@@ -222,7 +222,15 @@ impl Model {
             None => bind::infer_input_size(&config, &store)?,
         };
         let input_size = width;
-        if config.precision == config::Precision::Bf16 && !crate::kernels::fused::bf16_supported() {
+        // Refused only where it would change something: bf16 applies to recurrent layers.
+        let recurrent = config
+            .layers
+            .iter()
+            .any(|l| matches!(l.kind, LayerKindConfig::Recurrent { .. }));
+        if config.precision == config::Precision::Bf16
+            && recurrent
+            && !crate::kernels::fused::bf16_supported()
+        {
             let why = if crate::kernels::fused::enabled() {
                 "this CPU has none"
             } else {

@@ -70,8 +70,8 @@ impl Model {
 
     /// For a bf16 model, its error against the same model in f32: both run over the same
     /// generated input ([`BF16_CHECK_SEQS`] sequences of [`BF16_CHECK_STEPS`] standard normal
-    /// steps, what normalized data looks like), the f32 twin loaded again from the files.
-    /// `None` for an f32 model.
+    /// steps, what normalized data looks like; unnormalized inputs can see more), the f32
+    /// twin loaded again from the model's files. `None` for an f32 model.
     pub fn bf16_error(&self) -> Result<Option<PrecisionError>> {
         if self.precision != Precision::Bf16 {
             return Ok(None);
@@ -93,7 +93,10 @@ impl Model {
         let (mut max, mut sum) = (0.0f32, 0.0f64);
         for (x, y) in a.data.iter().zip(&b.data) {
             let d = (x - y).abs();
-            max = max.max(d);
+            // Written so that a NaN difference shows as NaN (`f32::max` would drop it).
+            if d > max || d.is_nan() {
+                max = d;
+            }
             sum += d as f64;
         }
         let layers = self

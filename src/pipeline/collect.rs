@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::input::arrow::describe_row;
 use crate::input::files::Plan;
 use crate::latency::Histogram;
+use crate::metrics::Hub;
 use crate::outfiles::Outputs;
 use crate::record::{KeyColumn, PartitionOffset, Reject, SinkMsg, Stats, ToSink};
 use crate::sink::{OutputFile, OutputSchema, RejectsWriter, Sink, SinkHandle};
@@ -103,6 +104,10 @@ pub struct Collector {
     finished: u8,
     /// Kafka sources: each partition's progress as of the epochs taken so far.
     pub offsets: std::collections::BTreeMap<i32, PartitionOffset>,
+    /// Where `/metrics` reads the run (`[metrics]` / `--metrics`).
+    pub metrics: Option<Arc<Hub>>,
+    /// Its HTTP server: it stops when the collector goes, at the end of the run.
+    pub metrics_server: Option<crate::metrics::Server>,
 }
 
 impl Collector {
@@ -132,6 +137,15 @@ impl Collector {
             views_at: 0,
             finished: 0,
             offsets: Default::default(),
+            metrics: None,
+            metrics_server: None,
+        }
+    }
+
+    /// Copies the summed counters to the metrics.
+    fn publish_stats(&self) {
+        if let Some(m) = &self.metrics {
+            m.update(|s| s.stats = self.stats.clone());
         }
     }
 
@@ -290,6 +304,9 @@ impl Collect<ToSink> for Collector {
                 if self.live {
                     self.pending_arrivals.extend_from_slice(&b.arrivals);
                 }
+                if let Some(m) = &self.metrics {
+                    m.update(|s| s.predictions += b.len() as u64);
+                }
                 if let Some(s) = self.sink_for(&b.keys) {
                     let r = s.write(b);
                     self.record(r);
@@ -304,17 +321,30 @@ impl Collect<ToSink> for Collector {
                     }
                 }
             }
-            SinkMsg::Stats(s) => self.stats.add(&s),
+            SinkMsg::Stats(s) => {
+                self.stats.add(&s);
+                self.publish_stats();
+            }
+            SinkMsg::Epoch(e) => {
+                if let Some(m) = &self.metrics {
+                    m.epoch(&e);
+                }
+            }
             // Each partition has one reader, and its messages come in epoch order: the
             // newest is where it stands (it may go back, after the broker's log did).
             SinkMsg::Offsets(os) => {
                 for o in os {
                     self.offsets.insert(o.partition, o);
                 }
+                if let Some(m) = &self.metrics {
+                    let lag = self.offsets.values().map(|o| (o.high - o.next).max(0)).sum();
+                    m.update(|s| s.lag = Some(lag));
+                }
             }
             SinkMsg::Failed(m) => self.failed.push(m),
             SinkMsg::Marked { boundary, stats } => {
                 self.stats.add(&stats);
+                self.publish_stats();
                 if let Some(c) = self.checkpoint.as_mut() {
                     c.marked(boundary);
                 }
@@ -331,6 +361,15 @@ impl Collect<ToSink> for Collector {
 
     fn advance(&mut self, to: Option<u64>) {
         self.pred_at = to.unwrap_or(u64::MAX);
+        if let (Some(m), Some(to)) = (&self.metrics, to) {
+            let checkpoints = self.checkpoint.as_ref().map(Committer::metrics);
+            m.update(|s| {
+                s.epochs = s.epochs.max(to);
+                if checkpoints.is_some() {
+                    s.checkpoints = checkpoints;
+                }
+            });
+        }
         // After a worker failed, epochs it did not finish may be behind any later boundary:
         // no checkpoint from then on.
         if !self.aborted() && self.error.is_none() && self.failed.is_empty() {
@@ -355,6 +394,15 @@ impl Collect<ToSink> for Collector {
         }
         // Emission = the moment the prediction was handed to the output and flushed.
         let now = now_us();
+        if let Some(m) = &self.metrics {
+            m.update(|s| {
+                if let Some(l) = s.latency.as_mut() {
+                    for a in &self.pending_arrivals {
+                        l.observe(now.saturating_sub(*a) as f64 / 1e6);
+                    }
+                }
+            });
+        }
         for a in self.pending_arrivals.drain(..) {
             self.latency.record(now.saturating_sub(a));
         }

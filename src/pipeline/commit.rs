@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::checkpoint::{self, FileCommit, Identity, KafkaOffsets, Manifest, PartInfo, Store};
 use crate::error::{Error, Result};
+use crate::metrics::CheckpointStats;
 use crate::record::{PartitionOffset, Stats};
 use crate::sink::CommitPoint;
 
@@ -79,6 +80,8 @@ pub struct Committer {
     /// The boundary of the newest durable checkpoint (0: none yet).
     boundary: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<Error>>>,
+    /// What the metrics show of the commits.
+    stats: Arc<Mutex<CheckpointStats>>,
     tx: Option<crossbeam_channel::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -107,9 +110,15 @@ impl Committer {
             committed: Arc::default(),
             boundary: Arc::default(),
             failed: Arc::default(),
+            stats: Arc::default(),
             tx: None,
             thread: None,
         }
+    }
+
+    /// The commits so far, for the metrics.
+    pub fn metrics(&self) -> CheckpointStats {
+        *self.stats.lock().expect("checkpoint stats")
     }
 
     /// Checkpoints made durable so far.
@@ -257,7 +266,7 @@ impl Committer {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
             let (store, keep) = (self.store.clone(), self.keep);
             let (committed, failed) = (self.committed.clone(), self.failed.clone());
-            let boundary = self.boundary.clone();
+            let (boundary, stats) = (self.boundary.clone(), self.stats.clone());
             let thread = std::thread::Builder::new()
                 .name("seqflow-commit".into())
                 .spawn(move || {
@@ -265,7 +274,20 @@ impl Committer {
                         if failed.lock().expect("failed").is_some() {
                             continue;
                         }
-                        match commit(&store, keep, &job) {
+                        let started = std::time::Instant::now();
+                        let result = commit(&store, keep, &job);
+                        let mut st = stats.lock().expect("checkpoint stats");
+                        match &result {
+                            Ok(()) => {
+                                st.committed += 1;
+                                st.last_unix = crate::vocab::now_us() as f64 / 1e6;
+                                st.last_seconds = started.elapsed().as_secs_f64();
+                                st.last_bytes = job.manifest.parts.iter().map(|p| p.bytes).sum();
+                            }
+                            Err(_) => st.failures += 1,
+                        }
+                        drop(st);
+                        match result {
                             Ok(()) => {
                                 committed.fetch_add(1, Ordering::Relaxed);
                                 boundary.fetch_max(job.manifest.boundary, Ordering::Relaxed);

@@ -127,11 +127,18 @@ struct RawCheckpoint {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawListen {
+    listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPipeline {
     source: RawSource,
     model: RawModelRef,
     output: RawOutput,
     checkpoint: Option<RawCheckpoint>,
+    metrics: Option<RawListen>,
     #[serde(default)]
     views: Vec<toml::Value>,
 }
@@ -187,6 +194,8 @@ pub struct PipelineConfig {
     pub views: Vec<toml::Value>,
     /// `[checkpoint]`.
     pub checkpoint: Option<CheckpointConfig>,
+    /// `[metrics] listen` (or `--metrics`): where `GET /metrics` is served.
+    pub metrics: Option<String>,
 }
 
 /// Command-line overrides (relative to the working directory).
@@ -196,6 +205,8 @@ pub struct Overrides {
     pub input: Option<PathBuf>,
     /// `--output`: instead of `[output] path` (`-` for stdout).
     pub output: Option<PathBuf>,
+    /// `--metrics ADDR`: instead of `[metrics] listen`.
+    pub metrics: Option<String>,
 }
 
 impl PipelineConfig {
@@ -602,6 +613,17 @@ impl PipelineConfig {
                 })
             }
         };
+        let metrics = overrides
+            .metrics
+            .clone()
+            .or(raw.metrics.map(|m| m.listen))
+            .map(|addr| match crate::vocab::host_port(&addr) {
+                Some(_) => Ok(addr),
+                None => Err(err(format!(
+                    "metrics listen address \"{addr}\" is not HOST:PORT (e.g. \"127.0.0.1:9464\")"
+                ))),
+            })
+            .transpose()?;
         Ok(PipelineConfig {
             path: path.to_path_buf(),
             source,
@@ -609,6 +631,7 @@ impl PipelineConfig {
             output,
             views: raw.views,
             checkpoint,
+            metrics,
         })
     }
 

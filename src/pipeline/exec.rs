@@ -18,13 +18,15 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, Config, WorkerConfig};
 
 use super::collect::{Collector, Namer, NoSink, SinkSlot};
-use super::config::{Overrides, PipelineConfig};
-use super::report::{quiet, Observer, RunReport};
+use super::config::{Overrides, PipelineConfig, SourceKind};
+use super::report::{quiet, Event, Observer, RunReport};
 use crate::checkpoint::{FileCommit, Manifest, PartWriter, Store};
 use crate::dataflow::{CollectAtWorker0, Inbound, KeyedModel};
 use crate::error::{Error, Result};
+use crate::input::live::Transport;
 use crate::keyed::KeyedProcessor;
 use crate::latency::Histogram;
+use crate::metrics::{self, Hub};
 use crate::model::Model;
 use crate::outfiles::{check_distinct, Outputs};
 use crate::record::{Key, OutBatch, SinkMsg, SourceMsg, Stats, ToSink};
@@ -265,6 +267,7 @@ pub(crate) fn execute(
                 .with_abort(abort)
                 .with_keep_open(cfg.live().is_some() && checkpointing.is_some())
                 .with_failures(heard.clone());
+        processor.worker = index as u32;
         let parts = checkpointing.as_ref().map(|c| PartWriter {
             store: c.store.clone(),
             worker: index,
@@ -523,7 +526,30 @@ pub(crate) fn collector(
         .transpose()?;
     let mut c = Collector::new(sink, rejects, namer, live, outputs.clone());
     c.views = views;
+    if let Some(listen) = &cfg.metrics {
+        let hub = Hub::new(&source_label(cfg), opts.workers * opts.processes, live);
+        let server = metrics::Server::start(listen, hub.clone())?;
+        (opts.observer)(&Event::Serving {
+            what: "metrics",
+            addr: server.addr,
+        });
+        c.metrics = Some(hub);
+        c.metrics_server = Some(server);
+    }
     Ok(Some(c))
+}
+
+/// The `source` label of the metrics: the file format, or the live transport.
+fn source_label(cfg: &PipelineConfig) -> String {
+    match &cfg.source.kind {
+        SourceKind::Files(f) => f.format.name().to_string(),
+        SourceKind::Live(l) => match &l.transport {
+            Transport::Tcp { .. } => "tcp".into(),
+            Transport::Stdin => "stdin".into(),
+            Transport::Mqtt(_) => "mqtt".into(),
+            Transport::Kafka(_) => "kafka".into(),
+        },
+    }
 }
 
 /// Refuses a run whose outputs (predictions, rejects, view changelogs and snapshots) would

@@ -237,12 +237,15 @@ fn run_with(
     // A resumed run numbers its epochs on from the checkpoint's, so that checkpoints of
     // successive runs stay in order.
     let first_epoch = resume.as_ref().map_or(0, |m| m.boundary);
+    // The readers' channel shows in the metrics (process 0, whichever worker feeds).
+    let metrics = collector.as_ref().and_then(|c| c.metrics.clone());
     let feed: Arc<Feed> = {
-        let (readers, stop, tables, observer) = (
+        let (readers, stop, tables, observer, metrics) = (
             readers.clone(),
             stop.clone(),
             tables.clone(),
             opts.observer.clone(),
+            metrics.clone(),
         );
         Arc::new(move |worker, input, mut side, probe, collector| {
             let local = worker.index() % readers.lock().expect("readers").len().max(1);
@@ -342,6 +345,13 @@ fn run_with(
                     for dest in 0..worker.peers() {
                         input.send((dest as u64, SourceMsg::Mark(now_epoch + 1)));
                     }
+                }
+                if let Some(m) = &metrics {
+                    let blocked = src.blocked_us.load(Ordering::Relaxed) as f64 / 1e6;
+                    let channel = (src.rx.len() as u64, src.rx.capacity().unwrap_or(0) as u64);
+                    m.update(|s| {
+                        s.channels.insert(worker.index(), (channel.0, channel.1, blocked));
+                    });
                 }
                 // Close the epoch: everything sent so far becomes processable.
                 now_epoch += 1;

@@ -35,6 +35,13 @@ pub enum Event<'a> {
         /// How lines are framed.
         lines: LineFormat,
     },
+    /// An HTTP endpoint of the run is up (`metrics`).
+    Serving {
+        /// What is served, also the path (`metrics`).
+        what: &'static str,
+        /// The bound address.
+        addr: SocketAddr,
+    },
     /// Something worth telling that does not stop the run.
     Warning(&'a str),
     /// Every row was read and processed; the outputs are being closed.

@@ -87,6 +87,7 @@ pub fn output(path: &Path) -> Overrides {
     Overrides {
         input: None,
         output: Some(path.to_path_buf()),
+        metrics: None,
     }
 }
 
@@ -107,6 +108,8 @@ pub fn run_report(pipeline: &Path, workers: usize, overrides: Overrides) -> RunR
 pub struct LiveRun {
     /// The address it listens on.
     pub addr: String,
+    /// Where it serves `/metrics`, when the pipeline asks for it.
+    pub metrics: Option<String>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     run: std::thread::JoinHandle<seqflow::Result<Option<RunReport>>>,
 }
@@ -118,20 +121,35 @@ impl LiveRun {
         let tx = std::sync::Mutex::new(tx);
         let opts = RunOptions {
             workers,
-            observer: Arc::new(move |e: &Event<'_>| {
-                if let Event::Listening { addr: Some(a), .. } = e {
-                    let _ = tx.lock().unwrap().send(a.to_string());
+            observer: Arc::new(move |e: &Event<'_>| match e {
+                Event::Listening { addr: Some(a), .. } => {
+                    let _ = tx.lock().unwrap().send((false, a.to_string()));
                 }
+                Event::Serving { addr, .. } => {
+                    let _ = tx.lock().unwrap().send((true, addr.to_string()));
+                }
+                _ => {}
             }),
             ..RunOptions::default()
         };
         let stop = opts.stop.clone();
         let p = pipeline.to_path_buf();
         let run = std::thread::spawn(move || seqflow::pipeline::run(&p, &opts));
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("the pipeline listens");
-        LiveRun { addr, stop, run }
+        // The metrics server starts before the listener.
+        let mut metrics = None;
+        let addr = loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok((true, a)) => metrics = Some(a),
+                Ok((false, a)) => break a,
+                Err(_) => panic!("the pipeline does not listen"),
+            }
+        };
+        LiveRun {
+            addr,
+            metrics,
+            stop,
+            run,
+        }
     }
 
     /// Stops the run as SIGTERM does (readers stop, everything accepted is processed) and
