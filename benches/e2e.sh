@@ -4,6 +4,7 @@
 # rows/s, the scaling ratio and peak RSS. Usage:
 #   benches/e2e.sh [SENSORS] [DAYS]        # default 2000 sensors x 7 days @ 5 min = 4.0 M rows
 #   SEQFLOW=/path/to/other/seqflow benches/e2e.sh   # time another build (before/after a change)
+#   SEQFLOW_ARGS="--metrics 127.0.0.1:0" benches/e2e.sh   # extra `run` flags (what metrics cost)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SENSORS=${1:-2000}
@@ -23,7 +24,8 @@ declare -A RATE
 for W in 1 2; do
   best=0
   for rep in 1 2 3; do
-    out=$( { /usr/bin/time -f "peak_rss_kb=%M" "$BIN" run "$PIPE" -w "$W"; } 2>&1 )
+    # shellcheck disable=SC2086
+    out=$( { /usr/bin/time -f "peak_rss_kb=%M" "$BIN" run "$PIPE" -w "$W" ${SEQFLOW_ARGS:-}; } 2>&1 )
     r=$(echo "$out" | grep '^seqflow:' | rows_per_s)
     rss=$(echo "$out" | sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p')
     echo "-w $W run $rep: $r rows/s, peak RSS $((rss / 1024)) MB"

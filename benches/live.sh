@@ -7,6 +7,8 @@
 #   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=5 benches/live.sh: a 5 ms epoch (default 2)
 #   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
 #   CHECKPOINT_MS=100 benches/live.sh             # with a checkpoint every 100 ms
+#   SEQFLOW_ARGS="--metrics 127.0.0.1:0" SCRAPE_MS=100 benches/live.sh
+#                                                 # with /metrics, scraped every 100 ms (curl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -28,9 +30,25 @@ echo "|---:|---:|---:|---:|---:|---:|---:|"
 for W in ${WORKERS:-1 2}; do
   for RATE in ${RATES:-10000 100000 0}; do
     LIMIT=$(( RATE > 0 ? RATE * SECS : 2000000 ))
-    /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W" ${CHECKPOINT_MS:+--fresh} 2> "$OUT/server.txt" &
+    /usr/bin/time -f "peak_rss_kb=%M" ./target/release/seqflow run "$PIPE" -w "$W" ${CHECKPOINT_MS:+--fresh} ${SEQFLOW_ARGS:-} 2> "$OUT/server.txt" &
     TPID=$!
     for _ in $(seq 50); do grep -q listening "$OUT/server.txt" 2>/dev/null && break; sleep 0.1; done
+    MADDR=$(grep -o 'http://[0-9.:]*/metrics' "$OUT/server.txt" || true)
+    if [ -n "${SCRAPE_MS:-}" ] && [ -n "$MADDR" ]; then
+      # One process scraping over one connection per request, as Prometheus does (a curl
+      # per scrape would measure process start-ups on these 2 cores).
+      python3 - "$MADDR" "$SCRAPE_MS" "$TPID" <<'PY' &
+import os, sys, time, urllib.request
+url, ms, pid = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+while True:
+    try:
+        os.kill(pid, 0)
+        urllib.request.urlopen(url, timeout=2).read()
+    except Exception:
+        break
+    time.sleep(ms / 1000)
+PY
+    fi
     REPLAY=$(./target/release/seqflow replay "$DATA" --to 127.0.0.1:7699 --rate "$RATE" --connections 4 --limit "$LIMIT" 2>&1)
     sleep 0.5
     kill -TERM "$(pgrep -P "$TPID")" || true
