@@ -26,7 +26,7 @@ const BOUNDS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// A Prometheus histogram with fixed bounds ([`BOUNDS`]).
+/// A Prometheus histogram with fixed bounds: 100 us to 10 s, 15 buckets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Buckets {
     /// Observations at most `BOUNDS[i]` (not cumulative; summed when rendered).
