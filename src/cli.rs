@@ -74,6 +74,9 @@ enum Command {
         /// port 0 picks a free one.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Serve the live dashboard at http://ADDR/ (instead of [dashboard] listen).
+        #[arg(long, value_name = "ADDR")]
+        dashboard: Option<String>,
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
@@ -236,6 +239,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             resume,
             fresh,
             metrics,
+            dashboard,
         } => {
             PROCESS.store(process, Ordering::Relaxed);
             let stop = Arc::new(AtomicBool::new(false));
@@ -255,6 +259,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     input,
                     output,
                     metrics,
+                    dashboard,
                 },
                 observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
                 stop,
@@ -305,7 +310,7 @@ fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
             "seqflow: subscribed to {source} ({} lines); Ctrl-C or SIGTERM to stop",
             lines.name()
         ),
-        Event::Serving { what, addr } => bar.suspend(|| say!("seqflow: {what} on http://{addr}/{what}")),
+        Event::Serving { what, addr, path } => bar.suspend(|| say!("seqflow: {what} on http://{addr}{path}")),
         Event::Warning(w) => bar.suspend(|| say!("seqflow: warning: {w}")),
         Event::Finished => bar.finish_and_clear(),
     }

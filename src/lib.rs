@@ -18,6 +18,7 @@
 //!    [`latency`]: the latency histogram; [`checkpoint`]: checkpoint folders, manifests
 //!    and the Arrow IPC state parts; [`kafka`], [`sink_mqtt`], [`sink_kafka`]: broker
 //!    clients and outputs; [`metrics`]: the Prometheus exposition and its HTTP server;
+//!    [`dashboard`]: the live web page;
 //! 5. [`keyed`]: a worker's keyed state: key index, epoch ordering, one emitter per emit
 //!    mode;
 //! 6. [`views`]: aggregates over the predictions (differential dataflow);
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod dashboard;
 pub mod dataflow;
 pub mod error;
 pub mod guard;

@@ -21,12 +21,14 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::record::{EpochReport, Stats};
 
-/// Histogram bucket bounds in seconds, for latencies and epoch times: 100 us to 10 s.
-const BOUNDS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+/// Histogram bucket bounds in seconds, for latencies and epoch times: 100 us to 10 s, dense
+/// around the milliseconds a live pipeline answers in.
+const BOUNDS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// A Prometheus histogram with fixed bounds: 100 us to 10 s, 15 buckets.
+/// A Prometheus histogram with fixed bounds: 100 us to 10 s, 20 buckets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Buckets {
     /// Observations at most `BOUNDS[i]` (not cumulative; summed when rendered).
@@ -48,6 +50,19 @@ impl Buckets {
     /// Observations recorded.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// The bucket bounds (seconds) and the cumulative count at each.
+    pub fn cumulative(&self) -> (Vec<f64>, Vec<u64>) {
+        let c = self
+            .counts
+            .iter()
+            .scan(0, |sum, c| {
+                *sum += c;
+                Some(*sum)
+            })
+            .collect();
+        (BOUNDS.to_vec(), c)
     }
 }
 

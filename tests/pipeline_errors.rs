@@ -573,6 +573,7 @@ fn input_extension_picks_the_format() {
             input: Some(c.path("x.csv")),
             output: Some(out.clone()),
             metrics: None,
+            dashboard: None,
         },
     );
     assert_eq!((report.stats.rows_read, report.stats.outputs), (2, 2));

@@ -108,6 +108,11 @@ pub struct Collector {
     pub metrics: Option<Arc<Hub>>,
     /// Its HTTP server: it stops when the collector goes, at the end of the run.
     pub metrics_server: Option<crate::metrics::Server>,
+    /// The dashboard's data (`[dashboard]` / `--dashboard`), and its server.
+    pub board: Option<Arc<crate::dashboard::Board>>,
+    pub dashboard_server: Option<crate::dashboard::Server>,
+    /// When the views' tables last went to the dashboard (at most twice a second).
+    views_shown: Option<std::time::Instant>,
 }
 
 impl Collector {
@@ -139,7 +144,26 @@ impl Collector {
             offsets: Default::default(),
             metrics: None,
             metrics_server: None,
+            board: None,
+            dashboard_server: None,
+            views_shown: None,
         }
+    }
+
+    /// The views' current tables to the dashboard, at most twice a second.
+    fn show_views(&mut self) {
+        let (Some(board), Some(v)) = (&self.board, &self.views) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if self
+            .views_shown
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(500))
+        {
+            return;
+        }
+        self.views_shown = Some(now);
+        board.views(crate::dashboard::tables(v.tables(crate::dashboard::view_rows())));
     }
 
     /// Copies the summed counters to the metrics.
@@ -307,6 +331,9 @@ impl Collect<ToSink> for Collector {
                 if let Some(m) = &self.metrics {
                     m.update(|s| s.predictions += b.len() as u64);
                 }
+                if let Some(board) = &self.board {
+                    board.predictions(&b);
+                }
                 if let Some(s) = self.sink_for(&b.keys) {
                     let r = s.write(b);
                     self.record(r);
@@ -435,6 +462,7 @@ impl Collect<ViewChange> for Collector {
             let r = self.checkpoint.as_mut().map_or(Ok(()), |c| c.commit_ready());
             self.record(r);
         }
+        self.show_views();
     }
 
     fn epoch_done(&mut self) {

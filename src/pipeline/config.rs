@@ -139,6 +139,7 @@ struct RawPipeline {
     output: RawOutput,
     checkpoint: Option<RawCheckpoint>,
     metrics: Option<RawListen>,
+    dashboard: Option<RawListen>,
     #[serde(default)]
     views: Vec<toml::Value>,
 }
@@ -196,6 +197,8 @@ pub struct PipelineConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// `[metrics] listen` (or `--metrics`): where `GET /metrics` is served.
     pub metrics: Option<String>,
+    /// `[dashboard] listen` (or `--dashboard`): where the live page is served.
+    pub dashboard: Option<String>,
 }
 
 /// Command-line overrides (relative to the working directory).
@@ -207,6 +210,8 @@ pub struct Overrides {
     pub output: Option<PathBuf>,
     /// `--metrics ADDR`: instead of `[metrics] listen`.
     pub metrics: Option<String>,
+    /// `--dashboard ADDR`: instead of `[dashboard] listen`.
+    pub dashboard: Option<String>,
 }
 
 impl PipelineConfig {
@@ -613,17 +618,19 @@ impl PipelineConfig {
                 })
             }
         };
-        let metrics = overrides
-            .metrics
-            .clone()
-            .or(raw.metrics.map(|m| m.listen))
-            .map(|addr| match crate::vocab::host_port(&addr) {
-                Some(_) => Ok(addr),
-                None => Err(err(format!(
-                    "metrics listen address \"{addr}\" is not HOST:PORT (e.g. \"127.0.0.1:9464\")"
-                ))),
-            })
-            .transpose()?;
+        let listen = |what: &str, flag: &Option<String>, raw: Option<RawListen>| {
+            flag.clone()
+                .or(raw.map(|m| m.listen))
+                .map(|addr| match crate::vocab::host_port(&addr) {
+                    Some(_) => Ok(addr),
+                    None => Err(err(format!(
+                        "{what} listen address \"{addr}\" is not HOST:PORT (e.g. \"127.0.0.1:9464\")"
+                    ))),
+                })
+                .transpose()
+        };
+        let metrics = listen("metrics", &overrides.metrics, raw.metrics)?;
+        let dashboard = listen("dashboard", &overrides.dashboard, raw.dashboard)?;
         Ok(PipelineConfig {
             path: path.to_path_buf(),
             source,
@@ -632,6 +639,7 @@ impl PipelineConfig {
             views: raw.views,
             checkpoint,
             metrics,
+            dashboard,
         })
     }
 

@@ -21,6 +21,7 @@ use super::collect::{Collector, Namer, NoSink, SinkSlot};
 use super::config::{Overrides, PipelineConfig, SourceKind};
 use super::report::{quiet, Event, Observer, RunReport};
 use crate::checkpoint::{FileCommit, Manifest, PartWriter, Store};
+use crate::dashboard::{self, Board};
 use crate::dataflow::{CollectAtWorker0, Inbound, KeyedModel};
 use crate::error::{Error, Result};
 use crate::input::live::Transport;
@@ -526,16 +527,33 @@ pub(crate) fn collector(
         .transpose()?;
     let mut c = Collector::new(sink, rejects, namer, live, outputs.clone());
     c.views = views;
-    if let Some(listen) = &cfg.metrics {
-        let hub = Hub::new(&source_label(cfg), opts.workers * opts.processes, live);
+    let hub = (cfg.metrics.is_some() || cfg.dashboard.is_some())
+        .then(|| Hub::new(&source_label(cfg), opts.workers * opts.processes, live));
+    if let (Some(listen), Some(hub)) = (&cfg.metrics, &hub) {
         let server = metrics::Server::start(listen, hub.clone())?;
         (opts.observer)(&Event::Serving {
             what: "metrics",
             addr: server.addr,
+            path: "/metrics",
         });
-        c.metrics = Some(hub);
         c.metrics_server = Some(server);
     }
+    if let (Some(listen), Some(hub)) = (&cfg.dashboard, &hub) {
+        let board = Board::new(
+            hub.clone(),
+            cfg.source.columns.features.clone(),
+            cfg.output.names.clone(),
+        );
+        let server = dashboard::Server::start(listen, board.clone())?;
+        (opts.observer)(&Event::Serving {
+            what: "dashboard",
+            addr: server.addr,
+            path: "/",
+        });
+        c.board = Some(board);
+        c.dashboard_server = Some(server);
+    }
+    c.metrics = hub;
     Ok(Some(c))
 }
 

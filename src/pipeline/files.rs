@@ -119,8 +119,10 @@ fn run_with(
     (opts.observer)(&Event::Started { rows: local_rows });
     let cfg = Arc::new(cfg);
     let start = Instant::now();
+    // The dashboard sees the inputs of the keys it follows (read on process 0).
+    let board = collector.as_ref().and_then(|c| c.board.clone());
     let feed: Arc<Feed> = {
-        let (plan, cfg, opts) = (plan.clone(), cfg.clone(), opts.clone());
+        let (plan, cfg, opts, board) = (plan.clone(), cfg.clone(), opts.clone(), board.clone());
         Arc::new(move |worker, input, _side, probe, _collector| {
             let (index, peers) = (worker.index(), worker.peers());
             let columns = &cfg.source.columns;
@@ -152,6 +154,9 @@ fn run_with(
                     input.advance_to(epoch);
                     for (dest, b) in routed.batches.into_iter().enumerate() {
                         if !b.is_empty() {
+                            if let Some(board) = &board {
+                                board.inputs(&b);
+                            }
                             input.send((dest as u64, SourceMsg::Steps(b)));
                         }
                     }

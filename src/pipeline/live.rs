@@ -237,15 +237,18 @@ fn run_with(
     // A resumed run numbers its epochs on from the checkpoint's, so that checkpoints of
     // successive runs stay in order.
     let first_epoch = resume.as_ref().map_or(0, |m| m.boundary);
-    // The readers' channel shows in the metrics (process 0, whichever worker feeds).
+    // The readers' channel shows in the metrics (process 0, whichever worker feeds), and
+    // the dashboard sees the inputs of the keys it follows.
     let metrics = collector.as_ref().and_then(|c| c.metrics.clone());
+    let board = collector.as_ref().and_then(|c| c.board.clone());
     let feed: Arc<Feed> = {
-        let (readers, stop, tables, observer, metrics) = (
+        let (readers, stop, tables, observer, metrics, board) = (
             readers.clone(),
             stop.clone(),
             tables.clone(),
             opts.observer.clone(),
             metrics.clone(),
+            board.clone(),
         );
         Arc::new(move |worker, input, mut side, probe, collector| {
             let local = worker.index() % readers.lock().expect("readers").len().max(1);
@@ -302,6 +305,9 @@ fn run_with(
                         stats.rows_read += lb.rows;
                         for (dest, b) in lb.batches.into_iter().enumerate() {
                             if !b.is_empty() {
+                                if let Some(board) = &board {
+                                    board.inputs(&b);
+                                }
                                 rows += b.len();
                                 input.send((dest as u64, SourceMsg::Steps(b)));
                             }

@@ -35,12 +35,14 @@ pub enum Event<'a> {
         /// How lines are framed.
         lines: LineFormat,
     },
-    /// An HTTP endpoint of the run is up (`metrics`).
+    /// An HTTP endpoint of the run is up (`metrics`, `dashboard`).
     Serving {
-        /// What is served, also the path (`metrics`).
+        /// What is served.
         what: &'static str,
         /// The bound address.
         addr: SocketAddr,
+        /// Its path (`/metrics`, `/`).
+        path: &'static str,
     },
     /// Something worth telling that does not stop the run.
     Warning(&'a str),

@@ -445,6 +445,24 @@ impl ViewOutputs {
         Ok(())
     }
 
+    /// Every view's current rows (name -> at most `limit` rows, as the snapshot writes
+    /// them), for the dashboard.
+    pub fn tables(&self, limit: usize) -> std::collections::BTreeMap<String, Vec<Map<String, Value>>> {
+        self.views
+            .iter()
+            .map(|v| {
+                let rows = v
+                    .state
+                    .iter()
+                    .flat_map(|((g, val), n)| std::iter::repeat_n((g, val), (*n).max(0) as usize))
+                    .take(limit)
+                    .map(|(g, val)| Self::fields(&self.key_name, &v.spec, g, val))
+                    .collect();
+                (v.spec.name.clone(), rows)
+            })
+            .collect()
+    }
+
     /// Current state of view `i` (for tests): `(group, value) -> multiplicity`.
     pub fn state(&self, i: usize) -> &BTreeMap<(Vec<Key>, ViewValue), isize> {
         &self.views[i].state

@@ -88,6 +88,7 @@ pub fn output(path: &Path) -> Overrides {
         input: None,
         output: Some(path.to_path_buf()),
         metrics: None,
+        dashboard: None,
     }
 }
 
@@ -110,6 +111,8 @@ pub struct LiveRun {
     pub addr: String,
     /// Where it serves `/metrics`, when the pipeline asks for it.
     pub metrics: Option<String>,
+    /// Where it serves its dashboard, when the pipeline asks for it.
+    pub dashboard: Option<String>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     run: std::thread::JoinHandle<seqflow::Result<Option<RunReport>>>,
 }
@@ -123,10 +126,13 @@ impl LiveRun {
             workers,
             observer: Arc::new(move |e: &Event<'_>| match e {
                 Event::Listening { addr: Some(a), .. } => {
-                    let _ = tx.lock().unwrap().send((false, a.to_string()));
+                    let _ = tx.lock().unwrap().send((None, a.to_string()));
                 }
-                Event::Serving { addr, .. } => {
-                    let _ = tx.lock().unwrap().send((true, addr.to_string()));
+                Event::Serving { what, addr, .. } => {
+                    let _ = tx
+                        .lock()
+                        .unwrap()
+                        .send((Some(*what == "metrics"), addr.to_string()));
                 }
                 _ => {}
             }),
@@ -135,18 +141,20 @@ impl LiveRun {
         let stop = opts.stop.clone();
         let p = pipeline.to_path_buf();
         let run = std::thread::spawn(move || seqflow::pipeline::run(&p, &opts));
-        // The metrics server starts before the listener.
-        let mut metrics = None;
+        // The metrics and dashboard servers start before the listener.
+        let (mut metrics, mut dashboard) = (None, None);
         let addr = loop {
             match rx.recv_timeout(std::time::Duration::from_secs(20)) {
-                Ok((true, a)) => metrics = Some(a),
-                Ok((false, a)) => break a,
+                Ok((Some(true), a)) => metrics = Some(a),
+                Ok((Some(false), a)) => dashboard = Some(a),
+                Ok((None, a)) => break a,
                 Err(_) => panic!("the pipeline does not listen"),
             }
         };
         LiveRun {
             addr,
             metrics,
+            dashboard,
             stop,
             run,
         }

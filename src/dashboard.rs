@@ -1,0 +1,530 @@
+//! The live dashboard: one web page, served by the run itself, that follows it.
+//!
+//! `GET /` is a self-contained page (`dashboard.html`, compiled into the binary: no CDN, no
+//! npm; the plants that run this are often air-gapped). It opens `GET /events`, a
+//! server-sent-events stream carrying one JSON [`Board::json`] document per second: the
+//! run's counters (the metrics [`Hub`]'s snapshot, so the page and `/metrics` never
+//! disagree), the predictions and model inputs of a few watched keys, the keys with the
+//! highest score right now, and every view's current table. The page keeps the last minutes
+//! and draws them (SVG). `GET /watch?key=K` / `GET /unwatch?key=K` choose the keys to
+//! follow (at most [`MAX_WATCHED`]; without a choice, the highest-scoring keys are
+//! followed). Only GET is served, on loopback unless told otherwise.
+//!
+//! What the run pays: per written batch, a scan for its highest scores and, for watched keys
+//! only, a copy of their rows; per fed batch, a look for watched keys. Measured in
+//! BENCHMARKS.md.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::metrics::{Hub, Snapshot};
+use crate::record::{KeyColumn, KeyRef, OutBatch, StepBatch};
+
+/// Keys followed at once.
+pub const MAX_WATCHED: usize = 4;
+/// Points kept per watched key.
+const SERIES_POINTS: usize = 300;
+/// A key counts as "right now" for this long after its last prediction.
+const RECENT: Duration = Duration::from_secs(10);
+/// Highest-scoring keys shown.
+const TOP: usize = 8;
+/// Rows shown per view.
+const VIEW_ROWS: usize = 50;
+/// Event streams open at once (each holds a thread).
+const MAX_STREAMS: usize = 16;
+
+/// The page, compiled in.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// What the dashboard knows beyond the metrics.
+#[derive(Default)]
+struct State {
+    /// Keys the user picked, oldest first.
+    picked: Vec<String>,
+    /// Per followed key: (time, prediction values) and (time, model inputs).
+    preds: HashMap<String, VecDeque<(i64, Vec<f32>)>>,
+    inputs: HashMap<String, VecDeque<(i64, Vec<f32>)>>,
+    /// Keys scored recently: when, and their latest score (first output).
+    recent: HashMap<String, (Instant, f32)>,
+    /// Every view's current rows (name, rows), as of the last epoch written.
+    views: Vec<(String, Vec<Map<String, Value>>)>,
+}
+
+/// The dashboard's data, shared by the collector (predictions, views), the feeders (inputs)
+/// and the HTTP threads.
+pub struct Board {
+    hub: Arc<Hub>,
+    features: Vec<String>,
+    outputs: Vec<String>,
+    state: Mutex<State>,
+}
+
+impl Board {
+    /// A board reading the run's counters from `hub`; `features` and `outputs` name the
+    /// model's inputs and outputs.
+    pub fn new(hub: Arc<Hub>, features: Vec<String>, outputs: Vec<String>) -> Arc<Board> {
+        Arc::new(Board {
+            hub,
+            features,
+            outputs,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The keys followed now: the picked ones, else the highest-scoring ones.
+    fn followed(s: &State) -> Vec<String> {
+        if !s.picked.is_empty() {
+            return s.picked.clone();
+        }
+        top(&s.recent, MAX_WATCHED.min(3))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// A batch written to the output: its highest scores, and the rows of followed keys.
+    pub fn predictions(&self, b: &OutBatch) {
+        let n = b.times.len();
+        if n == 0 || b.width == 0 {
+            return;
+        }
+        // The batch's highest first outputs, without touching a map per row.
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(TOP + 1);
+        for i in 0..n {
+            let v = b.values[i * b.width];
+            if best.len() < TOP || v > best[best.len() - 1].0 {
+                let at = best.partition_point(|&(w, _)| w >= v);
+                best.insert(at, (v, i));
+                best.truncate(TOP);
+            }
+        }
+        let now = Instant::now();
+        let mut s = self.state.lock().expect("dashboard");
+        for &(v, i) in &best {
+            if v.is_finite() {
+                s.recent.insert(key_text(b.keys.get(i)), (now, v));
+            }
+        }
+        s.recent.retain(|_, (t, _)| now.duration_since(*t) < RECENT);
+        let followed = Self::followed(&s);
+        for i in rows_of(&b.keys, &followed) {
+            let key = key_text(b.keys.get(i));
+            let row = b.values[i * b.width..(i + 1) * b.width].to_vec();
+            push(s.preds.entry(key.clone()).or_default(), (b.times[i], row.clone()));
+            if let Some(e) = s.recent.get_mut(&key) {
+                *e = (now, row[0]);
+            }
+        }
+    }
+
+    /// A batch fed to the model: the inputs of followed keys.
+    pub fn inputs(&self, b: &StepBatch) {
+        let n = b.times.len();
+        if n == 0 {
+            return;
+        }
+        let width = b.features.len() / n;
+        let mut s = self.state.lock().expect("dashboard");
+        let followed = Self::followed(&s);
+        for i in rows_of(&b.keys, &followed) {
+            let row = b.features[i * width..(i + 1) * width].to_vec();
+            push(
+                s.inputs.entry(key_text(b.keys.get(i))).or_default(),
+                (b.times[i], row),
+            );
+        }
+    }
+
+    /// Every view's current table.
+    pub fn views(&self, tables: Vec<(String, Vec<Map<String, Value>>)>) {
+        self.state.lock().expect("dashboard").views = tables;
+    }
+
+    /// Follows `key` (the oldest pick goes past [`MAX_WATCHED`]).
+    pub fn watch(&self, key: &str) {
+        let mut s = self.state.lock().expect("dashboard");
+        s.picked.retain(|k| k != key);
+        s.picked.push(key.to_string());
+        if s.picked.len() > MAX_WATCHED {
+            let gone = s.picked.remove(0);
+            s.preds.remove(&gone);
+            s.inputs.remove(&gone);
+        }
+    }
+
+    /// Stops following `key`.
+    pub fn unwatch(&self, key: &str) {
+        let mut s = self.state.lock().expect("dashboard");
+        s.picked.retain(|k| k != key);
+        s.preds.remove(key);
+        s.inputs.remove(key);
+    }
+
+    /// The document each event carries.
+    pub fn json(&self) -> Value {
+        let m = self.hub.snapshot();
+        let s = self.state.lock().expect("dashboard");
+        let followed = Self::followed(&s);
+        let series = |map: &HashMap<String, VecDeque<(i64, Vec<f32>)>>, k: &str| -> Value {
+            map.get(k).map_or(json!([]), |d| {
+                Value::Array(d.iter().map(|(t, v)| json!([t, v])).collect())
+            })
+        };
+        let watched: Map<String, Value> = followed
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    json!({ "predictions": series(&s.preds, k), "inputs": series(&s.inputs, k) }),
+                )
+            })
+            .collect();
+        let views: Vec<Value> = s
+            .views
+            .iter()
+            .map(|(name, rows)| json!({ "name": name, "rows": rows }))
+            .collect();
+        json!({
+            "unix_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "run": counters(&m),
+            "features": self.features,
+            "outputs": self.outputs,
+            "picked": s.picked,
+            "watched": watched,
+            "top": top(&s.recent, TOP),
+            "views": views,
+        })
+    }
+}
+
+/// The counters of a metrics snapshot, as the page reads them.
+fn counters(m: &Snapshot) -> Value {
+    let s = &m.stats;
+    let (keys, bytes) = m.held.iter().fold((0, 0), |(k, b), &(k2, b2)| (k + k2, b + b2));
+    let latency = m.latency.as_ref().map(|l| {
+        let (bounds, cumulative) = l.cumulative();
+        json!({ "bounds": bounds, "cumulative": cumulative, "count": l.count() })
+    });
+    json!({
+        "source": m.source,
+        "workers": m.workers,
+        "rows": s.rows_read,
+        "steps": s.steps_processed,
+        "predictions": m.predictions,
+        "rejects": {
+            "late": s.late, "duplicate": s.duplicate, "non_finite": s.non_finite,
+            "malformed": s.malformed, "max_keys": s.key_limit,
+        },
+        "keys": keys,
+        "state_bytes": bytes,
+        "epochs": m.epochs,
+        "latency": latency,
+        "checkpoints": m.checkpoints.map(|c| c.committed),
+        "lag": m.lag,
+    })
+}
+
+fn push<T>(d: &mut VecDeque<T>, v: T) {
+    if d.len() == SERIES_POINTS {
+        d.pop_front();
+    }
+    d.push_back(v);
+}
+
+/// A key as the page shows it and `/watch?key=` takes it: the text itself, unquoted.
+fn key_text(k: KeyRef<'_>) -> String {
+    match k {
+        KeyRef::Str(s) => s.to_string(),
+        KeyRef::Int(i) => i.to_string(),
+    }
+}
+
+/// The rows of `keys` whose key is one of `followed` (a handful: compared directly, without
+/// formatting each row's key).
+fn rows_of(keys: &KeyColumn, followed: &[String]) -> Vec<usize> {
+    if followed.is_empty() {
+        return Vec::new();
+    }
+    let ints: Vec<i64> = followed.iter().filter_map(|f| f.parse().ok()).collect();
+    (0..keys.len())
+        .filter(|&i| match keys.get(i) {
+            KeyRef::Str(k) => followed.iter().any(|f| f == k),
+            KeyRef::Int(k) => ints.contains(&k),
+        })
+        .collect()
+}
+
+/// The `n` highest recent scores, highest first (ties by key, for a stable table).
+fn top(recent: &HashMap<String, (Instant, f32)>, n: usize) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = recent.iter().map(|(k, (_, s))| (k.clone(), *s)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+/// The dashboard's HTTP server, on threads of its own until dropped.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `listen` and serves `board`.
+    pub fn start(listen: &str, board: Arc<Board>) -> Result<Server> {
+        let http = tiny_http::Server::http(listen).map_err(|e| Error::Io {
+            path: PathBuf::from(format!("dashboard listener {listen}")),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::Runtime(format!("dashboard listener {listen}: not an IP address")))?;
+        let http = Arc::new(http);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (server, stopping) = (http.clone(), stop.clone());
+        let streams = Arc::new(AtomicUsize::new(0));
+        let thread = std::thread::Builder::new()
+            .name("seqflow-dashboard".into())
+            .spawn(move || {
+                for req in server.incoming_requests() {
+                    serve(req, &board, &stopping, &streams);
+                }
+            })
+            .map_err(|e| Error::Runtime(format!("could not start the dashboard thread: {e}")))?;
+        Ok(Server {
+            http,
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.http.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+fn text(body: String, code: u16, kind: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    tiny_http::Response::from_data(body.into_bytes())
+        .with_status_code(code)
+        .with_header(header("Content-Type", kind))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+/// `key=...` of a query string, percent-decoded.
+fn query_key(url: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    let v = q.split('&').find_map(|p| p.strip_prefix("key="))?;
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn serve(req: tiny_http::Request, board: &Arc<Board>, stop: &Arc<AtomicBool>, streams: &Arc<AtomicUsize>) {
+    if *req.method() != tiny_http::Method::Get {
+        let _ = req.respond(text(
+            "only GET is served\n".into(),
+            405,
+            "text/plain; charset=utf-8",
+        ));
+        return;
+    }
+    let url = req.url().to_string();
+    let path = url.split('?').next().unwrap_or("");
+    let response = match path {
+        "/" | "/index.html" => text(PAGE.to_string(), 200, "text/html; charset=utf-8"),
+        "/state" => text(board.json().to_string(), 200, "application/json"),
+        "/watch" | "/unwatch" => match query_key(&url) {
+            Some(k) if !k.is_empty() => {
+                if path == "/watch" {
+                    board.watch(&k);
+                } else {
+                    board.unwatch(&k);
+                }
+                text(board.json().to_string(), 200, "application/json")
+            }
+            _ => text(
+                "give the key: /watch?key=K\n".into(),
+                400,
+                "text/plain; charset=utf-8",
+            ),
+        },
+        // An HTTP/1.0 response without a length is buffered whole by tiny_http: an endless
+        // one would grow without bound. Browsers' EventSource speaks HTTP/1.1 (chunked).
+        "/events" if *req.http_version() < tiny_http::HTTPVersion(1, 1) => text(
+            "the event stream needs HTTP/1.1\n".into(),
+            505,
+            "text/plain; charset=utf-8",
+        ),
+        "/events" => {
+            if streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+                streams.fetch_sub(1, Ordering::Relaxed);
+                text(
+                    "too many open dashboards\n".into(),
+                    503,
+                    "text/plain; charset=utf-8",
+                )
+            } else {
+                let (board, stop, open) = (board.clone(), stop.clone(), streams.clone());
+                // A stream holds its thread for as long as the page is open. Without a
+                // thread the request goes with the closure (the page's EventSource retries).
+                let spawned = std::thread::Builder::new()
+                    .name("seqflow-dashboard-events".into())
+                    .spawn(move || {
+                        let events = Events {
+                            board,
+                            stop,
+                            pending: Vec::new(),
+                            at: 0,
+                            next: Instant::now(),
+                        };
+                        let r = tiny_http::Response::new(
+                            tiny_http::StatusCode(200),
+                            vec![
+                                header("Content-Type", "text/event-stream"),
+                                header("Cache-Control", "no-store"),
+                            ],
+                            events,
+                            None,
+                            None,
+                        );
+                        let _ = req.respond(r);
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    streams.fetch_sub(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        _ => text("not found\n".into(), 404, "text/plain; charset=utf-8"),
+    };
+    let _ = req.respond(response);
+}
+
+/// The body of `/events`: one `data: {...}` event per second until the run ends (or the
+/// page goes: the write fails and the response is dropped).
+struct Events {
+    board: Arc<Board>,
+    stop: Arc<AtomicBool>,
+    pending: Vec<u8>,
+    at: usize,
+    next: Instant,
+}
+
+impl std::io::Read for Events {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.pending.len() {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            if now < self.next {
+                std::thread::sleep((self.next - now).min(Duration::from_millis(100)));
+                continue;
+            }
+            self.next = now + Duration::from_secs(1);
+            self.pending = format!("data: {}\n\n", self.board.json()).into_bytes();
+            self.at = 0;
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Rows shown per view ([`crate::views::output::ViewOutputs::tables`]'s limit).
+pub fn view_rows() -> usize {
+    VIEW_ROWS
+}
+
+/// The views' tables in the board's form.
+pub fn tables(t: BTreeMap<String, Vec<Map<String, Value>>>) -> Vec<(String, Vec<Map<String, Value>>)> {
+    t.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keys_are_percent_decoded() {
+        assert_eq!(
+            query_key("/watch?key=site01-m00007").as_deref(),
+            Some("site01-m00007")
+        );
+        assert_eq!(query_key("/watch?x=1&key=a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(query_key("/watch?key=a+b").as_deref(), Some("a b"));
+        assert_eq!(query_key("/watch"), None);
+        assert_eq!(query_key("/watch?key=%zz"), None);
+    }
+
+    #[test]
+    fn a_batch_s_highest_scores_are_kept_and_followed() {
+        let board = Board::new(Hub::new("tcp", 1, true), vec!["f".into()], vec!["score".into()]);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let mut column = KeyColumn::empty_str();
+        for k in &keys {
+            column.push(KeyRef::Str(k));
+        }
+        let b = OutBatch {
+            keys: column,
+            times: (0..20).collect(),
+            values: (0..20).map(|i| i as f32 / 20.0).collect(),
+            width: 1,
+            arrivals: vec![],
+        };
+        board.predictions(&b);
+        let j = board.json();
+        let top = j["top"].as_array().unwrap();
+        assert_eq!(top.len(), TOP);
+        assert_eq!(top[0][0], "k19");
+        // Nobody picked: the three highest are followed, from the batch that scored them.
+        board.predictions(&b);
+        let w = board.json()["watched"].as_object().unwrap().clone();
+        assert_eq!(w.len(), 3);
+        assert_eq!(w["k19"]["predictions"].as_array().unwrap().len(), 2);
+        assert!(!w.contains_key("k0"));
+        board.watch("k3");
+        let j = board.json();
+        assert_eq!(j["picked"], json!(["k3"]));
+        assert_eq!(j["watched"].as_object().unwrap().len(), 1);
+    }
+}
