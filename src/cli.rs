@@ -77,6 +77,10 @@ enum Command {
         /// Serve the live dashboard at http://ADDR/ (instead of [dashboard] listen).
         #[arg(long, value_name = "ADDR")]
         dashboard: Option<String>,
+        /// File runs: write a report page (throughput, output distributions, the
+        /// highest-scoring keys) here at the end.
+        #[arg(long, value_name = "PATH")]
+        report: Option<PathBuf>,
     },
     /// Send a dataset to a live pipeline as JSON lines, in time order, at a given rate.
     Replay {
@@ -240,6 +244,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             fresh,
             metrics,
             dashboard,
+            report,
         } => {
             PROCESS.store(process, Ordering::Relaxed);
             let stop = Arc::new(AtomicBool::new(false));
@@ -260,6 +265,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     output,
                     metrics,
                     dashboard,
+                    report,
                 },
                 observer: Arc::new(move |e: &Event<'_>| run_progress(&shown, e)),
                 stop,

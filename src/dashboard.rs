@@ -58,25 +58,91 @@ struct State {
     views: Vec<(String, Vec<Map<String, Value>>)>,
 }
 
+/// What a file run's report keeps while it runs (`--report`).
+#[derive(Default)]
+struct ReportData {
+    /// (ms since the start, rows read, predictions, rejects): sampled as epochs complete.
+    timeline: Vec<(u64, u64, u64, u64)>,
+    last_sample: Option<Instant>,
+    started: Option<Instant>,
+    /// A uniform sample of predictions (first [`REPORT_OUTPUTS`] values of each).
+    sample: Vec<Vec<f32>>,
+    seen: u64,
+    rng: u64,
+    /// Candidate keys with the highest first output seen (pruned to the best).
+    best: HashMap<String, f32>,
+}
+
+/// Predictions kept for the report's distributions.
+const REPORT_SAMPLE: usize = 20_000;
+/// Outputs whose distribution the report shows.
+const REPORT_OUTPUTS: usize = 4;
+/// Keys the report plots.
+const REPORT_KEYS: usize = 5;
+
 /// The dashboard's data, shared by the collector (predictions, views), the feeders (inputs)
-/// and the HTTP threads.
+/// and the HTTP threads; for a file run's `--report`, also what the report shows.
 pub struct Board {
     hub: Arc<Hub>,
     features: Vec<String>,
     outputs: Vec<String>,
     state: Mutex<State>,
+    report: Option<Mutex<ReportData>>,
 }
 
 impl Board {
     /// A board reading the run's counters from `hub`; `features` and `outputs` name the
     /// model's inputs and outputs.
     pub fn new(hub: Arc<Hub>, features: Vec<String>, outputs: Vec<String>) -> Arc<Board> {
+        Self::build(hub, features, outputs, false)
+    }
+
+    /// A board that also keeps what a report shows (`--report`).
+    pub fn for_report(hub: Arc<Hub>, features: Vec<String>, outputs: Vec<String>) -> Arc<Board> {
+        Self::build(hub, features, outputs, true)
+    }
+
+    fn build(hub: Arc<Hub>, features: Vec<String>, outputs: Vec<String>, report: bool) -> Arc<Board> {
         Arc::new(Board {
             hub,
             features,
             outputs,
             state: Mutex::default(),
+            report: report.then(|| {
+                Mutex::new(ReportData {
+                    rng: 0x9e37_79b9_7f4a_7c15,
+                    started: Some(Instant::now()),
+                    ..ReportData::default()
+                })
+            }),
         })
+    }
+
+    /// Whether this board keeps a report.
+    pub fn reports(&self) -> bool {
+        self.report.is_some()
+    }
+
+    /// A point of the report's timeline (at most every 10 ms; thinned to 2,000 points).
+    pub fn sample(&self) {
+        let Some(r) = &self.report else { return };
+        let m = self.hub.snapshot();
+        let mut r = r.lock().expect("report");
+        let now = Instant::now();
+        if r.last_sample
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(10))
+        {
+            return;
+        }
+        r.last_sample = Some(now);
+        let ms = r.started.map_or(0, |s| now.duration_since(s).as_millis() as u64);
+        let s = &m.stats;
+        let rejects = s.late + s.duplicate + s.non_finite + s.malformed + s.key_limit;
+        r.timeline.push((ms, s.rows_read, m.predictions, rejects));
+        if r.timeline.len() > 2000 {
+            let kept: Vec<_> = r.timeline.iter().step_by(2).copied().collect();
+            r.timeline = kept;
+        }
     }
 
     /// The keys followed now: the picked ones, else the highest-scoring ones.
@@ -104,6 +170,39 @@ impl Board {
                 let at = best.partition_point(|&(w, _)| w >= v);
                 best.insert(at, (v, i));
                 best.truncate(TOP);
+            }
+        }
+        if let Some(r) = &self.report {
+            let mut r = r.lock().expect("report");
+            let keep = b.width.min(REPORT_OUTPUTS);
+            for i in 0..n {
+                // Reservoir sampling (Algorithm R): every prediction equally likely kept.
+                r.seen += 1;
+                let slot = if r.sample.len() < REPORT_SAMPLE {
+                    Some(r.sample.len())
+                } else {
+                    r.rng = crate::vocab::mix64(r.rng.wrapping_add(r.seen));
+                    let j = (r.rng % r.seen) as usize;
+                    (j < REPORT_SAMPLE).then_some(j)
+                };
+                if let Some(j) = slot {
+                    let row = b.values[i * b.width..i * b.width + keep].to_vec();
+                    if j == r.sample.len() {
+                        r.sample.push(row);
+                    } else {
+                        r.sample[j] = row;
+                    }
+                }
+            }
+            for &(v, i) in &best {
+                if v.is_finite() {
+                    let e = r.best.entry(key_text(b.keys.get(i))).or_insert(v);
+                    *e = e.max(v);
+                }
+            }
+            if r.best.len() > 1024 {
+                let keep: HashMap<String, f32> = top_of(&r.best, 64).into_iter().collect();
+                r.best = keep;
             }
         }
         let now = Instant::now();
@@ -262,6 +361,14 @@ fn rows_of(keys: &KeyColumn, followed: &[String]) -> Vec<usize> {
             KeyRef::Int(k) => ints.contains(&k),
         })
         .collect()
+}
+
+/// The `n` highest scores of `m`, highest first (ties by key).
+fn top_of(m: &HashMap<String, f32>, n: usize) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = m.iter().map(|(k, s)| (k.clone(), *s)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
 }
 
 /// The `n` highest recent scores, highest first (ties by key, for a stable table).
@@ -478,6 +585,120 @@ pub fn view_rows() -> usize {
 /// The views' tables in the board's form.
 pub fn tables(t: BTreeMap<String, Vec<Map<String, Value>>>) -> Vec<(String, Vec<Map<String, Value>>)> {
     t.into_iter().collect()
+}
+
+/// Where the report reads back the plotted keys' predictions: the output file, its format,
+/// the key and time column names.
+pub struct OutputFile<'a> {
+    /// The output file (committed).
+    pub path: &'a std::path::Path,
+    /// Its format.
+    pub format: crate::vocab::FileFormat,
+    /// Key column.
+    pub key: &'a str,
+    /// Time column.
+    pub time: &'a str,
+}
+
+/// Writes a file run's report: the dashboard page with the run's data in it (no server,
+/// nothing fetched): throughput over the run, each output's distribution (from a uniform
+/// sample of the predictions), and the keys with the highest scores, their whole series read
+/// back from the output file. `summary` is the run's one-line summary.
+pub fn write_report(
+    path: &std::path::Path,
+    board: &Board,
+    output: Option<OutputFile<'_>>,
+    summary: &str,
+) -> Result<()> {
+    let Some(r) = &board.report else {
+        return Ok(());
+    };
+    let (timeline, sample, best) = {
+        let mut r = r.lock().expect("report");
+        (
+            r.timeline.clone(),
+            std::mem::take(&mut r.sample),
+            top_of(&r.best, REPORT_KEYS),
+        )
+    };
+    let m = board.hub.snapshot();
+    let mut timeline = timeline;
+    let elapsed = r
+        .lock()
+        .expect("report")
+        .started
+        .map_or(0, |s| s.elapsed().as_millis() as u64);
+    let st = &m.stats;
+    let rejects = st.late + st.duplicate + st.non_finite + st.malformed + st.key_limit;
+    timeline.push((elapsed, st.rows_read, m.predictions, rejects));
+    let mut series: BTreeMap<String, Vec<(i64, f32)>> = BTreeMap::new();
+    if let Some(o) = &output {
+        series = read_series(
+            o,
+            &best.iter().map(|b| b.0.clone()).collect::<Vec<_>>(),
+            &board.outputs[0],
+        )?;
+    }
+    let data = json!({
+        "summary": summary,
+        "run": counters(&m),
+        "outputs": board.outputs,
+        "timeline": timeline,
+        "sample": sample,
+        "top": best,
+        "series": series,
+    });
+    // Inside a <script> element: `</` must not close it.
+    let embedded = data.to_string().replace("</", "<\\/");
+    let page = PAGE.replacen(
+        "<script id=\"report\" type=\"application/json\"></script>",
+        &format!("<script id=\"report\" type=\"application/json\">{embedded}</script>"),
+        1,
+    );
+    crate::outfiles::write_file(path, |f| std::io::Write::write_all(f, page.as_bytes()))
+}
+
+/// The predictions (first output) of `keys` in the output file, in time order.
+fn read_series(
+    o: &OutputFile<'_>,
+    keys: &[String],
+    column: &str,
+) -> Result<BTreeMap<String, Vec<(i64, f32)>>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type};
+    let mut out: BTreeMap<String, Vec<(i64, f32)>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let (schema, _) = crate::input::files::schema_of(o.path, o.format, &[])?;
+    let cols = [o.key, o.time, column];
+    for batch in crate::input::files::batches(o.path, o.format, &schema, None, Some(&cols), 65_536)? {
+        let batch = batch?;
+        let (Some(k), Some(t), Some(v)) = (
+            batch.column_by_name(o.key),
+            batch.column_by_name(o.time),
+            batch.column_by_name(column),
+        ) else {
+            return Ok(out);
+        };
+        let t = arrow::compute::cast(t, &DataType::Int64).map_err(|e| Error::Runtime(e.to_string()))?;
+        let v = arrow::compute::cast(v, &DataType::Float64).map_err(|e| Error::Runtime(e.to_string()))?;
+        let k = arrow::compute::cast(k, &DataType::Utf8).map_err(|e| Error::Runtime(e.to_string()))?;
+        let (k, t, v) = (
+            k.as_string::<i32>(),
+            t.as_primitive::<Int64Type>(),
+            v.as_primitive::<Float64Type>(),
+        );
+        for i in 0..k.len() {
+            if let Some(points) = out.get_mut(k.value(i)) {
+                points.push((t.value(i), v.value(i) as f32));
+            }
+        }
+    }
+    for points in out.values_mut() {
+        points.sort_by_key(|p| p.0);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

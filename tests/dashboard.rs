@@ -169,6 +169,73 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     run.stop();
 }
 
+/// A file run's `--report`: the page with the run's data in it; the plotted keys' series are
+/// read back from the output, every prediction of theirs.
+#[test]
+fn a_file_run_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mpath, _) = save_model(dir.path(), &causal_model(2));
+    let rows: Vec<Row> = (0..6)
+        .flat_map(|k| {
+            (0..40).map(move |t| Row {
+                key: format!("k{k}"),
+                time: t,
+                feats: vec![((t * 7 + k * 3) % 11) as f32 / 11.0 - 0.5 + k as f32 * 0.3, 0.1],
+            })
+        })
+        .collect();
+    write_parquet(&dir.path().join("in.parquet"), &rows, 50);
+    let p = write_pipeline(
+        dir.path(),
+        "files.toml",
+        &format!(
+            "[source]\nformat = \"parquet\"\npath = \"in.parquet\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"out/y.csv\"\n",
+            mpath.display()
+        ),
+    );
+    let report = dir.path().join("out/report.html");
+    let o = seqflow(&["run", p.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&report).unwrap();
+    let data = page
+        .split("<script id=\"report\" type=\"application/json\">")
+        .nth(1)
+        .and_then(|r| r.split("</script>").next())
+        .expect("the report's data");
+    let d: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(d["run"]["rows"], 240);
+    assert_eq!(d["sample"].as_array().unwrap().len(), 240);
+    let top = d["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    // The highest scores are the keys' highest y0 in the output, and each plotted key has
+    // its 40 predictions, in time order.
+    let out = read_csv(&dir.path().join("out/y.csv"));
+    let mut best: Vec<(f32, String)> = out
+        .iter()
+        .map(|(k, ts)| (ts.values().map(|v| v[0]).fold(f32::MIN, f32::max), k.clone()))
+        .collect();
+    best.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (i, t) in top.iter().enumerate() {
+        let k = t[0].as_str().unwrap();
+        assert_eq!(k, best[i].1, "{top:?}");
+        let series = d["series"][k].as_array().unwrap();
+        assert_eq!(series.len(), 40);
+        let want: Vec<f32> = out[k].values().map(|v| v[0]).collect();
+        let got: Vec<f32> = series.iter().map(|p| p[1].as_f64().unwrap() as f32).collect();
+        assert_eq!(got, want, "{k}");
+    }
+    // A report is written like any output: never over an input.
+    let o = seqflow(&[
+        "run",
+        p.to_str().unwrap(),
+        "--report",
+        dir.path().join("in.parquet").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("report"), "{}", stderr(&o));
+}
+
 #[test]
 #[ignore = "needs Chromium and playwright-core (scripts/test installs them)"]
 fn the_page_follows_a_run_in_headless_chromium() {
@@ -212,4 +279,33 @@ fn the_page_follows_a_run_in_headless_chromium() {
     );
     // A copy for a look (and for docs/, when the page changes): target/dashboard-test.png.
     let _ = std::fs::write(root.join("target/dashboard-test.png"), png);
+
+    // The report of the bundled demo, opened from disk: drawn with nothing else running.
+    let report = dir.path().join("report.html");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .current_dir(&root)
+        .args(["run", "pipelines/demo.toml", "--output"])
+        .arg(dir.path().join("demo.parquet"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shot = dir.path().join("report.png");
+    let o = std::process::Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()))
+        .arg(root.join("tests/browser/dashboard.mjs"))
+        .arg(format!("file://{}", report.display()))
+        .arg(&shot)
+        .arg("--report")
+        .output()
+        .expect("node runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"));
+    assert_eq!(summary["keys"], 5, "{summary}");
+    let _ = std::fs::copy(&shot, root.join("target/report-test.png"));
 }

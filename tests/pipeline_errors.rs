@@ -574,6 +574,7 @@ fn input_extension_picks_the_format() {
             output: Some(out.clone()),
             metrics: None,
             dashboard: None,
+            report: None,
         },
     );
     assert_eq!((report.stats.rows_read, report.stats.outputs), (2, 2));

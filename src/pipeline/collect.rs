@@ -388,6 +388,9 @@ impl Collect<ToSink> for Collector {
 
     fn advance(&mut self, to: Option<u64>) {
         self.pred_at = to.unwrap_or(u64::MAX);
+        if let Some(b) = &self.board {
+            b.sample();
+        }
         if let (Some(m), Some(to)) = (&self.metrics, to) {
             let checkpoints = self.checkpoint.as_ref().map(Committer::metrics);
             m.update(|s| {

@@ -199,6 +199,8 @@ pub struct PipelineConfig {
     pub metrics: Option<String>,
     /// `[dashboard] listen` (or `--dashboard`): where the live page is served.
     pub dashboard: Option<String>,
+    /// `--report PATH`: a file run's report page, written at its end.
+    pub report: Option<PathBuf>,
 }
 
 /// Command-line overrides (relative to the working directory).
@@ -212,6 +214,8 @@ pub struct Overrides {
     pub metrics: Option<String>,
     /// `--dashboard ADDR`: instead of `[dashboard] listen`.
     pub dashboard: Option<String>,
+    /// `--report PATH`: write a file run's report page there.
+    pub report: Option<PathBuf>,
 }
 
 impl PipelineConfig {
@@ -629,6 +633,13 @@ impl PipelineConfig {
                 })
                 .transpose()
         };
+        if overrides.report.is_some() && matches!(source.kind, SourceKind::Live(_)) {
+            return Err(err(
+                "--report is for file runs (it is written when the input ends); a live run shows \
+                 the same on its dashboard ([dashboard] listen or --dashboard ADDR)"
+                    .into(),
+            ));
+        }
         let metrics = listen("metrics", &overrides.metrics, raw.metrics)?;
         let dashboard = listen("dashboard", &overrides.dashboard, raw.dashboard)?;
         Ok(PipelineConfig {
@@ -640,6 +651,7 @@ impl PipelineConfig {
             checkpoint,
             metrics,
             dashboard,
+            report: overrides.report.clone(),
         })
     }
 

@@ -527,7 +527,8 @@ pub(crate) fn collector(
         .transpose()?;
     let mut c = Collector::new(sink, rejects, namer, live, outputs.clone());
     c.views = views;
-    let hub = (cfg.metrics.is_some() || cfg.dashboard.is_some())
+    let report = cfg.report.is_some() && !live;
+    let hub = (cfg.metrics.is_some() || cfg.dashboard.is_some() || report)
         .then(|| Hub::new(&source_label(cfg), opts.workers * opts.processes, live));
     if let (Some(listen), Some(hub)) = (&cfg.metrics, &hub) {
         let server = metrics::Server::start(listen, hub.clone())?;
@@ -538,20 +539,22 @@ pub(crate) fn collector(
         });
         c.metrics_server = Some(server);
     }
-    if let (Some(listen), Some(hub)) = (&cfg.dashboard, &hub) {
-        let board = Board::new(
-            hub.clone(),
-            cfg.source.columns.features.clone(),
-            cfg.output.names.clone(),
-        );
-        let server = dashboard::Server::start(listen, board.clone())?;
-        (opts.observer)(&Event::Serving {
-            what: "dashboard",
-            addr: server.addr,
-            path: "/",
-        });
+    if let Some(hub) = hub.as_ref().filter(|_| cfg.dashboard.is_some() || report) {
+        let (features, names) = (cfg.source.columns.features.clone(), cfg.output.names.clone());
+        let board = match report {
+            true => Board::for_report(hub.clone(), features, names),
+            false => Board::new(hub.clone(), features, names),
+        };
+        if let Some(listen) = &cfg.dashboard {
+            let server = dashboard::Server::start(listen, board.clone())?;
+            (opts.observer)(&Event::Serving {
+                what: "dashboard",
+                addr: server.addr,
+                path: "/",
+            });
+            c.dashboard_server = Some(server);
+        }
         c.board = Some(board);
-        c.dashboard_server = Some(server);
     }
     c.metrics = hub;
     Ok(Some(c))
@@ -590,6 +593,7 @@ pub(crate) fn check_paths(
     let mut outputs: Vec<(String, PathBuf)> = Vec::new();
     outputs.extend(cfg.output.file.path.clone().map(|p| ("output".into(), p)));
     outputs.extend(cfg.source.rejects.clone().map(|p| ("rejects file".into(), p)));
+    outputs.extend(cfg.report.clone().map(|p| ("report".into(), p)));
     for v in views {
         if let Some(s) = &v.side {
             inputs.push((format!("side table of view \"{}\"", v.name), s.path.clone()));

@@ -44,8 +44,26 @@ pub(super) fn run(
         Some(_) => Outputs::durable(),
         None => Outputs::default(),
     };
-    let run = run_with(cfg, source, model, opts, &outputs);
-    durable::settle(&outputs, checkpoint.as_ref(), opts, run, true, output.as_deref())
+    let report_to = cfg.report.clone();
+    let (key, time, format) = (
+        cfg.source.columns.key.clone(),
+        cfg.source.columns.time.clone(),
+        cfg.output.file.format,
+    );
+    let mut board = None;
+    let run = run_with(cfg, source, model, opts, &outputs, &mut board);
+    let report = durable::settle(&outputs, checkpoint.as_ref(), opts, run, true, output.as_deref())?;
+    // The report, once the outputs are committed: it reads the plotted keys back from them.
+    if let (Some(r), Some(path), Some(board)) = (&report, &report_to, &board) {
+        let file = output.as_deref().map(|p| crate::dashboard::OutputFile {
+            path: p,
+            format,
+            key: &key,
+            time: &time,
+        });
+        crate::dashboard::write_report(path, board, file, &r.to_string())?;
+    }
+    Ok(report)
 }
 
 fn run_with(
@@ -54,6 +72,7 @@ fn run_with(
     model: Arc<Model>,
     opts: &RunOptions,
     outputs: &Outputs,
+    board_out: &mut Option<Arc<crate::dashboard::Board>>,
 ) -> Result<Option<RunReport>> {
     let plan = Arc::new(Plan::build(&source, &cfg.source.columns)?);
     let int_keys = plan.key_type.is_integer();
@@ -121,6 +140,7 @@ fn run_with(
     let start = Instant::now();
     // The dashboard sees the inputs of the keys it follows (read on process 0).
     let board = collector.as_ref().and_then(|c| c.board.clone());
+    board_out.clone_from(&board);
     let feed: Arc<Feed> = {
         let (plan, cfg, opts, board) = (plan.clone(), cfg.clone(), opts.clone(), board.clone());
         Arc::new(move |worker, input, _side, probe, _collector| {

@@ -1,7 +1,8 @@
 // Opens seqflow's dashboard in headless Chromium and checks that it follows the run:
 // the counters tick, the charts draw, the highest-score table fills, a click follows a key,
-// the views' tables show; then takes a screenshot.
-//   node tests/browser/dashboard.mjs URL SCREENSHOT.png [--expect-views]
+// the views' tables show; then takes a screenshot. With --report, URL is a report page
+// (file://...): its charts, distributions and key plots must be drawn.
+//   node tests/browser/dashboard.mjs URL SCREENSHOT.png [--expect-views | --report]
 // Exit 0 with a JSON summary on stdout, or 1 with the reason.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
@@ -10,6 +11,7 @@ import { join } from "node:path";
 
 const [url, shot, ...flags] = process.argv.slice(2);
 const expectViews = flags.includes("--expect-views");
+const report = flags.includes("--report");
 const fail = (why) => { console.error(`dashboard check failed: ${why}`); process.exit(1); };
 if (!url || !shot) fail("usage: dashboard.mjs URL SCREENSHOT.png [--expect-views]");
 
@@ -27,6 +29,17 @@ try {
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   await page.goto(url);
+  if (report) {
+    await page.waitForFunction(() => document.querySelectorAll("#r-rate polyline").length >= 1, null, { timeout: 15000 });
+    const bars = await page.locator("#r-dist-0 rect").count();
+    const keys = await page.locator("svg[id^=r-key-] polyline").count();
+    if (bars < 5) fail(`the distribution has ${bars} bars`);
+    if (keys < 1) fail("no key is plotted");
+    await page.screenshot({ path: shot, fullPage: true });
+    if (errors.length) fail(`page errors: ${errors.join("; ")}`);
+    console.log(JSON.stringify({ bars, keys }));
+    process.exit(0);
+  }
   await page.waitForSelector("#status.live", { timeout: 15000 });
   const rows = async () => Number((await page.locator(".tile .v").first().textContent()).replace(/[^0-9.]/g, ""))
     * ((await page.locator(".tile .v").first().textContent()).includes("M") ? 1e6 : (await page.locator(".tile .v").first().textContent()).includes("k") ? 1e3 : 1);

@@ -89,6 +89,7 @@ pub fn output(path: &Path) -> Overrides {
         output: Some(path.to_path_buf()),
         metrics: None,
         dashboard: None,
+        report: None,
     }
 }
 
