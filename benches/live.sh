@@ -7,6 +7,7 @@
 #   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=5 benches/live.sh: a 5 ms epoch (default 2)
 #   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
 #   CHECKPOINT_MS=100 benches/live.sh             # with a checkpoint every 100 ms
+#   SEQFLOW_ARGS="--dashboard 127.0.0.1:0" benches/live.sh   # with the dashboard's event stream open
 #   SEQFLOW_ARGS="--metrics 127.0.0.1:0" SCRAPE_MS=100 benches/live.sh
 #                                                 # with /metrics, scraped every 100 ms (curl)
 set -euo pipefail
@@ -34,6 +35,11 @@ for W in ${WORKERS:-1 2}; do
     TPID=$!
     for _ in $(seq 50); do grep -q listening "$OUT/server.txt" 2>/dev/null && break; sleep 0.1; done
     MADDR=$(grep -o 'http://[0-9.:]*/metrics' "$OUT/server.txt" || true)
+    # With --dashboard: a page's event stream stays open for the run (one curl).
+    DADDR=$(grep -o 'dashboard on http://[0-9.:]*/' "$OUT/server.txt" | sed 's/dashboard on //' || true)
+    if [ -n "$DADDR" ]; then
+      curl -sN "${DADDR}events" > /dev/null 2>&1 &
+    fi
     if [ -n "${SCRAPE_MS:-}" ] && [ -n "$MADDR" ]; then
       # One process scraping over one connection per request, as Prometheus does (a curl
       # per scrape would measure process start-ups on these 2 cores).

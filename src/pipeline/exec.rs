@@ -542,7 +542,7 @@ pub(crate) fn collector(
     if let Some(hub) = hub.as_ref().filter(|_| cfg.dashboard.is_some() || report) {
         let (features, names) = (cfg.source.columns.features.clone(), cfg.output.names.clone());
         let board = match report {
-            true => Board::for_report(hub.clone(), features, names),
+            true => Board::for_report(hub.clone(), features, names, cfg.dashboard.is_some()),
             false => Board::new(hub.clone(), features, names),
         };
         if let Some(listen) = &cfg.dashboard {
