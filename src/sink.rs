@@ -140,6 +140,10 @@ enum Writer {
     Parquet(Box<ArrowWriter<File>>),
     Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
+    /// Arrow IPC file format (to a file: the footer makes it seekable).
+    ArrowFile(Box<arrow::ipc::writer::FileWriter<Box<dyn Write + Send>>>),
+    /// Arrow IPC stream format (to stdout: readable as it comes, flushed every epoch).
+    ArrowStream(Box<arrow::ipc::writer::StreamWriter<Box<dyn Write + Send>>>),
 }
 
 /// The prediction writer.
@@ -226,6 +230,12 @@ impl Sink {
                 let mut sink = Self::open(cfg, schema, Some(file), true)?;
                 sink.copy_from(&source)?;
                 sink
+            }
+            FileFormat::Arrow => {
+                return Err(out_err(
+                    path,
+                    "an Arrow output cannot be resumed from a checkpoint",
+                ));
             }
             FileFormat::Csv | FileFormat::Jsonl => {
                 let file = outputs.adopt(path, commit.bytes)?;
@@ -334,6 +344,22 @@ impl Sink {
                 health = Some(h);
                 let raw: Box<dyn Write + Send> = Box::new(BufWriter::with_capacity(1 << 20, raw));
                 Writer::Json(arrow::json::LineDelimitedWriter::new(raw))
+            }
+            FileFormat::Arrow => {
+                let to_file = file.is_some();
+                let (raw, h) = Checked::new(raw(file));
+                health = Some(h);
+                let raw: Box<dyn Write + Send> = Box::new(BufWriter::with_capacity(1 << 20, raw));
+                match to_file {
+                    true => Writer::ArrowFile(Box::new(
+                        arrow::ipc::writer::FileWriter::try_new(raw, &arrow_schema)
+                            .map_err(|e| out_err(&display, e))?,
+                    )),
+                    false => Writer::ArrowStream(Box::new(
+                        arrow::ipc::writer::StreamWriter::try_new(raw, &arrow_schema)
+                            .map_err(|e| out_err(&display, e))?,
+                    )),
+                }
             }
         };
         Ok(Sink {
@@ -470,6 +496,8 @@ impl Sink {
             Writer::Parquet(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
             Writer::Csv(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
             Writer::Json(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            Writer::ArrowFile(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            Writer::ArrowStream(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
         }
         self.rows += b.len() as u64;
         Ok(())
@@ -484,6 +512,8 @@ impl Sink {
             // arrow's CSV writer pushes each batch through to its (unbuffered) writer.
             Writer::Csv(_) => Ok(()),
             Writer::Json(w) => w.get_mut().flush().map_err(|e| Error::io(&path, e)),
+            Writer::ArrowFile(w) => w.flush().map_err(|e| out_err(&path, e)),
+            Writer::ArrowStream(w) => w.flush().map_err(|e| out_err(&path, e)),
         };
         self.checked(r)
     }
@@ -508,6 +538,14 @@ impl Sink {
                 .finish()
                 .map_err(|e| out_err(&path, e))
                 .and_then(|_| w.into_inner().flush().map_err(|e| Error::io(&path, e))),
+            Some(Writer::ArrowFile(mut w)) => w
+                .finish()
+                .map_err(|e| out_err(&path, e))
+                .and_then(|_| w.get_mut().flush().map_err(|e| Error::io(&path, e))),
+            Some(Writer::ArrowStream(mut w)) => w
+                .finish()
+                .map_err(|e| out_err(&path, e))
+                .and_then(|_| w.get_mut().flush().map_err(|e| Error::io(&path, e))),
         };
         self.checked(r)
     }

@@ -85,11 +85,18 @@ pub enum FileFormat {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// Arrow IPC file format (Feather v2).
+    Arrow,
 }
 
 impl FileFormat {
     /// Every format, in the order messages list them.
-    pub const ALL: [FileFormat; 3] = [FileFormat::Parquet, FileFormat::Csv, FileFormat::Jsonl];
+    pub const ALL: [FileFormat; 4] = [
+        FileFormat::Parquet,
+        FileFormat::Csv,
+        FileFormat::Jsonl,
+        FileFormat::Arrow,
+    ];
 
     /// The file extensions that mean this format (lower case): the one table used to pick a
     /// format from a path and to choose a directory's files.
@@ -98,6 +105,7 @@ impl FileFormat {
             FileFormat::Parquet => &["parquet", "parq", "pq"],
             FileFormat::Csv => &["csv"],
             FileFormat::Jsonl => &["jsonl", "json", "ndjson"],
+            FileFormat::Arrow => &["arrow", "feather", "ipc"],
         }
     }
 
@@ -115,6 +123,7 @@ impl FileFormat {
             FileFormat::Parquet => "parquet",
             FileFormat::Csv => "csv",
             FileFormat::Jsonl => "jsonl",
+            FileFormat::Arrow => "arrow",
         }
     }
 }

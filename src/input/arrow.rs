@@ -33,7 +33,7 @@ pub fn describe_row(format: FileFormat, row: u64) -> String {
     match format {
         FileFormat::Csv => format!("line {}", row + 2),
         FileFormat::Jsonl => format!("line {}", row + 1),
-        FileFormat::Parquet => format!("row {row}"),
+        FileFormat::Parquet | FileFormat::Arrow => format!("row {row}"),
     }
 }
 

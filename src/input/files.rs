@@ -212,6 +212,26 @@ fn schema_unguarded(path: &Path, format: FileFormat, floats: &[String]) -> Resul
                 .collect();
             return Ok((builder.schema().clone(), groups));
         }
+        // An Arrow IPC file knows its schema; its rows are counted from the batches' headers
+        // (one unit per file, as for the text formats).
+        FileFormat::Arrow => {
+            let reader =
+                arrow::ipc::reader::FileReader::try_new(open(path)?, None).map_err(|e| Error::Data {
+                    path: path.to_path_buf(),
+                    msg: format!("cannot read as an Arrow IPC file: {e}"),
+                })?;
+            let schema = reader.schema();
+            let mut rows = 0u64;
+            for b in reader {
+                rows += b
+                    .map_err(|e| Error::Data {
+                        path: path.to_path_buf(),
+                        msg: format!("Arrow IPC record batch: {e}"),
+                    })?
+                    .num_rows() as u64;
+            }
+            return Ok((schema, vec![rows]));
+        }
         FileFormat::Csv => arrow::csv::reader::Format::default()
             .with_header(true)
             .infer_schema(open(path)?, None)
@@ -308,6 +328,31 @@ fn batches_unguarded(
                 .build()
                 .map_err(|e| parquet_err(path, e))?;
             Box::new(reader.map(move |b| b.map_err(&read_err)))
+        }
+        FileFormat::Arrow => {
+            let mut reader = arrow::ipc::reader::FileReader::try_new(open(path)?, None).map_err(&read_err)?;
+            if let Some(cols) = columns {
+                let wanted: Vec<usize> = cols
+                    .iter()
+                    .filter_map(|c| reader.schema().index_of(c).ok())
+                    .collect();
+                reader = arrow::ipc::reader::FileReaderBuilder::new()
+                    .with_projection(wanted)
+                    .build(open(path)?)
+                    .map_err(&read_err)?;
+            }
+            // The file's own batches, cut to at most `batch_rows` rows (epochs as for the
+            // other formats).
+            Box::new(reader.flat_map(move |b| -> Vec<Result<RecordBatch>> {
+                match b {
+                    Ok(b) => (0..b.num_rows().max(1))
+                        .step_by(batch_rows.max(1))
+                        .filter(|&at| at < b.num_rows())
+                        .map(|at| Ok(b.slice(at, batch_rows.min(b.num_rows() - at))))
+                        .collect(),
+                    Err(e) => vec![Err(read_err(e))],
+                }
+            }))
         }
         FileFormat::Csv => {
             let reader = arrow::csv::ReaderBuilder::new(schema.clone())

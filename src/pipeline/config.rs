@@ -26,6 +26,7 @@ enum RawFormat {
     Parquet,
     Csv,
     Jsonl,
+    Arrow,
     Tcp,
     Stdin,
     Mqtt,
@@ -112,6 +113,7 @@ enum RawOutFormat {
     Parquet,
     Csv,
     Jsonl,
+    Arrow,
     Mqtt,
     Kafka,
 }
@@ -255,6 +257,7 @@ impl PipelineConfig {
             RawFormat::Parquet => Some(FileFormat::Parquet),
             RawFormat::Csv => Some(FileFormat::Csv),
             RawFormat::Jsonl => Some(FileFormat::Jsonl),
+            RawFormat::Arrow => Some(FileFormat::Arrow),
             RawFormat::Tcp | RawFormat::Stdin | RawFormat::Mqtt | RawFormat::Kafka => None,
         };
         if s.columns.is_some() && s.lines != Some(LineFormat::Csv) {
@@ -549,6 +552,7 @@ impl PipelineConfig {
         let file_format = match o.format {
             RawOutFormat::Parquet => FileFormat::Parquet,
             RawOutFormat::Csv => FileFormat::Csv,
+            RawOutFormat::Arrow => FileFormat::Arrow,
             RawOutFormat::Jsonl | RawOutFormat::Mqtt | RawOutFormat::Kafka => FileFormat::Jsonl,
         };
         let out_format = match &overrides.output {
@@ -605,6 +609,14 @@ impl PipelineConfig {
                 if c.every_ms == Some(0) || c.every_epochs == Some(0) || c.keep == Some(0) {
                     return Err(err(
                         "[checkpoint] every_ms, every_epochs and keep must be at least 1".into(),
+                    ));
+                }
+                if output.broker.is_none() && output.file.format == FileFormat::Arrow {
+                    return Err(err(
+                        "[checkpoint] with an Arrow output is not supported yet: an Arrow IPC file \
+                         cannot be resumed at a checkpoint; write Parquet, CSV or JSON lines, or \
+                         leave out [checkpoint]"
+                            .into(),
                     ));
                 }
                 if output.file.path.is_none() && output.broker.is_none() {

@@ -397,6 +397,8 @@ pub(crate) fn restore_from_output(
                         .build(std::io::BufReader::new(std::io::Read::take(f, o.bytes)))
                         .map_err(|e| err(&e))?,
                 ),
+                // Refused at load: an Arrow output is not checkpointed.
+                FileFormat::Arrow => return Err(err(&"an Arrow output has no checkpoint")),
             };
         for b in batches {
             let b = b.map_err(|e| err(&e))?;

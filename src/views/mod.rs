@@ -20,10 +20,10 @@ use crate::vocab::FileFormat;
 use flow::SideRow;
 use spec::ViewSpec;
 
-/// A side table's rows: Parquet by its extension, CSV otherwise.
+/// A side table's rows: Parquet or Arrow by its extension, CSV otherwise.
 fn read_side_batches(path: &Path) -> Result<Vec<RecordBatch>> {
     let format = match FileFormat::from_path(path) {
-        Some(FileFormat::Parquet) => FileFormat::Parquet,
+        Some(f @ (FileFormat::Parquet | FileFormat::Arrow)) => f,
         _ => FileFormat::Csv,
     };
     crate::input::files::read_all(path, format)

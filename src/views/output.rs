@@ -43,6 +43,14 @@ impl TableWriter {
     fn create(path: Option<&Path>, outputs: &Outputs) -> Result<TableWriter> {
         let display = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("-"));
         let format = format_of(path);
+        if format == FileFormat::Arrow {
+            return Err(Error::Data {
+                path: display,
+                msg: "a view's changelog or snapshot is written as Parquet, CSV or JSON lines \
+                      (by its extension), not Arrow"
+                    .into(),
+            });
+        }
         let mut handle = None;
         let (out, file): (Box<dyn Write + Send>, _) = match path {
             None => (Box::new(std::io::stdout()), None),
@@ -169,7 +177,9 @@ impl TableWriter {
                         .write(&batch)
                         .map_err(|e| self.err(e))?;
                 }
-                FileFormat::Jsonl | FileFormat::Csv => unreachable!("written above"),
+                FileFormat::Jsonl | FileFormat::Csv | FileFormat::Arrow => {
+                    unreachable!("written above; Arrow refused at create")
+                }
             }
         }
         Ok(())
@@ -179,7 +189,7 @@ impl TableWriter {
     /// with its schema (JSON lines: nothing).
     fn write_empty(&mut self, columns: &[(String, DataType)]) -> Result<()> {
         match self.format {
-            FileFormat::Jsonl => Ok(()),
+            FileFormat::Jsonl | FileFormat::Arrow => Ok(()),
             FileFormat::Csv => {
                 let header: Vec<String> = columns.iter().map(|(n, _)| csv_field(n)).collect();
                 let out = self.out.as_mut().expect("open");
