@@ -112,6 +112,10 @@ enum Command {
         /// Send at most this many rows.
         #[arg(long)]
         limit: Option<usize>,
+        /// What goes over TCP: `jsonl` lines, or `arrow` (one Arrow IPC stream per
+        /// connection, for a source with lines = "arrow").
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "arrow"])]
+        format: String,
     },
     /// Train a model (BPTT) on Parquet, CSV or JSON-lines data; write its weights with PyTorch's names.
     #[command(disable_help_flag = true)]
@@ -217,8 +221,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
             key,
             time,
             limit,
+            format,
         } => {
             let report = seqflow::replay::replay(&seqflow::replay::ReplayOptions {
+                arrow: format == "arrow",
                 data,
                 to,
                 rate,
@@ -306,11 +312,11 @@ fn run_progress(bar: &Mutex<ProgressBar>, e: &Event<'_>) {
             addr: Some(addr),
             lines,
         } => say!(
-            "seqflow: listening on {addr} ({} lines); Ctrl-C or SIGTERM to stop",
-            lines.name()
+            "seqflow: listening on {addr} ({}); Ctrl-C or SIGTERM to stop",
+            lines.describe()
         ),
         Event::Listening { addr: None, lines } => {
-            say!("seqflow: reading {} lines from stdin", lines.name())
+            say!("seqflow: reading {} from stdin", lines.describe())
         }
         Event::Subscribed { source, lines } => say!(
             "seqflow: subscribed to {source} ({} lines); Ctrl-C or SIGTERM to stop",

@@ -37,6 +37,8 @@ pub struct ReplayOptions {
     pub time: String,
     /// Stop after this many rows.
     pub limit: Option<usize>,
+    /// What goes over TCP: JSON lines, or one Arrow IPC stream per connection.
+    pub arrow: bool,
 }
 
 /// What was sent.
@@ -303,6 +305,96 @@ impl Target {
     }
 }
 
+/// `--format arrow`: each connection carries one Arrow IPC stream; what is due is sent as one
+/// record batch per connection (its keys' rows, in time order), then flushed.
+fn replay_arrow(
+    o: &ReplayOptions,
+    batch: &RecordBatch,
+    n: usize,
+    key_of: &dyn Fn(usize) -> String,
+) -> Result<ReplayReport> {
+    if o.to.contains("://") {
+        return Err(Error::Runtime(format!(
+            "--format arrow sends Arrow IPC streams over TCP (--to HOST:PORT), not to {}",
+            o.to
+        )));
+    }
+    let conns = o.connections.max(1);
+    let io = |e: std::io::Error| Error::Io {
+        path: PathBuf::from(format!("tcp {}", o.to)),
+        source: e,
+    };
+    let arrow_err = |e: arrow::error::ArrowError| Error::Io {
+        path: PathBuf::from(format!("tcp {}", o.to)),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut writers = (0..conns)
+        .map(|_| {
+            let s = TcpStream::connect(&o.to).map_err(io)?;
+            arrow::ipc::writer::StreamWriter::try_new(BufWriter::with_capacity(1 << 16, s), &batch.schema())
+                .map_err(arrow_err)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Each row's connection, from its key (as the JSON lines replay routes them).
+    let conn_of: Vec<usize> = (0..n)
+        .map(|row| {
+            let key = key_of(row);
+            match key.parse::<i64>() {
+                Ok(i) => KeyRef::Int(i).route(conns),
+                Err(_) => KeyRef::Str(&key).route(conns),
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); conns];
+    while sent < n {
+        let due = if o.rate > 0.0 {
+            ((start.elapsed().as_secs_f64() * o.rate) as usize).clamp(sent + 1, n)
+        } else {
+            (sent + 4096).min(n)
+        };
+        for r in &mut rows {
+            r.clear();
+        }
+        for row in sent..due {
+            rows[conn_of[row]].push(row as u32);
+        }
+        for (w, idx) in writers.iter_mut().zip(&rows) {
+            if idx.is_empty() {
+                continue;
+            }
+            let idx = arrow::array::UInt32Array::from(idx.clone());
+            let part = take_record_batch(batch, &idx).map_err(arrow_err)?;
+            w.write(&part).map_err(arrow_err)?;
+            w.flush().map_err(arrow_err)?;
+        }
+        sent = due;
+        if o.rate > 0.0 && sent < n {
+            let next = Duration::from_secs_f64((sent + 1) as f64 / o.rate);
+            if let Some(wait) = next.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait.min(Duration::from_millis(1)));
+            }
+        }
+    }
+    for mut w in writers {
+        w.finish().map_err(arrow_err)?;
+        let s = w
+            .into_inner()
+            .map_err(arrow_err)?
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?;
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    Ok(ReplayReport {
+        rows: n,
+        connections: conns,
+        unit: "connection",
+        elapsed: start.elapsed(),
+        target_rate: o.rate,
+    })
+}
+
 /// Replays the data; returns what was sent.
 pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
     let batch = read_all(&o.data)?;
@@ -338,6 +430,9 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
             }
         }
     };
+    if o.arrow {
+        return replay_arrow(o, &batch, n, &key_of);
+    }
     let mut target = if let Some(rest) = o.to.strip_prefix("mqtt://") {
         Target::mqtt(rest)?
     } else if let Some(rest) = o.to.strip_prefix("kafka://") {

@@ -136,6 +136,8 @@ pub enum LineFormat {
     Jsonl,
     /// CSV records after a header line (or the source's `columns`).
     Csv,
+    /// One Arrow IPC stream per connection (schema, then record batches); tcp and stdin.
+    Arrow,
 }
 
 impl LineFormat {
@@ -144,6 +146,17 @@ impl LineFormat {
         match self {
             LineFormat::Jsonl => "jsonl",
             LineFormat::Csv => "csv",
+            LineFormat::Arrow => "arrow",
+        }
+    }
+
+    /// What a stream of this format carries, for messages: `jsonl lines`, `csv lines`,
+    /// `an Arrow IPC stream per connection`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LineFormat::Jsonl => "jsonl lines",
+            LineFormat::Csv => "csv lines",
+            LineFormat::Arrow => "an Arrow IPC stream per connection",
         }
     }
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch, RecordBatchReader};
+use std::sync::Arc;
+
 use arrow::datatypes::{Float32Type, Int64Type};
 use common::pipeline::*;
 
@@ -199,4 +201,210 @@ fn a_damaged_arrow_file_is_one_message_and_checkpoints_are_refused() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A live tcp source with lines = "arrow", CSV out, rejects written.
+fn live_arrow(dir: &Path, model: &Path) -> std::path::PathBuf {
+    write_pipeline(
+        dir,
+        "live_arrow.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"arrow\"\nkey = \"key\"\ntime = \"t\"\n\
+             features = [\"f0\", \"f1\"]\nepoch_ms = 2\nrejects = \"out/rejects.jsonl\"\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"csv\"\npath = \"out/live.csv\"\n",
+            model.display()
+        ),
+    )
+}
+
+/// Sends record batches as one Arrow IPC stream over a new connection.
+fn send_stream(addr: &str, schema: &arrow::datatypes::Schema, batches: &[RecordBatch]) {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(s, schema).unwrap();
+    for b in batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_live_arrow_stream_over_tcp_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mpath, _) = save_model(d, &causal_model(2));
+    let rows = data(d);
+    // Two connections, each with its keys' rows in batches of 20, as `seqflow replay
+    // --format arrow` sends them.
+    let input = read_parquet(&d.join("in.parquet"));
+    let all = arrow::compute::concat_batches(&input[0].schema(), &input).unwrap();
+    let run = LiveRun::start(&live_arrow(d, &mpath), 2);
+    let mut handles = Vec::new();
+    for c in 0..2usize {
+        let idx: Vec<u32> = (0..all.num_rows() as u32)
+            .filter(|&i| {
+                rows[i as usize]
+                    .key
+                    .trim_start_matches('k')
+                    .parse::<usize>()
+                    .unwrap()
+                    % 2
+                    == c
+            })
+            .collect();
+        let part = arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(idx)).unwrap();
+        let batches: Vec<RecordBatch> = (0..part.num_rows())
+            .step_by(20)
+            .map(|at| part.slice(at, 20.min(part.num_rows() - at)))
+            .collect();
+        let (addr, schema) = (run.addr.clone(), all.schema());
+        handles.push(std::thread::spawn(move || send_stream(&addr, &schema, &batches)));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let out = d.join("out/live.csv.partial");
+    wait_for(
+        || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) == rows.len() + 1,
+        "every prediction",
+    );
+    let report = run.stop();
+    assert_eq!(report.stats.rows_read, rows.len() as u64);
+    assert_eq!(report.stats.malformed, 0);
+    let file = pipeline(
+        d,
+        &mpath,
+        "in.parquet",
+        "parquet",
+        "out/y.parquet",
+        "emit = \"every_step\"",
+    );
+    run_report(&file, 1, Default::default());
+    let want = rows_of(&read_parquet(&d.join("out/y.parquet")));
+    let got = read_csv(&d.join("out/live.csv"));
+    let got: BTreeMap<String, BTreeMap<i64, Vec<u32>>> = got
+        .into_iter()
+        .map(|(k, ts)| {
+            (
+                k,
+                ts.into_iter()
+                    .map(|(t, v)| (t, v.iter().map(|x| x.to_bits()).collect()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn malformed_arrow_streams_are_rejected_by_connection_and_batch() {
+    use arrow::array::{Float32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mpath, _) = save_model(d, &causal_model(2));
+    let run = LiveRun::start(&live_arrow(d, &mpath), 1);
+    let good_schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("t", DataType::Int64, false),
+        Field::new("f0", DataType::Float32, true),
+        Field::new("f1", DataType::Float32, true),
+    ]));
+    let good = |from: i64, n: i64| {
+        RecordBatch::try_new(
+            good_schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values((0..n).map(|_| "a"))),
+                Arc::new(Int64Array::from_iter_values(from..from + n)),
+                Arc::new(Float32Array::from_iter_values((0..n).map(|i| i as f32 * 0.1))),
+                Arc::new(Float32Array::from_iter_values((0..n).map(|_| 0.5))),
+            ],
+        )
+        .unwrap()
+    };
+    // A stream without f1: each of its 2 batches rejected whole; the connection goes on.
+    let no_f1 = Arc::new(Schema::new(good_schema.fields()[..3].to_vec()));
+    let short = good(0, 4).project(&[0, 1, 2]).unwrap();
+    send_stream(&run.addr, &no_f1, &[short.clone(), short]);
+    // A feature of the wrong type (text): rejected, naming the column.
+    let text_schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("t", DataType::Int64, false),
+        Field::new("f0", DataType::Utf8, true),
+        Field::new("f1", DataType::Float32, true),
+    ]));
+    let text = RecordBatch::try_new(
+        text_schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["b"])),
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["hot"])),
+            Arc::new(Float32Array::from(vec![0.5])),
+        ],
+    )
+    .unwrap();
+    send_stream(&run.addr, &text_schema, &[text]);
+    // A stream cut in the middle of its second batch: the first batch counts, then one reject.
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &good_schema).unwrap();
+        w.write(&good(0, 5)).unwrap();
+        w.write(&good(5, 5)).unwrap();
+        w.finish().unwrap();
+    }
+    let first_len = {
+        let mut b = Vec::new();
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut b, &good_schema).unwrap();
+        w.write(&good(0, 5)).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        b.len()
+    };
+    let mut s = std::net::TcpStream::connect(&run.addr).unwrap();
+    std::io::Write::write_all(&mut s, &buf[..first_len + 40]).unwrap();
+    drop(s);
+    // Not Arrow at all.
+    let mut s = std::net::TcpStream::connect(&run.addr).unwrap();
+    std::io::Write::write_all(&mut s, b"{\"key\": \"a\", \"t\": 1}\n").unwrap();
+    drop(s);
+    let rejects = d.join("out/rejects.jsonl.partial");
+    wait_for(
+        || std::fs::read_to_string(&rejects).map_or(0, |t| t.lines().count()) >= 5,
+        "five rejects",
+    );
+    let report = run.stop();
+    let text = std::fs::read_to_string(d.join("out/rejects.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let details: Vec<String> = lines
+        .iter()
+        .map(|l| l["detail"].as_str().unwrap().to_string())
+        .collect();
+    let all = details.join("\n");
+    assert!(
+        all.contains("batch 1 (4 rows) rejected") && all.contains("batch 2 (4 rows) rejected"),
+        "{all}"
+    );
+    assert!(all.contains("`f1`"), "{all}");
+    assert!(
+        all.contains("batch 1 (1 rows) rejected") && all.contains("`f0`"),
+        "{all}"
+    );
+    assert!(all.contains("Arrow stream broken at batch 2"), "{all}");
+    assert!(all.contains("not an Arrow IPC stream"), "{all}");
+    for l in &lines {
+        assert!(l["source"].as_str().unwrap().starts_with("tcp "), "{l}");
+        assert_eq!(l["reason"], "malformed");
+    }
+    // The cut stream's first batch was read and predicted.
+    assert_eq!(report.stats.outputs, 5);
 }

@@ -18,7 +18,7 @@ use super::lines::{FieldMap, LineError};
 use super::Routed;
 use crate::error::{Error, Result};
 use crate::record::{Key, RejectReason};
-use crate::vocab::{now_us, LineFormat};
+use crate::vocab::{now_us, FileFormat, LineFormat};
 
 /// Batches in flight between readers and the dataflow (the backpressure bound).
 const CHANNEL_BATCHES: usize = 256;
@@ -354,6 +354,9 @@ const KIND_STR: u8 = 2;
 
 struct Shared {
     fields: FieldMap,
+    /// Arrow streams: the columns and their preparation, as for files.
+    columns: Columns,
+    prep: super::prep::Prep,
     lines: LineFormat,
     header: Option<Vec<String>>,
     max_line: usize,
@@ -370,6 +373,8 @@ impl Shared {
     fn new(cfg: &LiveSource, columns: &Columns, peers: usize, stop: Arc<AtomicBool>) -> Shared {
         Shared {
             fields: FieldMap::new(columns),
+            columns: columns.clone(),
+            prep: super::prep::Prep::new(columns),
             lines: cfg.lines,
             header: cfg.header.clone(),
             max_line: cfg.max_line_bytes,
@@ -389,6 +394,8 @@ impl Shared {
     fn detached(s: &Shared) -> Shared {
         Shared {
             fields: s.fields.clone(),
+            columns: s.columns.clone(),
+            prep: super::prep::Prep::new(&s.columns),
             lines: s.lines,
             header: s.header.clone(),
             max_line: s.max_line,
@@ -502,8 +509,118 @@ fn serve(stream: TcpStream, conn: u32, tx: Outbox, shared: Arc<Shared>) {
     read_lines(stream, conn, &tx, &shared);
 }
 
+/// A reader that waits out read timeouts (the socket's poll interval) until stopped: the
+/// Arrow stream reader must not see a timeout in the middle of a message.
+struct Patient<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Patient<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Ok(0);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+/// One connection's Arrow IPC stream: each record batch is checked against the source's
+/// columns and routed like parsed lines (the same rejects, numbered by the stream's rows).
+/// A batch that does not fit (a column missing or of the wrong type, a non-finite feature
+/// under nan = "error") is rejected whole, naming the batch; the stream goes on. A stream
+/// that breaks (truncated, not Arrow) is one reject, and the connection ends.
+fn read_arrow<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
+    let name = format!("connection {conn}");
+    let reject_all = |row: u64, detail: String| {
+        let mut out = Routed::new(s.peers, conn);
+        out.rows = 1;
+        out.reject(RejectReason::Malformed, row, None, None, detail);
+        let _ = tx.send(out);
+    };
+    let reader = Patient {
+        inner: std::io::BufReader::with_capacity(1 << 16, r),
+        stop: &s.stop,
+    };
+    let stream = match arrow::ipc::reader::StreamReader::try_new(reader, None) {
+        Ok(st) => st,
+        Err(e) => {
+            // An empty connection (opened and closed) is not an error.
+            if !e.to_string().contains("failed to fill whole buffer") {
+                reject_all(0, format!("not an Arrow IPC stream: {e}"));
+            }
+            return;
+        }
+    };
+    let map = s
+        .columns
+        .map(&stream.schema(), std::path::Path::new(&name), false);
+    let mut first_row = 0u64;
+    for (i, batch) in stream.enumerate() {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                if !s.stop.load(Ordering::Relaxed) {
+                    reject_all(first_row, format!("Arrow stream broken at batch {}: {e}", i + 1));
+                }
+                return;
+            }
+        };
+        let rows = batch.num_rows() as u64;
+        let routed = map.as_ref().map_err(|e| e.to_string()).and_then(|m| {
+            let at = super::arrow::Origin {
+                path: std::path::Path::new(&name),
+                format: FileFormat::Arrow,
+                source: conn,
+                first_row,
+            };
+            super::arrow::route_batch(&batch, m, &s.columns, &s.prep, at, s.peers).map_err(|e| e.to_string())
+        });
+        let out = match routed {
+            Ok(mut out) => {
+                // Arrival: when the batch was read (its rows' latency runs from here).
+                let now = now_us();
+                for b in &mut out.batches {
+                    b.arrivals = vec![now; b.times.len()];
+                }
+                out
+            }
+            Err(msg) => {
+                let mut out = Routed::new(s.peers, conn);
+                out.rows = rows;
+                out.reject(
+                    RejectReason::Malformed,
+                    first_row,
+                    None,
+                    None,
+                    format!("batch {} ({rows} rows) rejected: {msg}", i + 1),
+                );
+                out
+            }
+        };
+        first_row += rows;
+        if !out.is_empty() && tx.send(out).is_err() {
+            return;
+        }
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
 /// Reads lines until end of input or stop; complete lines already read are always handed on.
+/// (An Arrow source reads its connection's IPC stream instead.)
 fn read_lines<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
+    if s.lines == LineFormat::Arrow {
+        return read_arrow(r, conn, tx, s);
+    }
     let mut bufs = LineBuffers::default();
     read_lines_with(r, conn, tx, s, &mut bufs);
 }
@@ -639,7 +756,8 @@ fn parse_line(
     out: &mut Routed,
 ) {
     let parsed = match s.lines {
-        LineFormat::Jsonl => s.fields.parse_json(line, feats),
+        // Arrow streams are read by `read_arrow`; a broker refuses lines = "arrow" at load.
+        LineFormat::Jsonl | LineFormat::Arrow => s.fields.parse_json(line, feats),
         LineFormat::Csv => {
             let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(line);
             let mut rec = csv::StringRecord::new();

@@ -25,8 +25,8 @@ use crate::vocab::now_us;
 pub enum Namer {
     /// File sources: the file and its row or line.
     Files(Arc<Plan>),
-    /// Live sources: the connection and the line.
-    Live(Arc<Mutex<Vec<String>>>),
+    /// Live sources: the connection and the line (Arrow streams: the row).
+    Live(Arc<Mutex<Vec<String>>>, crate::vocab::LineFormat),
     /// Kafka: the partition and the record's offset.
     Kafka(Arc<Mutex<Vec<String>>>),
 }
@@ -38,14 +38,17 @@ impl Namer {
                 plan.files[r.source as usize].path.display().to_string(),
                 describe_row(plan.format, r.row),
             ),
-            Namer::Live(names) => (
+            Namer::Live(names, lines) => (
                 names
                     .lock()
                     .expect("names")
                     .get(r.source as usize)
                     .cloned()
                     .unwrap_or_else(|| format!("connection {}", r.source)),
-                format!("line {}", r.row),
+                match lines {
+                    crate::vocab::LineFormat::Arrow => format!("row {}", r.row),
+                    _ => format!("line {}", r.row),
+                },
             ),
             Namer::Kafka(names) => (
                 names

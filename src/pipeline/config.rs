@@ -338,6 +338,15 @@ impl PipelineConfig {
                     ));
                 }
                 if matches!(s.format, RawFormat::Mqtt | RawFormat::Kafka)
+                    && s.lines == Some(LineFormat::Arrow)
+                {
+                    return Err(err(
+                        "[source] lines = \"arrow\" is for tcp and stdin sources (one Arrow IPC stream \
+                         per connection); a broker message carries JSON or CSV lines"
+                            .into(),
+                    ));
+                }
+                if matches!(s.format, RawFormat::Mqtt | RawFormat::Kafka)
                     && s.lines == Some(LineFormat::Csv)
                     && s.columns.is_none()
                 {

@@ -168,7 +168,7 @@ fn run_with(
         opts,
         outputs,
         open,
-        Namer::Live(Default::default()),
+        Namer::Live(Default::default(), source.lines),
         true,
         view_outputs,
         resume.as_ref().and_then(|m| m.rejects.as_ref()),
@@ -215,7 +215,7 @@ fn run_with(
                         lines: source.lines,
                     }),
                 }
-                c.namer = Namer::Live(src.names.clone());
+                c.namer = Namer::Live(src.names.clone(), source.lines);
                 names = Some(src.names.clone());
                 readers[0] = Some(src);
                 Some(c)
