@@ -195,6 +195,34 @@ fn stream_seed(lines: LineFormat) -> Vec<u8> {
             }
             s.into_bytes()
         }
+        LineFormat::Arrow => {
+            use arrow::array::{Float32Array, Int64Array, RecordBatch, StringArray};
+            use arrow::datatypes::{DataType, Field, Schema};
+            let schema = std::sync::Arc::new(Schema::new(vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("t", DataType::Int64, false),
+                Field::new("f0", DataType::Float32, true),
+                Field::new("f1", DataType::Float32, true),
+            ]));
+            let mut out = Vec::new();
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+            for b in 0..3i64 {
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        std::sync::Arc::new(StringArray::from(vec!["s0", "s1"])),
+                        std::sync::Arc::new(Int64Array::from(vec![10 + b, 10 + b])),
+                        std::sync::Arc::new(Float32Array::from(vec![0.5, 1.5])),
+                        std::sync::Arc::new(Float32Array::from(vec![-0.25, 0.25])),
+                    ],
+                )
+                .unwrap();
+                w.write(&batch).unwrap();
+            }
+            w.finish().unwrap();
+            drop(w);
+            out
+        }
     }
 }
 
@@ -350,10 +378,17 @@ fn main() {
     let st_seed = safetensors_seed();
     let pq_seed = parquet_seed(dir.path());
     let (json_seed, csv_seed) = (stream_seed(LineFormat::Jsonl), stream_seed(LineFormat::Csv));
+    let arrow_seed = stream_seed(LineFormat::Arrow);
     let findings_dir = PathBuf::from("target/fuzz-findings");
     let mut rng = Rng(SplitMix::new(seed));
-    let targets = ["jsonl stream", "csv stream", "safetensors", "parquet"];
-    let mut runs = [0u64; 4];
+    let targets = [
+        "jsonl stream",
+        "csv stream",
+        "safetensors",
+        "parquet",
+        "arrow stream",
+    ];
+    let mut runs = [0u64; 5];
     let mut findings = 0;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline && findings < 20 {
@@ -362,12 +397,14 @@ fn main() {
             0 => mutate(&mut rng, &json_seed),
             1 => mutate(&mut rng, &csv_seed),
             2 => safetensors_input(&mut rng, &st_seed),
+            4 => mutate(&mut rng, &arrow_seed),
             _ => mutate(&mut rng, &pq_seed),
         };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| match t {
             0 => stream_target(&input, LineFormat::Jsonl),
             1 => stream_target(&input, LineFormat::Csv),
             2 => safetensors_target(&input),
+            4 => stream_target(&input, LineFormat::Arrow),
             _ => parquet_target(&input, dir.path()),
         }));
         runs[t] += 1;

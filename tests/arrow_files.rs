@@ -379,8 +379,8 @@ fn malformed_arrow_streams_are_rejected_by_connection_and_batch() {
     drop(s);
     let rejects = d.join("out/rejects.jsonl.partial");
     wait_for(
-        || std::fs::read_to_string(&rejects).map_or(0, |t| t.lines().count()) >= 5,
-        "five rejects",
+        || std::fs::read_to_string(&rejects).map_or(0, |t| t.lines().count()) >= 11,
+        "eleven rejects (one per row of the rejected batches)",
     );
     let report = run.stop();
     let text = std::fs::read_to_string(d.join("out/rejects.jsonl")).unwrap();
@@ -405,6 +405,9 @@ fn malformed_arrow_streams_are_rejected_by_connection_and_batch() {
         assert!(l["source"].as_str().unwrap().starts_with("tcp "), "{l}");
         assert_eq!(l["reason"], "malformed");
     }
-    // The cut stream's first batch was read and predicted.
+    // The cut stream's first batch was read and predicted; every row read is a prediction or
+    // a reject.
     assert_eq!(report.stats.outputs, 5);
+    assert_eq!(report.stats.malformed, 11);
+    assert_eq!(report.stats.rows_read, 16);
 }

@@ -535,9 +535,26 @@ impl<R: Read> Read for Patient<'_, R> {
 /// One connection's Arrow IPC stream: each record batch is checked against the source's
 /// columns and routed like parsed lines (the same rejects, numbered by the stream's rows).
 /// A batch that does not fit (a column missing or of the wrong type, a non-finite feature
-/// under nan = "error") is rejected whole, naming the batch; the stream goes on. A stream
-/// that breaks (truncated, not Arrow) is one reject, and the connection ends.
+/// under nan = "error") is rejected whole, each row naming the batch; the stream goes on. A
+/// stream that breaks (truncated, not Arrow) is one reject, and the connection ends. The
+/// Arrow decoder runs under [`crate::guard::catch`]: a panic on a corrupt stream is a reject
+/// too, not the end of the reader.
 fn read_arrow<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
+    if let Err(msg) = crate::guard::catch(|| read_arrow_unguarded(r, conn, tx, s)) {
+        let mut out = Routed::new(s.peers, conn);
+        out.rows = 1;
+        out.reject(
+            RejectReason::Malformed,
+            0,
+            None,
+            None,
+            format!("the Arrow stream could not be decoded: {msg}"),
+        );
+        let _ = tx.send(out);
+    }
+}
+
+fn read_arrow_unguarded<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
     let name = format!("connection {conn}");
     let reject_all = |row: u64, detail: String| {
         let mut out = Routed::new(s.peers, conn);
@@ -592,16 +609,14 @@ fn read_arrow<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
                 }
                 out
             }
+            // Every row of the batch is a reject (each row read is a step or a reject).
             Err(msg) => {
                 let mut out = Routed::new(s.peers, conn);
                 out.rows = rows;
-                out.reject(
-                    RejectReason::Malformed,
-                    first_row,
-                    None,
-                    None,
-                    format!("batch {} ({rows} rows) rejected: {msg}", i + 1),
-                );
+                let detail = format!("batch {} ({rows} rows) rejected: {msg}", i + 1);
+                for r in 0..rows {
+                    out.reject(RejectReason::Malformed, first_row + r, None, None, detail.clone());
+                }
                 out
             }
         };
