@@ -7,6 +7,7 @@
 #   benches/live.sh [SECONDS_PER_RATE]          # EPOCH_MS=5 benches/live.sh: a 5 ms epoch (default 2)
 #   WORKERS="2" RATES="100000" benches/live.sh 6  # one configuration only
 #   CHECKPOINT_MS=100 benches/live.sh             # with a checkpoint every 100 ms
+#   LINES=arrow benches/live.sh                   # Arrow IPC streams instead of JSON lines
 #   SEQFLOW_ARGS="--dashboard 127.0.0.1:0" benches/live.sh   # with the dashboard's event stream open
 #   SEQFLOW_ARGS="--metrics 127.0.0.1:0" SCRAPE_MS=100 benches/live.sh
 #                                                 # with /metrics, scraped every 100 ms (curl)
@@ -21,11 +22,12 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$PIPE" "$OUT"' EXIT
 EPOCH_MS=${EPOCH_MS:-2}
 sed -e 's#listen = "127.0.0.1:7600"#listen = "127.0.0.1:7699"#' -e "s#^path = \"-\"#path = \"$OUT/live.jsonl\"#" \
-    -e "s#^epoch_ms = .*#epoch_ms = $EPOCH_MS#" pipelines/live_tcp.toml > "$PIPE"
+    -e "s#^epoch_ms = .*#epoch_ms = $EPOCH_MS#" -e "s#^lines = \"jsonl\"#lines = \"${LINES:-jsonl}\"#" \
+    pipelines/live_tcp.toml > "$PIPE"
 if [ -n "${CHECKPOINT_MS:-}" ]; then
   printf '\n[checkpoint]\ndir = "%s/state"\nevery_ms = %s\n' "$OUT" "$CHECKPOINT_MS" >> "$PIPE"
 fi
-echo "epoch_ms = $EPOCH_MS${CHECKPOINT_MS:+, a checkpoint every $CHECKPOINT_MS ms}"
+echo "epoch_ms = $EPOCH_MS, ${LINES:-jsonl} over TCP${CHECKPOINT_MS:+, a checkpoint every $CHECKPOINT_MS ms}"
 echo "| workers | target rows/s | sustained rows/s | p50 | p99 | max | peak RSS |"
 echo "|---:|---:|---:|---:|---:|---:|---:|"
 for W in ${WORKERS:-1 2}; do
@@ -55,7 +57,7 @@ while True:
     time.sleep(ms / 1000)
 PY
     fi
-    REPLAY=$(./target/release/seqflow replay "$DATA" --to 127.0.0.1:7699 --rate "$RATE" --connections 4 --limit "$LIMIT" 2>&1)
+    REPLAY=$(./target/release/seqflow replay "$DATA" --to 127.0.0.1:7699 --rate "$RATE" --connections 4 --limit "$LIMIT" --format "${LINES:-jsonl}" 2>&1)
     sleep 0.5
     kill -TERM "$(pgrep -P "$TPID")" || true
     wait "$TPID" || true

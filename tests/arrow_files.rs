@@ -411,3 +411,120 @@ fn malformed_arrow_streams_are_rejected_by_connection_and_batch() {
     assert_eq!(report.stats.malformed, 11);
     assert_eq!(report.stats.rows_read, 16);
 }
+
+/// The bundled file pipelines (the README's demo, last scores, windows) over the sample turned
+/// into an Arrow IPC file, writing Arrow: the same predictions as through Parquet, bit for
+/// bit. Run in a scratch copy of the repository's layout, so nothing is written into it.
+#[test]
+fn the_bundled_pipelines_give_the_same_predictions_through_arrow() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    std::fs::create_dir_all(s.join("pipelines")).unwrap();
+    std::fs::create_dir_all(s.join("out")).unwrap();
+    for d in ["models", "datasets"] {
+        std::os::unix::fs::symlink(root.join(d), s.join(d)).unwrap();
+    }
+    parquet_to_arrow(
+        &root.join("datasets/sample/sensors.parquet"),
+        &s.join("sensors.arrow"),
+        5000,
+    );
+    for name in ["demo", "last_score", "windows"] {
+        let p = s.join(format!("pipelines/{name}.toml"));
+        std::fs::copy(root.join(format!("pipelines/{name}.toml")), &p).unwrap();
+        let via = |input: Option<&str>, out: &str| {
+            let o = s.join(format!("out/{name}.{out}"));
+            let overrides = seqflow::pipeline::Overrides {
+                input: input.map(|i| s.join(i)),
+                output: Some(o.clone()),
+                ..Default::default()
+            };
+            let r = run_report(&p, 2, overrides);
+            (r, o)
+        };
+        let (rp, op) = via(None, "parquet");
+        let (ra, oa) = via(Some("sensors.arrow"), "arrow");
+        assert_eq!(rp.stats, ra.stats, "{name}");
+        let (yp, ya) = (rows_of(&read_parquet(&op)), rows_of(&read_arrow(&oa)));
+        assert!(!yp.is_empty(), "{name}");
+        assert_eq!(yp, ya, "{name}");
+    }
+}
+
+/// `--output -` of a live run with an Arrow output, read by pyarrow as it comes
+/// (`scripts/read_arrow_stream.py`): the first batch arrives while the run goes on (the
+/// stream is flushed every epoch), and the summary at the end has every prediction.
+#[test]
+#[ignore = "needs Python with pyarrow (SEQFLOW_PYTHON; scripts/test makes a venv)"]
+fn pyarrow_reads_the_live_output_stream_as_it_comes() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let python = std::env::var("SEQFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mpath, _) = save_model(d, &causal_model(2));
+    let p = write_pipeline(
+        d,
+        "live_out.toml",
+        &format!(
+            "[source]\nformat = \"tcp\"\nlisten = \"127.0.0.1:0\"\nlines = \"jsonl\"\nkey = \"key\"\ntime = \"t\"\n\
+             features = [\"f0\", \"f1\"]\nepoch_ms = 2\n[model]\npath = \"{}\"\n\
+             [output]\nformat = \"arrow\"\npath = \"-\"\n",
+            mpath.display()
+        ),
+    );
+    let mut run = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .args(["run", p.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = Command::new(&python)
+        .arg(root.join("scripts/read_arrow_stream.py"))
+        .stdin(run.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    // The listening address, from the run's stderr.
+    let mut err = std::io::BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the run ended");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.split(' ').next().unwrap().to_string();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    for t in 0..30 {
+        writeln!(
+            s,
+            "{{\"key\": \"k{}\", \"t\": {t}, \"f0\": 0.5, \"f1\": -0.5}}",
+            t % 3
+        )
+        .unwrap();
+    }
+    s.flush().unwrap();
+    // A batch shows up while the run is still going.
+    let mut out = std::io::BufReader::new(reader.stdout.take().unwrap());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("batch 1: "), "{line}");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run ended before its first batch was read"
+    );
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    assert!(run.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(reader.wait().unwrap().success());
+    let summary: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["rows"], 30, "{rest}");
+    assert_eq!(summary["keys"], 3);
+    assert_eq!(summary["columns"], serde_json::json!(["key", "t", "y0", "y1"]));
+}
