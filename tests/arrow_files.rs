@@ -528,3 +528,54 @@ fn pyarrow_reads_the_live_output_stream_as_it_comes() {
     assert_eq!(summary["keys"], 3);
     assert_eq!(summary["columns"], serde_json::json!(["key", "t", "y0", "y1"]));
 }
+
+/// stdin with lines = "arrow": one IPC stream, read to its end, as over TCP.
+#[test]
+fn an_arrow_stream_on_stdin_equals_the_file_run() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mpath, _) = save_model(d, &causal_model(2));
+    data(d);
+    let p = write_pipeline(
+        d,
+        "stdin_arrow.toml",
+        &format!(
+            "[source]\nformat = \"stdin\"\nlines = \"arrow\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+             [model]\npath = \"{}\"\n[output]\nformat = \"parquet\"\npath = \"out/stdin.parquet\"\n",
+            mpath.display()
+        ),
+    );
+    let input = read_parquet(&d.join("in.parquet"));
+    let mut stream = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut stream, &input[0].schema()).unwrap();
+        for b in &input {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let mut run = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        .args(["run", p.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    run.stdin.take().unwrap().write_all(&stream).unwrap();
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = pipeline(
+        d,
+        &mpath,
+        "in.parquet",
+        "parquet",
+        "out/y.parquet",
+        "emit = \"every_step\"",
+    );
+    run_report(&file, 1, Default::default());
+    assert_eq!(
+        rows_of(&read_parquet(&d.join("out/stdin.parquet"))),
+        rows_of(&read_parquet(&d.join("out/y.parquet")))
+    );
+}
