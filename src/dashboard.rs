@@ -729,8 +729,9 @@ pub fn write_report(
         "top": best,
         "series": series,
     });
-    // Inside a <script> element: `</` must not close it.
-    let embedded = data.to_string().replace("</", "<\\/");
+    // Inside a <script> element no `<` may appear (`</script>` would close it, `<!--` change
+    // how the parser reads on): JSON's `\u003c` is the same character to JSON.parse.
+    let embedded = data.to_string().replace('<', "\\u003c");
     let page = PAGE.replacen(
         "<script id=\"report\" type=\"application/json\"></script>",
         &format!("<script id=\"report\" type=\"application/json\">{embedded}</script>"),
