@@ -40,6 +40,8 @@ const TOP: usize = 8;
 const VIEW_ROWS: usize = 50;
 /// Event streams open at once (each holds a thread).
 const MAX_STREAMS: usize = 16;
+/// tiny_http's chunk size for bodies of unknown length.
+const CHUNK: usize = 8192;
 
 /// The page, compiled in.
 const PAGE: &str = include_str!("dashboard.html");
@@ -269,6 +271,10 @@ impl Board {
             s.refreshed = Some(now);
             s.recent.retain(|_, (t, _)| now.duration_since(*t) < RECENT);
             s.followed = Self::followed(&s);
+            // Series of keys no longer followed go (the top keys change all day long).
+            let keep = s.followed.clone();
+            s.preds.retain(|k, _| keep.contains(k));
+            s.inputs.retain(|k, _| keep.contains(k));
         }
         let followed = std::mem::take(&mut s.followed);
         for i in rows_of(&b.keys, &followed) {
@@ -502,12 +508,13 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops serving. The thread is not joined: it may be blocked writing to a client that
+    /// stopped reading, and a run must end whatever its dashboard's clients do (the thread
+    /// goes with the process; event streams end within 100 ms of the stop flag).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.http.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
@@ -648,7 +655,15 @@ impl std::io::Read for Events {
                 continue;
             }
             self.next = now + Duration::from_secs(1);
-            self.pending = format!("data: {}\n\n", self.board.json()).into_bytes();
+            let mut event = format!("data: {}\n\n", self.board.json());
+            // tiny_http sends a body of unknown length in chunks of 8 KiB and only when a
+            // chunk is full: padding every event to a multiple of 8 KiB (an SSE comment line,
+            // which pages ignore) sends it whole, at once.
+            let pad = (CHUNK - (event.len() + 2) % CHUNK) % CHUNK;
+            event.push(':');
+            event.extend(std::iter::repeat_n(' ', pad));
+            event.push('\n');
+            self.pending = event.into_bytes();
             self.at = 0;
         }
         let n = buf.len().min(self.pending.len() - self.at);

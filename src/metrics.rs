@@ -439,11 +439,11 @@ fn respond(req: &tiny_http::Request, hub: &Hub) -> tiny_http::Response<std::io::
 }
 
 impl Drop for Server {
+    /// Stops serving. Not joined: a scrape written to a client that stopped reading must not
+    /// keep the run from ending.
     fn drop(&mut self) {
         self.http.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 

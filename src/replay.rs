@@ -419,17 +419,33 @@ pub fn replay(o: &ReplayOptions) -> Result<ReplayReport> {
         .map(|(f, c)| (f.name().clone(), c.clone()))
         .collect();
     let n = o.limit.map_or(batch.num_rows(), |l| l.min(batch.num_rows()));
-    let key_of = |row: usize| -> String {
-        match keys.data_type() {
-            DataType::Utf8 => keys.as_string::<i32>().value(row).to_string(),
-            _ => {
-                let c = arrow::compute::cast(&keys.slice(row, 1), &DataType::Int64).expect("key cast");
-                c.as_primitive::<arrow::datatypes::Int64Type>()
-                    .value(0)
-                    .to_string()
-            }
+    // Keys as text, cast once: strings of any Arrow string type, integers of any width.
+    let key_text: Vec<String> = {
+        let cast_to = if keys.data_type().is_integer() {
+            DataType::Int64
+        } else {
+            DataType::Utf8
+        };
+        let c = arrow::compute::cast(&keys.slice(0, n), &cast_to).map_err(|e| {
+            data_err(
+                &o.data,
+                format!("key column `{}` is not a string or integer column: {e}", o.key),
+            )
+        })?;
+        match cast_to {
+            DataType::Int64 => c
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .map(|v| v.map_or_else(String::new, |v| v.to_string()))
+                .collect(),
+            _ => c
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect(),
         }
     };
+    let key_of = |row: usize| -> String { key_text[row].clone() };
     if o.arrow {
         return replay_arrow(o, &batch, n, &key_of);
     }

@@ -314,6 +314,8 @@ fn malformed_arrow_streams_are_rejected_by_connection_and_batch() {
     let d = dir.path();
     let (mpath, _) = save_model(d, &causal_model(2));
     let run = LiveRun::start(&live_arrow(d, &mpath), 1);
+    // A connection that sends nothing (a health check) is no reject.
+    drop(std::net::TcpStream::connect(&run.addr).unwrap());
     let good_schema = Arc::new(Schema::new(vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("t", DataType::Int64, false),

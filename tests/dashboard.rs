@@ -141,6 +141,7 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     // second or so.
     let mut s = TcpStream::connect(&d).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let asked = Instant::now();
     write!(
         s,
         "GET /events HTTP/1.1\r\nHost: {d}\r\nConnection: close\r\n\r\n"
@@ -157,6 +158,12 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     assert!(
         text.contains("text/event-stream") && text.contains("data: {\"unix_ms\""),
         "{text}"
+    );
+    // Whole and at once: not held back until 8 KiB of events pile up in tiny_http's chunks.
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "first event after {:?}",
+        asked.elapsed()
     );
     drop(s);
 

@@ -212,8 +212,8 @@ fn schema_unguarded(path: &Path, format: FileFormat, floats: &[String]) -> Resul
                 .collect();
             return Ok((builder.schema().clone(), groups));
         }
-        // An Arrow IPC file knows its schema; its rows are counted from the batches' headers
-        // (one unit per file, as for the text formats).
+        // An Arrow IPC file knows its schema; its rows are counted by reading its batches
+        // (one unit per file, as for the text formats, which are read whole to infer theirs).
         FileFormat::Arrow => {
             let reader =
                 arrow::ipc::reader::FileReader::try_new(open(path)?, None).map_err(|e| Error::Data {
@@ -221,6 +221,13 @@ fn schema_unguarded(path: &Path, format: FileFormat, floats: &[String]) -> Resul
                     msg: format!("cannot read as an Arrow IPC file: {e}"),
                 })?;
             let schema = reader.schema();
+            let mut seen = std::collections::HashSet::new();
+            if let Some(f) = schema.fields().iter().find(|f| !seen.insert(f.name())) {
+                return Err(Error::Data {
+                    path: path.to_path_buf(),
+                    msg: format!("column `{}` appears twice in the schema", f.name()),
+                });
+            }
             let mut rows = 0u64;
             for b in reader {
                 rows += b

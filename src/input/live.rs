@@ -562,15 +562,26 @@ fn read_arrow_unguarded<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
         out.reject(RejectReason::Malformed, row, None, None, detail);
         let _ = tx.send(out);
     };
-    let reader = Patient {
+    let mut reader = Patient {
         inner: std::io::BufReader::with_capacity(1 << 16, r),
         stop: &s.stop,
     };
+    // A connection that closes (or a run that stops) before sending anything is not an
+    // error: a health check, a port probe, an idle client.
+    match std::io::BufRead::fill_buf(&mut reader.inner) {
+        Ok([]) => return,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            // Waited out below by `Patient`; an empty stream that stops the run ends here.
+            if s.stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        _ => {}
+    }
     let stream = match arrow::ipc::reader::StreamReader::try_new(reader, None) {
         Ok(st) => st,
         Err(e) => {
-            // An empty connection (opened and closed) is not an error.
-            if !e.to_string().contains("failed to fill whole buffer") {
+            if !s.stop.load(Ordering::Relaxed) {
                 reject_all(0, format!("not an Arrow IPC stream: {e}"));
             }
             return;
@@ -590,17 +601,92 @@ fn read_arrow_unguarded<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
                 return;
             }
         };
-        let rows = batch.num_rows() as u64;
-        let routed = map.as_ref().map_err(|e| e.to_string()).and_then(|m| {
-            let at = super::arrow::Origin {
-                path: std::path::Path::new(&name),
-                format: FileFormat::Arrow,
-                source: conn,
+        // Routed in slices of at most 64k rows: a channel of 256 batches stays bounded
+        // whatever batch sizes the client writes.
+        for at in (0..batch.num_rows()).step_by(MAX_ARROW_ROWS) {
+            let part = batch.slice(at, MAX_ARROW_ROWS.min(batch.num_rows() - at));
+            let out = route_arrow(
+                &part,
+                map.as_ref().map_err(|e| e.to_string()),
+                i,
                 first_row,
-            };
-            super::arrow::route_batch(&batch, m, &s.columns, &s.prep, at, s.peers).map_err(|e| e.to_string())
-        });
-        let out = match routed {
+                conn,
+                &name,
+                s,
+            );
+            first_row += part.num_rows() as u64;
+            if !out.is_empty() && tx.send(out).is_err() {
+                return;
+            }
+        }
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Rows of an Arrow stream's batch routed in one slice.
+const MAX_ARROW_ROWS: usize = 1 << 16;
+
+/// One slice of an Arrow stream's batch `i` as steps, or as rejects when it does not fit:
+/// the columns (`map`), the key limits of line streams (`max_key_bytes`, one key type for the
+/// whole run).
+fn route_arrow(
+    batch: &arrow::array::RecordBatch,
+    map: std::result::Result<&crate::input::columns::ColumnMap, String>,
+    i: usize,
+    first_row: u64,
+    conn: u32,
+    name: &str,
+    s: &Shared,
+) -> Routed {
+    let rows = batch.num_rows() as u64;
+    let checked = map.and_then(|m| {
+        // The key rules of line streams: one type for the run, strings of max_key bytes.
+        let kind = if m.key_type.is_integer() {
+            KIND_INT
+        } else {
+            KIND_STR
+        };
+        let locked = match s
+            .key_kind
+            .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => kind,
+            Err(k) => k,
+        };
+        if locked != kind {
+            return Err(format!(
+                "its keys are {} but the stream's keys so far are {}; a stream's keys are all one type",
+                if kind == KIND_INT { "integers" } else { "strings" },
+                if kind == KIND_INT { "strings" } else { "integers" },
+            ));
+        }
+        if kind == KIND_STR {
+            let keys = arrow::compute::cast(batch.column(m.key), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| e.to_string())?;
+            let keys = arrow::array::AsArray::as_string::<i32>(&keys);
+            if let Some(long) = keys.iter().flatten().find(|k| k.len() > s.max_key) {
+                return Err(format!(
+                    "a key is {} bytes, more than max_key_bytes = {}",
+                    long.len(),
+                    s.max_key
+                ));
+            }
+        }
+        Ok(m)
+    });
+    let routed = checked.and_then(|m| {
+        let at = super::arrow::Origin {
+            path: std::path::Path::new(&name),
+            format: FileFormat::Arrow,
+            source: conn,
+            first_row,
+        };
+        super::arrow::route_batch(batch, m, &s.columns, &s.prep, at, s.peers).map_err(|e| e.to_string())
+    });
+    {
+        match routed {
             Ok(mut out) => {
                 // Arrival: when the batch was read (its rows' latency runs from here).
                 let now = now_us();
@@ -619,13 +705,6 @@ fn read_arrow_unguarded<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
                 }
                 out
             }
-        };
-        first_row += rows;
-        if !out.is_empty() && tx.send(out).is_err() {
-            return;
-        }
-        if s.stop.load(Ordering::Relaxed) {
-            return;
         }
     }
 }
