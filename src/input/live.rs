@@ -568,13 +568,15 @@ fn read_arrow_unguarded<R: Read>(r: R, conn: u32, tx: &Outbox, s: &Shared) {
     };
     // A connection that closes (or a run that stops) before sending anything is not an
     // error: a health check, a port probe, an idle client.
+    // (A timeout before the first byte is waited out by `Patient` below, unless the run
+    // is stopping.)
     match std::io::BufRead::fill_buf(&mut reader.inner) {
         Ok([]) => return,
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            // Waited out below by `Patient`; an empty stream that stops the run ends here.
-            if s.stop.load(Ordering::Relaxed) {
-                return;
-            }
+        Err(e)
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                && s.stop.load(Ordering::Relaxed) =>
+        {
+            return
         }
         _ => {}
     }
