@@ -16,16 +16,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::metrics::{Hub, Snapshot};
+use crate::metrics::{http_header as header, text, Hub, Listener, Snapshot};
 use crate::record::{KeyColumn, KeyRef, OutBatch, StepBatch};
 
 /// Keys followed at once.
@@ -466,11 +464,10 @@ fn top(recent: &HashMap<String, (Instant, f32)>, n: usize) -> Vec<(String, f32)>
     v
 }
 
-/// The dashboard's HTTP server, on threads of its own until dropped.
+/// The dashboard's HTTP server, until dropped (event streams end within 100 ms of it).
 pub struct Server {
-    http: Arc<tiny_http::Server>,
+    _listener: Listener,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
     /// The bound address.
     pub addr: SocketAddr,
 }
@@ -478,55 +475,24 @@ pub struct Server {
 impl Server {
     /// Binds `listen` and serves `board`.
     pub fn start(listen: &str, board: Arc<Board>) -> Result<Server> {
-        let http = tiny_http::Server::http(listen).map_err(|e| Error::Io {
-            path: PathBuf::from(format!("dashboard listener {listen}")),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| Error::Runtime(format!("dashboard listener {listen}: not an IP address")))?;
-        let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
-        let (server, stopping) = (http.clone(), stop.clone());
+        let stopping = stop.clone();
         let streams = Arc::new(AtomicUsize::new(0));
-        let thread = std::thread::Builder::new()
-            .name("seqflow-dashboard".into())
-            .spawn(move || {
-                for req in server.incoming_requests() {
-                    serve(req, &board, &stopping, &streams);
-                }
-            })
-            .map_err(|e| Error::Runtime(format!("could not start the dashboard thread: {e}")))?;
+        let listener = Listener::start(listen, "dashboard", move |req| {
+            serve(req, &board, &stopping, &streams)
+        })?;
         Ok(Server {
-            http,
+            addr: listener.addr,
+            _listener: listener,
             stop,
-            thread: Some(thread),
-            addr,
         })
     }
 }
 
 impl Drop for Server {
-    /// Stops serving. The thread is not joined: it may be blocked writing to a client that
-    /// stopped reading, and a run must end whatever its dashboard's clients do (the thread
-    /// goes with the process; event streams end within 100 ms of the stop flag).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.http.unblock();
-        drop(self.thread.take());
     }
-}
-
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-}
-
-fn text(body: String, code: u16, kind: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_data(body.into_bytes())
-        .with_status_code(code)
-        .with_header(header("Content-Type", kind))
-        .with_header(header("Cache-Control", "no-store"))
 }
 
 /// `key=...` of a query string, percent-decoded.

@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::record::{EpochReport, Stats};
@@ -374,10 +373,67 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The HTTP server of `/metrics`, on a thread of its own until dropped.
-pub struct Server {
+/// A GET-only HTTP listener of the run (metrics, dashboard), on a thread of its own:
+/// `handle` answers each request. Dropping it stops serving. The thread is not joined: it
+/// may be blocked writing to a client that stopped reading, and a run must end whatever its
+/// clients do (the thread goes with the process).
+pub struct Listener {
     http: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    /// The bound address (port 0 picks a free one).
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `listen` for `what` (`metrics`, `dashboard`: named in errors and the thread).
+    pub fn start(
+        listen: &str,
+        what: &str,
+        mut handle: impl FnMut(tiny_http::Request) + Send + 'static,
+    ) -> Result<Listener> {
+        let http = tiny_http::Server::http(listen).map_err(|e| Error::Io {
+            path: PathBuf::from(format!("{what} listener {listen}")),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::Runtime(format!("{what} listener {listen}: not an IP address")))?;
+        let http = Arc::new(http);
+        let server = http.clone();
+        std::thread::Builder::new()
+            .name(format!("seqflow-{what}"))
+            .spawn(move || {
+                for req in server.incoming_requests() {
+                    handle(req);
+                }
+            })
+            .map_err(|e| Error::Runtime(format!("could not start the {what} thread: {e}")))?;
+        Ok(Listener { http, addr })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.http.unblock();
+    }
+}
+
+/// A header of a response (names and values here are fixed ASCII).
+pub fn http_header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+/// A whole response: `body` with status `code` and content type `kind`, never cached.
+pub fn text(body: String, code: u16, kind: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    tiny_http::Response::from_data(body.into_bytes())
+        .with_status_code(code)
+        .with_header(http_header("Content-Type", kind))
+        .with_header(http_header("Cache-Control", "no-store"))
+}
+
+/// The HTTP server of `/metrics`, until dropped.
+pub struct Server {
+    _listener: Listener,
     /// The bound address (port 0 in the configuration picks a free one).
     pub addr: SocketAddr,
 }
@@ -386,41 +442,18 @@ impl Server {
     /// Binds `listen` and serves `hub` there: `GET /metrics` (any other path 404, any other
     /// method 405).
     pub fn start(listen: &str, hub: Arc<Hub>) -> Result<Server> {
-        let http = tiny_http::Server::http(listen).map_err(|e| Error::Io {
-            path: PathBuf::from(format!("metrics listener {listen}")),
-            source: std::io::Error::other(e.to_string()),
+        let listener = Listener::start(listen, "metrics", move |req| {
+            let response = respond(&req, &hub);
+            let _ = req.respond(response);
         })?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| Error::Runtime(format!("metrics listener {listen}: not an IP address")))?;
-        let http = Arc::new(http);
-        let server = http.clone();
-        let thread = std::thread::Builder::new()
-            .name("seqflow-metrics".into())
-            .spawn(move || {
-                for req in server.incoming_requests() {
-                    let response = respond(&req, &hub);
-                    let _ = req.respond(response);
-                }
-            })
-            .map_err(|e| Error::Runtime(format!("could not start the metrics thread: {e}")))?;
         Ok(Server {
-            http,
-            thread: Some(thread),
-            addr,
+            addr: listener.addr,
+            _listener: listener,
         })
     }
 }
 
 fn respond(req: &tiny_http::Request, hub: &Hub) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let text = |body: String, code: u16, kind: &str| {
-        let header =
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes()).expect("a valid header");
-        tiny_http::Response::from_data(body.into_bytes())
-            .with_status_code(code)
-            .with_header(header)
-    };
     if *req.method() != tiny_http::Method::Get {
         return text("only GET is served\n".into(), 405, "text/plain; charset=utf-8");
     }
@@ -435,15 +468,6 @@ fn respond(req: &tiny_http::Request, hub: &Hub) -> tiny_http::Response<std::io::
             404,
             "text/plain; charset=utf-8",
         ),
-    }
-}
-
-impl Drop for Server {
-    /// Stops serving. Not joined: a scrape written to a client that stopped reading must not
-    /// keep the run from ending.
-    fn drop(&mut self) {
-        self.http.unblock();
-        drop(self.thread.take());
     }
 }
 

@@ -101,6 +101,20 @@ fn data(dir: &Path) -> Vec<Row> {
     rows
 }
 
+/// The reference: the Parquet file run of `in.parquet` (every_step), key -> time -> bits.
+fn file_run(d: &Path, model: &Path) -> BTreeMap<String, BTreeMap<i64, Vec<u32>>> {
+    let file = pipeline(
+        d,
+        model,
+        "in.parquet",
+        "parquet",
+        "out/y.parquet",
+        "emit = \"every_step\"",
+    );
+    run_report(&file, 1, Default::default());
+    rows_of(&read_parquet(&d.join("out/y.parquet")))
+}
+
 #[test]
 fn arrow_files_give_the_parquet_predictions_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,17 +241,6 @@ fn send_stream(addr: &str, schema: &arrow::datatypes::Schema, batches: &[RecordB
     w.finish().unwrap();
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_live_arrow_stream_over_tcp_equals_the_file_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,16 +284,7 @@ fn a_live_arrow_stream_over_tcp_equals_the_file_run() {
     let report = run.stop();
     assert_eq!(report.stats.rows_read, rows.len() as u64);
     assert_eq!(report.stats.malformed, 0);
-    let file = pipeline(
-        d,
-        &mpath,
-        "in.parquet",
-        "parquet",
-        "out/y.parquet",
-        "emit = \"every_step\"",
-    );
-    run_report(&file, 1, Default::default());
-    let want = rows_of(&read_parquet(&d.join("out/y.parquet")));
+    let want = file_run(d, &mpath);
     let got = read_csv(&d.join("out/live.csv"));
     let got: BTreeMap<String, BTreeMap<i64, Vec<u32>>> = got
         .into_iter()
@@ -567,17 +561,8 @@ fn an_arrow_stream_on_stdin_equals_the_file_run() {
     run.stdin.take().unwrap().write_all(&stream).unwrap();
     let o = run.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let file = pipeline(
-        d,
-        &mpath,
-        "in.parquet",
-        "parquet",
-        "out/y.parquet",
-        "emit = \"every_step\"",
-    );
-    run_report(&file, 1, Default::default());
     assert_eq!(
         rows_of(&read_parquet(&d.join("out/stdin.parquet"))),
-        rows_of(&read_parquet(&d.join("out/y.parquet")))
+        file_run(d, &mpath)
     );
 }

@@ -15,35 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::pipeline::*;
 
-/// One HTTP/1.0 request: (status, body).
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("the dashboard listens");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string(),
-    )
-}
-
 fn state(addr: &str) -> serde_json::Value {
-    let (status, body) = http(addr, "GET", "/state");
+    let (status, body) = http(addr, "GET", "/state").unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A live pipeline with the dashboard and, with `views`, a count and a top-k view over a
@@ -100,7 +75,7 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     let d = run.dashboard.clone().expect("the run serves its dashboard");
 
     // The page: whole, with nothing fetched from elsewhere (no CDN: air-gapped plants).
-    let (status, page) = http(&d, "GET", "/");
+    let (status, page) = http(&d, "GET", "/").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("<title>seqflow</title>") && page.contains("new EventSource(\"/events\")"));
     for outside in ["http://", "https://", "//cdn", "<link", "src=\""] {
@@ -125,7 +100,7 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     assert_eq!(s["watched"].as_object().unwrap().len(), 3);
 
     // Following a key (percent-encoded), then another; stopping.
-    let (status, _) = http(&d, "GET", "/watch?key=k%32");
+    let (status, _) = http(&d, "GET", "/watch?key=k%32").unwrap();
     assert_eq!(status, 200);
     send(&run.addr, 30, 35, Duration::ZERO, &AtomicBool::new(false));
     wait_for(|| state(&d)["run"]["predictions"] == 140, "the next predictions");
@@ -134,7 +109,7 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     let k2 = &s["watched"]["k2"];
     assert!(!k2["predictions"].as_array().unwrap().is_empty(), "{s}");
     assert!(!k2["inputs"].as_array().unwrap().is_empty(), "{s}");
-    http(&d, "GET", "/unwatch?key=k2");
+    http(&d, "GET", "/unwatch?key=k2").unwrap();
     assert_eq!(state(&d)["picked"], serde_json::json!([]));
 
     // The event stream (HTTP/1.1, chunked, as browsers ask): a `data:` document within a
@@ -168,11 +143,11 @@ fn the_dashboard_serves_its_page_state_and_events_during_a_live_run() {
     drop(s);
 
     // An HTTP/1.0 stream could not be chunked: refused rather than buffered without end.
-    assert_eq!(http(&d, "GET", "/events").0, 505);
+    assert_eq!(http(&d, "GET", "/events").unwrap().0, 505);
     // Only GET; unknown paths are 404; a watch needs its key.
-    assert_eq!(http(&d, "POST", "/watch?key=k1").0, 405);
-    assert_eq!(http(&d, "GET", "/nothing").0, 404);
-    assert_eq!(http(&d, "GET", "/watch").0, 400);
+    assert_eq!(http(&d, "POST", "/watch?key=k1").unwrap().0, 405);
+    assert_eq!(http(&d, "GET", "/nothing").unwrap().0, 404);
+    assert_eq!(http(&d, "GET", "/watch").unwrap().0, 400);
     run.stop();
 }
 
@@ -243,6 +218,27 @@ fn a_file_run_writes_its_report() {
     assert!(stderr(&o).contains("report"), "{}", stderr(&o));
 }
 
+/// `tests/browser/dashboard.mjs URL SHOT FLAG` in headless Chromium: its JSON summary, or
+/// what it said when the check failed.
+fn browser(url: &str, shot: &Path, flag: &str) -> Result<serde_json::Value, String> {
+    let o = std::process::Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs"))
+        .arg(url)
+        .arg(shot)
+        .arg(flag)
+        .output()
+        .map_err(|e| format!("node: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if !o.status.success() {
+        return Err(said);
+    }
+    serde_json::from_str(said.trim()).map_err(|_| said)
+}
+
 #[test]
 #[ignore = "needs Chromium and playwright-core (scripts/test installs them)"]
 fn the_page_follows_a_run_in_headless_chromium() {
@@ -256,23 +252,11 @@ fn the_page_follows_a_run_in_headless_chromium() {
     let (addr, stopping) = (run.addr.clone(), stop.clone());
     let feeder = std::thread::spawn(move || send(&addr, 0, 3000, Duration::from_millis(10), &stopping));
     let shot = dir.path().join("dashboard.png");
-    let o = std::process::Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()))
-        .arg(root.join("tests/browser/dashboard.mjs"))
-        .arg(format!("http://{d}/"))
-        .arg(&shot)
-        .arg("--expect-views")
-        .output()
-        .expect("node runs");
+    let checked = browser(&format!("http://{d}/"), &shot, "--expect-views");
     stop.store(true, Ordering::Relaxed);
     feeder.join().unwrap();
     run.stop();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{said}");
-    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"));
+    let summary = checked.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         summary["rows_later"].as_f64() > summary["rows_first"].as_f64(),
         "{summary}"
@@ -299,20 +283,8 @@ fn the_page_follows_a_run_in_headless_chromium() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let shot = dir.path().join("report.png");
-    let o = std::process::Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()))
-        .arg(root.join("tests/browser/dashboard.mjs"))
-        .arg(format!("file://{}", report.display()))
-        .arg(&shot)
-        .arg("--report")
-        .output()
-        .expect("node runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{said}");
-    let summary: serde_json::Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{said}"));
+    let summary =
+        browser(&format!("file://{}", report.display()), &shot, "--report").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary["keys"], 5, "{summary}");
     let _ = std::fs::copy(&shot, root.join("target/report-test.png"));
 }

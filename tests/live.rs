@@ -42,17 +42,6 @@ fn read_jsonl(path: &Path) -> BTreeMap<String, BTreeMap<i64, Vec<f32>>> {
     out
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn line(key: &str, t: i64, f: &[f32]) -> String {
     format!(
         "{{\"key\": \"{key}\", \"t\": {t}, \"f0\": {}, \"f1\": {}}}\n",

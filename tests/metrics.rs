@@ -6,24 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::pipeline::*;
-
-/// One HTTP/1.0 request: (status, body).
-fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
-    Ok((status, body))
-}
 
 /// `series{labels} value` lines as series -> value (comments skipped).
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -43,17 +30,6 @@ fn scrape(addr: &str) -> BTreeMap<String, f64> {
     let (status, body) = http(addr, "GET", "/metrics").expect("scrape");
     assert_eq!(status, 200, "{body}");
     parse(&body)
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn pipeline(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {

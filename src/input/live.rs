@@ -389,6 +389,18 @@ impl Shared {
 }
 
 impl Shared {
+    /// Keys are integers or strings for the whole run: the first accepted key decides.
+    /// Whether `kind` is (now) the run's.
+    fn lock_key_kind(&self, kind: u8) -> bool {
+        match self
+            .key_kind
+            .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(k) => k == kind,
+        }
+    }
+
     /// The same settings and key kind, with a stop flag of its own that is never set: a
     /// broker message is parsed whole, whatever the run's flag says.
     fn detached(s: &Shared) -> Shared {
@@ -650,14 +662,7 @@ fn route_arrow(
         } else {
             KIND_STR
         };
-        let locked = match s
-            .key_kind
-            .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => kind,
-            Err(k) => k,
-        };
-        if locked != kind {
+        if !s.lock_key_kind(kind) {
             return Err(format!(
                 "its keys are {} but the stream's keys so far are {}; a stream's keys are all one type",
                 if kind == KIND_INT { "integers" } else { "strings" },
@@ -894,14 +899,7 @@ fn parse_line(
     } else {
         KIND_STR
     };
-    let locked = match s
-        .key_kind
-        .compare_exchange(KIND_UNSET, kind, Ordering::AcqRel, Ordering::Acquire)
-    {
-        Ok(_) => kind,
-        Err(k) => k,
-    };
-    if locked != kind {
+    if !s.lock_key_kind(kind) {
         let (this, first) = if kind == KIND_INT {
             ("an integer", "strings")
         } else {

@@ -398,3 +398,28 @@ pub fn broker_file_reference(dir: &Path, msgs: &[(String, String)]) -> Vec<Strin
     assert!(o.status.success(), "{}", stderr(&o));
     sorted_lines(&dir.join("ref.jsonl"))
 }
+
+/// Polls `cond` every 20 ms until it holds; fails the test after 20 s naming `what`.
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.0 request to one of the run's servers: (status, body).
+pub fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
+    Ok((status, body))
+}
