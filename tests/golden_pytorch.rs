@@ -191,3 +191,30 @@ fn bf16_error_on_every_golden_model() {
         );
     }
 }
+
+/// The portable path (faer GEMMs and the multiversioned gate loops), which CPUs without
+/// AVX-512 run: the golden tests again in a child with `SEQFLOW_KERNEL=generic` (the kernel
+/// choice is made once per process). On this AVX-512 machine nothing else exercises it for
+/// GRUs, RNNs and LSTMs without a projection.
+#[test]
+fn the_portable_kernels_match_pytorch_too() {
+    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic") {
+        return; // the child itself
+    }
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SEQFLOW_KERNEL", "generic")
+        .args([
+            "--exact",
+            "offline_form_matches_pytorch",
+            "batched_offline_matches_pytorch",
+            "streamed_step_by_step_matches_pytorch",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("test result: ok. 3 passed"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
