@@ -47,6 +47,7 @@ pub mod outfiles;
 pub mod pipeline;
 pub mod record;
 pub mod replay;
+pub mod session;
 pub mod sink;
 pub mod sink_kafka;
 pub mod sink_mqtt;

@@ -410,6 +410,16 @@ impl Sink {
         &self.display
     }
 
+    /// The output's names and types.
+    pub fn schema(&self) -> &OutputSchema {
+        &self.schema
+    }
+
+    /// The output's Arrow schema.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        self.arrow_schema.clone()
+    }
+
     /// A sink that writes nothing and encodes: [`Sink::json_lines`] (the MQTT output).
     pub fn encoder(schema: OutputSchema) -> Sink {
         let arrow_schema = schema.arrow();

@@ -144,6 +144,34 @@ impl Identity {
     }
 }
 
+/// The model's checksum as an identity shows it: CRC-32 of its file and weights file.
+pub fn model_checksum(model: &crate::model::Model) -> Result<String> {
+    let mut crc = crc32fast::Hasher::new();
+    for p in std::iter::once(model.path()).chain(model.weights_path()) {
+        crc.update(&crate::outfiles::read_regular(p)?);
+    }
+    Ok(format!("{:08x}", crc.finalize()))
+}
+
+/// Normalization as an identity shows it: every digit, since a statistic that changes in
+/// its last bit changes the inputs.
+pub fn normalize_text(n: Option<&crate::vocab::Normalize>) -> String {
+    match n {
+        Some(n) => format!("{{ mean = {:?}, std = {:?} }}", n.mean, n.std),
+        None => "none".into(),
+    }
+}
+
+/// The emit mode as an identity shows it.
+pub fn emit_text(emit: crate::vocab::Emit) -> String {
+    use crate::vocab::Emit;
+    match emit {
+        Emit::EveryStep => "\"every_step\"".into(),
+        Emit::SequenceEnd { all_steps } => format!("\"sequence_end\" (all_steps = {all_steps})"),
+        Emit::Window { size, hop } => format!("\"window\" (size = {size}, hop = {hop})"),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

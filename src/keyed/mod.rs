@@ -277,6 +277,13 @@ impl KeyedProcessor {
         }
     }
 
+    /// The keys held, in the order they were first seen (index order).
+    pub fn held_keys(&self) -> Vec<crate::record::Key> {
+        let mut held = self.keys.held();
+        held.sort_unstable();
+        held.into_iter().map(|k| self.keys.get(k).to_owned()).collect()
+    }
+
     /// Empty checkpoint rows of this processor's shape, to restore into.
     pub fn empty_rows(&self, int_keys: bool) -> StateRows {
         StateRows::new(int_keys, self.order.fill_width())

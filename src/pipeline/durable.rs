@@ -17,7 +17,6 @@ use crate::input::files::Plan;
 use crate::model::Model;
 use crate::outfiles::Outputs;
 use crate::record::{KeyColumn, OutBatch};
-use crate::vocab::Emit;
 use crate::vocab::FileFormat;
 use arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -26,10 +25,6 @@ use std::sync::Arc;
 /// and input. A resume with any of these changed would apply old state to other data.
 /// `plan`: the input of a file run (live runs have none).
 pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: Option<&Plan>) -> Result<Identity> {
-    let mut crc = crc32fast::Hasher::new();
-    for p in std::iter::once(model.path()).chain(model.weights_path()) {
-        crc.update(&crate::outfiles::read_regular(p)?);
-    }
     let c = &cfg.source.columns;
     let files: Vec<String> = plan.map_or_else(Vec::new, |plan| {
         plan.files
@@ -48,31 +43,20 @@ pub(crate) fn identity(cfg: &PipelineConfig, model: &Model, plan: Option<&Plan>)
     let mut fields: Vec<(String, String)> = vec![
         (
             "the model (CRC-32 of its file and weights)".into(),
-            format!("{:08x}", crc.finalize()),
+            crate::checkpoint::model_checksum(model)?,
         ),
         ("key".into(), typed(&c.key, plan.map(|p| &p.key_type))),
         ("time".into(), typed(&c.time, plan.map(|p| &p.time_type))),
         ("features".into(), format!("{:?}", c.features)),
         (
             "normalize".into(),
-            match &c.normalize {
-                // Every digit: a statistic that changes in its last bit changes the inputs.
-                Some(n) => format!("{{ mean = {:?}, std = {:?} }}", n.mean, n.std),
-                None => "none".into(),
-            },
+            crate::checkpoint::normalize_text(c.normalize.as_ref()),
         ),
         (
             "nan".into(),
             format!("\"{}\"", format!("{:?}", c.nan).to_lowercase()),
         ),
-        (
-            "emit".into(),
-            match cfg.output.emit {
-                Emit::EveryStep => "\"every_step\"".into(),
-                Emit::SequenceEnd { all_steps } => format!("\"sequence_end\" (all_steps = {all_steps})"),
-                Emit::Window { size, hop } => format!("\"window\" (size = {size}, hop = {hop})"),
-            },
-        ),
+        ("emit".into(), crate::checkpoint::emit_text(cfg.output.emit)),
     ];
     if plan.is_some() {
         // Epochs are record batches of these files: both decide what a boundary means.
