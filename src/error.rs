@@ -47,6 +47,9 @@ pub enum Error {
     /// Input data is wrong: a missing or mistyped column, a NaN feature, a corrupt file.
     #[error("{path}: {msg}")]
     Data { path: PathBuf, msg: String },
+    /// An in-process session's settings do not fit its model (`seqflow::session`).
+    #[error("session of model {path}: {msg}")]
+    SessionConfig { path: PathBuf, msg: String },
 
     /// A problem with output: an unwritable file, a failing encoder.
     #[error("output {path}: {msg}")]

@@ -85,7 +85,10 @@ impl Session {
     /// A session of `model` reading `cfg`'s columns; checked against the model as a pipeline
     /// is (feature count, output names, every_step needs a causal model).
     pub fn new(model: Arc<Model>, mut cfg: SessionConfig) -> Result<Session> {
-        let err = |msg: String| Error::Runtime(format!("session of model {}: {msg}", model.path().display()));
+        let err = |msg: String| Error::SessionConfig {
+            path: model.path().to_path_buf(),
+            msg,
+        };
         cfg.columns.check().map_err(err)?;
         if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
             return Err(err(format!(

@@ -213,6 +213,49 @@ fn layer_detail(layer: &Layer) -> String {
     }
 }
 
+/// One layer as `inspect` shows it (and the Python binding's `Model.inspect()`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRow {
+    /// Its position, from 0.
+    pub index: usize,
+    /// Its kind (`lstm`, `conv1d`, ...).
+    pub kind: &'static str,
+    /// Its name in the model file (the weights' prefix), if any.
+    pub name: Option<String>,
+    /// Values per step in.
+    pub inputs: usize,
+    /// Values per step out.
+    pub outputs: usize,
+    /// Parameters.
+    pub params: usize,
+    /// Bytes of streamed state per key.
+    pub state_bytes: usize,
+    /// Its options in words (`hidden 64, bidirectional`).
+    pub detail: String,
+}
+
+impl Model {
+    /// Every layer as `inspect` shows it.
+    pub fn layer_rows(&self) -> Vec<LayerRow> {
+        self.layers()
+            .enumerate()
+            .map(|(i, (lc, layer))| {
+                let state = layer.state_spec(self.width_at(i));
+                LayerRow {
+                    index: lc.index,
+                    kind: lc.kind.type_name(),
+                    name: lc.name.clone(),
+                    inputs: self.width_at(i),
+                    outputs: self.width_at(i + 1),
+                    params: layer.params(),
+                    state_bytes: state.floats * 4 + if state.counter { 8 } else { 0 },
+                    detail: layer_detail(layer),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The `inspect` report.
 pub struct Summary<'a>(pub &'a Model);
 
@@ -234,20 +277,18 @@ impl fmt::Display for Summary<'_> {
             "  {:<28} {:>13} {:>10} {:>11}  details",
             "layer", "in -> out", "params", "state/key"
         )?;
-        for (i, (lc, layer)) in m.layers().enumerate() {
-            let state = layer.state_spec(m.width_at(i));
-            let bytes = state.floats * 4 + if state.counter { 8 } else { 0 };
+        for ((lc, _), r) in m.layers().zip(m.layer_rows()) {
             let row = format!(
                 "  {:<28} {:>13} {:>10} {:>11}  {}",
                 lc.label(),
-                format!("{} -> {}", m.width_at(i), m.width_at(i + 1)),
-                group_digits(layer.params()),
-                if bytes == 0 {
+                format!("{} -> {}", r.inputs, r.outputs),
+                group_digits(r.params),
+                if r.state_bytes == 0 {
                     "-".to_string()
                 } else {
-                    format!("{bytes} B")
+                    format!("{} B", r.state_bytes)
                 },
-                layer_detail(layer)
+                r.detail
             );
             // Layers without details (activations) would end in spaces.
             writeln!(f, "{}", row.trim_end())?;

@@ -25,7 +25,11 @@ use config::SourceKind;
 /// Runs a pipeline file: loads and checks it against its model, then runs it over its files
 /// or its live stream. Returns the report on process 0, `None` on the others.
 pub fn run(pipeline: &Path, opts: &RunOptions) -> Result<Option<RunReport>> {
-    let mut cfg = PipelineConfig::load(pipeline, &opts.overrides)?;
+    run_config(PipelineConfig::load(pipeline, &opts.overrides)?, opts)
+}
+
+/// Runs a parsed pipeline (`PipelineConfig::parse`: the Python binding's `run` of a dict).
+pub fn run_config(mut cfg: PipelineConfig, opts: &RunOptions) -> Result<Option<RunReport>> {
     let model = Arc::new(Model::load(&cfg.model_path)?);
     cfg.check_model(&model)?;
     match cfg.source.kind.clone() {
