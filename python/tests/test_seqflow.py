@@ -124,6 +124,31 @@ def test_pushes_over_any_split_equal_predict(model, sample, cli, workers):
     assert len(s.keys()) == 50
 
 
+@pytest.mark.parametrize(
+    "emit",
+    [
+        {"emit": "sequence_end"},
+        {"emit": "sequence_end", "all_steps": True},
+        {"emit": "window", "size": 48, "hop": 12},
+    ],
+)
+def test_every_emit_mode_equals_the_pipeline(tmp_path, model, sample, emit):
+    p = demo_pipeline(tmp_path)
+    p["output"] = {**p["output"], **emit}
+    seqflow.run(p, workers=2)
+    want = pq.read_table(tmp_path / "demo.parquet")
+    assert want.num_rows > 0
+    got = model.predict(sample, **ARGS, **{k: v for k, v in emit.items()}, workers=2)
+    assert_same(got, want)
+    # A session holds sequence_end's outputs until finish().
+    s = model.session(**ARGS, **emit)
+    pushed = s.push(sample)
+    held = s.finish()
+    if emit["emit"] == "sequence_end":
+        assert pushed.num_rows == 0
+    assert_same(pa.concat_tables([pushed, held]), want)
+
+
 def test_pandas_and_pyarrow_inputs_agree(model, sample):
     pd = pytest.importorskip("pandas")
     df = sample.to_pandas()
