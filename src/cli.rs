@@ -139,6 +139,19 @@ enum Command {
         /// The pipeline's [checkpoint] dir.
         dir: PathBuf,
     },
+    /// Convert an ONNX model (torch.onnx.export, Keras converters, hand-built graphs) into a
+    /// model file and its safetensors weights, under PyTorch's names.
+    Import {
+        /// The .onnx file.
+        onnx: PathBuf,
+        /// The model file to write (`models/m.toml`); the weights go beside it, with the
+        /// extension `.safetensors`.
+        #[arg(long, value_name = "MODEL.toml")]
+        out: PathBuf,
+        /// Replace the model file and its weights if they exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a model's layers, shapes, parameter count, receptive field and whether it streams.
     Inspect {
         /// The model TOML (its weights file is read too).
@@ -176,6 +189,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Checkpoint { dir } => {
             out!("{}", seqflow::checkpoint::Listing::read(&dir)?);
         }
+        Command::Import { onnx, out, force } => import(&onnx, &out, force)?,
         Command::Inspect { model, trace } => {
             // Library errors already name the file, layer and tensor at fault.
             let m = Model::load(&model)?;
@@ -367,4 +381,73 @@ pub fn render(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// `seqflow import`: the ONNX graph as a model file and its weights, each written whole
+/// (`.partial`, then renamed), after the model loaded from them in memory.
+fn import(onnx: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    use anyhow::bail;
+    if out.extension().and_then(|e| e.to_str()) != Some("toml") {
+        bail!(
+            "--out {}: name the model file to write, ending in .toml",
+            out.display()
+        );
+    }
+    let weights = out.with_extension("safetensors");
+    seqflow::outfiles::check_distinct(
+        &[("ONNX model".into(), onnx.to_path_buf())],
+        &[
+            ("model file".into(), out.to_path_buf()),
+            ("weights file".into(), weights.clone()),
+        ],
+    )?;
+    if !force {
+        if let Some(p) = [out, weights.as_path()].into_iter().find(|p| p.exists()) {
+            bail!("{} exists; pass --force to replace it", p.display());
+        }
+    }
+    let imported = seqflow::onnx::import(onnx)?;
+    // Checked in memory first (the loader binds every tensor), so nothing is written for a
+    // graph that would not load.
+    let m = Model::load(onnx)?;
+    let tensors: Vec<(String, seqflow::model::weights::Tensor)> = imported
+        .tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                seqflow::model::weights::Tensor {
+                    shape: t.shape.clone(),
+                    data: t.data.clone(),
+                },
+            )
+        })
+        .collect();
+    let name = weights
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("weights.safetensors");
+    let source = std::fs::canonicalize(onnx).unwrap_or_else(|_| onnx.to_path_buf());
+    let text = imported.model_toml(&source, name);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| seqflow::Error::io(dir, e))?;
+    }
+    seqflow::model::builder::write_safetensors(&weights, &tensors)?;
+    seqflow::outfiles::write_file(out, |f| {
+        use std::io::Write as _;
+        f.write_all(text.as_bytes())
+    })?;
+    for note in &imported.notes {
+        say!("seqflow import: {note}");
+    }
+    say!(
+        "seqflow import: wrote {} and {} ({} layers, {} parameters, {} -> {} values per step)",
+        out.display(),
+        weights.display(),
+        m.layer_rows().len(),
+        seqflow::vocab::group_digits(m.params()),
+        m.input_size(),
+        m.output_size()
+    );
+    Ok(())
 }

@@ -43,6 +43,7 @@ pub mod keyed;
 pub mod latency;
 pub mod metrics;
 pub mod model;
+pub mod onnx;
 pub mod outfiles;
 pub mod pipeline;
 pub mod record;

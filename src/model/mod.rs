@@ -30,7 +30,7 @@ pub use packed::{Layout, Packed};
 use recurrent::{RecScratch, Recurrent};
 pub use state::{StateArena, StateSpec};
 use tensors::Shape;
-use weights::WeightStore;
+use weights::{Tensor, WeightStore};
 use window::{Conv1d, Pool1d, Window};
 
 use crate::error::{Error, Result};
@@ -182,7 +182,23 @@ impl SequenceOutput {
 
 impl Model {
     /// Loads a model TOML and the weights it names, validating everything once.
+    /// An `.onnx` file is imported in memory (`crate::onnx`), its weights under PyTorch's
+    /// names, as `seqflow import` would write them.
     pub fn load(path: &Path) -> Result<Model> {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            let imported = crate::onnx::import(path)?;
+            let config = ModelConfig::parse(&imported.layers_toml, path)?;
+            let tensors = imported.tensors.into_iter().map(|(name, t)| {
+                (
+                    name,
+                    Tensor {
+                        shape: t.shape,
+                        data: t.data,
+                    },
+                )
+            });
+            return Model::from_parts(config, WeightStore::from_tensors(path, tensors));
+        }
         let config = ModelConfig::load(path)?;
         let store = match &config.weights {
             Some(w) => WeightStore::load(w)?,
