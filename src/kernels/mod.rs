@@ -204,6 +204,58 @@ multiversion! {
 }
 
 multiversion! {
+    /// GRU with the reset before the recurrent product, first half: `rh = r * h` with
+    /// `r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)` (`x`, `hp` and `bias` as for
+    /// [`gru_gates`]), for the product `W_hn (r * h)` that comes next.
+    pub fn gru_reset(x: &[f32], hp: &[f32], bias: &[f32], h: &[f32], rh: &mut [f32], hid: usize) {
+        let br = &bias[..hid];
+        for (((x, hp), h), rh) in x
+            .chunks_exact(3 * hid)
+            .zip(hp.chunks_exact(3 * hid))
+            .zip(h.chunks_exact(hid))
+            .zip(rh.chunks_exact_mut(hid))
+        {
+            let (xr, pr, h, rh) = (&x[..hid], &hp[..hid], &h[..hid], &mut rh[..hid]);
+            for u in 0..hid {
+                rh[u] = sigmoid(xr[u] + br[u] + pr[u]) * h[u];
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// GRU with the reset before the recurrent product (ONNX `linear_before_reset = 0`),
+    /// second half: `pn` holds `W_hn (r * h)`;
+    /// `n = tanh(W_in x + b_in + pn + b_hn)`, `h = (1 - z) n + z h`.
+    pub fn gru_gates_reset_before(
+        x: &[f32],
+        hp: &[f32],
+        pn: &[f32],
+        bias: &[f32],
+        b_hn: &[f32],
+        h: &mut [f32],
+        hid: usize,
+    ) {
+        let (bz, bn) = (&bias[hid..2 * hid], &bias[2 * hid..3 * hid]);
+        let b_hn = &b_hn[..hid];
+        for (((x, hp), pn), h) in x
+            .chunks_exact(3 * hid)
+            .zip(hp.chunks_exact(3 * hid))
+            .zip(pn.chunks_exact(hid))
+            .zip(h.chunks_exact_mut(hid))
+        {
+            let (xz, xn) = (&x[hid..2 * hid], &x[2 * hid..]);
+            let (pz, pn, h) = (&hp[hid..2 * hid], &pn[..hid], &mut h[..hid]);
+            for u in 0..hid {
+                let z = sigmoid(xz[u] + bz[u] + pz[u]);
+                let n = tanh(xn[u] + bn[u] + pn[u] + b_hn[u]);
+                h[u] = (1.0 - z) * n + z * h[u];
+            }
+        }
+    }
+}
+
+multiversion! {
     /// RNN cell update: `h = act(x + bias + hp)`, `x` = `W_ih x`, `hp` = `W_hh h`.
     pub fn rnn_gates(x: &[f32], hp: &[f32], bias: &[f32], h: &mut [f32], relu: bool) {
         let hid = bias.len();

@@ -189,12 +189,14 @@ pub(super) fn build_layer(
             hidden_size,
             num_layers,
             bidirectional,
+            linear_before_reset,
         } => build_recurrent(
             lc,
             *cell,
             width,
             [*hidden_size, *num_layers],
             *bidirectional,
+            *linear_before_reset,
             precision,
             store,
         )?,
@@ -206,12 +208,14 @@ pub(super) fn build_layer(
 /// Reads a recurrent stack's sizes from its tensors (hidden from `weight_ih_l0`, layers and
 /// directions from which tensors exist, the projection from `weight_hr_l0`), checks what
 /// the model file states, then takes every tensor.
+#[allow(clippy::too_many_arguments)]
 fn build_recurrent(
     lc: &LayerConfig,
     cell: CellKind,
     width: usize,
     [hidden_size, num_layers]: [Option<usize>; 2],
     bidirectional: Option<bool>,
+    linear_before_reset: bool,
     precision: Precision,
     store: &mut WeightStore,
 ) -> Result<Layer> {
@@ -322,7 +326,15 @@ fn build_recurrent(
         })
         .collect();
     Ok(Layer::Recurrent(Recurrent::new(
-        cell, width, hidden, proj, layers, bidir, precision, &weights,
+        cell,
+        width,
+        hidden,
+        proj,
+        layers,
+        bidir,
+        precision,
+        &weights,
+        linear_before_reset,
     )))
 }
 

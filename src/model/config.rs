@@ -187,6 +187,11 @@ pub enum LayerKindConfig {
         num_layers: Option<usize>,
         /// Whether bidirectional, if stated.
         bidirectional: Option<bool>,
+        /// GRU: `false` applies the reset gate before the recurrent product,
+        /// `n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)` (ONNX's `linear_before_reset = 0`,
+        /// Keras' `reset_after = False`); `true` (the default) is PyTorch's
+        /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`.
+        linear_before_reset: bool,
     },
 }
 
@@ -278,6 +283,7 @@ enum RawLayer {
         num_layers: Option<usize>,
         bidirectional: Option<bool>,
         bias: Option<bool>,
+        linear_before_reset: Option<bool>,
     },
 }
 
@@ -357,7 +363,14 @@ fn steps(what: &str, v: usize) -> Result<usize, String> {
 
 fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
     use LayerKindConfig as K;
-    let rec = |cell, name, hidden_size, num_layers, bidirectional, sizes| -> Result<LayerConfig, String> {
+    let rec = |cell,
+               name,
+               hidden_size,
+               num_layers,
+               bidirectional,
+               sizes,
+               linear_before_reset|
+     -> Result<LayerConfig, String> {
         if let Some(h) = hidden_size {
             positive("hidden_size", h)?;
         }
@@ -372,6 +385,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 hidden_size,
                 num_layers,
                 bidirectional,
+                linear_before_reset,
             },
             sizes,
         })
@@ -441,6 +455,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 num_layers,
                 bidirectional,
                 sizes,
+                true,
             );
         }
         RawLayer::Lstm {
@@ -460,6 +475,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 num_layers,
                 bidirectional,
                 sizes,
+                true,
             );
         }
         RawLayer::Gru {
@@ -468,9 +484,18 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
             num_layers,
             bidirectional,
             bias,
+            linear_before_reset,
         } => {
             sizes.bias = bias;
-            return rec(CellKind::Gru, name, hidden_size, num_layers, bidirectional, sizes);
+            return rec(
+                CellKind::Gru,
+                name,
+                hidden_size,
+                num_layers,
+                bidirectional,
+                sizes,
+                linear_before_reset.unwrap_or(true),
+            );
         }
     };
     Ok(LayerConfig {

@@ -40,6 +40,9 @@ pub struct Cell {
     b_hn: Vec<f32>,
     /// LSTM with `proj_size`: `W_hr^T`, `[H x P]`.
     w_hr_t: Option<Vec<f32>>,
+    /// GRU with `linear_before_reset = false`: `W_hn^T`, `[H x H]`, applied to `r * h`
+    /// after the reset gate is known.
+    w_hn_t: Option<Vec<f32>>,
     /// The same weights packed for the fused kernel, where it runs (AVX-512, no projection);
     /// `None` keeps the faer path.
     fused: Option<FusedCell>,
@@ -76,6 +79,8 @@ pub struct Recurrent {
     pub bidirectional: bool,
     /// `bias`.
     pub has_bias: bool,
+    /// GRU: PyTorch's reset (`true`), or the reset before the recurrent product.
+    pub linear_before_reset: bool,
     /// Indexed `layer * dirs + direction`.
     cells: Vec<Cell>,
 }
@@ -88,6 +93,8 @@ pub struct RecScratch {
     c: Vec<f32>,
     gh: Vec<f32>,
     hraw: Vec<f32>,
+    /// GRU with the reset before the product: `W_hn (r * h)`.
+    pn: Vec<f32>,
     /// The bf16 kernel's inputs rounded to pairs.
     pairs: Vec<u32>,
     stages: [Packed; 2],
@@ -105,7 +112,9 @@ impl Recurrent {
         bidirectional: bool,
         precision: Precision,
         weights: &[CellWeights<'_>],
+        linear_before_reset: bool,
     ) -> Recurrent {
+        let reset_before = cell == CellKind::Gru && !linear_before_reset;
         let g = cell.gates();
         let hout = proj.unwrap_or(hidden);
         let dirs = if bidirectional { 2 } else { 1 };
@@ -140,9 +149,12 @@ impl Recurrent {
                         relu: nl == Nonlinearity::Relu,
                     },
                 };
-                let fused = match w.w_hr {
-                    Some(_) => None,
-                    None => FusedCell::new(gates, precision, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh),
+                // The fused kernel has PyTorch's GRU only.
+                let fused = match (w.w_hr, reset_before) {
+                    (None, false) => {
+                        FusedCell::new(gates, precision, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+                    }
+                    _ => None,
                 };
                 Cell {
                     in_w,
@@ -152,6 +164,7 @@ impl Recurrent {
                     bias_x,
                     b_hn,
                     w_hr_t: w.w_hr.map(|m| transpose(m, hout, hidden)),
+                    w_hn_t: reset_before.then(|| transpose(&w.w_hh[2 * hidden * hout..], hidden, hout)),
                 }
             })
             .collect();
@@ -163,6 +176,7 @@ impl Recurrent {
             num_layers,
             bidirectional,
             has_bias,
+            linear_before_reset: !reset_before,
             cells,
         }
     }
@@ -312,8 +326,11 @@ impl Recurrent {
         let block = BLOCK_ROWS.min(b0);
         s.pre.resize(block * gh, 0.0);
         s.gh.resize(block * gh, 0.0);
-        if cell.w_hr_t.is_some() {
+        if cell.w_hr_t.is_some() || cell.w_hn_t.is_some() {
             s.hraw.resize(block * hid, 0.0);
+        }
+        if cell.w_hn_t.is_some() {
+            s.pn.resize(block * hid, 0.0);
         }
         for step in 0..waves {
             // Backward direction walks the wavefronts in reverse; keys join as their last
@@ -346,7 +363,17 @@ impl Recurrent {
                             None => kernels::lstm_gates(x, hp, bias, c, h, hid),
                         }
                     }
-                    CellKind::Gru => kernels::gru_gates(x, hp, bias, &cell.b_hn, h, hid),
+                    CellKind::Gru => match &cell.w_hn_t {
+                        None => kernels::gru_gates(x, hp, bias, &cell.b_hn, h, hid),
+                        Some(w_hn_t) => {
+                            // Reset first: `hp`'s n columns are replaced by W_hn (r * h).
+                            let rh = &mut s.hraw[..n * hid];
+                            kernels::gru_reset(x, hp, bias, h, rh, hid);
+                            let pn = &mut s.pn[..n * hid];
+                            kernels::gemm(pn, rh, w_hn_t, n, hid, hid);
+                            kernels::gru_gates_reset_before(x, hp, pn, bias, &cell.b_hn, h, hid);
+                        }
+                    },
                 }
                 for (i, hrow) in h.chunks_exact(hout).enumerate() {
                     let r = ra + i;

@@ -208,6 +208,9 @@ fn layer_detail(layer: &Layer) -> String {
             if let CellKind::Rnn(Nonlinearity::Relu) = r.cell {
                 s.push_str(", relu");
             }
+            if !r.linear_before_reset {
+                s.push_str(", reset before the recurrent product");
+            }
             s
         }
     }

@@ -104,6 +104,7 @@ impl Shape {
                 hidden_size,
                 num_layers,
                 bidirectional,
+                ..
             } => Shape::Recurrent {
                 cell: *cell,
                 input: width,

@@ -127,6 +127,8 @@ enum Layer {
     Rnn {
         cell: &'static str,
         relu: bool,
+        /// GRU with ONNX's `linear_before_reset = 0`.
+        reset_before: bool,
         module: Option<String>,
         hidden: usize,
         bidirectional: bool,
@@ -932,12 +934,6 @@ impl<'g> Walker<'g> {
                 ("lstm", false, 4, &[0, 2, 3, 1])
             }
             "GRU" => {
-                if attr_i(n, "linear_before_reset", 0) != 1 {
-                    return Err(self.refuse_node(
-                        n,
-                        "linear_before_reset = 0 (the ONNX default, used by some Keras exports) resets before the recurrent product; seqflow's GRU is PyTorch's (linear_before_reset = 1)",
-                    ));
-                }
                 let default = ["sigmoid", "tanh"];
                 if !acts.is_empty() && acts.chunks(2).any(|c| c != default) {
                     return Err(self.refuse_node(
@@ -1038,16 +1034,19 @@ impl<'g> Walker<'g> {
         }
         let module = Self::module_of(n);
         let bidirectional = dirs == 2;
+        let reset_before = op == "GRU" && attr_i(n, "linear_before_reset", 0) == 0;
         match self.layers.last_mut() {
             Some(Layer::Rnn {
                 cell: c,
                 relu: rl,
+                reset_before: rb,
                 module: Some(m),
                 hidden: h,
                 bidirectional: bd,
                 layers,
             }) if *c == cell
                 && *rl == relu
+                && *rb == reset_before
                 && module.as_deref() == Some(m.as_str())
                 && *h == hidden
                 && *bd == bidirectional =>
@@ -1057,6 +1056,7 @@ impl<'g> Walker<'g> {
             _ => self.layers.push(Layer::Rnn {
                 cell,
                 relu,
+                reset_before,
                 module,
                 hidden,
                 bidirectional,
@@ -1361,6 +1361,7 @@ impl<'g> Walker<'g> {
                 Layer::Rnn {
                     cell,
                     relu,
+                    reset_before,
                     module,
                     layers,
                     ..
@@ -1375,6 +1376,9 @@ impl<'g> Walker<'g> {
                             "nonlinearity = \"{}\"\n",
                             if relu { "relu" } else { "tanh" }
                         ));
+                    }
+                    if reset_before {
+                        toml.push_str("linear_before_reset = false\n");
                     }
                     for (k, dirs) in layers.into_iter().enumerate() {
                         for (d, (wi, wh, bi, bh)) in dirs.into_iter().enumerate() {
@@ -1391,6 +1395,9 @@ impl<'g> Walker<'g> {
                     }
                 }
             }
+        }
+        if !toml.ends_with('\n') {
+            toml.push('\n');
         }
         Ok(Imported {
             layers_toml: toml,

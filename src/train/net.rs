@@ -101,6 +101,17 @@ impl Net {
         let mut non_causal = None;
         for (i, (lc, layer)) in model.layers().enumerate() {
             let width = model.width_at(i);
+            if let Layer::Recurrent(r) = layer {
+                if !r.linear_before_reset {
+                    return Err(Error::Unsupported {
+                        path: model.path().to_path_buf(),
+                        msg: format!(
+                            "layer {}: a GRU with linear_before_reset = false runs, but does not train yet",
+                            lc.label()
+                        ),
+                    });
+                }
+            }
             if non_causal.is_none() {
                 non_causal = layer.non_causal().map(|w| format!("layer {}: {w}", lc.label()));
             }
