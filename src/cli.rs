@@ -441,14 +441,15 @@ fn import(onnx: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow:
         say!("seqflow import: {note}");
     }
     say!(
-        "seqflow import: wrote {} and {} ({} layer{}, {} parameters, {} -> {} values per step)",
+        "seqflow import: wrote {} and {} ({} layer{}, {} parameters, {} -> {} value{} per step)",
         out.display(),
         weights.display(),
         m.layer_rows().len(),
         if m.layer_rows().len() == 1 { "" } else { "s" },
         seqflow::vocab::group_digits(m.params()),
         m.input_size(),
-        m.output_size()
+        m.output_size(),
+        if m.output_size() == 1 { "" } else { "s" }
     );
     Ok(())
 }

@@ -151,6 +151,8 @@ fn import_then_run_equals_running_the_onnx() {
         "ts_cnn_causal_lstm",
         "dy_lstm_2layers_bidirectional",
         "hb_rnn_relu_gemm",
+        "hb_lstm_reverse_then_rnn",
+        "hb_gru_reset_before",
     ] {
         let onnx = fixtures().join(case).join("model.onnx");
         let out = dir.path().join(case).join("m.toml");
@@ -221,4 +223,24 @@ fn import_then_run_equals_running_the_onnx() {
     }
     assert_eq!(outs[0], outs[1]);
     assert_eq!(outs[0].lines().count(), 41);
+}
+
+/// The same graphs on the portable kernels (faer + multiversioned gates), which CPUs without
+/// AVX-512 run: a child process with `SEQFLOW_KERNEL=generic`.
+#[test]
+fn the_portable_kernels_equal_onnxruntime_too() {
+    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic") {
+        return; // the child itself
+    }
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SEQFLOW_KERNEL", "generic")
+        .args(["--exact", "every_graph_equals_onnxruntime_offline_and_streamed"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("test result: ok. 1 passed"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -190,13 +190,14 @@ pub(super) fn build_layer(
             num_layers,
             bidirectional,
             linear_before_reset,
+            reverse,
         } => build_recurrent(
             lc,
             *cell,
             width,
             [*hidden_size, *num_layers],
             *bidirectional,
-            *linear_before_reset,
+            [*linear_before_reset, *reverse],
             precision,
             store,
         )?,
@@ -215,7 +216,7 @@ fn build_recurrent(
     width: usize,
     [hidden_size, num_layers]: [Option<usize>; 2],
     bidirectional: Option<bool>,
-    linear_before_reset: bool,
+    [linear_before_reset, reverse]: [bool; 2],
     precision: Precision,
     store: &mut WeightStore,
 ) -> Result<Layer> {
@@ -259,6 +260,16 @@ fn build_recurrent(
     };
     said("hidden_size", hidden_size, hidden)?;
     said("num_layers", num_layers, layers)?;
+    if reverse && bidir {
+        return Err(Error::ModelConfig {
+            path: store.path.clone(),
+            msg: format!(
+                "layer {}: `reverse = true`, but the weights have `{}` tensors (a bidirectional layer)",
+                lc.label(),
+                lc.tensor("weight_ih_l0_reverse")
+            ),
+        });
+    }
     if let Some(b) = bidirectional.filter(|&b| b != bidir) {
         return Err(tensor_err(
             store,
@@ -335,6 +346,7 @@ fn build_recurrent(
         precision,
         &weights,
         linear_before_reset,
+        reverse,
     )))
 }
 

@@ -192,6 +192,9 @@ pub enum LayerKindConfig {
         /// Keras' `reset_after = False`); `true` (the default) is PyTorch's
         /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`.
         linear_before_reset: bool,
+        /// The one direction runs backwards, from each sequence's last step (ONNX's
+        /// `direction = "reverse"`); the output of step t depends on steps t.. (non-causal).
+        reverse: bool,
     },
 }
 
@@ -268,6 +271,7 @@ enum RawLayer {
         num_layers: Option<usize>,
         bidirectional: Option<bool>,
         bias: Option<bool>,
+        reverse: Option<bool>,
     },
     Lstm {
         name: Option<String>,
@@ -276,6 +280,7 @@ enum RawLayer {
         bidirectional: Option<bool>,
         proj_size: Option<usize>,
         bias: Option<bool>,
+        reverse: Option<bool>,
     },
     Gru {
         name: Option<String>,
@@ -284,6 +289,7 @@ enum RawLayer {
         bidirectional: Option<bool>,
         bias: Option<bool>,
         linear_before_reset: Option<bool>,
+        reverse: Option<bool>,
     },
 }
 
@@ -369,8 +375,15 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                num_layers,
                bidirectional,
                sizes,
-               linear_before_reset|
+               linear_before_reset,
+               reverse: Option<bool>|
      -> Result<LayerConfig, String> {
+        if reverse == Some(true) && bidirectional == Some(true) {
+            return Err(
+                "`reverse = true` and `bidirectional = true`: a layer runs backwards alone, or both ways"
+                    .into(),
+            );
+        }
         if let Some(h) = hidden_size {
             positive("hidden_size", h)?;
         }
@@ -386,6 +399,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 num_layers,
                 bidirectional,
                 linear_before_reset,
+                reverse: reverse.unwrap_or(false),
             },
             sizes,
         })
@@ -445,6 +459,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
             num_layers,
             bidirectional,
             bias,
+            reverse,
         } => {
             let nl = nonlinearity.unwrap_or(Nonlinearity::Tanh);
             sizes.bias = bias;
@@ -456,6 +471,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 bidirectional,
                 sizes,
                 true,
+                reverse,
             );
         }
         RawLayer::Lstm {
@@ -465,6 +481,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
             bidirectional,
             proj_size,
             bias,
+            reverse,
         } => {
             sizes.proj = proj_size.map(|v| positive("proj_size", v)).transpose()?;
             sizes.bias = bias;
@@ -476,6 +493,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 bidirectional,
                 sizes,
                 true,
+                reverse,
             );
         }
         RawLayer::Gru {
@@ -485,6 +503,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
             bidirectional,
             bias,
             linear_before_reset,
+            reverse,
         } => {
             sizes.bias = bias;
             return rec(
@@ -495,6 +514,7 @@ fn convert(index: usize, raw: RawLayer) -> Result<LayerConfig, String> {
                 bidirectional,
                 sizes,
                 linear_before_reset.unwrap_or(true),
+                reverse,
             );
         }
     };

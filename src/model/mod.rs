@@ -116,9 +116,11 @@ impl Layer {
     pub fn non_causal(&self) -> Option<&'static str> {
         match self {
             Layer::Conv(c) if c.window().lookahead => Some("padding = \"same\" looks ahead in time"),
-            Layer::Recurrent(r) if r.bidirectional => {
-                Some("a bidirectional layer reads the sequence backwards")
-            }
+            Layer::Recurrent(r) if r.bidirectional || r.reverse => Some(if r.reverse {
+                "a reverse layer reads the sequence backwards"
+            } else {
+                "a bidirectional layer reads the sequence backwards"
+            }),
             _ => None,
         }
     }

@@ -81,6 +81,8 @@ pub struct Recurrent {
     pub has_bias: bool,
     /// GRU: PyTorch's reset (`true`), or the reset before the recurrent product.
     pub linear_before_reset: bool,
+    /// The one direction runs backwards (not bidirectional).
+    pub reverse: bool,
     /// Indexed `layer * dirs + direction`.
     cells: Vec<Cell>,
 }
@@ -113,6 +115,7 @@ impl Recurrent {
         precision: Precision,
         weights: &[CellWeights<'_>],
         linear_before_reset: bool,
+        reverse: bool,
     ) -> Recurrent {
         let reset_before = cell == CellKind::Gru && !linear_before_reset;
         let g = cell.gates();
@@ -177,6 +180,7 @@ impl Recurrent {
             bidirectional,
             has_bias,
             linear_before_reset: !reset_before,
+            reverse: reverse && !bidirectional,
             cells,
         }
     }
@@ -296,10 +300,13 @@ impl Recurrent {
             }
         }
 
+        // `d` is the output's half; the second half of a bidirectional layer, and a
+        // reverse layer's only one, run backwards.
+        let backward = d == 1 || self.reverse;
         if let Some(fused) = &cell.fused {
-            run_fused(fused, d, src, dst, &mut s.h, &mut s.c, &mut s.pairs);
+            run_fused(fused, d, backward, src, dst, &mut s.h, &mut s.c, &mut s.pairs);
         } else {
-            self.run_generic(cell, d, src, dst, s);
+            self.run_generic(cell, d, backward, src, dst, s);
         }
 
         if let StateRef::Slots { slots, ids } = state {
@@ -315,7 +322,15 @@ impl Recurrent {
 
     /// The portable path: per block of rows, faer GEMMs into scratch, the gate kernel, and
     /// `h` copied into `dst`. `s.h`/`s.c` hold the gathered state and end as the final one.
-    fn run_generic(&self, cell: &Cell, d: usize, src: &Packed, dst: &mut Packed, s: &mut RecScratch) {
+    fn run_generic(
+        &self,
+        cell: &Cell,
+        d: usize,
+        backward: bool,
+        src: &Packed,
+        dst: &mut Packed,
+        s: &mut RecScratch,
+    ) {
         let (hid, hout) = (self.hidden, self.hout());
         let gh = self.cell.gates() * hid;
         let layout = &src.layout;
@@ -335,7 +350,7 @@ impl Recurrent {
         for step in 0..waves {
             // Backward direction walks the wavefronts in reverse; keys join as their last
             // step comes up, with the zero state they start from.
-            let w = if d == 0 { step } else { waves - 1 - step };
+            let w = if backward { waves - 1 - step } else { step };
             let b = layout.batch_sizes[w] as usize;
             let r0 = layout.offsets[w];
             // Blocks of rows: the block's gate pre-activations (input and hidden products)
@@ -389,9 +404,11 @@ impl Recurrent {
 /// the gathered state, for a key's first step of this call) and writes the new state into
 /// its own rows of `dst`: no scratch, no copy. `c` is updated in place. At the end `h` holds
 /// every key's last state, as the generic path leaves it.
+#[allow(clippy::too_many_arguments)]
 fn run_fused(
     fused: &FusedCell,
     d: usize,
+    backward: bool,
     src: &Packed,
     dst: &mut Packed,
     h: &mut [f32],
@@ -407,7 +424,7 @@ fn run_fused(
     for step in 0..waves {
         // The backward direction walks the wavefronts in reverse; keys join as their last
         // step comes up, with the state they start from.
-        let (w, prev) = if d == 0 {
+        let (w, prev) = if !backward {
             (step, step.checked_sub(1))
         } else {
             (waves - 1 - step, (step > 0).then_some(waves - step))
@@ -468,7 +485,11 @@ fn run_fused(
     }
     // Each key's last state: forward, the row of its last step; backward, of wavefront 0.
     for pos in 0..layout.active() {
-        let w = if d == 0 { layout.lens[pos] as usize - 1 } else { 0 };
+        let w = if backward {
+            0
+        } else {
+            layout.lens[pos] as usize - 1
+        };
         let r = layout.offsets[w] + pos;
         h[pos * hout..(pos + 1) * hout].copy_from_slice(&dst.data[r * out_w + col..r * out_w + col + hout]);
     }

@@ -35,7 +35,7 @@ impl Model {
         for (_, layer) in self.layers() {
             if let Layer::Recurrent(r) = layer {
                 t.receptive_field = None;
-                if r.bidirectional {
+                if r.bidirectional || r.reverse {
                     t.lookahead = usize::MAX;
                 }
             }
@@ -210,6 +210,9 @@ fn layer_detail(layer: &Layer) -> String {
             }
             if !r.linear_before_reset {
                 s.push_str(", reset before the recurrent product");
+            }
+            if r.reverse {
+                s.push_str(", reverse");
             }
             s
         }

@@ -129,6 +129,8 @@ enum Layer {
         relu: bool,
         /// GRU with ONNX's `linear_before_reset = 0`.
         reset_before: bool,
+        /// `direction = "reverse"`.
+        reverse: bool,
         module: Option<String>,
         hidden: usize,
         bidirectional: bool,
@@ -891,12 +893,7 @@ impl<'g> Walker<'g> {
         let dirs = match direction.as_str() {
             "forward" => 1,
             "bidirectional" => 2,
-            "reverse" => {
-                return Err(self.refuse_node(
-                    n,
-                    "direction = \"reverse\" alone: seqflow's recurrent layers run forward, or both ways (bidirectional)",
-                ))
-            }
+            "reverse" => 1,
             d => return Err(self.refuse_node(n, format!("direction `{d}`"))),
         };
         let hidden = attr_i(n, "hidden_size", 0);
@@ -1035,11 +1032,13 @@ impl<'g> Walker<'g> {
         let module = Self::module_of(n);
         let bidirectional = dirs == 2;
         let reset_before = op == "GRU" && attr_i(n, "linear_before_reset", 0) == 0;
+        let reverse = direction == "reverse";
         match self.layers.last_mut() {
             Some(Layer::Rnn {
                 cell: c,
                 relu: rl,
                 reset_before: rb,
+                reverse: rv,
                 module: Some(m),
                 hidden: h,
                 bidirectional: bd,
@@ -1047,6 +1046,7 @@ impl<'g> Walker<'g> {
             }) if *c == cell
                 && *rl == relu
                 && *rb == reset_before
+                && *rv == reverse
                 && module.as_deref() == Some(m.as_str())
                 && *h == hidden
                 && *bd == bidirectional =>
@@ -1057,6 +1057,7 @@ impl<'g> Walker<'g> {
                 cell,
                 relu,
                 reset_before,
+                reverse,
                 module,
                 hidden,
                 bidirectional,
@@ -1362,6 +1363,7 @@ impl<'g> Walker<'g> {
                     cell,
                     relu,
                     reset_before,
+                    reverse,
                     module,
                     layers,
                     ..
@@ -1379,6 +1381,9 @@ impl<'g> Walker<'g> {
                     }
                     if reset_before {
                         toml.push_str("linear_before_reset = false\n");
+                    }
+                    if reverse {
+                        toml.push_str("reverse = true\n");
                     }
                     for (k, dirs) in layers.into_iter().enumerate() {
                         for (d, (wi, wh, bi, bh)) in dirs.into_iter().enumerate() {

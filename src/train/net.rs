@@ -102,12 +102,17 @@ impl Net {
         for (i, (lc, layer)) in model.layers().enumerate() {
             let width = model.width_at(i);
             if let Layer::Recurrent(r) = layer {
-                if !r.linear_before_reset {
+                if !r.linear_before_reset || r.reverse {
                     return Err(Error::Unsupported {
                         path: model.path().to_path_buf(),
                         msg: format!(
-                            "layer {}: a GRU with linear_before_reset = false runs, but does not train yet",
-                            lc.label()
+                            "layer {}: {} runs, but does not train yet",
+                            lc.label(),
+                            if r.reverse {
+                                "a reverse recurrent layer"
+                            } else {
+                                "a GRU with linear_before_reset = false"
+                            }
                         ),
                     });
                 }
