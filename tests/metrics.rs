@@ -77,9 +77,17 @@ fn metrics_follow_a_live_run_and_end_equal_to_its_report() {
     assert_eq!(before["seqflow_workers"], 2.0);
 
     let lines = send_lines(&run.addr);
+    // An epoch's numbers land in steps (its rows as the sink takes them, its counters after,
+    // latencies once flushed): wait until the last epoch is in all of them.
     wait_for(
-        || scrape(&maddr)["seqflow_predictions_total"] == 120.0,
-        "every prediction in /metrics",
+        || {
+            let m = scrape(&maddr);
+            m["seqflow_predictions_total"] == 120.0
+                && m["seqflow_latency_seconds_count"] == 120.0
+                && m["seqflow_steps_total"] == 120.0
+                && m["seqflow_rows_total{source=\"tcp\"}"] == lines as f64
+        },
+        "every prediction, step, row and latency in /metrics",
     );
     let m = scrape(&maddr);
     assert_eq!(m["seqflow_rows_total{source=\"tcp\"}"], lines as f64);
@@ -115,10 +123,11 @@ fn metrics_follow_a_live_run_and_end_equal_to_its_report() {
     assert_eq!(m["seqflow_state_bytes"], s.state_bytes as f64);
     let latency = report.latency.expect("a live run measures latency");
     assert_eq!(m["seqflow_latency_seconds_count"], latency.count() as f64);
-    // The server goes with the run.
-    assert!(
-        http(&maddr, "GET", "/metrics").is_err(),
-        "still serving after the run"
+    // The server goes with the run (its listener closes as the run's last parts drop,
+    // a moment after the report).
+    wait_for(
+        || http(&maddr, "GET", "/metrics").is_err(),
+        "the metrics server to close after the run",
     );
 }
 
