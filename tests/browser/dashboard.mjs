@@ -5,7 +5,7 @@
 //   node tests/browser/dashboard.mjs URL SCREENSHOT.png [--expect-views | --report]
 // Exit 0 with a JSON summary on stdout, or 1 with the reason.
 import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -17,7 +17,10 @@ if (!url || !shot) fail("usage: dashboard.mjs URL SCREENSHOT.png [--expect-views
 
 // Without the background-networking flags Chromium floods a closed network with refused
 // connections; a fresh profile keeps runs independent.
-const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "seqflow-chromium-")), {
+// The profile goes with the process, however it ends (fail() exits at once).
+const profile = mkdtempSync(join(tmpdir(), "seqflow-chromium-"));
+process.on("exit", () => rmSync(profile, { recursive: true, force: true }));
+const browser = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   viewport: { width: 1400, height: 1300 },
