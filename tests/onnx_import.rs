@@ -244,3 +244,39 @@ fn the_portable_kernels_equal_onnxruntime_too() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Damaged files (bytes flipped, cut short) are a message or, where the damage happens to
+/// leave a valid graph, a model: never a crash.
+#[test]
+fn damaged_files_never_crash_the_import() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(19);
+    let (mut refused, mut loaded) = (0, 0);
+    for case in [
+        "ts_cnn_causal_lstm",
+        "dy_lstm_2layers_bidirectional",
+        "hb_rnn_relu_gemm",
+    ] {
+        let bytes = std::fs::read(fixtures().join(case).join("model.onnx")).unwrap();
+        for k in 0..150 {
+            let mut b = bytes.clone();
+            if k % 10 == 0 {
+                b.truncate(rng.random_range(0..b.len()));
+            } else {
+                for _ in 0..rng.random_range(1..6) {
+                    let at = rng.random_range(0..b.len());
+                    b[at] = rng.random();
+                }
+            }
+            let p = dir.path().join("m.onnx");
+            std::fs::write(&p, &b).unwrap();
+            match Model::load(&p) {
+                Ok(_) => loaded += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 100, "{refused} refused, {loaded} loaded");
+}

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 
 use super::proto::{dtype, NodeProto, TensorProto};
 
+/// The most elements a folded constant may have.
+const MAX_FOLD: usize = 1 << 24;
+
 /// A constant tensor: its shape and values (floats, or integers for shapes and indices).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
@@ -76,7 +79,7 @@ impl Value {
 /// `raw`). `None` for a type an import has no use for (strings, complex, 8-bit...).
 pub fn decode(t: &TensorProto, raw: &[u8]) -> Option<Value> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
     let data = match t.data_type {
         dtype::FLOAT if !raw.is_empty() => Data::F(
             raw.chunks_exact(4)
@@ -196,7 +199,11 @@ pub fn eval(n: &NodeProto, known: &HashMap<String, Value>) -> Option<Value> {
         }
         "ConstantOfShape" => {
             let dims: Vec<usize> = input(0)?.ints().iter().map(|&d| d.max(0) as usize).collect();
-            let n_el: usize = dims.iter().product();
+            // Side computations are small; a huge one is not folded (nor allocated).
+            let n_el = dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&n| n <= MAX_FOLD)?;
             let fill = attr(n, "value")
                 .and_then(|a| a.t.as_ref())
                 .and_then(|t| decode(t, &t.raw_data));

@@ -76,7 +76,14 @@ pub fn import(path: &Path) -> Result<Imported> {
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(1, |o| o.version);
-    Walker::new(path, graph, opset)?.run()
+    // A malformed graph must give a message, never take the process down: the walker
+    // checks what it reads, and anything it missed is caught here.
+    crate::guard::catch(|| Walker::new(path, graph, opset)?.run()).unwrap_or_else(|panic| {
+        Err(Error::Unsupported {
+            path: path.to_path_buf(),
+            msg: format!("a malformed graph ({panic})"),
+        })
+    })
 }
 
 /// The role of one axis of a tensor on the data path.
@@ -159,7 +166,12 @@ struct Walker<'g> {
     state_outputs: Vec<String>,
     /// Ranks of the tensors on the data path (for `Shape` chains that read them).
     ranks: HashMap<String, usize>,
+    /// How deep the folding of side chains has gone.
+    depth: usize,
 }
+
+/// How many nodes back a side chain is followed.
+const MAX_DEPTH: usize = 64;
 
 impl<'g> Walker<'g> {
     fn new(path: &Path, graph: &'g GraphProto, opset: i64) -> Result<Walker<'g>> {
@@ -176,6 +188,7 @@ impl<'g> Walker<'g> {
             input_roles: [None; 3],
             state_outputs: Vec::new(),
             ranks: HashMap::new(),
+            depth: 0,
         };
         for t in &graph.initializer {
             let raw = w.raw_bytes(t)?;
@@ -244,6 +257,17 @@ impl<'g> Walker<'g> {
 
     /// The constant value of tensor `name`, folding the nodes that make it if they can be.
     fn constant(&mut self, name: &str) -> Option<Value> {
+        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        let r = self.constant_at(name);
+        self.depth -= 1;
+        r
+    }
+
+    fn constant_at(&mut self, name: &str) -> Option<Value> {
         if name.is_empty() {
             return None;
         }
@@ -264,6 +288,17 @@ impl<'g> Walker<'g> {
     /// Whether tensor `name` is all zeros whatever the input's shape: a zero constant, a
     /// `ConstantOfShape` of 0, or a zero reshaped, sliced, expanded, cast.
     fn is_zero(&mut self, name: &str) -> bool {
+        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
+        if self.depth >= MAX_DEPTH {
+            return false;
+        }
+        self.depth += 1;
+        let r = self.is_zero_at(name);
+        self.depth -= 1;
+        r
+    }
+
+    fn is_zero_at(&mut self, name: &str) -> bool {
         if let Some(v) = self.constant(name) {
             return v.all_zero();
         }
@@ -278,7 +313,7 @@ impl<'g> Walker<'g> {
                 .is_none_or(|v| v.all_zero()),
             "Slice" | "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Identity" | "Cast" | "Transpose"
             | "Tile" => {
-                let first = n.input[0].clone();
+                let first = n.input.first().cloned().unwrap_or_default();
                 self.is_zero(&first)
             }
             _ => false,
@@ -815,6 +850,17 @@ impl<'g> Walker<'g> {
     /// The length of a 1-D shape tensor: constant, or assembled by `Concat` from pieces of
     /// known length (slices of a `Shape`, unsqueezed scalars, ...).
     fn shape_len(&mut self, name: &str) -> Option<usize> {
+        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        let r = self.shape_len_at(name);
+        self.depth -= 1;
+        r
+    }
+
+    fn shape_len_at(&mut self, name: &str) -> Option<usize> {
         if let Some(v) = self.constant(name) {
             return Some(v.len());
         }
@@ -827,14 +873,14 @@ impl<'g> Walker<'g> {
             }
             "Unsqueeze" => Some(1),
             "Cast" | "Identity" => {
-                let x = n.input[0].clone();
+                let x = n.input.first().cloned()?;
                 self.shape_len(&x)
             }
             "Slice" => {
                 let (s, e) = (n.input.get(1).cloned()?, n.input.get(2).cloned()?);
                 let (s, e) = (self.constant(&s)?.ints(), self.constant(&e)?.ints());
                 let (s, e) = (*s.first()?, *e.first()?);
-                let src = n.input[0].clone();
+                let src = n.input.first().cloned()?;
                 let len = self.shape_len(&src).map(|l| l as i64);
                 let fix = |x: i64| match (x < 0, len) {
                     (true, Some(l)) => Some(x + l),
@@ -846,7 +892,7 @@ impl<'g> Walker<'g> {
             }
             "Shape" => {
                 // Of a data tensor: its rank, cut by the start/end attributes.
-                let rank = *self.ranks.get(n.input[0].as_str())? as i64;
+                let rank = *self.ranks.get(n.input.first()?.as_str())? as i64;
                 let fix = |x: i64| if x < 0 { (x + rank).max(0) } else { x.min(rank) };
                 let (s, e) = (fix(attr_i(n, "start", 0)), fix(attr_i(n, "end", rank)));
                 Some((e - s).max(0) as usize)
@@ -857,14 +903,14 @@ impl<'g> Walker<'g> {
                 match dims.as_slice() {
                     [k] if *k > 0 => Some(*k as usize),
                     [-1] => {
-                        let x = n.input[0].clone();
+                        let x = n.input.first().cloned()?;
                         self.shape_len(&x)
                     }
                     _ => None,
                 }
             }
             "Mul" | "Add" | "Sub" | "Div" => {
-                let (a, b) = (n.input[0].clone(), n.input[1].clone());
+                let (a, b) = (n.input.first().cloned()?, n.input.get(1).cloned()?);
                 Some(self.shape_len(&a)?.max(self.shape_len(&b)?))
             }
             _ => None,
@@ -1159,7 +1205,7 @@ impl<'g> Walker<'g> {
             dilation,
             padding,
         });
-        Ok((n.output[0].clone(), axes, Some(out_c)))
+        Ok((out_of(n), axes, Some(out_c)))
     }
 
     fn pool(
@@ -1202,7 +1248,7 @@ impl<'g> Walker<'g> {
             kernel: kernel as usize,
             stride: stride as usize,
         });
-        Ok((n.output[0].clone(), axes, width))
+        Ok((out_of(n), axes, width))
     }
 
     fn linear(
@@ -1257,7 +1303,7 @@ impl<'g> Walker<'g> {
             weight,
             bias,
         });
-        Ok((n.output[0].clone(), axes, Some(dout)))
+        Ok((out_of(n), axes, Some(dout)))
     }
 
     /// `Add` of a constant right after a `MatMul`: the linear layer's bias.
@@ -1284,7 +1330,7 @@ impl<'g> Walker<'g> {
                     shape: vec![dout],
                     data: v.floats().iter().map(|&x| x as f32).collect(),
                 });
-                Ok((n.output[0].clone(), axes, width))
+                Ok((out_of(n), axes, width))
             }
             _ => Err(self.refuse_node(
                 n,
@@ -1410,6 +1456,12 @@ impl<'g> Walker<'g> {
             notes: self.notes,
         })
     }
+}
+
+/// A node's first output (empty for a node without outputs: the walk then stops there with
+/// a message, as that tensor is read by nothing).
+fn out_of(n: &NodeProto) -> String {
+    n.output.first().cloned().unwrap_or_default()
 }
 
 fn transpose(w: &Tensor) -> Tensor {
