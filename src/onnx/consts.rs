@@ -389,7 +389,7 @@ pub fn eval(n: &NodeProto, known: &HashMap<String, Value>) -> Option<Value> {
         "Add" | "Sub" | "Mul" | "Div" => {
             let (a, b) = (input(0)?, input(1)?);
             let n_el = a.len().max(b.len());
-            if !(a.len() == b.len() || a.len() == 1 || b.len() == 1) {
+            if a.is_empty() || b.is_empty() || !(a.len() == b.len() || a.len() == 1 || b.len() == 1) {
                 return None;
             }
             let dims = if a.len() >= b.len() {
@@ -399,38 +399,26 @@ pub fn eval(n: &NodeProto, known: &HashMap<String, Value>) -> Option<Value> {
             };
             let op = n.op_type.as_str();
             let data = match (&a.data, &b.data) {
-                (Data::I(x), Data::I(y)) => Data::I(
-                    (0..n_el)
-                        .map(|i| {
-                            let (p, q) = (x[i % x.len()], y[i % y.len()]);
-                            match op {
-                                "Add" => p + q,
-                                "Sub" => p - q,
-                                "Mul" => p * q,
-                                _ => p.checked_div(q).unwrap_or(0),
-                            }
-                        })
-                        .collect(),
-                ),
-                _ => {
-                    let (x, y) = (a.floats(), b.floats());
-                    Data::F(
-                        (0..n_el)
-                            .map(|i| {
-                                let (p, q) = (x[i % x.len()], y[i % y.len()]);
-                                match op {
-                                    "Add" => p + q,
-                                    "Sub" => p - q,
-                                    "Mul" => p * q,
-                                    _ => p / q,
-                                }
-                            })
-                            .collect(),
-                    )
-                }
+                (Data::I(x), Data::I(y)) => Data::I(broadcast(x, y, n_el, |p, q| match op {
+                    "Add" => p.wrapping_add(q),
+                    "Sub" => p.wrapping_sub(q),
+                    "Mul" => p.wrapping_mul(q),
+                    _ => p.checked_div(q).unwrap_or(0),
+                })),
+                _ => Data::F(broadcast(&a.floats(), &b.floats(), n_el, |p, q| match op {
+                    "Add" => p + q,
+                    "Sub" => p - q,
+                    "Mul" => p * q,
+                    _ => p / q,
+                })),
             };
             Some(Value { dims, data })
         }
         _ => None,
     }
+}
+
+/// `f` over `x` and `y` elementwise, a one-element side repeated (both non-empty).
+fn broadcast<T: Copy>(x: &[T], y: &[T], n: usize, f: impl Fn(T, T) -> T) -> Vec<T> {
+    (0..n).map(|i| f(x[i % x.len()], y[i % y.len()])).collect()
 }

@@ -255,16 +255,21 @@ impl<'g> Walker<'g> {
             })
     }
 
-    /// The constant value of tensor `name`, folding the nodes that make it if they can be.
-    fn constant(&mut self, name: &str) -> Option<Value> {
-        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
+    /// `f`, one level deeper into a side chain, or `bail` past [`MAX_DEPTH`]: exporters'
+    /// side chains are short, and a deep (or cyclic) one is not followed.
+    fn bounded<T>(&mut self, bail: T, f: impl FnOnce(&mut Self) -> T) -> T {
         if self.depth >= MAX_DEPTH {
-            return None;
+            return bail;
         }
         self.depth += 1;
-        let r = self.constant_at(name);
+        let r = f(self);
         self.depth -= 1;
         r
+    }
+
+    /// The constant value of tensor `name`, folding the nodes that make it if they can be.
+    fn constant(&mut self, name: &str) -> Option<Value> {
+        self.bounded(None, |w| w.constant_at(name))
     }
 
     fn constant_at(&mut self, name: &str) -> Option<Value> {
@@ -288,14 +293,7 @@ impl<'g> Walker<'g> {
     /// Whether tensor `name` is all zeros whatever the input's shape: a zero constant, a
     /// `ConstantOfShape` of 0, or a zero reshaped, sliced, expanded, cast.
     fn is_zero(&mut self, name: &str) -> bool {
-        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
-        if self.depth >= MAX_DEPTH {
-            return false;
-        }
-        self.depth += 1;
-        let r = self.is_zero_at(name);
-        self.depth -= 1;
-        r
+        self.bounded(false, |w| w.is_zero_at(name))
     }
 
     fn is_zero_at(&mut self, name: &str) -> bool {
@@ -850,14 +848,7 @@ impl<'g> Walker<'g> {
     /// The length of a 1-D shape tensor: constant, or assembled by `Concat` from pieces of
     /// known length (slices of a `Shape`, unsqueezed scalars, ...).
     fn shape_len(&mut self, name: &str) -> Option<usize> {
-        // Exporters' side chains are short; a deep (or cyclic) one is not followed.
-        if self.depth >= MAX_DEPTH {
-            return None;
-        }
-        self.depth += 1;
-        let r = self.shape_len_at(name);
-        self.depth -= 1;
-        r
+        self.bounded(None, |w| w.shape_len_at(name))
     }
 
     fn shape_len_at(&mut self, name: &str) -> Option<usize> {
