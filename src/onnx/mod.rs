@@ -109,6 +109,10 @@ enum Ax {
 /// PyTorch's gate order.
 type Direction = (Tensor, Tensor, Option<Tensor>, Option<Tensor>);
 
+/// What a node on the data path makes: the tensor, the roles of its axes, and its width
+/// (values per step along the features axis) when known.
+type Flow = (String, Vec<Ax>, Option<usize>);
+
 /// A layer of the stack being built.
 #[derive(Debug, Clone)]
 enum Layer {
@@ -573,13 +577,7 @@ impl<'g> Walker<'g> {
     }
 
     /// One node on the data path: the tensor it makes, that tensor's axes, and its width.
-    fn step(
-        &mut self,
-        n: &'g NodeProto,
-        cur: &str,
-        mut axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn step(&mut self, n: &'g NodeProto, cur: &str, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         let out0 = n.output.first().cloned().unwrap_or_default();
         if n.input.first().map(String::as_str) != Some(cur) && !matches!(n.op_type.as_str(), "Add" | "Mul") {
             return Err(self.refuse_node(n, "reads the data as other than its first input"));
@@ -746,6 +744,16 @@ impl<'g> Walker<'g> {
         }
     }
 
+    /// A convolution's or pooling's layout, `[batch, features, time]`.
+    fn channels_first(&mut self, n: &NodeProto, axes: &mut [Ax]) -> Result<()> {
+        self.expect(n, axes, 0, Ax::B)?;
+        self.expect(n, axes, 2, Ax::T)?;
+        if axes[1] != Ax::F {
+            self.mark_features(axes, 1);
+        }
+        Ok(())
+    }
+
     /// Makes the last axis the features (linear layers, softmax, activations' consumers).
     fn features_last(&mut self, n: &NodeProto, axes: &mut [Ax]) -> Result<()> {
         let last = axes.len() - 1;
@@ -765,13 +773,7 @@ impl<'g> Walker<'g> {
         }
     }
 
-    fn reshape(
-        &mut self,
-        n: &NodeProto,
-        out0: String,
-        axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn reshape(&mut self, n: &NodeProto, out0: String, axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         let rank = axes.len();
         let target = if n.op_type == "Flatten" {
             Some(2)
@@ -908,12 +910,7 @@ impl<'g> Walker<'g> {
         }
     }
 
-    fn recurrent(
-        &mut self,
-        n: &NodeProto,
-        mut axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn recurrent(&mut self, n: &NodeProto, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         self.no_pending_pad(n)?;
         let op = n.op_type.as_str();
         let batch_first = attr_i(n, "layout", 0) == 1;
@@ -1121,20 +1118,11 @@ impl<'g> Walker<'g> {
         Ok((y, out_axes, Some(hidden)))
     }
 
-    fn conv(
-        &mut self,
-        n: &NodeProto,
-        mut axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn conv(&mut self, n: &NodeProto, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         if axes.len() != 3 {
             return Err(self.refuse_node(n, "a convolution over more than one axis"));
         }
-        self.expect(n, &mut axes, 0, Ax::B)?;
-        self.expect(n, &mut axes, 2, Ax::T)?;
-        if axes[1] != Ax::F {
-            self.mark_features(&mut axes, 1);
-        }
+        self.channels_first(n, &mut axes)?;
         if attr_i(n, "group", 1) != 1 {
             return Err(self.refuse_node(n, "grouped convolution"));
         }
@@ -1199,21 +1187,12 @@ impl<'g> Walker<'g> {
         Ok((out_of(n), axes, Some(out_c)))
     }
 
-    fn pool(
-        &mut self,
-        n: &NodeProto,
-        mut axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn pool(&mut self, n: &NodeProto, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         self.no_pending_pad(n)?;
         if axes.len() != 3 {
             return Err(self.refuse_node(n, "pooling over more than one axis"));
         }
-        self.expect(n, &mut axes, 0, Ax::B)?;
-        self.expect(n, &mut axes, 2, Ax::T)?;
-        if axes[1] != Ax::F {
-            self.mark_features(&mut axes, 1);
-        }
+        self.channels_first(n, &mut axes)?;
         let kernel = attr_ints(n, "kernel_shape");
         let [kernel] = kernel[..] else {
             return Err(self.refuse_node(n, "kernel_shape is not one size"));
@@ -1242,12 +1221,7 @@ impl<'g> Walker<'g> {
         Ok((out_of(n), axes, width))
     }
 
-    fn linear(
-        &mut self,
-        n: &NodeProto,
-        mut axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn linear(&mut self, n: &NodeProto, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         self.no_pending_pad(n)?;
         self.features_last(n, &mut axes)?;
         let w = self.weight(n, 1, "weight")?;
@@ -1298,13 +1272,7 @@ impl<'g> Walker<'g> {
     }
 
     /// `Add` of a constant right after a `MatMul`: the linear layer's bias.
-    fn add(
-        &mut self,
-        n: &NodeProto,
-        cur: &str,
-        axes: Vec<Ax>,
-        width: Option<usize>,
-    ) -> Result<(String, Vec<Ax>, Option<usize>)> {
+    fn add(&mut self, n: &NodeProto, cur: &str, axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         let other = n
             .input
             .iter()
