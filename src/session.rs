@@ -32,8 +32,12 @@ use crate::record::{Key, Reject, SinkMsg, Stats, StepBatch};
 use crate::sink::{OutputSchema, Sink};
 use crate::vocab::{Emit, FileFormat};
 
-/// The most workers a session runs.
-pub const MAX_WORKERS: usize = 256;
+/// The most workers a session runs (as `-w`).
+pub const MAX_WORKERS: usize = 1024;
+
+/// Identity fields a save records once a batch has fixed them.
+const KEY_TYPE: &str = "key type";
+const TIME_TYPE: &str = "time type";
 
 /// How a session reads its batches and what it emits.
 #[derive(Debug, Clone)]
@@ -79,6 +83,9 @@ pub struct Session {
     finished: bool,
     /// How messages name the pushed data.
     origin: PathBuf,
+    /// A loaded session: the key and time types it was saved with, which its first push
+    /// must have (times of another unit would compare wrongly with the restored ones).
+    saved_types: Option<(String, String)>,
 }
 
 impl Session {
@@ -137,6 +144,7 @@ impl Session {
             pushes: 0,
             finished: false,
             origin: PathBuf::from("the pushed batch"),
+            saved_types: None,
         })
     }
 
@@ -205,12 +213,30 @@ impl Session {
         if self.finished {
             return Err(Error::Runtime("this session was already finished".into()));
         }
-        self.finished = true;
+        if self.encoder.is_none() {
+            // Nothing pushed since a load (or at all): the saved types, or the restored
+            // key kind with integer times.
+            let int = self
+                .workers
+                .first()
+                .and_then(KeyedProcessor::int_keys)
+                .unwrap_or(false);
+            let parsed = self
+                .saved_types
+                .as_ref()
+                .and_then(|(k, t)| Some((k.parse::<DataType>().ok()?, t.parse::<DataType>().ok()?)));
+            let (key, time) = parsed.unwrap_or_else(|| {
+                let key = if int { DataType::Int64 } else { DataType::Utf8 };
+                (key, DataType::Int64)
+            });
+            self.bind_types(&key, &time)?;
+        }
         let outs = self.on_workers(|_, p| {
             let mut out = Vec::new();
             p.finish(&mut out);
             out
         });
+        self.finished = true;
         let mut rejects = Vec::new();
         let predictions = self.collect(outs, &mut rejects)?;
         Ok(Pushed { predictions, rejects })
@@ -260,7 +286,11 @@ impl Session {
             views: Vec::new(),
             stats: self.stats(),
             kafka: None,
-            identity: self.identity()?,
+            identity: {
+                let mut id = self.identity()?;
+                id.fields.extend(self.type_fields());
+                id
+            },
         };
         if self.workers.is_empty() {
             store.make_folder(boundary)?;
@@ -280,7 +310,26 @@ impl Session {
                 msg: "holds no complete save".into(),
             });
         };
-        if let Some(diff) = m.identity.difference(&s.identity()?) {
+        // The types are checked at the first push (unknown until then).
+        let typed = |n: &str| n == KEY_TYPE || n == TIME_TYPE;
+        let saved = Identity {
+            fields: m
+                .identity
+                .fields
+                .iter()
+                .filter(|(n, _)| !typed(n))
+                .cloned()
+                .collect(),
+        };
+        let field = |n: &str| {
+            m.identity
+                .fields
+                .iter()
+                .find(|(f, _)| f == n)
+                .map(|(_, v)| v.clone())
+        };
+        s.saved_types = field(KEY_TYPE).zip(field(TIME_TYPE));
+        if let Some(diff) = saved.difference(&s.identity()?) {
             return Err(Error::Checkpoint {
                 path: dir.to_path_buf(),
                 msg: format!("was saved by another session: {diff}"),
@@ -333,8 +382,35 @@ impl Session {
         })
     }
 
-    /// The key and time types of the first batch; later batches must match.
+    /// The key and time types, when a batch has fixed them (recorded in a save).
+    fn type_fields(&self) -> Vec<(String, String)> {
+        self.encoder.as_ref().map_or_else(Vec::new, |e| {
+            vec![
+                (KEY_TYPE.into(), e.schema().key_type.to_string()),
+                (TIME_TYPE.into(), e.schema().time_type.to_string()),
+            ]
+        })
+    }
+
+    /// The key and time types of the first batch; later batches must match, and so must a
+    /// loaded session's first batch match the types it was saved with.
     fn bind_types(&mut self, key: &DataType, time: &DataType) -> Result<()> {
+        if let (None, Some((k, t))) = (&self.encoder, &self.saved_types) {
+            let key_text = if is_text(key) {
+                DataType::Utf8.to_string()
+            } else {
+                key.to_string()
+            };
+            if &key_text != k || &time.to_string() != t {
+                return Err(Error::Data {
+                    path: self.origin.clone(),
+                    msg: format!(
+                        "key `{}` is {key} and time `{}` is {time}, but this session was saved with {k} and {t}",
+                        self.cfg.columns.key, self.cfg.columns.time
+                    ),
+                });
+            }
+        }
         if let Some(e) = &self.encoder {
             let want = &e.schema();
             let same_key = want.key_type == *key || (is_text(&want.key_type) && is_text(key));

@@ -157,6 +157,40 @@ fn a_saved_session_goes_on_where_it_stopped_with_any_worker_count() {
     // `seqflow checkpoint` lists the save like a pipeline's.
     let o = seqflow(&["checkpoint", saves.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A first push with another time type is refused: times of another unit would be
+    // compared with the restored ones.
+    let cfg1 = SessionConfig {
+        workers: 1,
+        ..cfg.clone()
+    };
+    let mut wrong = Session::load(&saves, model.clone(), cfg1).unwrap();
+    let rest = all.slice(half, 10);
+    let t_at = rest.schema().index_of("ts").unwrap();
+    let mut cols = rest.columns().to_vec();
+    let ms = arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+    cols[t_at] = arrow::compute::cast(&cols[t_at], &ms).unwrap();
+    let mut fields: Vec<_> = rest
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[t_at] = arrow::datatypes::Field::new("ts", ms, false);
+    let other_time = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap();
+    let e = wrong.push(&other_time).unwrap_err().to_string();
+    assert!(e.contains("saved with"), "{e}");
+    // A loaded session can be finished at once: the output has the saved types.
+    let cfg2 = SessionConfig {
+        workers: 2,
+        ..cfg.clone()
+    };
+    let mut idle = Session::load(&saves, model.clone(), cfg2).unwrap();
+    let done = idle.finish().unwrap().predictions;
+    assert_eq!(done.num_rows(), 0);
+    assert_eq!(
+        done.schema().field(1).data_type(),
+        all.schema().field(t_at).data_type()
+    );
     let mut second = Session::load(
         &saves,
         model.clone(),

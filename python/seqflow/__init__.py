@@ -43,10 +43,6 @@ __all__ = [
     "__version__",
 ]
 
-# Rows per record batch that `predict` pushes: a pipeline's default epoch.
-_BATCH_ROWS = 65536
-
-
 def run(pipeline, workers=1, input=None, output=None, resume=False, fresh=False):
     """Runs a pipeline and returns its report as a dict.
 
@@ -175,19 +171,14 @@ class Model:
     ):
         """Predictions for a whole table, as a pyarrow Table (the CLI's columns and numbers).
 
-        Rows of one key may come in any order within the table; each key's steps run in time
-        order. Rows that cannot run (malformed, late or duplicate times, non-finite under
+        The table is one epoch: rows of one key may come in any order; each key's steps run
+        in time order. Rows that cannot run (malformed, late or duplicate times, non-finite under
         nan="skip") are left out; `Session.rejects()` lists them when pushing yourself.
         """
         s = self.session(key, time, features, emit, size, hop, all_steps, normalize, nan, names, workers)
-        table = _table(data)
-        parts = []
-        batches = table.to_batches(max_chunksize=_BATCH_ROWS)
-        if not batches:
-            batches = [pa.RecordBatch.from_pylist([], schema=table.schema)]
-        for b in batches:
-            parts.append(s._s.push(b))
-        parts.append(s._s.finish())
+        # One push, one epoch: rows of a key may come in any order within the table (pushed
+        # in pieces, a step before its key's last one in an earlier piece would be late).
+        parts = [s._s.push(_one_batch(data)), s._s.finish()]
         return pa.Table.from_batches(parts, schema=parts[0].schema)
 
     def __repr__(self):

@@ -196,7 +196,14 @@ fn session_config(settings: &serde_json::Value) -> PyResult<SessionConfig> {
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| config_err(format!("names: {e}")))?,
         None => Vec::new(),
     };
-    let workers = get("workers").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+    let workers = match get("workers") {
+        None => 1,
+        Some(v) => {
+            v.as_u64()
+                .filter(|&w| w >= 1)
+                .ok_or_else(|| config_err(format!("workers = {v}: a positive integer")))? as usize
+        }
+    };
     Ok(SessionConfig {
         columns,
         emit,
@@ -253,8 +260,14 @@ impl Session {
         })?;
         let mut settings: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::new_err(format!("checkpoint {}: {e}", file.display())))?;
+        let Some(obj) = settings.as_object_mut() else {
+            return Err(CheckpointError::new_err(format!(
+                "checkpoint {}: not a session's settings",
+                file.display()
+            )));
+        };
         if let Some(w) = workers {
-            settings["workers"] = w.into();
+            obj.insert("workers".into(), w.into());
         }
         let cfg = session_config(&settings)?;
         let model = model.inner.clone();
@@ -283,7 +296,8 @@ impl Session {
 
     /// The keys held.
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let keys = self.lock().keys();
+        // The lock waits for a push on another thread: not while holding the GIL.
+        let keys = py.detach(|| self.lock().keys());
         let list = PyList::empty(py);
         for k in keys {
             match k {
@@ -296,7 +310,8 @@ impl Session {
 
     /// Counters over the whole session.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stats_dict(py, &self.lock().stats())
+        let stats = py.detach(|| self.lock().stats());
+        stats_dict(py, &stats)
     }
 
     /// The rows of the last push that were not run, as dicts.

@@ -172,6 +172,8 @@ struct Walker<'g> {
     ranks: HashMap<String, usize>,
     /// How deep the folding of side chains has gone.
     depth: usize,
+    /// External data files, read once each.
+    external: HashMap<PathBuf, Vec<u8>>,
 }
 
 /// How many nodes back a side chain is followed.
@@ -193,6 +195,7 @@ impl<'g> Walker<'g> {
             state_outputs: Vec::new(),
             ranks: HashMap::new(),
             depth: 0,
+            external: HashMap::new(),
         };
         for t in &graph.initializer {
             let raw = w.raw_bytes(t)?;
@@ -228,7 +231,7 @@ impl<'g> Walker<'g> {
     }
 
     /// A tensor's bytes: inline `raw_data`, or its external file (relative to the model).
-    fn raw_bytes(&self, t: &TensorProto) -> Result<Vec<u8>> {
+    fn raw_bytes(&mut self, t: &TensorProto) -> Result<Vec<u8>> {
         if t.data_location != 1 {
             return Ok(t.raw_data.clone());
         }
@@ -241,7 +244,11 @@ impl<'g> Walker<'g> {
         let loc = get("location")
             .ok_or_else(|| self.refuse(format!("tensor `{}` is external but names no location", t.name)))?;
         let file = self.path.parent().unwrap_or(Path::new("")).join(&loc);
-        let bytes = crate::outfiles::read_regular(&file)?;
+        if !self.external.contains_key(&file) {
+            let bytes = crate::outfiles::read_regular(&file)?;
+            self.external.insert(file.clone(), bytes);
+        }
+        let bytes = &self.external[&file];
         let offset = get("offset").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
         let len = get("length")
             .and_then(|v| v.parse::<usize>().ok())
@@ -597,6 +604,7 @@ impl<'g> Walker<'g> {
                 Ok((out0, axes, width))
             }
             "Transpose" => {
+                self.no_pending_pad(n)?;
                 let perm = attr_ints(n, "perm");
                 let perm: Vec<usize> = if perm.is_empty() {
                     (0..rank).rev().collect()
@@ -642,7 +650,17 @@ impl<'g> Walker<'g> {
             "Reshape" | "Flatten" => self.reshape(n, out0, axes, width),
             "LSTM" | "GRU" | "RNN" => self.recurrent(n, axes, width),
             "Pad" => {
-                self.expect(n, &mut axes, 0, Ax::B)?;
+                self.no_pending_pad(n)?;
+                if axes.len() != 3 {
+                    return Err(self.refuse_node(n, "pads other than a convolution's [batch, channels, time]"));
+                }
+                self.channels_first(n, &mut axes)?;
+                if n.input.get(3).is_some_and(|s| !s.is_empty()) {
+                    return Err(self.refuse_node(n, "an `axes` input (pad the time axis through `pads` alone)"));
+                }
+                if attr(n, "value").is_some_and(|a| a.f != 0.0) {
+                    return Err(self.refuse_node(n, "pads with a value other than 0"));
+                }
                 let mode = attr_s(n, "mode", "constant");
                 let pads = match n.input.get(1).filter(|s| !s.is_empty()) {
                     Some(name) => {
@@ -661,7 +679,6 @@ impl<'g> Walker<'g> {
                         return Err(self.refuse_node(n, "pads with a value other than 0"));
                     }
                 }
-                let t = axes.iter().position(|a| *a == Ax::T || matches!(a, Ax::U(_)));
                 if pads.len() != 2 * rank {
                     return Err(self.refuse_node(n, "its pads do not fit the data's rank"));
                 }
@@ -671,7 +688,6 @@ impl<'g> Walker<'g> {
                         return Err(self.refuse_node(n, format!("pads axis {i}, not only time")));
                     }
                 }
-                let _ = t;
                 if pads[rank - 1] < 0 || pads[2 * rank - 1] < 0 {
                     return Err(self.refuse_node(n, "negative padding (cropping)"));
                 }
@@ -776,6 +792,10 @@ impl<'g> Walker<'g> {
     fn reshape(&mut self, n: &NodeProto, out0: String, axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
         let rank = axes.len();
         let target = if n.op_type == "Flatten" {
+            // Only Flatten(axis = rank - 1), [X, Y, F] -> [X*Y, F], keeps the steps apart.
+            if attr_i(n, "axis", 1) != rank as i64 - 1 && attr_i(n, "axis", 1) != -1 {
+                return Err(self.refuse_node(n, "flattens features together with batch or time"));
+            }
             Some(2)
         } else {
             let name = n.input.get(1).cloned().unwrap_or_default();
@@ -1273,6 +1293,9 @@ impl<'g> Walker<'g> {
 
     /// `Add` of a constant right after a `MatMul`: the linear layer's bias.
     fn add(&mut self, n: &NodeProto, cur: &str, axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
+        if axes.last() != Some(&Ax::F) {
+            return Err(self.refuse_node(n, "an addition over another axis than the features"));
+        }
         let other = n
             .input
             .iter()
@@ -1304,10 +1327,17 @@ impl<'g> Walker<'g> {
         let mut tensors = Vec::new();
         let mut used: HashMap<String, usize> = HashMap::new();
         let layers = std::mem::take(&mut self.layers);
+        let weighted = layers
+            .iter()
+            .filter(|l| !matches!(l, Layer::Act(_) | Layer::Pool { .. }))
+            .count();
         for (i, layer) in layers.into_iter().enumerate() {
             let mut name_for = |module: &Option<String>, what: &str| -> Option<String> {
                 let base = match module {
-                    Some(m) if m.is_empty() => return None,
+                    // Top-level tensors only for a model with one weighted layer (a bare
+                    // nn.LSTM); otherwise two layers would share names.
+                    Some(m) if m.is_empty() && weighted == 1 => return None,
+                    Some(m) if m.is_empty() => format!("{what}{i}"),
                     Some(m) => m.clone(),
                     None => format!("{what}{i}"),
                 };
