@@ -407,21 +407,13 @@ fn import(onnx: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow:
         }
     }
     let imported = seqflow::onnx::import(onnx)?;
-    // Checked in memory first (the loader binds every tensor), so nothing is written for a
+    // Built in memory first (the loader binds every tensor), so nothing is written for a
     // graph that would not load.
-    let m = Model::load(onnx)?;
-    let tensors: Vec<(String, seqflow::model::weights::Tensor)> = imported
+    let m = Model::from_onnx(onnx, &imported)?;
+    let tensors: Vec<_> = imported
         .tensors
         .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                seqflow::model::weights::Tensor {
-                    shape: t.shape.clone(),
-                    data: t.data.clone(),
-                },
-            )
-        })
+        .map(|(n, t)| (n.clone(), seqflow::model::weights::Tensor::from(t)))
         .collect();
     let name = weights
         .file_name()
@@ -429,14 +421,21 @@ fn import(onnx: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow:
         .unwrap_or("weights.safetensors");
     let source = std::fs::canonicalize(onnx).unwrap_or_else(|_| onnx.to_path_buf());
     let text = imported.model_toml(&source, name);
+    let bytes = seqflow::model::builder::safetensors_bytes(&weights, &tensors)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| seqflow::Error::io(dir, e))?;
     }
-    seqflow::model::builder::write_safetensors(&weights, &tensors)?;
-    seqflow::outfiles::write_file(out, |f| {
+    // Both files as `.partial`, renamed together: a failure leaves neither at its path.
+    let outputs = seqflow::outfiles::Outputs::default();
+    for (path, data) in [(weights.as_path(), bytes.as_slice()), (out, text.as_bytes())] {
         use std::io::Write as _;
-        f.write_all(text.as_bytes())
-    })?;
+        let mut f = outputs.create(path)?;
+        if let Err(e) = f.write_all(data).and_then(|_| f.sync_all()) {
+            outputs.discard();
+            return Err(seqflow::Error::io(path, e).into());
+        }
+    }
+    outputs.commit()?;
     for note in &imported.notes {
         say!("seqflow import: {note}");
     }

@@ -79,11 +79,7 @@ def _one_batch(data):
         return data
     t = _table(data).combine_chunks()
     batches = t.to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=t.schema)
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=t.schema)
 
 
 def _settings(key, time, features, emit, size, hop, all_steps, normalize, nan, names, workers):

@@ -340,11 +340,12 @@ impl Session {
         let settings = self.settings.to_string();
         py.detach(|| -> seqflow::Result<()> {
             self.lock().save(&path)?;
-            // Written whole then renamed: a crash leaves the old settings or the new.
-            let file = path.join("session.json");
-            let tmp = path.join("session.json.tmp");
-            std::fs::write(&tmp, settings).map_err(|e| seqflow::Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &file).map_err(|e| seqflow::Error::io(&file, e))
+            // Written as `.partial`, then renamed (never through a planted link): a crash
+            // leaves the old settings or the new.
+            seqflow::outfiles::write_file(&path.join("session.json"), |f| {
+                use std::io::Write as _;
+                f.write_all(settings.as_bytes())
+            })
         })
         .map_err(to_py)
     }

@@ -131,6 +131,13 @@ impl ModelBuilder {
 
 /// Writes f32 tensors as a safetensors file (creating its directory).
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let data = safetensors_bytes(path, tensors)?;
+    use std::io::Write as _;
+    crate::outfiles::write_file(path, |f| f.write_all(&data))
+}
+
+/// f32 tensors in the safetensors format; `path` names the file in messages.
+pub fn safetensors_bytes(path: &Path, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -147,12 +154,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, None).map_err(|e| Error::Output {
+    safetensors::serialize(views, None).map_err(|e| Error::Output {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })?;
-    use std::io::Write as _;
-    crate::outfiles::write_file(path, |f| f.write_all(&data))
+    })
 }
 
 #[cfg(test)]

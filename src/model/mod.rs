@@ -188,18 +188,7 @@ impl Model {
     /// names, as `seqflow import` would write them.
     pub fn load(path: &Path) -> Result<Model> {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-            let imported = crate::onnx::import(path)?;
-            let config = ModelConfig::parse(&imported.layers_toml, path)?;
-            let tensors = imported.tensors.into_iter().map(|(name, t)| {
-                (
-                    name,
-                    Tensor {
-                        shape: t.shape,
-                        data: t.data,
-                    },
-                )
-            });
-            return Model::from_parts(config, WeightStore::from_tensors(path, tensors));
+            return Model::from_onnx(path, &crate::onnx::import(path)?);
         }
         let config = ModelConfig::load(path)?;
         let store = match &config.weights {
@@ -207,6 +196,13 @@ impl Model {
             None => WeightStore::empty(path),
         };
         Model::from_parts(config, store)
+    }
+
+    /// The model an ONNX import describes (`path`, the `.onnx` file, names it in messages).
+    pub fn from_onnx(path: &Path, imported: &crate::onnx::Imported) -> Result<Model> {
+        let config = ModelConfig::parse(&imported.layers_toml, path)?;
+        let tensors = imported.tensors.iter().map(|(n, t)| (n.clone(), Tensor::from(t)));
+        Model::from_parts(config, WeightStore::from_tensors(path, tensors))
     }
 
     /// Builds a model from a parsed config and a weight store (tests, training).

@@ -17,6 +17,15 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+impl From<&crate::onnx::Tensor> for Tensor {
+    fn from(t: &crate::onnx::Tensor) -> Tensor {
+        Tensor {
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        }
+    }
+}
+
 /// All tensors of a weights file, by name, with a record of which were taken.
 #[derive(Debug, Clone)]
 pub struct WeightStore {
