@@ -187,8 +187,17 @@ fn import_then_run_equals_running_the_onnx() {
     // A refused graph writes nothing.
     let refused = dir.path().join("refused").join("m.toml");
     let onnx = fixtures().join("refuse_attention").join("model.onnx");
-    let o = seqflow(&["import", onnx.to_str().unwrap(), "--out", refused.to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("`scores`"), "{}", stderr(&o));
+    let o = seqflow(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        refused.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("`scores`"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!refused.exists() && !refused.with_extension("safetensors").exists());
     // A pipeline whose [model] path is the .onnx writes what the imported model file writes.
     let case = "ts_cnn_causal_lstm";
