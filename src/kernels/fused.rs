@@ -135,7 +135,8 @@ pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| {
         let asked_generic = std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic");
         #[cfg(target_arch = "x86_64")]
-        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        let cpu =
+            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq");
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
         cpu && !asked_generic
@@ -333,7 +334,7 @@ impl FusedCell {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn step_avx512(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
         for r0 in (0..n).step_by(ROW_BLOCK) {
             let r1 = n.min(r0 + ROW_BLOCK);
@@ -360,7 +361,7 @@ impl FusedCell {
     /// The bf16 kernel: each block's rows of `x` and `h` are first rounded to bf16 pairs in
     /// `scratch` (one conversion per value per step, against `4*hid` products that read it).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
     unsafe fn step_bf16(
         &self,
         n: usize,
@@ -411,7 +412,7 @@ impl FusedCell {
     /// AVX-512F present; rows `r0..r1` within the spans `step` checked; `tile` upholds the
     /// tile kernels' contracts.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
@@ -512,7 +513,7 @@ impl FusedCell {
                     let f = lanes::sigmoid_n(lines(1));
                     for (r, cn) in cn.iter_mut().enumerate() {
                         let cp = c[(t + r) * hid + u0..][..LANES].as_mut_ptr();
-                        *cn = _mm512_add_ps(_mm512_mul_ps(f[r], _mm512_loadu_ps(cp)), *cn);
+                        *cn = _mm512_fmadd_ps(f[r], _mm512_loadu_ps(cp), *cn);
                         _mm512_storeu_ps(cp, *cn);
                     }
                     let th = lanes::tanh_n(cn);
@@ -534,11 +535,8 @@ impl FusedCell {
                     let z = lanes::sigmoid_n(lines(1));
                     for r in 0..M {
                         let hp = h.data[(t + r) * h.stride + u0..][..LANES].as_ptr();
-                        let one_z = _mm512_sub_ps(_mm512_set1_ps(1.0), z[r]);
-                        let hn = _mm512_add_ps(
-                            _mm512_mul_ps(one_z, n[r]),
-                            _mm512_mul_ps(z[r], _mm512_loadu_ps(hp)),
-                        );
+                        // (1 - z) n + z h, as n + z (h - n).
+                        let hn = _mm512_fmadd_ps(z[r], _mm512_sub_ps(_mm512_loadu_ps(hp), n[r]), n[r]);
                         _mm512_storeu_ps(out[(t + r) * out_stride + u0..][..LANES].as_mut_ptr(), hn);
                     }
                 }
@@ -547,7 +545,11 @@ impl FusedCell {
                         let u0 = p * COLS + q * LANES;
                         let v = lines(q);
                         let a = if relu {
-                            v.map(|v| _mm512_max_ps(v, zero))
+                            let mut a = v;
+                            for a in a.iter_mut() {
+                                *a = _mm512_max_ps(*a, zero);
+                            }
+                            a
                         } else {
                             lanes::tanh_n(v)
                         };
@@ -634,70 +636,66 @@ impl FusedCell {
     }
 }
 
-/// Vector gate math, 16 lanes. The generic path's formulas (`super::exp` and the gates built
-/// on it), trimmed: each division is `rcp14` plus one Newton step (relative error about
-/// 2^-27, against several times the cost for `vdivps`), `tanh(x)` is `2 sigmoid(2x) - 1`,
-/// 93 vector operations per 16 LSTM units instead of 105. Absolute error against float64 stays about
-/// 1e-7 (`tests::matches_float64_reference`).
+/// Vector gate math, 16 lanes: `sigmoid(x) = 1 / (1 + 2^(-x log2 e))` and
+/// `tanh(x) = 2 sigmoid(2x) - 1`, 13 and 14 vector operations per 16 values.
+///
+/// Why not the generic path's formulas (`super::exp`, Cephes' range reduction and degree-6
+/// polynomial): AVX-512 does the range reduction in hardware. `vreduceps` gives the
+/// fraction `f = t - floor(t)` exactly, a degree-5 minimax polynomial gives `2^f`, and
+/// `vscalefps` multiplies by `2^floor(t)` (underflowing to zero on its own), so one
+/// exponential is 7 operations instead of 12. The gates were a fifth of a whole LSTM run.
+/// Each division is `rcp14` plus one Newton step (relative error about 2^-27, against
+/// several times the cost for `vdivps`). Absolute error against float64 stays below 1.5e-7
+/// (`tests::vector_gates_match_float64`, `tests::matches_float64_reference`).
 #[cfg(target_arch = "x86_64")]
 mod lanes {
     use std::arch::x86_64::*;
 
-    /// `e^-x` for `x` in [-87.3, 88.3] (callers clamp), for `N` vectors stage by stage:
-    /// `-x = n ln2 + r` with n rounded to nearest, Cephes' polynomial for `e^r` (the generic
-    /// path's coefficients, evaluated by Horner), `vscalefps` for the `2^n` (underflow to
-    /// zero handled by it).
+    /// `2^f` on [0, 1): minimax for relative error, fitted in float64 (maximum 7.5e-8 with
+    /// exact coefficients, 1.5e-7 once the coefficients and Horner's steps round to f32).
+    const EXP2: [f32; 6] = [
+        0.999_999_94,
+        0.693_153_1,
+        0.240_153_61,
+        0.055_826_318,
+        0.008_989_341,
+        0.001_877_576_7,
+    ];
+
+    /// `1 / (1 + 2^(scale x))` for `N` vectors stage by stage, `x` first raised to `low`.
+    ///
+    /// `low` keeps `2^(scale x)` finite (past it the Newton step would make `inf * 0` a NaN);
+    /// the other side needs no clamp, since `vscalefps` underflows to zero and `vreduceps`
+    /// gives 0 for any `t` that is an integer (every `|t| >= 2^23`).
     #[inline(always)]
-    fn exp_neg_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-        // SAFETY (every block): AVX-512F, which every caller's `target_feature` context has
-        // (this function is always inlined into one).
+    fn logistic_n<const N: usize>(mut x: [__m512; N], scale: f32, low: f32) -> [__m512; N] {
+        // SAFETY (every block): AVX-512F and AVX-512DQ, which every caller's
+        // `target_feature` context has (this function is always inlined into one).
         unsafe {
-            let mut n = x;
-            let mut r = x;
-            for k in 0..N {
-                n[k] = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                    _mm512_mul_ps(x[k], _mm512_set1_ps(-std::f32::consts::LOG2_E)),
-                );
-                // r = -x - n ln2, with ln2 split in two for precision.
-                r[k] = _mm512_fnmsub_ps(n[k], _mm512_set1_ps(0.693_359_4), x[k]);
+            for x in x.iter_mut() {
+                *x = _mm512_mul_ps(_mm512_max_ps(*x, _mm512_set1_ps(low)), _mm512_set1_ps(scale));
             }
-            for k in 0..N {
-                r[k] = _mm512_fnmadd_ps(n[k], _mm512_set1_ps(-2.121_944_4e-4), r[k]);
+            // f = t - floor(t): imm8 0x09 is "keep 0 fraction bits, round down, no
+            // precision exception".
+            // (Loops rather than `map`: a closure would not inherit the caller's target
+            // features, and every intrinsic in it would become a call.)
+            let mut f = x;
+            for f in f.iter_mut() {
+                *f = _mm512_reduce_ps::<0x09>(*f);
             }
-            let mut p = [_mm512_set1_ps(1.987_569_1e-4); N];
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-                1.0,
-                1.0,
-            ] {
-                for k in 0..N {
-                    p[k] = _mm512_fmadd_ps(p[k], r[k], _mm512_set1_ps(c));
+            let mut p = [_mm512_set1_ps(EXP2[5]); N];
+            for &c in EXP2[..5].iter().rev() {
+                for (p, f) in p.iter_mut().zip(&f) {
+                    *p = _mm512_fmadd_ps(*p, *f, _mm512_set1_ps(c));
                 }
             }
-            for k in 0..N {
-                p[k] = _mm512_scalef_ps(p[k], n[k]);
-            }
-            p
-        }
-    }
-
-    /// `1 / (1 + e^-x)` for `x` in [-87.3, 88.3]; the division is `rcp14` and one Newton
-    /// step.
-    #[inline(always)]
-    fn sigmoid_clamped_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-        // SAFETY: as in `exp_neg_n`.
-        unsafe {
-            let mut d = exp_neg_n(x);
-            for d in d.iter_mut() {
-                *d = _mm512_add_ps(_mm512_set1_ps(1.0), *d);
+            let mut d = p;
+            for ((d, p), t) in d.iter_mut().zip(&p).zip(&x) {
+                *d = _mm512_add_ps(_mm512_scalef_ps(*p, *t), _mm512_set1_ps(1.0));
             }
             let mut r = d;
-            for (r, d) in r.iter_mut().zip(&d) {
-                *r = _mm512_rcp14_ps(*d);
+            for r in r.iter_mut() {
+                *r = _mm512_rcp14_ps(*r);
             }
             for (r, d) in r.iter_mut().zip(&d) {
                 let e = _mm512_fnmadd_ps(*d, *r, _mm512_set1_ps(1.0));
@@ -707,53 +705,34 @@ mod lanes {
         }
     }
 
-    /// `x` clamped to [-87.3, 88.3]: below, `e^-x` would overflow to infinity (and the
-    /// Newton step make it NaN); above, the range reduction of `exp_neg_n` loses `r` to
-    /// rounding (from about 1e13 on) and its polynomial overflows. The sigmoid there is 0
-    /// or 1 to f32 precision anyway; the generic path clamps the same way.
-    #[inline(always)]
-    fn clamp_n<const N: usize>(mut x: [__m512; N]) -> [__m512; N] {
-        // SAFETY: as in `exp_neg_n`.
-        unsafe {
-            for x in x.iter_mut() {
-                *x = _mm512_min_ps(_mm512_max_ps(*x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.3));
-            }
-        }
-        x
-    }
-
-    /// `1 / (1 + e^-x)`, for `N` vectors at once.
+    /// `1 / (1 + e^-x)`, for `N` vectors at once. Below -87.3, `e^-x` would overflow; the
+    /// sigmoid there is 0 to f32 precision anyway (the generic path clamps the same way).
     #[inline(always)]
     pub fn sigmoid_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-        sigmoid_clamped_n(clamp_n(x))
+        logistic_n(x, -std::f32::consts::LOG2_E, -87.3)
     }
 
-    /// `2 sigmoid(2x) - 1`, for `N` vectors at once.
+    /// `2 sigmoid(2x) - 1`, for `N` vectors at once (the doubling folded into the scale).
     #[inline(always)]
-    pub fn tanh_n<const N: usize>(mut x: [__m512; N]) -> [__m512; N] {
-        // SAFETY: as in `exp_neg_n`.
-        unsafe {
-            for x in x.iter_mut() {
-                *x = _mm512_add_ps(*x, *x);
-            }
-            let mut s = sigmoid_clamped_n(clamp_n(x));
-            for s in s.iter_mut() {
-                *s = _mm512_fmsub_ps(*s, _mm512_set1_ps(2.0), _mm512_set1_ps(1.0));
-            }
-            s
+    pub fn tanh_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+        let mut s = logistic_n(x, -2.0 * std::f32::consts::LOG2_E, -43.6);
+        for s in s.iter_mut() {
+            // SAFETY: as in `logistic_n`.
+            *s = unsafe { _mm512_fmsub_ps(*s, _mm512_set1_ps(2.0), _mm512_set1_ps(1.0)) };
         }
+        s
     }
 
     /// `1 / (1 + e^-x)`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub fn sigmoid(x: __m512) -> __m512 {
         sigmoid_n([x])[0]
     }
 
     /// `2 sigmoid(2x) - 1`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub fn tanh(x: __m512) -> __m512 {
         tanh_n([x])[0]
     }
@@ -761,7 +740,7 @@ mod lanes {
 
 /// LSTM gates over 16 units: `c' = f c + i g`, `h' = o tanh(c')`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn lstm_lanes(pre: &[Line; GROUPS], c: &mut [f32; LANES], h: &mut [f32; LANES]) {
     // SAFETY: `Line` is 64-byte aligned; `c` and `h` hold 16 floats (unaligned accesses).
@@ -771,7 +750,7 @@ unsafe fn lstm_lanes(pre: &[Line; GROUPS], c: &mut [f32; LANES], h: &mut [f32; L
         let f = lanes::sigmoid(ld(&pre[1]));
         let g = lanes::tanh(ld(&pre[2]));
         let o = lanes::sigmoid(ld(&pre[3]));
-        let cn = _mm512_add_ps(_mm512_mul_ps(f, _mm512_loadu_ps(c.as_ptr())), _mm512_mul_ps(i, g));
+        let cn = _mm512_fmadd_ps(f, _mm512_loadu_ps(c.as_ptr()), _mm512_mul_ps(i, g));
         _mm512_storeu_ps(c.as_mut_ptr(), cn);
         _mm512_storeu_ps(h.as_mut_ptr(), _mm512_mul_ps(o, lanes::tanh(cn)));
     }
@@ -779,7 +758,7 @@ unsafe fn lstm_lanes(pre: &[Line; GROUPS], c: &mut [f32; LANES], h: &mut [f32; L
 
 /// GRU gates over 16 units: `h' = (1 - z) tanh(nx + r nh) + z h`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn gru_lanes(pre: &[Line; GROUPS], hp: &[f32; LANES], h: &mut [f32; LANES]) {
     // SAFETY: as in `lstm_lanes`.
@@ -788,18 +767,15 @@ unsafe fn gru_lanes(pre: &[Line; GROUPS], hp: &[f32; LANES], h: &mut [f32; LANES
         let r = lanes::sigmoid(ld(&pre[0]));
         let z = lanes::sigmoid(ld(&pre[1]));
         let n = lanes::tanh(_mm512_add_ps(ld(&pre[2]), _mm512_mul_ps(r, ld(&pre[3]))));
-        let one_z = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
-        let hn = _mm512_add_ps(
-            _mm512_mul_ps(one_z, n),
-            _mm512_mul_ps(z, _mm512_loadu_ps(hp.as_ptr())),
-        );
+        // (1 - z) n + z h, as n + z (h - n).
+        let hn = _mm512_fmadd_ps(z, _mm512_sub_ps(_mm512_loadu_ps(hp.as_ptr()), n), n);
         _mm512_storeu_ps(h.as_mut_ptr(), hn);
     }
 }
 
 /// RNN activation over 16 units.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn rnn_lanes(pre: &Line, relu: bool, h: &mut [f32; LANES]) {
     // SAFETY: as in `lstm_lanes`.
@@ -927,15 +903,15 @@ macro_rules! tile_kernel {
 
 tile_kernel!(
     /// f32: one FMA per value.
-    tile_f32, "avx512f", f32, bcast_f32, fma_f32
+    tile_f32, "avx512f,avx512dq", f32, bcast_f32, fma_f32
 );
 tile_kernel!(
     /// bf16: one `vdpbf16ps` per pair of values (two products, f32 accumulation).
-    tile_bf16, "avx512f,avx512bf16", u32, bcast_pair, dot_bf16
+    tile_bf16, "avx512f,avx512dq,avx512bf16", u32, bcast_pair, dot_bf16
 );
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn bcast_f32(p: *const f32) -> __m512 {
     // SAFETY: the tile kernel's contract.
@@ -943,14 +919,14 @@ unsafe fn bcast_f32(p: *const f32) -> __m512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 fn fma_f32(acc: __m512, v: __m512, w: __m512) -> __m512 {
     _mm512_fmadd_ps(v, w, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 unsafe fn bcast_pair(p: *const u32) -> __m512 {
     // SAFETY: the tile kernel's contract.
@@ -958,7 +934,7 @@ unsafe fn bcast_pair(p: *const u32) -> __m512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
 #[inline]
 fn dot_bf16(acc: __m512, v: __m512, w: __m512) -> __m512 {
     // SAFETY: reinterpreting 64 bytes of bf16 pairs; both types are plain vectors.
@@ -1258,7 +1234,7 @@ mod tests {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn vector_gates(x: &[f32; LANES], s: &mut [f32; LANES], t: &mut [f32; LANES]) {
         // SAFETY: 16 floats each.
         unsafe {
