@@ -10,6 +10,8 @@
 //!
 //!     cargo bench --bench step
 //!     cargo bench --bench step -- --quick     # fewer samples
+//!     SEQFLOW_KERNEL=avx2 cargo bench --bench step -- "lstm_step|gru_step"
+//!                                             # the AVX2 kernel, against the ymm peak
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -130,7 +132,16 @@ mod fma_peak;
 /// Reads criterion's estimates and prints key-steps/s and GFLOP/s per configuration, next to
 /// the machine's single-core f32 FMA peak measured now.
 fn report() {
-    let peak = fma_peak::f32_gflops(5);
+    // The AVX2 kernel (on an AVX-512 CPU with `SEQFLOW_KERNEL=avx2`) against the ymm peak.
+    let avx2 = seqflow::kernels::fused::isa() == Some(seqflow::kernels::fused::Isa::Avx2);
+    let peak = if avx2 {
+        fma_peak::avx2_gflops(5)
+    } else {
+        fma_peak::f32_gflops(5)
+    };
+    if avx2 {
+        println!("\nthe fused AVX2 kernel (ymm) runs here: the peak below is AVX2's");
+    }
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))

@@ -6,7 +6,8 @@
 //!     cargo run --release --example fma_peak
 //!
 //! Prints `fma_peak_f32_gflops X` (16 independent chains of `vfmadd231ps zmm`, 32 FLOPs per
-//! instruction; `ymm` and 16 FLOPs on a CPU without AVX-512) and, on a CPU with AVX512_BF16,
+//! instruction; `ymm` and 16 FLOPs on a CPU without AVX-512), on an AVX-512 CPU also
+//! `fma_peak_avx2_gflops` (the ymm loop: what `SEQFLOW_KERNEL=avx2` is measured against) and, on a CPU with AVX512_BF16,
 //! `fma_peak_bf16_gflops Y` (16 chains of `vdpbf16ps zmm`, 64 FLOPs each: 32 bf16 products
 //! summed into 16 f32 lanes), each the best of several timed loops. The loops are written in
 //! assembly so that no compile-time target feature is needed and nothing but the
@@ -183,6 +184,21 @@ pub fn f32_gflops(reps: usize) -> Option<f64> {
     }
 }
 
+/// The single-core f32 FMA peak at AVX2's width (ymm), on any CPU with AVX2 + FMA: the
+/// ceiling of the AVX2 kernel, which an AVX-512 CPU also runs with `SEQFLOW_KERNEL=avx2`.
+pub fn avx2_gflops(reps: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2");
+        avx2.then(|| best("ymm", 16.0, reps))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = reps;
+        None
+    }
+}
+
 /// The single-core bf16 dot-product peak in GFLOP/s (None: no AVX512_BF16).
 pub fn bf16_gflops(reps: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
@@ -201,6 +217,11 @@ fn main() {
     match f32_gflops(5) {
         Some(g) => println!("fma_peak_f32_gflops {g:.1} ({:?})", width().expect("width")),
         None => println!("fma_peak_f32_gflops unknown (no AVX2/AVX-512 FMA)"),
+    }
+    if width() == Some(Width::Avx512) {
+        if let Some(g) = avx2_gflops(5) {
+            println!("fma_peak_avx2_gflops {g:.1} (ymm, for the AVX2 kernel)");
+        }
     }
     match bf16_gflops(5) {
         Some(g) => println!("fma_peak_bf16_gflops {g:.1}"),

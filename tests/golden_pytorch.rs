@@ -192,29 +192,58 @@ fn bf16_error_on_every_golden_model() {
     }
 }
 
-/// The portable path (faer GEMMs and the multiversioned gate loops), which CPUs without
-/// AVX-512 run: the golden tests again in a child with `SEQFLOW_KERNEL=generic` (the kernel
-/// choice is made once per process). On this AVX-512 machine nothing else exercises it for
-/// GRUs, RNNs and LSTMs without a projection.
-#[test]
-fn the_portable_kernels_match_pytorch_too() {
-    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic") {
+/// The golden tests again in a child process with `SEQFLOW_KERNEL` set to `kernel` (the
+/// kernel choice is made once per process).
+fn golden_tests_pass_with(kernel: &str) {
+    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == kernel) {
         return; // the child itself
     }
     let o = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("SEQFLOW_KERNEL", "generic")
+        .env("SEQFLOW_KERNEL", kernel)
         .args([
             "--exact",
             "offline_form_matches_pytorch",
             "batched_offline_matches_pytorch",
             "streamed_step_by_step_matches_pytorch",
+            "the_kernel_asked_for_runs",
         ])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        o.status.success() && out.contains("test result: ok. 3 passed"),
-        "{out}{}",
+        o.status.success() && out.contains("test result: ok. 4 passed"),
+        "{kernel}: {out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// In a child of the two tests below, the kernel `SEQFLOW_KERNEL` asks for is the one that
+/// runs (so that they test what they say).
+#[test]
+fn the_kernel_asked_for_runs() {
+    use seqflow::kernels::fused::{isa, Isa};
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    match std::env::var("SEQFLOW_KERNEL").as_deref() {
+        Ok("generic") => assert_eq!(isa(), None),
+        Ok("avx2") if avx2 => assert_eq!(isa(), Some(Isa::Avx2)),
+        _ => {}
+    }
+}
+
+/// The portable path (faer GEMMs and the multiversioned gate loops), which CPUs without
+/// AVX2 run. On this AVX-512 machine nothing else exercises it for GRUs, RNNs and LSTMs
+/// without a projection.
+#[test]
+fn the_portable_kernels_match_pytorch_too() {
+    golden_tests_pass_with("generic");
+}
+
+/// The fused AVX2 kernel, which CPUs with AVX2 but not AVX-512 run (checked on any CPU
+/// with AVX2; on one without, the child runs the portable path).
+#[test]
+fn the_avx2_kernel_matches_pytorch_too() {
+    golden_tests_pass_with("avx2");
 }

@@ -240,24 +240,35 @@ fn import_then_run_equals_running_the_onnx() {
     assert_eq!(outs[0].lines().count(), 41);
 }
 
-/// The same graphs on the portable kernels (faer + multiversioned gates), which CPUs without
-/// AVX-512 run: a child process with `SEQFLOW_KERNEL=generic`.
-#[test]
-fn the_portable_kernels_equal_onnxruntime_too() {
-    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic") {
+/// The same graphs in a child process with `SEQFLOW_KERNEL` set to `kernel`.
+fn onnx_graphs_pass_with(kernel: &str) {
+    if std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == kernel) {
         return; // the child itself
     }
     let o = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("SEQFLOW_KERNEL", "generic")
+        .env("SEQFLOW_KERNEL", kernel)
         .args(["--exact", "every_graph_equals_onnxruntime_offline_and_streamed"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && out.contains("test result: ok. 1 passed"),
-        "{out}{}",
+        "{kernel}: {out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The same graphs on the portable kernels (faer + multiversioned gates), which CPUs without
+/// AVX2 run.
+#[test]
+fn the_portable_kernels_equal_onnxruntime_too() {
+    onnx_graphs_pass_with("generic");
+}
+
+/// The same graphs on the fused AVX2 kernel, which CPUs with AVX2 but not AVX-512 run.
+#[test]
+fn the_avx2_kernel_equals_onnxruntime_too() {
+    onnx_graphs_pass_with("avx2");
 }
 
 /// Damaged files (bytes flipped, cut short) are a message or, where the damage happens to

@@ -1,42 +1,45 @@
 //! The fused recurrent step: `b + [x h] · [W_ih; W_hh]^T` and the cell's gates in one pass
-//! over register tiles, on CPUs with AVX-512.
+//! over register tiles, on CPUs with AVX-512 or AVX2 + FMA.
 //!
 //! Why: the generic path (per block of rows, one faer GEMM with `W_ih` and one with `W_hh`
 //! into scratch, a gate pass over both, then a copy of `h` into the output rows) moves every
 //! gate pre-activation through memory three times, and its first GEMM, with the input width
 //! (often 8) as its depth, is mostly call overhead. Here the weights are packed once, at load,
-//! into panels of 64 columns: for an LSTM or a GRU, 16 hidden units times 4 gate groups, so
-//! that one register tile holds every gate of its units. A tile of up to 6 rows x 64 columns
-//! stays in 24 zmm registers over the whole reduction (input, then hidden state); the gates
-//! run on it as soon as it is complete, and `h` goes straight into the caller's output rows.
+//! into panels of 4 vectors' worth of columns: for an LSTM or a GRU, one vector of hidden
+//! units (16 with AVX-512, 8 with AVX2) times 4 gate groups, so that one register tile holds
+//! every gate of its units. A tile of up to 6 rows (AVX-512; 3 with AVX2) stays in registers
+//! over the whole reduction (input, then hidden state); the gates run on it as soon as it is
+//! complete, and `h` goes straight into the caller's output rows. The vector operations come
+//! from [`super::simd`], so both widths are one algorithm.
 //!
 //! **Invariance.** Every pre-activation is one FMA chain in a fixed order: the bias, then
 //! `x[0..I]`, then `h[0..H]`, whichever rows share its tile or its call. A key's result
 //! therefore does not depend on how keys are batched, which is what keeps a pipeline's
 //! output bit-identical for any worker count (the property tests and the `-w` invariance
-//! tests defend it; `tests::rows_are_independent_of_batching` here).
+//! tests defend it; `tests::rows_are_independent_of_batching` here). The instruction set is
+//! chosen once per process, so every key of a run goes through the same one; two processes
+//! of a cluster on CPUs of different widths would agree only to about 1e-7.
 //!
-//! **Dispatch.** [`FusedCell::new`] returns `None` on a CPU without AVX-512F, or when the
-//! environment sets `SEQFLOW_KERNEL=generic` (for comparisons, and to run the portable path
-//! on this machine); the caller then keeps the faer path, which gives the same results to
-//! within float rounding (about 1e-7).
+//! **Dispatch.** [`isa`]: AVX-512 (F and DQ) where the CPU has it, else AVX2 + FMA, else none,
+//! and [`FusedCell::new`] returns `None`, so the caller keeps the faer path, which gives the
+//! same results to within float rounding (about 1e-7). `SEQFLOW_KERNEL=avx2` picks the AVX2
+//! kernel on an AVX-512 CPU and `SEQFLOW_KERNEL=generic` the faer path (for comparisons, and
+//! so that this machine runs what other CPUs run).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-/// f32 lanes of a zmm register.
-const LANES: usize = 16;
-/// Column groups per panel (zmm accumulators per tile row).
+pub use super::simd::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{sigmoid_n, tanh_n, Avx2, Avx512, Vector};
+
+/// Column groups per panel (vector accumulators per tile row).
 const GROUPS: usize = 4;
-/// Columns per panel.
-const COLS: usize = GROUPS * LANES;
-/// Rows per register tile: 6 x 4 accumulators + 4 weight vectors + 1 broadcast fit in the
-/// 32 zmm registers.
-const MR: usize = 6;
-/// Rows per block: a panel of weights (136 x 64 floats at LSTM 8->128, 35 KB) is reused
-/// over this many rows while it sits in L1.
-const ROW_BLOCK: usize = 48;
+/// The most f32 lanes of any vector (the tile buffer's and scratch arrays' line width).
+const MAX_LANES: usize = 16;
+/// The most rows of any register tile.
+const MAX_TILE_ROWS: usize = 6;
 
 /// Which cell's gates the epilogue applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub enum Gates {
     /// Groups `r`, `z`, `n` from the input (`nx`) and `n` from the hidden state (`nh`, kept
     /// apart because the reset gate multiplies it): `h' = (1 - z) tanh(nx + r nh) + z h`.
     Gru,
-    /// 64 hidden units per panel: `h' = act(pre)`.
+    /// 4 vectors of hidden units per panel: `h' = act(pre)`.
     Rnn {
         /// ReLU rather than tanh.
         relu: bool,
@@ -74,40 +77,95 @@ impl Precision {
     }
 }
 
-/// Whether this CPU runs the bf16 kernel: the fused kernel is [`enabled`] and has AVX512_BF16.
+/// The instruction set the fused kernel runs on here, if any: AVX-512F + DQ, else AVX2 +
+/// FMA; `SEQFLOW_KERNEL=avx2` asks for the second on a CPU that has both and
+/// `SEQFLOW_KERNEL=generic` for none (other values are ignored). Decided once per process.
+pub fn isa() -> Option<Isa> {
+    static ISA: OnceLock<Option<Isa>> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let asked = std::env::var("SEQFLOW_KERNEL").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx512 = has!("avx512f") && has!("avx512dq");
+            let avx2 = has!("avx2") && has!("fma");
+            match asked.as_str() {
+                "generic" => None,
+                _ if avx512 && asked != "avx2" => Some(Isa::Avx512),
+                _ if avx2 => Some(Isa::Avx2),
+                _ => None,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = asked;
+            None
+        }
+    })
+}
+
+/// Whether the fused kernel runs here (see [`isa`]).
+pub fn enabled() -> bool {
+    isa().is_some()
+}
+
+/// Whether this CPU runs the bf16 kernel: the fused kernel runs on AVX-512 and the CPU has
+/// AVX512_BF16.
 pub fn bf16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     let cpu = std::arch::is_x86_feature_detected!("avx512bf16");
     #[cfg(not(target_arch = "x86_64"))]
     let cpu = false;
-    enabled() && cpu
+    isa() == Some(Isa::Avx512) && cpu
 }
 
-/// One 64-byte-aligned vector of weights, so that every load of the tile loop is aligned:
-/// 16 f32, or for the bf16 kernel 16 pairs of bf16 (the bit patterns stored as f32).
+/// 64 bytes of packed weights, aligned so that every vector load of the tile loop is: 16
+/// f32 (or for the bf16 kernel 16 pairs of bf16, the bit patterns stored as f32).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
-struct Line([f32; LANES]);
+struct Line([f32; MAX_LANES]);
+
+/// f32 values in 64-byte-aligned storage.
+#[derive(Debug, Clone)]
+struct Aligned(Vec<Line>);
+
+impl Aligned {
+    fn zeros(len: usize) -> Aligned {
+        Aligned(vec![Line([0.0; MAX_LANES]); len.div_ceil(MAX_LANES)])
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        let len = self.0.len() * MAX_LANES;
+        // SAFETY: `Line` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, aligned to
+        // 64), so the lines are `len` contiguous floats.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), len) }
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.0.as_ptr().cast::<f32>()
+    }
+}
 
 /// The weights and biases of one direction of one recurrent layer, packed for the kernel.
 #[derive(Debug, Clone)]
 pub struct FusedCell {
     gates: Gates,
     precision: Precision,
+    isa: Isa,
     in_w: usize,
     hid: usize,
     panels: usize,
-    /// Per panel, `kx` reduction rows of [`FusedCell::lines_of`] lines multiplying the
+    /// Per panel, `kx` reduction rows of [`FusedCell::lines_of`] vectors multiplying the
     /// input, then `kh` such rows multiplying `h`: in f32 one row per value (`kx = in_w`,
     /// `kh = hid`), in bf16 one row per pair of values (`x[2k]` in each lane's low half).
-    /// Columns past the last unit and values past an odd width are zero. A GRU has 3 lines
+    /// Columns past the last unit and values past an odd width are zero. A GRU has 3 vectors
     /// per row: `r z nx` for x, `r z nh` for h (a zero fourth would cost a third more FMAs).
-    w: Vec<Line>,
+    w: Aligned,
     /// Reduction rows of the input and of the hidden segment.
     kx: usize,
     kh: usize,
-    /// Per panel, `GROUPS` lines: each column's bias (the accumulators' starting value).
-    bias: Vec<Line>,
+    /// Per panel, `GROUPS` vectors: each column's bias (the accumulators' starting value).
+    bias: Aligned,
 }
 
 /// `n` rows of `width` values, row `r` starting at `data[r * stride]`.
@@ -128,26 +186,11 @@ pub struct RowsMut<'a> {
     pub stride: usize,
 }
 
-/// Whether the fused kernel may run here: AVX-512F, and not switched off with
-/// `SEQFLOW_KERNEL=generic`. Decided once per process.
-pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let asked_generic = std::env::var("SEQFLOW_KERNEL").is_ok_and(|v| v == "generic");
-        #[cfg(target_arch = "x86_64")]
-        let cpu =
-            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq");
-        #[cfg(not(target_arch = "x86_64"))]
-        let cpu = false;
-        cpu && !asked_generic
-    })
-}
-
 impl FusedCell {
     /// Packs PyTorch's tensors of one direction of one layer: `w_ih [G*hid x in_w]`,
-    /// `w_hh [G*hid x hid]`, the optional biases `[G*hid]`, gates in PyTorch's order.
-    /// `None` when the fused kernel is not [`enabled`] (or, for bf16, not
-    /// [`bf16_supported`]; callers check that first, to say so).
+    /// `w_hh [G*hid x hid]`, the optional biases `[G*hid]`, gates in PyTorch's order, for
+    /// this CPU's [`isa`]. `None` when the fused kernel does not run here (or, for bf16,
+    /// [`bf16_supported`] is false; callers check that first, to say so).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         gates: Gates,
@@ -159,52 +202,68 @@ impl FusedCell {
         b_ih: Option<&[f32]>,
         b_hh: Option<&[f32]>,
     ) -> Option<FusedCell> {
-        let supported = match precision {
-            Precision::F32 => enabled(),
-            Precision::Bf16 => bf16_supported(),
-        };
-        if !supported || in_w == 0 || hid == 0 {
+        if precision == Precision::Bf16 && !bf16_supported() {
             return None;
         }
+        Self::for_isa(isa()?, gates, precision, in_w, hid, w_ih, w_hh, b_ih, b_hh)
+    }
+
+    /// [`FusedCell::new`] for a given instruction set, which the caller has checked this CPU
+    /// runs (bf16 only on AVX-512). `None` for an empty layer.
+    #[allow(clippy::too_many_arguments)]
+    fn for_isa(
+        isa: Isa,
+        gates: Gates,
+        precision: Precision,
+        in_w: usize,
+        hid: usize,
+        w_ih: &[f32],
+        w_hh: &[f32],
+        b_ih: Option<&[f32]>,
+        b_hh: Option<&[f32]>,
+    ) -> Option<FusedCell> {
+        if in_w == 0 || hid == 0 || (precision == Precision::Bf16 && isa != Isa::Avx512) {
+            return None;
+        }
+        let lanes = isa.lanes();
         let (kx, kh) = match precision {
             Precision::F32 => (in_w, hid),
             Precision::Bf16 => (in_w.div_ceil(2), hid.div_ceil(2)),
         };
-        let units = match gates {
-            Gates::Rnn { .. } => COLS,
-            Gates::Lstm | Gates::Gru => LANES,
-        };
+        let units = Self::units_per_panel(gates, lanes);
         let panels = hid.div_ceil(units);
         let lines = Self::lines_of(gates);
-        let per_panel = (kx + kh) * lines;
-        let mut w = vec![Line([0.0; LANES]); panels * per_panel];
+        let per_panel = (kx + kh) * lines * lanes;
+        let mut w = Aligned::zeros(panels * per_panel);
+        let packed = w.as_mut_slice();
         // Value `k` of a segment goes to reduction row `k` (f32) or to half `k % 2` of pair
         // row `k / 2` (bf16).
-        let put = |line: &mut Line, l: usize, k: usize, v: f32| match precision {
-            Precision::F32 => line.0[l] = v,
+        let put = |slot: &mut f32, k: usize, v: f32| match precision {
+            Precision::F32 => *slot = v,
             Precision::Bf16 => {
-                let bits = line.0[l].to_bits();
+                let bits = slot.to_bits();
                 let half = (bf16_bits(v) as u32) << (16 * (k % 2));
                 let keep = if k.is_multiple_of(2) {
                     0xffff_0000
                 } else {
                     0x0000_ffff
                 };
-                line.0[l] = f32::from_bits((bits & keep) | half);
+                *slot = f32::from_bits((bits & keep) | half);
             }
         };
         let row_of = |k: usize| match precision {
             Precision::F32 => k,
             Precision::Bf16 => k / 2,
         };
-        let mut bias = vec![Line([0.0; LANES]); panels * GROUPS];
+        let mut bias = Aligned::zeros(panels * GROUPS * lanes);
+        let biases = bias.as_mut_slice();
         let b = |v: Option<&[f32]>, row: usize| v.map_or(0.0, |v| v[row]);
         for p in 0..panels {
             for q in 0..GROUPS {
-                for l in 0..LANES {
+                for l in 0..lanes {
                     let unit = match gates {
-                        Gates::Rnn { .. } => p * COLS + q * LANES + l,
-                        Gates::Lstm | Gates::Gru => p * LANES + l,
+                        Gates::Rnn { .. } => p * units + q * lanes + l,
+                        Gates::Lstm | Gates::Gru => p * units + l,
                     };
                     if unit >= hid {
                         continue;
@@ -219,8 +278,8 @@ impl FusedCell {
                         (Gates::Gru, _) => (None, Some(2 * hid + unit), b(b_hh, 2 * hid + unit)),
                         (Gates::Rnn { .. }, _) => (Some(unit), Some(unit), b(b_ih, unit) + b(b_hh, unit)),
                     };
-                    bias[p * GROUPS + q].0[l] = bias_v;
-                    let panel = &mut w[p * per_panel..(p + 1) * per_panel];
+                    biases[(p * GROUPS + q) * lanes + l] = bias_v;
+                    let panel = &mut packed[p * per_panel..(p + 1) * per_panel];
                     // The GRU's x rows hold groups 0 1 2 and its h rows groups 0 1 3.
                     let (x_line, h_line) = match gates {
                         Gates::Gru => (q, q.min(2)),
@@ -228,22 +287,14 @@ impl FusedCell {
                     };
                     if let Some(row) = x_row {
                         for kk in 0..in_w {
-                            put(
-                                &mut panel[row_of(kk) * lines + x_line],
-                                l,
-                                kk,
-                                w_ih[row * in_w + kk],
-                            );
+                            let at = (row_of(kk) * lines + x_line) * lanes + l;
+                            put(&mut panel[at], kk, w_ih[row * in_w + kk]);
                         }
                     }
                     if let Some(row) = h_row {
                         for kk in 0..hid {
-                            put(
-                                &mut panel[(kx + row_of(kk)) * lines + h_line],
-                                l,
-                                kk,
-                                w_hh[row * hid + kk],
-                            );
+                            let at = ((kx + row_of(kk)) * lines + h_line) * lanes + l;
+                            put(&mut panel[at], kk, w_hh[row * hid + kk]);
                         }
                     }
                 }
@@ -252,6 +303,7 @@ impl FusedCell {
         Some(FusedCell {
             gates,
             precision,
+            isa,
             in_w,
             hid,
             panels,
@@ -267,11 +319,25 @@ impl FusedCell {
         self.precision
     }
 
-    /// Weight lines per reduction row.
+    /// The instruction set this cell was packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Weight vectors per reduction row.
     fn lines_of(gates: Gates) -> usize {
         match gates {
             Gates::Gru => 3,
             Gates::Lstm | Gates::Rnn { .. } => GROUPS,
+        }
+    }
+
+    /// Hidden units per panel: one vector's worth for a gated cell (its 4 gate groups fill
+    /// the panel), four for an RNN.
+    fn units_per_panel(gates: Gates, lanes: usize) -> usize {
+        match gates {
+            Gates::Rnn { .. } => GROUPS * lanes,
+            Gates::Lstm | Gates::Gru => lanes,
         }
     }
 
@@ -321,12 +387,14 @@ impl FusedCell {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a FusedCell exists only where `enabled()` saw AVX-512F (and, in bf16,
-        // `bf16_supported()` AVX512_BF16); every row span was checked against its slice above.
+        // SAFETY: a FusedCell exists only for an instruction set `isa()` saw on this CPU
+        // (and, in bf16, `bf16_supported()` AVX512_BF16); every row span was checked against
+        // its slice above.
         unsafe {
-            match self.precision {
-                Precision::F32 => self.step_avx512(n, x, h, c, out),
-                Precision::Bf16 => self.step_bf16(n, x, h, c, out, scratch),
+            match (self.isa, self.precision) {
+                (Isa::Avx512, Precision::F32) => self.step_avx512(n, x, h, c, out),
+                (Isa::Avx512, Precision::Bf16) => self.step_bf16(n, x, h, c, out, scratch),
+                (Isa::Avx2, _) => self.step_avx2(n, x, h, c, out),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -336,23 +404,47 @@ impl FusedCell {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn step_avx512(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
-        for r0 in (0..n).step_by(ROW_BLOCK) {
-            let r1 = n.min(r0 + ROW_BLOCK);
+        // SAFETY: AVX-512F and DQ, per this function's features; the spans `step` checked.
+        unsafe { self.step_f32::<Avx512>(n, x, h, c, out) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step_avx2(&self, n: usize, x: Rows<'_>, h: Rows<'_>, c: &mut [f32], out: RowsMut<'_>) {
+        // SAFETY: AVX2 and FMA, per this function's features; the spans `step` checked.
+        unsafe { self.step_f32::<Avx2>(n, x, h, c, out) }
+    }
+
+    /// The f32 kernel at width `V`, block by block.
+    ///
+    /// # Safety
+    /// `V`'s instruction set present; the spans `step` checked.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn step_f32<V: Vector>(
+        &self,
+        n: usize,
+        x: Rows<'_>,
+        h: Rows<'_>,
+        c: &mut [f32],
+        out: RowsMut<'_>,
+    ) {
+        for r0 in (0..n).step_by(V::ROW_BLOCK) {
+            let r1 = n.min(r0 + V::ROW_BLOCK);
             // SAFETY: rows r0..r1 are < n, whose spans `step` checked.
             unsafe {
-                self.block(
+                self.block::<V, F32<V>>(
                     r0,
                     r1,
                     &h,
                     c,
                     &mut *out.data,
                     out.stride,
-                    |t, m, gru, w, bias, acc| {
-                        let xs = x.data.as_ptr().add(t * x.stride);
-                        let hs = h.data.as_ptr().add(t * h.stride);
-                        let (kx, kh, xst, hst) = (self.kx, self.kh, x.stride, h.stride);
-                        dispatch!(tile_f32, m, gru, (w, bias, kx, kh, xs, xst, hs, hst, acc));
-                    },
+                    x.data.as_ptr(),
+                    x.stride,
+                    h.data.as_ptr(),
+                    h.stride,
+                    0,
                 );
             }
         }
@@ -372,10 +464,11 @@ impl FusedCell {
         scratch: &mut Vec<u32>,
     ) {
         let kp = self.kx + self.kh;
+        let block = <Avx512 as Vector>::ROW_BLOCK;
         scratch.clear();
-        scratch.resize(ROW_BLOCK.min(n) * kp, 0);
-        for r0 in (0..n).step_by(ROW_BLOCK) {
-            let r1 = n.min(r0 + ROW_BLOCK);
+        scratch.resize(block.min(n) * kp, 0);
+        for r0 in (0..n).step_by(block) {
+            let r1 = n.min(r0 + block);
             for (i, pairs) in scratch.chunks_exact_mut(kp).take(r1 - r0).enumerate() {
                 let r = r0 + i;
                 let (px, ph) = pairs.split_at_mut(self.kx);
@@ -384,38 +477,38 @@ impl FusedCell {
             }
             let a = scratch.as_ptr();
             // SAFETY: rows r0..r1 are < n, whose spans `step` checked; `scratch` holds
-            // r1 - r0 rows of kp pairs.
+            // r1 - r0 rows of kp pairs, row t - r0 for row t; AVX-512F, DQ and BF16 per this
+            // function's features.
             unsafe {
-                self.block(
+                self.block::<Avx512, Bf16>(
                     r0,
                     r1,
                     &h,
                     c,
                     &mut *out.data,
                     out.stride,
-                    |t, m, gru, w, bias, acc| {
-                        let xs = a.add((t - r0) * kp);
-                        let hs = xs.add(self.kx);
-                        let (kx, kh) = (self.kx, self.kh);
-                        dispatch!(tile_bf16, m, gru, (w, bias, kx, kh, xs, kp, hs, kp, acc));
-                    },
+                    a,
+                    kp,
+                    a.add(self.kx),
+                    kp,
+                    r0,
                 );
             }
         }
     }
 
-    /// Rows `r0..r1` through every panel: for each register tile of up to `MR` rows, `tile`
-    /// runs the reduction into the tile buffer (`tile(t, m, gru, weights, bias, out)`), then
-    /// the epilogue applies the gates row by row.
+    /// Rows `r0..r1` through every panel: for each register tile of up to `V::TILE_ROWS`
+    /// rows, the reduction into the tile buffer, then the epilogue's gates. Row `t` of the
+    /// products' operands is `xs + (t - base) * xst` and `hs + (t - base) * hst`; `h` is the
+    /// previous state in f32, which a GRU's epilogue reads.
     ///
     /// # Safety
-    /// AVX-512F present; rows `r0..r1` within the spans `step` checked; `tile` upholds the
-    /// tile kernels' contracts.
+    /// `V`'s (and `P`'s) instruction set present; rows `r0..r1` within the spans `step`
+    /// checked, and within the operands' rows.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq")]
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
+    unsafe fn block<V: Vector, P: Product<V = V>>(
         &self,
         r0: usize,
         r1: usize,
@@ -423,39 +516,66 @@ impl FusedCell {
         c: &mut [f32],
         out: &mut [f32],
         out_stride: usize,
-        mut tile_fn: impl FnMut(usize, usize, bool, *const f32, *const f32, *mut f32),
+        xs: *const P::Elem,
+        xst: usize,
+        hs: *const P::Elem,
+        hst: usize,
+        base: usize,
     ) {
-        let per_panel = (self.kx + self.kh) * Self::lines_of(self.gates);
+        let lanes = V::LANES;
+        let per_panel = (self.kx + self.kh) * Self::lines_of(self.gates) * lanes;
+        let units = Self::units_per_panel(self.gates, lanes);
         let gru = self.gates == Gates::Gru;
-        let mut tile = [Line([0.0; LANES]); MR * GROUPS];
+        let mut tile = [Line([0.0; MAX_LANES]); MAX_TILE_ROWS * GROUPS];
+        let tp = tile.as_mut_ptr().cast::<f32>();
         for p in 0..self.panels {
-            let w = self.w[p * per_panel..].as_ptr().cast::<f32>();
-            let bias = self.bias[p * GROUPS..].as_ptr().cast::<f32>();
+            // SAFETY: panel p's weights and biases lie inside the packed buffers.
+            let (w, bias) = unsafe {
+                (
+                    self.w.as_ptr().add(p * per_panel),
+                    self.bias.as_ptr().add(p * GROUPS * lanes),
+                )
+            };
+            let full = (p + 1) * units <= self.hid;
             let mut t = r0;
             while t < r1 {
-                let m = MR.min(r1 - t);
-                tile_fn(t, m, gru, w, bias, tile.as_mut_ptr().cast::<f32>());
-                let full = match self.gates {
-                    Gates::Rnn { .. } => (p + 1) * COLS <= self.hid,
-                    _ => (p + 1) * LANES <= self.hid,
-                };
+                let m = V::TILE_ROWS.min(r1 - t);
+                // SAFETY: the caller's contract; rows t..t+m are in r0..r1; the tile buffer
+                // holds MAX_TILE_ROWS * GROUPS lines, 64-byte aligned.
+                unsafe {
+                    let (x, h) = (xs.add((t - base) * xst), hs.add((t - base) * hst));
+                    let (kx, kh) = (self.kx, self.kh);
+                    match (m, gru) {
+                        (6, false) => tile_kernel::<P, 6, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (5, false) => tile_kernel::<P, 5, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (4, false) => tile_kernel::<P, 4, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (3, false) => tile_kernel::<P, 3, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (2, false) => tile_kernel::<P, 2, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (_, false) => tile_kernel::<P, 1, false>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (6, true) => tile_kernel::<P, 6, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (5, true) => tile_kernel::<P, 5, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (4, true) => tile_kernel::<P, 4, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (3, true) => tile_kernel::<P, 3, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (2, true) => tile_kernel::<P, 2, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                        (_, true) => tile_kernel::<P, 1, true>(w, bias, kx, kh, x, xst, h, hst, tp),
+                    }
+                }
                 if full {
-                    // SAFETY: AVX-512F, as for this function.
+                    // SAFETY: V's instruction set, as for this function.
                     unsafe {
                         match m {
-                            6 => self.epilogue_rows::<6>(p, t, &tile, h, c, out, out_stride),
-                            5 => self.epilogue_rows::<5>(p, t, &tile, h, c, out, out_stride),
-                            4 => self.epilogue_rows::<4>(p, t, &tile, h, c, out, out_stride),
-                            3 => self.epilogue_rows::<3>(p, t, &tile, h, c, out, out_stride),
-                            2 => self.epilogue_rows::<2>(p, t, &tile, h, c, out, out_stride),
-                            _ => self.epilogue_rows::<1>(p, t, &tile, h, c, out, out_stride),
+                            6 => self.epilogue_rows::<V, 6>(p, t, &tile, h, c, out, out_stride),
+                            5 => self.epilogue_rows::<V, 5>(p, t, &tile, h, c, out, out_stride),
+                            4 => self.epilogue_rows::<V, 4>(p, t, &tile, h, c, out, out_stride),
+                            3 => self.epilogue_rows::<V, 3>(p, t, &tile, h, c, out, out_stride),
+                            2 => self.epilogue_rows::<V, 2>(p, t, &tile, h, c, out, out_stride),
+                            _ => self.epilogue_rows::<V, 1>(p, t, &tile, h, c, out, out_stride),
                         }
                     }
                 } else {
-                    for (i, row) in tile[..m * GROUPS].chunks_exact(GROUPS).enumerate() {
-                        let pre: &[Line; GROUPS] = row.try_into().expect("GROUPS lines per tile row");
-                        // SAFETY: AVX-512F, as for this function.
-                        unsafe { self.epilogue(p, t + i, pre, h, c, out, out_stride) };
+                    for i in 0..m {
+                        // SAFETY: V's instruction set, as for this function.
+                        unsafe { self.epilogue::<V>(p, t + i, &tile, i, h, c, out, out_stride) };
                     }
                 }
                 t += m;
@@ -464,97 +584,97 @@ impl FusedCell {
     }
 
     /// Applies the gates to a finished tile of `M` rows (from row `t`) of a panel whose units
-    /// all exist (the last panel of a hidden size that is not a multiple of 16 goes row by row
-    /// through [`Self::epilogue`]).
+    /// all exist (the last panel of a hidden size that is not a multiple of the panel's units
+    /// goes row by row through [`Self::epilogue`]).
     ///
-    /// Why across rows: one row's gates are a few chains of about 16 dependent operations
+    /// Why across rows: one row's gates are a few chains of about 13 dependent operations
     /// (the exponential's polynomial, then the reciprocal), so row by row the vector units
-    /// mostly wait on latency: 24% of a whole LSTM run against about 11% of its instructions.
-    /// Here each stage runs over every row of the tile before the next stage, so `M`
-    /// independent chains are in flight. The operations per value, and so the results, are
-    /// those of the row-by-row path.
+    /// mostly wait on latency. Here each stage runs over every row of the tile before the
+    /// next stage, so `M` independent chains are in flight. The operations per value, and so
+    /// the results, are those of the row-by-row path.
     ///
     /// # Safety
-    /// AVX-512F present (called from `block` only).
+    /// `V`'s instruction set present (called from `block` only).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn epilogue_rows<const M: usize>(
+    unsafe fn epilogue_rows<V: Vector, const M: usize>(
         &self,
         p: usize,
         t: usize,
-        tile: &[Line; MR * GROUPS],
+        tile: &[Line; MAX_TILE_ROWS * GROUPS],
         h: &Rows<'_>,
         c: &mut [f32],
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let hid = self.hid;
-        // SAFETY (every block below): AVX-512F, per this function's contract; `Line` is
-        // 64-byte aligned; every row pointer comes from a 16-float subslice (checked).
+        let (hid, lanes) = (self.hid, V::LANES);
+        // SAFETY (every block below): V's instruction set, per this function's contract;
+        // the tile lines are 64-byte aligned; every row pointer comes from a subslice of
+        // `lanes` floats (checked).
         unsafe {
-            let zero = _mm512_setzero_ps();
-            let lines = |q: usize| {
-                let mut v = [zero; M];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_load_ps(tile[r * GROUPS + q].0.as_ptr());
-                }
-                v
-            };
+            // (A macro, not a closure: see `super::simd` on closures around intrinsics.)
+            macro_rules! lines {
+                ($q:expr) => {{
+                    let mut v = [V::zero(); M];
+                    for (r, v) in v.iter_mut().enumerate() {
+                        *v = V::load(tile[r * GROUPS + $q].0.as_ptr());
+                    }
+                    v
+                }};
+            }
             match self.gates {
                 Gates::Lstm => {
-                    let u0 = p * LANES;
-                    let i = lanes::sigmoid_n(lines(0));
-                    let g = lanes::tanh_n(lines(2));
-                    let mut cn = [zero; M];
+                    let u0 = p * lanes;
+                    let i = sigmoid_n(lines!(0));
+                    let g = tanh_n(lines!(2));
+                    let mut cn = [V::zero(); M];
                     for (r, cn) in cn.iter_mut().enumerate() {
-                        *cn = _mm512_mul_ps(i[r], g[r]);
+                        *cn = V::mul(i[r], g[r]);
                     }
-                    let f = lanes::sigmoid_n(lines(1));
+                    let f = sigmoid_n(lines!(1));
                     for (r, cn) in cn.iter_mut().enumerate() {
-                        let cp = c[(t + r) * hid + u0..][..LANES].as_mut_ptr();
-                        *cn = _mm512_fmadd_ps(f[r], _mm512_loadu_ps(cp), *cn);
-                        _mm512_storeu_ps(cp, *cn);
+                        let cp = c[(t + r) * hid + u0..][..lanes].as_mut_ptr();
+                        *cn = V::fmadd(f[r], V::loadu(cp), *cn);
+                        V::storeu(cp, *cn);
                     }
-                    let th = lanes::tanh_n(cn);
-                    let o = lanes::sigmoid_n(lines(3));
+                    let th = tanh_n(cn);
+                    let o = sigmoid_n(lines!(3));
                     for r in 0..M {
-                        let op = out[(t + r) * out_stride + u0..][..LANES].as_mut_ptr();
-                        _mm512_storeu_ps(op, _mm512_mul_ps(o[r], th[r]));
+                        let op = out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr();
+                        V::storeu(op, V::mul(o[r], th[r]));
                     }
                 }
                 Gates::Gru => {
-                    let u0 = p * LANES;
-                    let rg = lanes::sigmoid_n(lines(0));
-                    let (nx, nh) = (lines(2), lines(3));
-                    let mut a = [zero; M];
+                    let u0 = p * lanes;
+                    let rg = sigmoid_n(lines!(0));
+                    let (nx, nh) = (lines!(2), lines!(3));
+                    let mut a = [V::zero(); M];
                     for (r, a) in a.iter_mut().enumerate() {
-                        *a = _mm512_add_ps(nx[r], _mm512_mul_ps(rg[r], nh[r]));
+                        *a = V::fmadd(rg[r], nh[r], nx[r]);
                     }
-                    let n = lanes::tanh_n(a);
-                    let z = lanes::sigmoid_n(lines(1));
+                    let n = tanh_n(a);
+                    let z = sigmoid_n(lines!(1));
                     for r in 0..M {
-                        let hp = h.data[(t + r) * h.stride + u0..][..LANES].as_ptr();
+                        let hp = h.data[(t + r) * h.stride + u0..][..lanes].as_ptr();
                         // (1 - z) n + z h, as n + z (h - n).
-                        let hn = _mm512_fmadd_ps(z[r], _mm512_sub_ps(_mm512_loadu_ps(hp), n[r]), n[r]);
-                        _mm512_storeu_ps(out[(t + r) * out_stride + u0..][..LANES].as_mut_ptr(), hn);
+                        let hn = V::fmadd(z[r], V::sub(V::loadu(hp), n[r]), n[r]);
+                        V::storeu(out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr(), hn);
                     }
                 }
                 Gates::Rnn { relu } => {
                     for q in 0..GROUPS {
-                        let u0 = p * COLS + q * LANES;
-                        let v = lines(q);
-                        let a = if relu {
-                            let mut a = v;
+                        let u0 = p * GROUPS * lanes + q * lanes;
+                        let mut a = lines!(q);
+                        if relu {
                             for a in a.iter_mut() {
-                                *a = _mm512_max_ps(*a, zero);
+                                *a = V::max(*a, V::zero());
                             }
-                            a
                         } else {
-                            lanes::tanh_n(v)
-                        };
+                            a = tanh_n(a);
+                        }
                         for (r, a) in a.iter().enumerate() {
-                            _mm512_storeu_ps(out[(t + r) * out_stride + u0..][..LANES].as_mut_ptr(), *a);
+                            V::storeu(out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr(), *a);
                         }
                     }
                 }
@@ -562,389 +682,210 @@ impl FusedCell {
         }
     }
 
-    /// Applies the gates to one row's finished pre-activations for panel `p`'s units.
-    ///
-    /// Not a `target_feature` function but always inlined, so that it lands inside `block`
-    /// whichever kernel calls that (a feature-annotated epilogue stayed a call per row and
-    /// panel under the bf16 kernel: 12% of a whole run).
+    /// Applies the gates to row `i` of a finished tile (matrix row `r`), for the units of
+    /// panel `p` that exist: the last panel of a hidden size that does not fill it. Each
+    /// vector goes through a full-width local copy, so nothing past the units is touched.
     ///
     /// # Safety
-    /// AVX-512F present (called from `block` only).
+    /// `V`'s instruction set present (called from `block` only).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn epilogue(
+    unsafe fn epilogue<V: Vector>(
         &self,
         p: usize,
         r: usize,
-        pre: &[Line; GROUPS],
+        tile: &[Line; MAX_TILE_ROWS * GROUPS],
+        i: usize,
         h: &Rows<'_>,
         c: &mut [f32],
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let hid = self.hid;
-        // SAFETY (every block below): AVX-512F, per this function's contract.
-        match self.gates {
-            Gates::Lstm => {
-                let u0 = p * LANES;
-                let n = LANES.min(hid - u0);
-                let c = &mut c[r * hid + u0..r * hid + u0 + n];
-                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
-                if let (Ok(c), Ok(o)) = (
-                    <&mut [f32; LANES]>::try_from(&mut *c),
-                    <&mut [f32; LANES]>::try_from(&mut *o),
-                ) {
-                    unsafe { lstm_lanes(pre, c, o) };
-                } else {
-                    let (mut cl, mut ol) = ([0.0; LANES], [0.0; LANES]);
-                    cl[..n].copy_from_slice(c);
-                    unsafe { lstm_lanes(pre, &mut cl, &mut ol) };
-                    c.copy_from_slice(&cl[..n]);
-                    o.copy_from_slice(&ol[..n]);
-                }
-            }
-            Gates::Gru => {
-                let u0 = p * LANES;
-                let n = LANES.min(hid - u0);
-                let hp = &h.data[r * h.stride + u0..r * h.stride + u0 + n];
-                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
-                if let (Ok(hp), Ok(o)) = (
-                    <&[f32; LANES]>::try_from(hp),
-                    <&mut [f32; LANES]>::try_from(&mut *o),
-                ) {
-                    unsafe { gru_lanes(pre, hp, o) };
-                } else {
-                    let (mut hl, mut ol) = ([0.0; LANES], [0.0; LANES]);
-                    hl[..n].copy_from_slice(hp);
-                    unsafe { gru_lanes(pre, &hl, &mut ol) };
-                    o.copy_from_slice(&ol[..n]);
-                }
-            }
-            Gates::Rnn { relu } => {
-                let u0 = p * COLS;
-                let n = COLS.min(hid - u0);
-                let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
-                for (q, line) in pre.iter().enumerate() {
-                    let (lo, hi) = ((q * LANES).min(n), ((q + 1) * LANES).min(n));
-                    let mut hl = [0.0; LANES];
-                    unsafe { rnn_lanes(line, relu, &mut hl) };
-                    o[lo..hi].copy_from_slice(&hl[..hi - lo]);
-                }
-            }
-        }
-    }
-}
-
-/// Vector gate math, 16 lanes: `sigmoid(x) = 1 / (1 + 2^(-x log2 e))` and
-/// `tanh(x) = 2 sigmoid(2x) - 1`, 13 and 14 vector operations per 16 values.
-///
-/// Why not the generic path's formulas (`super::exp`, Cephes' range reduction and degree-6
-/// polynomial): AVX-512 does the range reduction in hardware. `vreduceps` gives the
-/// fraction `f = t - floor(t)` exactly, a degree-5 minimax polynomial gives `2^f`, and
-/// `vscalefps` multiplies by `2^floor(t)` (underflowing to zero on its own), so one
-/// exponential is 7 operations instead of 12. The gates were a fifth of a whole LSTM run.
-/// Each division is `rcp14` plus one Newton step (relative error about 2^-27, against
-/// several times the cost for `vdivps`). Absolute error against float64 stays below 1.5e-7
-/// (`tests::vector_gates_match_float64`, `tests::matches_float64_reference`).
-#[cfg(target_arch = "x86_64")]
-mod lanes {
-    use std::arch::x86_64::*;
-
-    /// `2^f` on [0, 1): minimax for relative error, fitted in float64 (maximum 7.5e-8 with
-    /// exact coefficients, 1.5e-7 once the coefficients and Horner's steps round to f32).
-    const EXP2: [f32; 6] = [
-        0.999_999_94,
-        0.693_153_1,
-        0.240_153_61,
-        0.055_826_318,
-        0.008_989_341,
-        0.001_877_576_7,
-    ];
-
-    /// `1 / (1 + 2^(scale x))` for `N` vectors stage by stage, `x` first raised to `low`.
-    ///
-    /// `low` keeps `2^(scale x)` finite (past it the Newton step would make `inf * 0` a NaN);
-    /// the other side needs no clamp, since `vscalefps` underflows to zero and `vreduceps`
-    /// gives 0 for any `t` that is an integer (every `|t| >= 2^23`).
-    #[inline(always)]
-    fn logistic_n<const N: usize>(mut x: [__m512; N], scale: f32, low: f32) -> [__m512; N] {
-        // SAFETY (every block): AVX-512F and AVX-512DQ, which every caller's
-        // `target_feature` context has (this function is always inlined into one).
+        let (hid, lanes) = (self.hid, V::LANES);
+        let units = Self::units_per_panel(self.gates, lanes);
+        let u0 = p * units;
+        let n = units.min(hid - u0);
+        let pre = &tile[i * GROUPS..(i + 1) * GROUPS];
+        // SAFETY (every block below): V's instruction set, per this function's contract;
+        // every pointer is to a local array of MAX_LANES >= lanes floats or an aligned line.
         unsafe {
-            for x in x.iter_mut() {
-                *x = _mm512_mul_ps(_mm512_max_ps(*x, _mm512_set1_ps(low)), _mm512_set1_ps(scale));
+            macro_rules! ld {
+                ($q:expr) => {
+                    V::load(pre[$q].0.as_ptr())
+                };
             }
-            // f = t - floor(t): imm8 0x09 is "keep 0 fraction bits, round down, no
-            // precision exception".
-            // (Loops rather than `map`: a closure would not inherit the caller's target
-            // features, and every intrinsic in it would become a call.)
-            let mut f = x;
-            for f in f.iter_mut() {
-                *f = _mm512_reduce_ps::<0x09>(*f);
-            }
-            let mut p = [_mm512_set1_ps(EXP2[5]); N];
-            for &c in EXP2[..5].iter().rev() {
-                for (p, f) in p.iter_mut().zip(&f) {
-                    *p = _mm512_fmadd_ps(*p, *f, _mm512_set1_ps(c));
+            match self.gates {
+                Gates::Lstm => {
+                    let (mut cl, mut hl) = ([0.0; MAX_LANES], [0.0; MAX_LANES]);
+                    cl[..n].copy_from_slice(&c[r * hid + u0..r * hid + u0 + n]);
+                    let [i, f, o] = sigmoid_n([ld!(0), ld!(1), ld!(3)]);
+                    let [g] = tanh_n([ld!(2)]);
+                    let cn = V::fmadd(f, V::loadu(cl.as_ptr()), V::mul(i, g));
+                    V::storeu(cl.as_mut_ptr(), cn);
+                    let [th] = tanh_n([cn]);
+                    V::storeu(hl.as_mut_ptr(), V::mul(o, th));
+                    c[r * hid + u0..r * hid + u0 + n].copy_from_slice(&cl[..n]);
+                    out[r * out_stride + u0..r * out_stride + u0 + n].copy_from_slice(&hl[..n]);
                 }
-            }
-            let mut d = p;
-            for ((d, p), t) in d.iter_mut().zip(&p).zip(&x) {
-                *d = _mm512_add_ps(_mm512_scalef_ps(*p, *t), _mm512_set1_ps(1.0));
-            }
-            let mut r = d;
-            for r in r.iter_mut() {
-                *r = _mm512_rcp14_ps(*r);
-            }
-            for (r, d) in r.iter_mut().zip(&d) {
-                let e = _mm512_fnmadd_ps(*d, *r, _mm512_set1_ps(1.0));
-                *r = _mm512_fmadd_ps(*r, e, *r);
-            }
-            r
-        }
-    }
-
-    /// `1 / (1 + e^-x)`, for `N` vectors at once. Below -87.3, `e^-x` would overflow; the
-    /// sigmoid there is 0 to f32 precision anyway (the generic path clamps the same way).
-    #[inline(always)]
-    pub fn sigmoid_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-        logistic_n(x, -std::f32::consts::LOG2_E, -87.3)
-    }
-
-    /// `2 sigmoid(2x) - 1`, for `N` vectors at once (the doubling folded into the scale).
-    #[inline(always)]
-    pub fn tanh_n<const N: usize>(x: [__m512; N]) -> [__m512; N] {
-        let mut s = logistic_n(x, -2.0 * std::f32::consts::LOG2_E, -43.6);
-        for s in s.iter_mut() {
-            // SAFETY: as in `logistic_n`.
-            *s = unsafe { _mm512_fmsub_ps(*s, _mm512_set1_ps(2.0), _mm512_set1_ps(1.0)) };
-        }
-        s
-    }
-
-    /// `1 / (1 + e^-x)`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512dq")]
-    pub fn sigmoid(x: __m512) -> __m512 {
-        sigmoid_n([x])[0]
-    }
-
-    /// `2 sigmoid(2x) - 1`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512dq")]
-    pub fn tanh(x: __m512) -> __m512 {
-        tanh_n([x])[0]
-    }
-}
-
-/// LSTM gates over 16 units: `c' = f c + i g`, `h' = o tanh(c')`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-unsafe fn lstm_lanes(pre: &[Line; GROUPS], c: &mut [f32; LANES], h: &mut [f32; LANES]) {
-    // SAFETY: `Line` is 64-byte aligned; `c` and `h` hold 16 floats (unaligned accesses).
-    unsafe {
-        let ld = |l: &Line| _mm512_load_ps(l.0.as_ptr());
-        let i = lanes::sigmoid(ld(&pre[0]));
-        let f = lanes::sigmoid(ld(&pre[1]));
-        let g = lanes::tanh(ld(&pre[2]));
-        let o = lanes::sigmoid(ld(&pre[3]));
-        let cn = _mm512_fmadd_ps(f, _mm512_loadu_ps(c.as_ptr()), _mm512_mul_ps(i, g));
-        _mm512_storeu_ps(c.as_mut_ptr(), cn);
-        _mm512_storeu_ps(h.as_mut_ptr(), _mm512_mul_ps(o, lanes::tanh(cn)));
-    }
-}
-
-/// GRU gates over 16 units: `h' = (1 - z) tanh(nx + r nh) + z h`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-unsafe fn gru_lanes(pre: &[Line; GROUPS], hp: &[f32; LANES], h: &mut [f32; LANES]) {
-    // SAFETY: as in `lstm_lanes`.
-    unsafe {
-        let ld = |l: &Line| _mm512_load_ps(l.0.as_ptr());
-        let r = lanes::sigmoid(ld(&pre[0]));
-        let z = lanes::sigmoid(ld(&pre[1]));
-        let n = lanes::tanh(_mm512_add_ps(ld(&pre[2]), _mm512_mul_ps(r, ld(&pre[3]))));
-        // (1 - z) n + z h, as n + z (h - n).
-        let hn = _mm512_fmadd_ps(z, _mm512_sub_ps(_mm512_loadu_ps(hp.as_ptr()), n), n);
-        _mm512_storeu_ps(h.as_mut_ptr(), hn);
-    }
-}
-
-/// RNN activation over 16 units.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-unsafe fn rnn_lanes(pre: &Line, relu: bool, h: &mut [f32; LANES]) {
-    // SAFETY: as in `lstm_lanes`.
-    unsafe {
-        let v = _mm512_load_ps(pre.0.as_ptr());
-        let a = if relu {
-            _mm512_max_ps(v, _mm512_setzero_ps())
-        } else {
-            lanes::tanh(v)
-        };
-        _mm512_storeu_ps(h.as_mut_ptr(), a);
-    }
-}
-
-/// Calls a tile kernel with the tile's row count and cell as constants.
-macro_rules! dispatch {
-    ($kernel:ident, $m:expr, $gru:expr, $args:tt) => {
-        match ($m, $gru) {
-            (6, false) => $kernel::<6, false> $args,
-            (5, false) => $kernel::<5, false> $args,
-            (4, false) => $kernel::<4, false> $args,
-            (3, false) => $kernel::<3, false> $args,
-            (2, false) => $kernel::<2, false> $args,
-            (_, false) => $kernel::<1, false> $args,
-            (6, true) => $kernel::<6, true> $args,
-            (5, true) => $kernel::<5, true> $args,
-            (4, true) => $kernel::<4, true> $args,
-            (3, true) => $kernel::<3, true> $args,
-            (2, true) => $kernel::<2, true> $args,
-            (_, true) => $kernel::<1, true> $args,
-        }
-    };
-}
-use dispatch;
-
-/// Defines a register-tile kernel: `M` rows x 64 columns, accumulators started at the bias,
-/// then for each of the `kx` input and `kh` hidden reduction rows, in order, one
-/// multiply-accumulate per (row, column): `$mac(acc, broadcast(a), w)`. With `GRU`, each
-/// reduction row holds 3 lines: x rows feed groups 0 1 2, h rows groups 0 1 3.
-///
-/// Safety of the generated function: its `target_feature`s present; `w` holds `kx + kh`
-/// reduction rows of 4 lines (3 with `GRU`) and `bias` 4 lines, all 64-byte aligned;
-/// `x + r*xst` holds `kx` and `h + r*hst` holds `kh` elements for every `r < M`; `out` has
-/// room for `M * 64` floats, 64-byte aligned.
-macro_rules! tile_kernel {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $elem:ty, $bcast:ident, $mac:ident) => {
-        $(#[$doc])*
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        #[inline]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name<const M: usize, const GRU: bool>(
-            w: *const f32,
-            bias: *const f32,
-            kx: usize,
-            kh: usize,
-            x: *const $elem,
-            xst: usize,
-            h: *const $elem,
-            hst: usize,
-            out: *mut f32,
-        ) {
-            // SAFETY: the contract in `tile_kernel!`'s documentation.
-            unsafe {
-                let b = [
-                    _mm512_load_ps(bias),
-                    _mm512_load_ps(bias.add(16)),
-                    _mm512_load_ps(bias.add(32)),
-                    _mm512_load_ps(bias.add(48)),
-                ];
-                let mut acc = [b; M];
-                let mut wp = w;
-                // Macros, not closures, so the loops are compiled inside this function's
-                // `target_feature` context.
-                macro_rules! reduce4 {
-                    ($a:expr, $stride:expr, $depth:expr) => {
-                        for k in 0..$depth {
-                            let w0 = _mm512_load_ps(wp);
-                            let w1 = _mm512_load_ps(wp.add(16));
-                            let w2 = _mm512_load_ps(wp.add(32));
-                            let w3 = _mm512_load_ps(wp.add(48));
-                            for (r, acc) in acc.iter_mut().enumerate() {
-                                let v = $bcast($a.add(r * $stride + k));
-                                acc[0] = $mac(acc[0], v, w0);
-                                acc[1] = $mac(acc[1], v, w1);
-                                acc[2] = $mac(acc[2], v, w2);
-                                acc[3] = $mac(acc[3], v, w3);
-                            }
-                            wp = wp.add(4 * LANES);
-                        }
-                    };
+                Gates::Gru => {
+                    let (mut hp, mut hl) = ([0.0; MAX_LANES], [0.0; MAX_LANES]);
+                    hp[..n].copy_from_slice(&h.data[r * h.stride + u0..r * h.stride + u0 + n]);
+                    let [rg, z] = sigmoid_n([ld!(0), ld!(1)]);
+                    let [nn] = tanh_n([V::fmadd(rg, ld!(3), ld!(2))]);
+                    let hn = V::fmadd(z, V::sub(V::loadu(hp.as_ptr()), nn), nn);
+                    V::storeu(hl.as_mut_ptr(), hn);
+                    out[r * out_stride + u0..r * out_stride + u0 + n].copy_from_slice(&hl[..n]);
                 }
-                macro_rules! reduce3 {
-                    ($a:expr, $stride:expr, $depth:expr, $third:literal) => {
-                        for k in 0..$depth {
-                            let w0 = _mm512_load_ps(wp);
-                            let w1 = _mm512_load_ps(wp.add(16));
-                            let w2 = _mm512_load_ps(wp.add(32));
-                            for (r, acc) in acc.iter_mut().enumerate() {
-                                let v = $bcast($a.add(r * $stride + k));
-                                acc[0] = $mac(acc[0], v, w0);
-                                acc[1] = $mac(acc[1], v, w1);
-                                acc[$third] = $mac(acc[$third], v, w2);
-                            }
-                            wp = wp.add(3 * LANES);
-                        }
-                    };
-                }
-                if GRU {
-                    reduce3!(x, xst, kx, 2);
-                    reduce3!(h, hst, kh, 3);
-                } else {
-                    reduce4!(x, xst, kx);
-                    reduce4!(h, hst, kh);
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    for (q, &v) in acc.iter().enumerate() {
-                        _mm512_store_ps(out.add((r * GROUPS + q) * LANES), v);
+                Gates::Rnn { relu } => {
+                    let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
+                    for (q, line) in pre.iter().enumerate() {
+                        let (lo, hi) = ((q * lanes).min(n), ((q + 1) * lanes).min(n));
+                        let v = V::load(line.0.as_ptr());
+                        let [a] = if relu { [V::max(v, V::zero())] } else { tanh_n([v]) };
+                        let mut hl = [0.0; MAX_LANES];
+                        V::storeu(hl.as_mut_ptr(), a);
+                        o[lo..hi].copy_from_slice(&hl[..hi - lo]);
                     }
                 }
             }
         }
-    };
+    }
 }
 
-tile_kernel!(
-    /// f32: one FMA per value.
-    tile_f32, "avx512f,avx512dq", f32, bcast_f32, fma_f32
-);
-tile_kernel!(
-    /// bf16: one `vdpbf16ps` per pair of values (two products, f32 accumulation).
-    tile_bf16, "avx512f,avx512dq,avx512bf16", u32, bcast_pair, dot_bf16
-);
-
+/// How a tile's products are formed: what one reduction row's operand is, how it becomes a
+/// vector, and the multiply-accumulate.
+///
+/// # Safety
+/// As for [`Vector`]: only where the instruction set is present; `bcast` reads one element.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-unsafe fn bcast_f32(p: *const f32) -> __m512 {
-    // SAFETY: the tile kernel's contract.
-    unsafe { _mm512_set1_ps(*p) }
+trait Product {
+    /// The vector the accumulators are.
+    type V: Vector;
+    /// One reduction row's operand: an f32, or a pair of bf16 in a u32.
+    type Elem;
+    unsafe fn bcast(p: *const Self::Elem) -> Self::V;
+    /// `acc + v w` (one FMA in f32; two products per lane in bf16).
+    unsafe fn mac(acc: Self::V, v: Self::V, w: Self::V) -> Self::V;
 }
 
+/// f32: one FMA per value, at any width.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-fn fma_f32(acc: __m512, v: __m512, w: __m512) -> __m512 {
-    _mm512_fmadd_ps(v, w, acc)
-}
+struct F32<V>(std::marker::PhantomData<V>);
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-#[inline]
-unsafe fn bcast_pair(p: *const u32) -> __m512 {
-    // SAFETY: the tile kernel's contract.
-    unsafe { _mm512_castsi512_ps(_mm512_set1_epi32(*p as i32)) }
+impl<V: Vector> Product for F32<V> {
+    type V = V;
+    type Elem = f32;
+    #[inline(always)]
+    unsafe fn bcast(p: *const f32) -> V {
+        // SAFETY: the trait's contract.
+        unsafe { V::bcast(p) }
+    }
+    #[inline(always)]
+    unsafe fn mac(acc: V, v: V, w: V) -> V {
+        // SAFETY: the trait's contract.
+        unsafe { V::fmadd(v, w, acc) }
+    }
 }
 
+/// bf16: one `vdpbf16ps` per pair of values (two products, f32 accumulation); AVX-512 only.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bf16")]
-#[inline]
-fn dot_bf16(acc: __m512, v: __m512, w: __m512) -> __m512 {
-    // SAFETY: reinterpreting 64 bytes of bf16 pairs; both types are plain vectors.
-    let (v, w) = unsafe {
-        (
-            std::mem::transmute::<__m512, __m512bh>(v),
-            std::mem::transmute::<__m512, __m512bh>(w),
-        )
-    };
-    _mm512_dpbf16_ps(acc, v, w)
+struct Bf16;
+
+#[cfg(target_arch = "x86_64")]
+impl Product for Bf16 {
+    type V = Avx512;
+    type Elem = u32;
+    #[inline(always)]
+    unsafe fn bcast(p: *const u32) -> Avx512 {
+        // SAFETY: the trait's contract.
+        unsafe { Avx512(_mm512_castsi512_ps(_mm512_set1_epi32(*p as i32))) }
+    }
+    #[inline(always)]
+    unsafe fn mac(acc: Avx512, v: Avx512, w: Avx512) -> Avx512 {
+        // SAFETY: the trait's contract (AVX512_BF16 present); reinterpreting 64 bytes of
+        // bf16 pairs, both types plain vectors.
+        unsafe {
+            let (v, w) = (
+                std::mem::transmute::<__m512, __m512bh>(v.0),
+                std::mem::transmute::<__m512, __m512bh>(w.0),
+            );
+            Avx512(_mm512_dpbf16_ps(acc.0, v, w))
+        }
+    }
+}
+
+/// A register tile: `M` rows x 4 vectors of columns, accumulators started at the bias, then
+/// for each of the `kx` input and `kh` hidden reduction rows, in order, one
+/// multiply-accumulate per (row, column). With `GRU`, each reduction row holds 3 vectors: x
+/// rows feed groups 0 1 2, h rows groups 0 1 3. The tile goes to `out` (row `r`, group `q`
+/// at line `r * 4 + q`).
+///
+/// # Safety
+/// `P`'s instruction set present; `w` holds `kx + kh` reduction rows of 4 vectors (3 with
+/// `GRU`) and `bias` 4 vectors, all aligned to the vector width; `x + r*xst` holds `kx` and
+/// `h + r*hst` holds `kh` elements for every `r < M`; `out` has room for `M * 4` lines of
+/// 16 floats, 64-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_kernel<P: Product, const M: usize, const GRU: bool>(
+    w: *const f32,
+    bias: *const f32,
+    kx: usize,
+    kh: usize,
+    x: *const P::Elem,
+    xst: usize,
+    h: *const P::Elem,
+    hst: usize,
+    out: *mut f32,
+) {
+    let lanes = <P::V as Vector>::LANES;
+    // SAFETY: the contract above.
+    unsafe {
+        let mut b = [<P::V as Vector>::zero(); GROUPS];
+        for (q, b) in b.iter_mut().enumerate() {
+            *b = <P::V as Vector>::load(bias.add(q * lanes));
+        }
+        let mut acc = [b; M];
+        let mut wp = w;
+        // Macros, not closures, so that the loops compile inside the caller's
+        // `target_feature` context.
+        // Per reduction row: the M broadcasts first, then one weight vector at a time into
+        // its M accumulators. Live at once: 4M accumulators, M broadcasts and one weight
+        // vector, 5M + 1 registers: 31 of 32 zmm at M = 6, 16 of 16 ymm at M = 3 (loading the
+        // 4 weight vectors first would need 5M + 4, and spill on AVX2).
+        macro_rules! reduce {
+            ($a:expr, $stride:expr, $depth:expr, $groups:expr) => {
+                for k in 0..$depth {
+                    let mut v = [<P::V as Vector>::zero(); M];
+                    for (r, v) in v.iter_mut().enumerate() {
+                        *v = P::bcast($a.add(r * $stride + k));
+                    }
+                    for (j, &q) in $groups.iter().enumerate() {
+                        let w = <P::V as Vector>::load(wp.add(j * lanes));
+                        for (acc, v) in acc.iter_mut().zip(&v) {
+                            acc[q] = P::mac(acc[q], *v, w);
+                        }
+                    }
+                    wp = wp.add($groups.len() * lanes);
+                }
+            };
+        }
+        if GRU {
+            reduce!(x, xst, kx, [0, 1, 2]);
+            reduce!(h, hst, kh, [0, 1, 3]);
+        } else {
+            reduce!(x, xst, kx, [0, 1, 2, 3]);
+            reduce!(h, hst, kh, [0, 1, 2, 3]);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, &v) in acc.iter().enumerate() {
+                <P::V as Vector>::store(out.add((r * GROUPS + q) * MAX_LANES), v);
+            }
+        }
+    }
 }
 
 /// `v` rounded to bfloat16 (to nearest, ties to even), as its 16 bits. Inputs are finite
@@ -1072,20 +1013,37 @@ mod tests {
         ]
     }
 
-    /// The precisions this CPU runs.
-    fn precisions() -> Vec<Precision> {
-        let mut p = vec![];
-        if enabled() {
-            p.push(Precision::F32);
-        } else {
-            eprintln!("no AVX-512F here: the fused kernel is not built, nothing to check");
+    /// The instruction sets this CPU runs (whatever `SEQFLOW_KERNEL` says: the tests check
+    /// every kernel the machine can run).
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512dq") {
+                v.push(Isa::Avx512);
+            } else {
+                eprintln!("no AVX-512 here: the AVX-512 kernel is not checked");
+            }
+            if has!("avx2") && has!("fma") {
+                v.push(Isa::Avx2);
+            } else {
+                eprintln!("no AVX2 here: the AVX2 kernel is not checked");
+            }
         }
-        if bf16_supported() {
-            p.push(Precision::Bf16);
+        v
+    }
+
+    /// The kernels this CPU runs: every instruction set in f32, AVX-512 also in bf16.
+    fn kernels() -> Vec<(Isa, Precision)> {
+        let mut k: Vec<_> = isas().into_iter().map(|i| (i, Precision::F32)).collect();
+        #[cfg(target_arch = "x86_64")]
+        if isas().contains(&Isa::Avx512) && std::arch::is_x86_feature_detected!("avx512bf16") {
+            k.push((Isa::Avx512, Precision::Bf16));
         } else {
             eprintln!("no AVX512_BF16 here: the bf16 kernel is not checked");
         }
-        p
+        k
     }
 
     /// One step of `n` rows through a fresh cell: (h written with a row stride of
@@ -1122,7 +1080,7 @@ mod tests {
 
     #[test]
     fn matches_float64_reference() {
-        for p in precisions() {
+        for (isa, p) in kernels() {
             // Against a reference that rounds what the kernel rounds: only the order of the
             // sums differs. (bf16's own error against f32 is what `inspect` measures.)
             let tol = match p {
@@ -1134,7 +1092,8 @@ mod tests {
                 // widths (a bf16 pair half empty).
                 for &(in_w, hid, n) in &[(8, 128, 13), (3, 50, 7), (1, 16, 1), (17, 70, 49), (5, 131, 6)] {
                     let wts = weights(g, in_w, hid, 7 + hid as u64);
-                    let cell = FusedCell::new(
+                    let cell = FusedCell::for_isa(
+                        isa,
                         gates,
                         p,
                         in_w,
@@ -1161,7 +1120,7 @@ mod tests {
                             let got = out[r * stride + u] as f64;
                             assert!(
                                 (got - want[u]).abs() < tol,
-                                "{p:?} {gates:?} {in_w}->{hid} row {r} unit {u}: {got} vs {}",
+                                "{isa:?} {p:?} {gates:?} {in_w}->{hid} row {r} unit {u}: {got} vs {}",
                                 want[u]
                             );
                             if gates == Gates::Lstm {
@@ -1193,65 +1152,107 @@ mod tests {
 
     #[test]
     fn vector_gates_match_float64() {
-        if !enabled() {
-            return;
-        }
-        let (mut worst_s, mut worst_t) = (0.0f64, 0.0f64);
-        let mut x = -120.0f32;
-        while x < 120.0 {
-            let xs: [f32; LANES] = std::array::from_fn(|i| x + i as f32 * 1e-3);
-            let (mut s, mut t) = ([0.0f32; LANES], [0.0f32; LANES]);
-            // SAFETY: AVX-512F (enabled() above); arrays of 16 floats.
-            unsafe { vector_gates(&xs, &mut s, &mut t) };
-            for i in 0..LANES {
-                let v = xs[i] as f64;
-                worst_s = worst_s.max((s[i] as f64 - 1.0 / (1.0 + (-v).exp())).abs());
-                worst_t = worst_t.max((t[i] as f64 - v.tanh()).abs());
-                assert!(s[i].is_finite() && t[i].is_finite(), "at {v}");
+        for isa in isas() {
+            let (mut worst_s, mut worst_t) = (0.0f64, 0.0f64);
+            let mut x = -120.0f32;
+            while x < 120.0 {
+                let xs: [f32; MAX_LANES] = std::array::from_fn(|i| x + i as f32 * 1e-3);
+                let (s, t) = vector_gates(isa, &xs);
+                for i in 0..MAX_LANES {
+                    let v = xs[i] as f64;
+                    worst_s = worst_s.max((s[i] as f64 - 1.0 / (1.0 + (-v).exp())).abs());
+                    worst_t = worst_t.max((t[i] as f64 - v.tanh()).abs());
+                    assert!(s[i].is_finite() && t[i].is_finite(), "{isa:?} at {v}");
+                }
+                x += 0.0173;
             }
-            x += 0.0173;
+            assert!(
+                worst_s < 2e-7 && worst_t < 3e-7,
+                "{isa:?}: sigmoid {worst_s:e}, tanh {worst_t:e}"
+            );
         }
-        assert!(
-            worst_s < 2e-7 && worst_t < 3e-7,
-            "sigmoid {worst_s:e}, tanh {worst_t:e}"
-        );
     }
 
     #[test]
     fn huge_preactivations_saturate() {
-        if !enabled() {
-            return;
-        }
-        for v in [1e13f32, 1e15, 1e20, f32::MAX, f32::INFINITY] {
-            for (v, want) in [(v, 1.0f32), (-v, 0.0)] {
-                let (mut s, mut t) = ([0.0; LANES], [0.0; LANES]);
-                // SAFETY: AVX-512F (enabled() above); arrays of 16 floats.
-                unsafe { vector_gates(&[v; LANES], &mut s, &mut t) };
-                assert!(s.iter().all(|&y| (y - want).abs() < 1e-30), "sigmoid({v}): {s:?}");
-                let tw = if want == 1.0 { 1.0 } else { -1.0 };
-                assert!(t.iter().all(|&y| y == tw), "tanh({v}): {t:?}");
+        for isa in isas() {
+            for v in [1e13f32, 1e15, 1e20, f32::MAX, f32::INFINITY] {
+                for (v, want) in [(v, 1.0f32), (-v, 0.0)] {
+                    let (s, t) = vector_gates(isa, &[v; MAX_LANES]);
+                    assert!(
+                        s.iter().all(|&y| (y - want).abs() < 1e-30),
+                        "{isa:?} sigmoid({v}): {s:?}"
+                    );
+                    let tw = if want == 1.0 { 1.0 } else { -1.0 };
+                    assert!(t.iter().all(|&y| y == tw), "{isa:?} tanh({v}): {t:?}");
+                }
             }
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn vector_gates(x: &[f32; LANES], s: &mut [f32; LANES], t: &mut [f32; LANES]) {
-        // SAFETY: 16 floats each.
+    /// The kernel's sigmoid and tanh of 16 values on `isa` (which this CPU runs).
+    fn vector_gates(isa: Isa, x: &[f32; MAX_LANES]) -> ([f32; MAX_LANES], [f32; MAX_LANES]) {
+        let (mut s, mut t) = ([0.0; MAX_LANES], [0.0; MAX_LANES]);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isas()` saw the instruction set on this CPU; arrays of 16 floats.
         unsafe {
-            let v = _mm512_loadu_ps(x.as_ptr());
-            _mm512_storeu_ps(s.as_mut_ptr(), lanes::sigmoid(v));
-            _mm512_storeu_ps(t.as_mut_ptr(), lanes::tanh(v));
+            match isa {
+                Isa::Avx512 => gates_avx512(x, &mut s, &mut t),
+                Isa::Avx2 => gates_avx2(x, &mut s, &mut t),
+            }
+        }
+        (s, t)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn gates_avx512(x: &[f32; MAX_LANES], s: &mut [f32; MAX_LANES], t: &mut [f32; MAX_LANES]) {
+        // SAFETY: AVX-512 per this function's features.
+        unsafe { gates_with::<Avx512>(x, s, t) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gates_avx2(x: &[f32; MAX_LANES], s: &mut [f32; MAX_LANES], t: &mut [f32; MAX_LANES]) {
+        // SAFETY: AVX2 and FMA per this function's features.
+        unsafe { gates_with::<Avx2>(x, s, t) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn gates_with<V: Vector>(
+        x: &[f32; MAX_LANES],
+        s: &mut [f32; MAX_LANES],
+        t: &mut [f32; MAX_LANES],
+    ) {
+        // SAFETY: V's instruction set (the caller's features); 16 floats each.
+        unsafe {
+            for k in (0..MAX_LANES).step_by(V::LANES) {
+                let v = V::loadu(x.as_ptr().add(k));
+                V::storeu(s.as_mut_ptr().add(k), sigmoid_n([v])[0]);
+                V::storeu(t.as_mut_ptr().add(k), tanh_n([v])[0]);
+            }
         }
     }
 
     #[test]
     fn rows_are_independent_of_batching() {
         let (in_w, hid, n) = (7, 40, 61);
-        for p in precisions() {
+        for (isa, p) in kernels() {
             for (gates, g) in cells() {
                 let wts = weights(g, in_w, hid, 11);
-                let cell = FusedCell::new(gates, p, in_w, hid, &wts.w_ih, &wts.w_hh, Some(&wts.b_ih), None)
-                    .expect("supported");
+                let cell = FusedCell::for_isa(
+                    isa,
+                    gates,
+                    p,
+                    in_w,
+                    hid,
+                    &wts.w_ih,
+                    &wts.w_hh,
+                    Some(&wts.b_ih),
+                    None,
+                )
+                .expect("supported");
                 let mut rng = SplitMix::new(9);
                 let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
                 let h: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();
@@ -1273,7 +1274,7 @@ mod tests {
                 for cut in [1, 5, 6, 7, 30, 48, 49, 60] {
                     let (a, ca) = run(0, cut);
                     let (b, cb) = run(cut, n);
-                    assert_eq!([a, b].concat(), all, "{p:?} {gates:?} split at {cut}");
+                    assert_eq!([a, b].concat(), all, "{isa:?} {p:?} {gates:?} split at {cut}");
                     if gates == Gates::Lstm {
                         assert_eq!([ca, cb].concat(), call);
                     }

@@ -7,6 +7,7 @@
 //! far inside the 1e-4 tolerance against PyTorch.
 
 pub mod fused;
+mod simd;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};

@@ -245,10 +245,11 @@ impl Model {
             && recurrent
             && !crate::kernels::fused::bf16_supported()
         {
-            let why = if crate::kernels::fused::enabled() {
-                "this CPU has none"
-            } else {
-                "this CPU has none, or the fused kernels are switched off (SEQFLOW_KERNEL=generic)"
+            let why = match std::env::var("SEQFLOW_KERNEL") {
+                Ok(v) if v == "generic" || v == "avx2" => {
+                    format!("this CPU has none, or the AVX-512 kernel is switched off (SEQFLOW_KERNEL={v})")
+                }
+                _ => "this CPU has none".to_string(),
             };
             return Err(Error::ModelConfig {
                 path: config.path.clone(),
