@@ -472,8 +472,11 @@ impl FusedCell {
             for (i, pairs) in scratch.chunks_exact_mut(kp).take(r1 - r0).enumerate() {
                 let r = r0 + i;
                 let (px, ph) = pairs.split_at_mut(self.kx);
-                to_pairs(&x.data[r * x.stride..r * x.stride + self.in_w], px);
-                to_pairs(&h.data[r * h.stride..r * h.stride + self.hid], ph);
+                // SAFETY: AVX-512F and BF16, per this function's features.
+                unsafe {
+                    to_pairs_avx512(&x.data[r * x.stride..r * x.stride + self.in_w], px);
+                    to_pairs_avx512(&h.data[r * h.stride..r * h.stride + self.hid], ph);
+                }
             }
             let a = scratch.as_ptr();
             // SAFETY: rows r0..r1 are < n, whose spans `step` checked; `scratch` holds
@@ -900,8 +903,37 @@ pub fn bf16_value(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
+/// [`to_pairs`] with `vcvtne2ps2bf16`: 32 values per instruction (masked at the end), where
+/// the scalar loop took 6% of a whole bf16 job. The same rounding (to nearest, ties to even)
+/// except that the instruction flushes subnormal inputs (below 1.2e-38) to zero.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 present.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn to_pairs_avx512(v: &[f32], out: &mut [u32]) {
+    assert_eq!(out.len(), v.len().div_ceil(2), "bf16 pairs: one per two values");
+    let mask = |n: usize| -> u16 { ((1u32 << n.min(16)) - 1) as u16 };
+    for (i, o) in (0..v.len()).step_by(32).zip((0..out.len()).step_by(16)) {
+        let n = v.len() - i;
+        // SAFETY: AVX-512F and BF16 per this function's contract; the masks keep every load
+        // inside `v` and every store inside `out` (masked-out lanes are not accessed).
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(mask(n), v.as_ptr().add(i));
+            let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), v.as_ptr().wrapping_add(i + 16));
+            let pairs = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_mask_storeu_epi32(
+                out.as_mut_ptr().add(o).cast::<i32>(),
+                mask(out.len() - o),
+                std::mem::transmute::<__m512bh, __m512i>(pairs),
+            );
+        }
+    }
+}
+
 /// Values rounded to bf16 pairs: `out[k]` = `v[2k]` in the low half, `v[2k+1]` (or zero past
-/// the end) in the high half.
+/// the end) in the high half. (The kernel uses [`to_pairs_avx512`]; this is its reference.)
+#[cfg(test)]
 fn to_pairs(v: &[f32], out: &mut [u32]) {
     for (k, o) in out.iter_mut().enumerate() {
         let lo = v.get(2 * k).map_or(0, |&x| bf16_bits(x));
@@ -1148,6 +1180,33 @@ mod tests {
         let mut out = [0u32; 2];
         to_pairs(&[1.0, -2.0, 0.5], &mut out);
         assert_eq!(out, [0xc000_3f80, 0x0000_3f00]);
+        // The kernel's vector conversion gives the same pairs at every length (masked tails,
+        // odd counts), ties and carries into the exponent included.
+        #[cfg(target_arch = "x86_64")]
+        if kernels().contains(&(Isa::Avx512, Precision::Bf16)) {
+            let mut rng = SplitMix::new(4);
+            for len in [1usize, 2, 3, 15, 16, 17, 31, 32, 33, 64, 65, 136] {
+                let v: Vec<f32> = (0..len)
+                    .map(|i| match i % 4 {
+                        0 => 1.0 + 1.0 / 256.0,
+                        1 => f32::from_bits(0x3f80_7fff + (i as u32 & 1)),
+                        _ => rng.normal() * 100.0,
+                    })
+                    .collect();
+                let (mut want, mut got) = (vec![0; len.div_ceil(2)], vec![7; len.div_ceil(2)]);
+                to_pairs(&v, &mut want);
+                // SAFETY: kernels() saw AVX-512F and AVX512_BF16 on this CPU.
+                unsafe { vector_pairs(&v, &mut got) };
+                assert_eq!(got, want, "{len} values");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn vector_pairs(v: &[f32], out: &mut [u32]) {
+        // SAFETY: this function's features.
+        unsafe { to_pairs_avx512(v, out) }
     }
 
     #[test]
