@@ -284,35 +284,56 @@ impl Recurrent {
         let b0 = layout.active();
         let lstm = self.cell == CellKind::Lstm;
 
-        // Gather state: once per call, not per step.
+        // Gather state: once per call, not per step (appended, not zero-filled first: a
+        // streamed step is short enough that a memset showed in its profile).
         s.h.clear();
-        s.h.resize(b0 * hout, 0.0);
         s.c.clear();
-        s.c.resize(if lstm { b0 * hid } else { 0 }, 0.0);
         let off = (l * self.dirs() + d) * self.per_layer();
-        if let StateRef::Slots { slots, ids } = state {
-            for pos in 0..b0 {
-                let row = slots.row(ids[layout.seq[pos] as usize]);
-                s.h[pos * hout..(pos + 1) * hout].copy_from_slice(&row[off..off + hout]);
-                if lstm {
-                    s.c[pos * hid..(pos + 1) * hid].copy_from_slice(&row[off + hout..off + hout + hid]);
+        match state {
+            StateRef::Slots { slots, ids } => {
+                for pos in 0..b0 {
+                    let row = slots.row(ids[layout.seq[pos] as usize]);
+                    s.h.extend_from_slice(&row[off..off + hout]);
+                    if lstm {
+                        s.c.extend_from_slice(&row[off + hout..off + hout + hid]);
+                    }
                 }
+            }
+            StateRef::Fresh => {
+                s.h.resize(b0 * hout, 0.0);
+                s.c.resize(if lstm { b0 * hid } else { 0 }, 0.0);
             }
         }
 
         // `d` is the output's half; the second half of a bidirectional layer, and a
         // reverse layer's only one, run backwards.
         let backward = d == 1 || self.reverse;
-        if let Some(fused) = &cell.fused {
-            run_fused(fused, d, backward, src, dst, &mut s.h, &mut s.c, &mut s.pairs);
-        } else {
-            self.run_generic(cell, d, backward, src, dst, s);
+        let fused = cell.fused.as_ref();
+        match fused {
+            Some(fused) => run_fused(fused, d, backward, src, dst, &s.h, &mut s.c, &mut s.pairs),
+            None => self.run_generic(cell, d, backward, src, dst, s),
         }
 
         if let StateRef::Slots { slots, ids } = state {
+            let col = d * hout;
             for pos in 0..b0 {
                 let row = slots.row_mut(ids[layout.seq[pos] as usize]);
-                row[off..off + hout].copy_from_slice(&s.h[pos * hout..(pos + 1) * hout]);
+                // The fused kernel leaves each key's last state in the output row of its
+                // last step (forward) or first (backward): scattered from there, not copied
+                // through `s.h` first.
+                let last = match fused {
+                    Some(_) => {
+                        let w = if backward {
+                            0
+                        } else {
+                            layout.lens[pos] as usize - 1
+                        };
+                        let r = layout.offsets[w] + pos;
+                        &dst.data[r * dst.width + col..r * dst.width + col + hout]
+                    }
+                    None => &s.h[pos * hout..(pos + 1) * hout],
+                };
+                row[off..off + hout].copy_from_slice(last);
                 if lstm {
                     row[off + hout..off + hout + hid].copy_from_slice(&s.c[pos * hid..(pos + 1) * hid]);
                 }
@@ -402,8 +423,8 @@ impl Recurrent {
 /// One direction of one layer through the fused kernel. Each wavefront reads its previous
 /// hidden state straight from the previous wavefront's output rows in `dst` (or from `h`,
 /// the gathered state, for a key's first step of this call) and writes the new state into
-/// its own rows of `dst`: no scratch, no copy. `c` is updated in place. At the end `h` holds
-/// every key's last state, as the generic path leaves it.
+/// its own rows of `dst`: no scratch, no copy. `c` is updated in place. Each key's last `h`
+/// is left in its last step's row of `dst` (the caller scatters it from there).
 #[allow(clippy::too_many_arguments)]
 fn run_fused(
     fused: &FusedCell,
@@ -411,7 +432,7 @@ fn run_fused(
     backward: bool,
     src: &Packed,
     dst: &mut Packed,
-    h: &mut [f32],
+    h: &[f32],
     c: &mut [f32],
     pairs: &mut Vec<u32>,
 ) {
@@ -482,15 +503,5 @@ fn run_fused(
                 pairs,
             );
         }
-    }
-    // Each key's last state: forward, the row of its last step; backward, of wavefront 0.
-    for pos in 0..layout.active() {
-        let w = if backward {
-            0
-        } else {
-            layout.lens[pos] as usize - 1
-        };
-        let r = layout.offsets[w] + pos;
-        h[pos * hout..(pos + 1) * hout].copy_from_slice(&dst.data[r * out_w + col..r * out_w + col + hout]);
     }
 }
