@@ -10,7 +10,7 @@
 //! every gate of its units. A tile of up to 6 rows (AVX-512; 3 with AVX2) stays in registers
 //! over the whole reduction (input, then hidden state); the gates run on it as soon as it is
 //! complete, and `h` goes straight into the caller's output rows. The vector operations come
-//! from [`super::simd`], so both widths are one algorithm.
+//! from `kernels::simd`, so both widths are one algorithm.
 //!
 //! **Invariance.** Every pre-activation is one FMA chain in a fixed order: the bias, then
 //! `x[0..I]`, then `h[0..H]`, whichever rows share its tile or its call. A key's result
@@ -39,6 +39,7 @@ const GROUPS: usize = 4;
 /// The most f32 lanes of any vector (the tile buffer's and scratch arrays' line width).
 const MAX_LANES: usize = 16;
 /// The most rows of any register tile.
+#[cfg(target_arch = "x86_64")]
 const MAX_TILE_ROWS: usize = 6;
 
 /// Which cell's gates the epilogue applies.
@@ -465,8 +466,10 @@ impl FusedCell {
     ) {
         let kp = self.kx + self.kh;
         let block = <Avx512 as Vector>::ROW_BLOCK;
-        scratch.clear();
-        scratch.resize(block.min(n) * kp, 0);
+        // Every pair a block reads is written first: grown, never zero-filled per call.
+        if scratch.len() < block.min(n) * kp {
+            scratch.resize(block.min(n) * kp, 0);
+        }
         for r0 in (0..n).step_by(block) {
             let r1 = n.min(r0 + block);
             for (i, pairs) in scratch.chunks_exact_mut(kp).take(r1 - r0).enumerate() {

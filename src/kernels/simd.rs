@@ -41,6 +41,7 @@ impl Isa {
 
 /// `2^f` on [0, 1): minimax for relative error, fitted in float64 (maximum 7.5e-8 with exact
 /// coefficients, 1.5e-7 once the coefficients and Horner's steps round to f32).
+#[cfg(target_arch = "x86_64")]
 const EXP2: [f32; 6] = [
     0.999_999_94,
     0.693_153_1,
@@ -57,11 +58,12 @@ const EXP2: [f32; 6] = [
 /// available (the kernel only reaches them from its `target_feature` entry points, which the
 /// dispatch chose for this CPU); pointers must be valid for `LANES` floats, and for the
 /// aligned `load`/`store` aligned to the vector's width.
+#[cfg(target_arch = "x86_64")]
 pub(crate) trait Vector: Copy {
     /// f32 lanes.
     const LANES: usize;
-    /// Rows per register tile: the tile's `ROWS x 4` accumulators, 4 weight vectors and a
-    /// broadcast fit the register file (32 zmm; 16 ymm, with the weights reloaded).
+    /// Rows per register tile: the tile loop keeps `4 ROWS` accumulators, `ROWS` broadcasts
+    /// and one weight vector live, `5 ROWS + 1` registers: 31 of 32 zmm, 16 of 16 ymm.
     const TILE_ROWS: usize;
     /// Rows per block: a panel of weights is reused over this many rows while it sits in L1
     /// beside their hidden states (48 KB L1 for AVX-512 parts; 32 KB for most AVX2 ones).
@@ -93,6 +95,7 @@ pub(crate) trait Vector: Copy {
 }
 
 /// `2^f` for `f` in [0, 1), by Horner over [`EXP2`], in place.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn exp2_fraction_n<V: Vector, const N: usize>(f: &mut [V; N]) {
     // SAFETY: the caller's, per `Vector`.
@@ -108,6 +111,7 @@ unsafe fn exp2_fraction_n<V: Vector, const N: usize>(f: &mut [V; N]) {
 }
 
 /// One Newton step for `1 / d` from the estimates `r`: `r + r (1 - d r)`, in place.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn newton_n<V: Vector, const N: usize>(d: &[V; N], r: &mut [V; N]) {
     // SAFETY: the caller's, per `Vector`.
@@ -287,7 +291,7 @@ impl Vector for Avx2 {
         unsafe { Avx2(_mm256_fmsub_ps(a.0, b.0, c.0)) }
     }
     /// `t` raised to -126 (2^-126 is below half an ulp of the 1 every caller adds it to),
-    /// `floor` and the fraction, and `2^floor(t)` built in the exponent bits: 10 operations.
+    /// `floor` and the fraction, and `2^floor(t)` built in the exponent bits: 12 operations.
     #[inline(always)]
     unsafe fn exp2_n<const N: usize>(t: [Self; N]) -> [Self; N] {
         unsafe {
@@ -326,6 +330,7 @@ impl Vector for Avx2 {
 /// Stage by stage: one value's gate is a chain of about 13 dependent operations, so `N`
 /// independent chains keep the vector units busy. `low` keeps `2^(scale x)` finite (past
 /// it the Newton step would make `inf * 0` a NaN); above, [`Vector::exp2_n`] goes to zero.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn logistic_n<V: Vector, const N: usize>(mut x: [V; N], scale: f32, low: f32) -> [V; N] {
     // SAFETY: the caller's, per `Vector`.
@@ -341,11 +346,13 @@ unsafe fn logistic_n<V: Vector, const N: usize>(mut x: [V; N], scale: f32, low: 
     }
 }
 
-/// `1 / (1 + e^-x)`, for `N` vectors at once. Below -87.3, `e^-x` would overflow; the
-/// sigmoid there is 0 to f32 precision anyway (the generic path clamps the same way).
+/// `1 / (1 + e^-x)`, for `N` vectors at once. `x` is first raised to -87.3, which keeps
+/// `e^-x` finite and its reciprocal a normal number; the sigmoid there is 0 to f32 precision
+/// anyway (the generic path clamps the same way).
 ///
 /// # Safety
 /// As for [`Vector`]'s methods.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn sigmoid_n<V: Vector, const N: usize>(x: [V; N]) -> [V; N] {
     // SAFETY: the caller's.
@@ -357,6 +364,7 @@ pub(crate) unsafe fn sigmoid_n<V: Vector, const N: usize>(x: [V; N]) -> [V; N] {
 ///
 /// # Safety
 /// As for [`Vector`]'s methods.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn tanh_n<V: Vector, const N: usize>(x: [V; N]) -> [V; N] {
     // SAFETY: the caller's.

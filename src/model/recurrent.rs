@@ -8,10 +8,12 @@
 //!   `h' = (1 - z) * n + z * h` (the reset gate applies after the hidden product, as in
 //!   PyTorch and cuDNN, not before it as in the original paper).
 //!
-//! Execution is layer-major over a packed batch: each wavefront (the row prefix of keys still
-//! running at that step) is cut into blocks of rows, and per block one GEMM with `W_ih` and
-//! one with `W_hh` feed the fused gate kernel while their products are still in cache. State
-//! is gathered from the arena once per call and scattered back once.
+//! Execution is layer-major over a packed batch, wavefront by wavefront (the row prefix of
+//! keys still running at that step). Where the CPU has AVX-512 or AVX2, `kernels::fused`
+//! computes a wavefront's products and gates in one pass over register tiles; elsewhere (and
+//! for projections) each wavefront is cut into blocks of rows, and per block one GEMM with
+//! `W_ih` and one with `W_hh` feed the gate loops while their products are still in cache.
+//! State is gathered from the arena once per call and scattered back once.
 
 use super::config::{CellKind, Nonlinearity};
 use super::dense::transpose;
@@ -43,8 +45,8 @@ pub struct Cell {
     /// GRU with `linear_before_reset = false`: `W_hn^T`, `[H x H]`, applied to `r * h`
     /// after the reset gate is known.
     w_hn_t: Option<Vec<f32>>,
-    /// The same weights packed for the fused kernel, where it runs (AVX-512, no projection);
-    /// `None` keeps the faer path.
+    /// The same weights packed for the fused kernel, where it runs (an AVX-512 or AVX2 CPU;
+    /// no projection, no GRU reset before the product); `None` keeps the faer path.
     fused: Option<FusedCell>,
 }
 
