@@ -468,7 +468,7 @@ impl Sink {
             t => cast(&times, t).map_err(err)?,
         };
         let mut cols = vec![keys, times];
-        let columns = transpose(&b.values, b.len(), b.width);
+        let columns = crate::kernels::transpose::columns(&b.values, b.len(), b.width);
         cols.extend(
             columns
                 .into_iter()
@@ -913,47 +913,6 @@ impl SinkHandle {
             SinkHandle::Background(s) => s.close().map(|_| ()),
             SinkHandle::Mqtt(s) => s.close(),
             SinkHandle::Kafka(s) => s.close(),
-        }
-    }
-}
-
-/// Row-major `n x w` values into `w` columns, in tiles of 16 rows: each tile (16 x w floats)
-/// stays in L1 while every column takes its 16 values in one contiguous write. A strided pass
-/// per column thrashed the cache for wide outputs (17% of a 128-output run), and one
-/// row-major pass pushing into every column paid a capacity check per value (13% of the
-/// writer thread's time at 128 outputs).
-fn transpose(values: &[f32], n: usize, w: usize) -> Vec<Vec<f32>> {
-    const TILE: usize = 16;
-    let mut columns: Vec<Vec<f32>> = (0..w).map(|_| vec![0.0f32; n]).collect();
-    if w == 0 {
-        return columns;
-    }
-    for (t, tile) in values[..n * w].chunks(TILE * w).enumerate() {
-        let r0 = t * TILE;
-        let rows = tile.len() / w;
-        for (c, col) in columns.iter_mut().enumerate() {
-            for (k, d) in col[r0..r0 + rows].iter_mut().enumerate() {
-                *d = tile[k * w + c];
-            }
-        }
-    }
-    columns
-}
-
-#[cfg(test)]
-mod tests {
-    use super::transpose;
-
-    #[test]
-    fn transpose_gives_every_column_in_row_order() {
-        for (n, w) in [(0, 3), (1, 1), (15, 2), (16, 128), (37, 5), (100, 0)] {
-            let values: Vec<f32> = (0..n * w).map(|i| i as f32).collect();
-            let cols = transpose(&values, n, w);
-            assert_eq!(cols.len(), w);
-            for (c, col) in cols.iter().enumerate() {
-                let want: Vec<f32> = (0..n).map(|r| (r * w + c) as f32).collect();
-                assert_eq!(col, &want, "n {n}, w {w}, column {c}");
-            }
         }
     }
 }

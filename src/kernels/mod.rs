@@ -8,6 +8,7 @@
 
 pub mod fused;
 mod simd;
+pub mod transpose;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
