@@ -187,42 +187,52 @@ pub struct RowsMut<'a> {
     pub stride: usize,
 }
 
+/// PyTorch's tensors of one direction of one recurrent layer, gates in PyTorch's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Tensors<'a> {
+    /// `weight_ih`, `[G*hid x in_w]`.
+    pub w_ih: &'a [f32],
+    /// `weight_hh`, `[G*hid x hid]`.
+    pub w_hh: &'a [f32],
+    /// `bias_ih`, `[G*hid]`, if the layer has biases.
+    pub b_ih: Option<&'a [f32]>,
+    /// `bias_hh`, `[G*hid]`, if the layer has biases.
+    pub b_hh: Option<&'a [f32]>,
+}
+
 impl FusedCell {
-    /// Packs PyTorch's tensors of one direction of one layer: `w_ih [G*hid x in_w]`,
-    /// `w_hh [G*hid x hid]`, the optional biases `[G*hid]`, gates in PyTorch's order, for
-    /// this CPU's [`isa`]. `None` when the fused kernel does not run here (or, for bf16,
-    /// [`bf16_supported`] is false; callers check that first, to say so).
-    #[allow(clippy::too_many_arguments)]
+    /// Packs one direction of one layer for this CPU's [`isa`]. `None` when the fused kernel
+    /// does not run here (or, for bf16, [`bf16_supported`] is false; callers check that
+    /// first, to say so).
     pub fn new(
         gates: Gates,
         precision: Precision,
         in_w: usize,
         hid: usize,
-        w_ih: &[f32],
-        w_hh: &[f32],
-        b_ih: Option<&[f32]>,
-        b_hh: Option<&[f32]>,
+        t: Tensors<'_>,
     ) -> Option<FusedCell> {
         if precision == Precision::Bf16 && !bf16_supported() {
             return None;
         }
-        Self::for_isa(isa()?, gates, precision, in_w, hid, w_ih, w_hh, b_ih, b_hh)
+        Self::for_isa(isa()?, gates, precision, in_w, hid, t)
     }
 
     /// [`FusedCell::new`] for a given instruction set, which the caller has checked this CPU
     /// runs (bf16 only on AVX-512). `None` for an empty layer.
-    #[allow(clippy::too_many_arguments)]
     fn for_isa(
         isa: Isa,
         gates: Gates,
         precision: Precision,
         in_w: usize,
         hid: usize,
-        w_ih: &[f32],
-        w_hh: &[f32],
-        b_ih: Option<&[f32]>,
-        b_hh: Option<&[f32]>,
+        t: Tensors<'_>,
     ) -> Option<FusedCell> {
+        let Tensors {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        } = t;
         if in_w == 0 || hid == 0 || (precision == Precision::Bf16 && isa != Isa::Avx512) {
             return None;
         }
@@ -566,22 +576,30 @@ impl FusedCell {
                         (_, true) => tile_kernel::<P, 1, true>(w, bias, kx, kh, x, xst, h, hst, tp),
                     }
                 }
-                if full {
-                    // SAFETY: V's instruction set, as for this function.
-                    unsafe {
+                // SAFETY: V's instruction set, as for this function; rows t..t+m exist in
+                // `c` (LSTM), `h` and `out` (the spans `step` checked).
+                unsafe {
+                    if full {
+                        let u0 = p * units;
+                        let cs = match self.gates {
+                            Gates::Lstm => &mut c[t * self.hid + u0..],
+                            _ => &mut c[..0],
+                        };
+                        let hs = &h.data[t * h.stride + u0..];
+                        let os = &mut out[t * out_stride + u0..];
+                        let rows = (cs, self.hid, hs, h.stride, os, out_stride);
                         match m {
-                            6 => self.epilogue_rows::<V, 6>(p, t, &tile, h, c, out, out_stride),
-                            5 => self.epilogue_rows::<V, 5>(p, t, &tile, h, c, out, out_stride),
-                            4 => self.epilogue_rows::<V, 4>(p, t, &tile, h, c, out, out_stride),
-                            3 => self.epilogue_rows::<V, 3>(p, t, &tile, h, c, out, out_stride),
-                            2 => self.epilogue_rows::<V, 2>(p, t, &tile, h, c, out, out_stride),
-                            _ => self.epilogue_rows::<V, 1>(p, t, &tile, h, c, out, out_stride),
+                            6 => self.gates_on::<V, 6>(&tile, 0, rows),
+                            5 => self.gates_on::<V, 5>(&tile, 0, rows),
+                            4 => self.gates_on::<V, 4>(&tile, 0, rows),
+                            3 => self.gates_on::<V, 3>(&tile, 0, rows),
+                            2 => self.gates_on::<V, 2>(&tile, 0, rows),
+                            _ => self.gates_on::<V, 1>(&tile, 0, rows),
                         }
-                    }
-                } else {
-                    for i in 0..m {
-                        // SAFETY: V's instruction set, as for this function.
-                        unsafe { self.epilogue::<V>(p, t + i, &tile, i, h, c, out, out_stride) };
+                    } else {
+                        for i in 0..m {
+                            self.partial_row::<V>(p, t + i, &tile, i, h, c, out, out_stride);
+                        }
                     }
                 }
                 t += m;
@@ -589,32 +607,29 @@ impl FusedCell {
         }
     }
 
-    /// Applies the gates to a finished tile of `M` rows (from row `t`) of a panel whose units
-    /// all exist (the last panel of a hidden size that is not a multiple of the panel's units
-    /// goes row by row through [`Self::epilogue`]).
+    /// Applies the gates to `M` rows of a finished tile, from tile row `i0`. `rows` holds, for
+    /// the panel's first unit, the LSTM's cell state (`c`, written back), the previous hidden
+    /// state (`h`, which a GRU reads) and the output (`out`), each with its row stride: row
+    /// `r`'s vector `q` is at `r * stride + q * lanes`. Every vector of those rows exists.
     ///
     /// Why across rows: one row's gates are a few chains of about 13 dependent operations
     /// (the exponential's polynomial, then the reciprocal), so row by row the vector units
-    /// mostly wait on latency. Here each stage runs over every row of the tile before the
-    /// next stage, so `M` independent chains are in flight. The operations per value, and so
-    /// the results, are those of the row-by-row path.
+    /// mostly wait on latency. Here each stage runs over every row before the next stage, so
+    /// `M` independent chains are in flight. The operations per value do not depend on `M`,
+    /// so neither do the results: a partial panel's rows come here one at a time
+    /// ([`Self::partial_row`]).
     ///
     /// # Safety
     /// `V`'s instruction set present (called from `block` only).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn epilogue_rows<V: Vector, const M: usize>(
+    unsafe fn gates_on<V: Vector, const M: usize>(
         &self,
-        p: usize,
-        t: usize,
         tile: &[Line; MAX_TILE_ROWS * GROUPS],
-        h: &Rows<'_>,
-        c: &mut [f32],
-        out: &mut [f32],
-        out_stride: usize,
+        i0: usize,
+        (c, c_stride, h, h_stride, out, out_stride): (&mut [f32], usize, &[f32], usize, &mut [f32], usize),
     ) {
-        let (hid, lanes) = (self.hid, V::LANES);
+        let lanes = V::LANES;
         // SAFETY (every block below): V's instruction set, per this function's contract;
         // the tile lines are 64-byte aligned; every row pointer comes from a subslice of
         // `lanes` floats (checked).
@@ -624,14 +639,13 @@ impl FusedCell {
                 ($q:expr) => {{
                     let mut v = [V::zero(); M];
                     for (r, v) in v.iter_mut().enumerate() {
-                        *v = V::load(tile[r * GROUPS + $q].0.as_ptr());
+                        *v = V::load(tile[(i0 + r) * GROUPS + $q].0.as_ptr());
                     }
                     v
                 }};
             }
             match self.gates {
                 Gates::Lstm => {
-                    let u0 = p * lanes;
                     let i = sigmoid_n(lines!(0));
                     let g = tanh_n(lines!(2));
                     let mut cn = [V::zero(); M];
@@ -640,19 +654,17 @@ impl FusedCell {
                     }
                     let f = sigmoid_n(lines!(1));
                     for (r, cn) in cn.iter_mut().enumerate() {
-                        let cp = c[(t + r) * hid + u0..][..lanes].as_mut_ptr();
+                        let cp = c[r * c_stride..][..lanes].as_mut_ptr();
                         *cn = V::fmadd(f[r], V::loadu(cp), *cn);
                         V::storeu(cp, *cn);
                     }
                     let th = tanh_n(cn);
                     let o = sigmoid_n(lines!(3));
                     for r in 0..M {
-                        let op = out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr();
-                        V::storeu(op, V::mul(o[r], th[r]));
+                        V::storeu(out[r * out_stride..][..lanes].as_mut_ptr(), V::mul(o[r], th[r]));
                     }
                 }
                 Gates::Gru => {
-                    let u0 = p * lanes;
                     let rg = sigmoid_n(lines!(0));
                     let (nx, nh) = (lines!(2), lines!(3));
                     let mut a = [V::zero(); M];
@@ -662,15 +674,14 @@ impl FusedCell {
                     let n = tanh_n(a);
                     let z = sigmoid_n(lines!(1));
                     for r in 0..M {
-                        let hp = h.data[(t + r) * h.stride + u0..][..lanes].as_ptr();
+                        let hp = h[r * h_stride..][..lanes].as_ptr();
                         // (1 - z) n + z h, as n + z (h - n).
                         let hn = V::fmadd(z[r], V::sub(V::loadu(hp), n[r]), n[r]);
-                        V::storeu(out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr(), hn);
+                        V::storeu(out[r * out_stride..][..lanes].as_mut_ptr(), hn);
                     }
                 }
                 Gates::Rnn { relu } => {
                     for q in 0..GROUPS {
-                        let u0 = p * GROUPS * lanes + q * lanes;
                         let mut a = lines!(q);
                         if relu {
                             for a in a.iter_mut() {
@@ -680,7 +691,7 @@ impl FusedCell {
                             a = tanh_n(a);
                         }
                         for (r, a) in a.iter().enumerate() {
-                            V::storeu(out[(t + r) * out_stride + u0..][..lanes].as_mut_ptr(), *a);
+                            V::storeu(out[r * out_stride + q * lanes..][..lanes].as_mut_ptr(), *a);
                         }
                     }
                 }
@@ -688,16 +699,16 @@ impl FusedCell {
         }
     }
 
-    /// Applies the gates to row `i` of a finished tile (matrix row `r`), for the units of
-    /// panel `p` that exist: the last panel of a hidden size that does not fill it. Each
-    /// vector goes through a full-width local copy, so nothing past the units is touched.
+    /// Tile row `i` (matrix row `r`) of the last panel of a hidden size that does not fill
+    /// it: its units' state goes through full-width local copies into [`Self::gates_on`], so
+    /// nothing past the units is read or written.
     ///
     /// # Safety
     /// `V`'s instruction set present (called from `block` only).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn epilogue<V: Vector>(
+    unsafe fn partial_row<V: Vector>(
         &self,
         p: usize,
         r: usize,
@@ -708,54 +719,27 @@ impl FusedCell {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let (hid, lanes) = (self.hid, V::LANES);
-        let units = Self::units_per_panel(self.gates, lanes);
+        let hid = self.hid;
+        let units = Self::units_per_panel(self.gates, V::LANES);
         let u0 = p * units;
         let n = units.min(hid - u0);
-        let pre = &tile[i * GROUPS..(i + 1) * GROUPS];
-        // SAFETY (every block below): V's instruction set, per this function's contract;
-        // every pointer is to a local array of MAX_LANES >= lanes floats or an aligned line.
-        unsafe {
-            macro_rules! ld {
-                ($q:expr) => {
-                    V::load(pre[$q].0.as_ptr())
-                };
-            }
-            match self.gates {
-                Gates::Lstm => {
-                    let (mut cl, mut hl) = ([0.0; MAX_LANES], [0.0; MAX_LANES]);
-                    cl[..n].copy_from_slice(&c[r * hid + u0..r * hid + u0 + n]);
-                    let [i, f, o] = sigmoid_n([ld!(0), ld!(1), ld!(3)]);
-                    let [g] = tanh_n([ld!(2)]);
-                    let cn = V::fmadd(f, V::loadu(cl.as_ptr()), V::mul(i, g));
-                    V::storeu(cl.as_mut_ptr(), cn);
-                    let [th] = tanh_n([cn]);
-                    V::storeu(hl.as_mut_ptr(), V::mul(o, th));
-                    c[r * hid + u0..r * hid + u0 + n].copy_from_slice(&cl[..n]);
-                    out[r * out_stride + u0..r * out_stride + u0 + n].copy_from_slice(&hl[..n]);
-                }
-                Gates::Gru => {
-                    let (mut hp, mut hl) = ([0.0; MAX_LANES], [0.0; MAX_LANES]);
-                    hp[..n].copy_from_slice(&h.data[r * h.stride + u0..r * h.stride + u0 + n]);
-                    let [rg, z] = sigmoid_n([ld!(0), ld!(1)]);
-                    let [nn] = tanh_n([V::fmadd(rg, ld!(3), ld!(2))]);
-                    let hn = V::fmadd(z, V::sub(V::loadu(hp.as_ptr()), nn), nn);
-                    V::storeu(hl.as_mut_ptr(), hn);
-                    out[r * out_stride + u0..r * out_stride + u0 + n].copy_from_slice(&hl[..n]);
-                }
-                Gates::Rnn { relu } => {
-                    let o = &mut out[r * out_stride + u0..r * out_stride + u0 + n];
-                    for (q, line) in pre.iter().enumerate() {
-                        let (lo, hi) = ((q * lanes).min(n), ((q + 1) * lanes).min(n));
-                        let v = V::load(line.0.as_ptr());
-                        let [a] = if relu { [V::max(v, V::zero())] } else { tanh_n([v]) };
-                        let mut hl = [0.0; MAX_LANES];
-                        V::storeu(hl.as_mut_ptr(), a);
-                        o[lo..hi].copy_from_slice(&hl[..hi - lo]);
-                    }
-                }
-            }
+        let (mut cl, mut hl, mut ol) = (
+            [0.0; GROUPS * MAX_LANES],
+            [0.0; GROUPS * MAX_LANES],
+            [0.0; GROUPS * MAX_LANES],
+        );
+        let lstm = self.gates == Gates::Lstm;
+        if lstm {
+            cl[..n].copy_from_slice(&c[r * hid + u0..r * hid + u0 + n]);
         }
+        hl[..n].copy_from_slice(&h.data[r * h.stride + u0..r * h.stride + u0 + n]);
+        // SAFETY: V's instruction set, per this function's contract; the local rows hold
+        // every vector of a panel.
+        unsafe { self.gates_on::<V, 1>(tile, i, (&mut cl, 0, &hl, 0, &mut ol, 0)) };
+        if lstm {
+            c[r * hid + u0..r * hid + u0 + n].copy_from_slice(&cl[..n]);
+        }
+        out[r * out_stride + u0..r * out_stride + u0 + n].copy_from_slice(&ol[..n]);
     }
 }
 
@@ -1027,6 +1011,17 @@ mod tests {
         b_hh: Vec<f32>,
     }
 
+    impl Wts {
+        fn tensors(&self) -> Tensors<'_> {
+            Tensors {
+                w_ih: &self.w_ih,
+                w_hh: &self.w_hh,
+                b_ih: Some(&self.b_ih),
+                b_hh: Some(&self.b_hh),
+            }
+        }
+    }
+
     fn weights(g: usize, in_w: usize, hid: usize, seed: u64) -> Wts {
         let mut rng = SplitMix::new(seed);
         let scale = 1.0 / (hid as f32).sqrt();
@@ -1127,18 +1122,8 @@ mod tests {
                 // widths (a bf16 pair half empty).
                 for &(in_w, hid, n) in &[(8, 128, 13), (3, 50, 7), (1, 16, 1), (17, 70, 49), (5, 131, 6)] {
                     let wts = weights(g, in_w, hid, 7 + hid as u64);
-                    let cell = FusedCell::for_isa(
-                        isa,
-                        gates,
-                        p,
-                        in_w,
-                        hid,
-                        &wts.w_ih,
-                        &wts.w_hh,
-                        Some(&wts.b_ih),
-                        Some(&wts.b_hh),
-                    )
-                    .expect("supported");
+                    let cell =
+                        FusedCell::for_isa(isa, gates, p, in_w, hid, wts.tensors()).expect("supported");
                     let mut rng = SplitMix::new(3);
                     let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
                     let h: Vec<f32> = (0..n * hid).map(|_| rng.normal() * 0.5).collect();
@@ -1303,18 +1288,11 @@ mod tests {
         for (isa, p) in kernels() {
             for (gates, g) in cells() {
                 let wts = weights(g, in_w, hid, 11);
-                let cell = FusedCell::for_isa(
-                    isa,
-                    gates,
-                    p,
-                    in_w,
-                    hid,
-                    &wts.w_ih,
-                    &wts.w_hh,
-                    Some(&wts.b_ih),
-                    None,
-                )
-                .expect("supported");
+                let t = Tensors {
+                    b_hh: None,
+                    ..wts.tensors()
+                };
+                let cell = FusedCell::for_isa(isa, gates, p, in_w, hid, t).expect("supported");
                 let mut rng = SplitMix::new(9);
                 let x: Vec<f32> = (0..n * in_w).map(|_| rng.normal()).collect();
                 let h: Vec<f32> = (0..n * hid).map(|_| rng.normal()).collect();

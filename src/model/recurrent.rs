@@ -21,7 +21,7 @@ use super::packed::Packed;
 use super::state::StateSpec;
 use super::StateRef;
 use crate::kernels;
-use crate::kernels::fused::{FusedCell, Gates, Precision, Rows, RowsMut};
+use crate::kernels::fused::{FusedCell, Gates, Precision, Rows, RowsMut, Tensors};
 
 /// Rows of a wavefront processed together: their input and hidden products (`G*H` floats
 /// each per row, 256 KB at LSTM h128) stay in L2 until the gate kernel has read them.
@@ -157,7 +157,13 @@ impl Recurrent {
                 // The fused kernel has PyTorch's GRU only.
                 let fused = match (w.w_hr, reset_before) {
                     (None, false) => {
-                        FusedCell::new(gates, precision, in_w, hidden, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+                        let t = Tensors {
+                            w_ih: w.w_ih,
+                            w_hh: w.w_hh,
+                            b_ih: w.b_ih,
+                            b_hh: w.b_hh,
+                        };
+                        FusedCell::new(gates, precision, in_w, hidden, t)
                     }
                     _ => None,
                 };
