@@ -422,20 +422,8 @@ fn import(onnx: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow:
     let source = std::fs::canonicalize(onnx).unwrap_or_else(|_| onnx.to_path_buf());
     let text = imported.model_toml(&source, name);
     let bytes = seqflow::model::builder::safetensors_bytes(&weights, &tensors)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| seqflow::Error::io(dir, e))?;
-    }
-    // Both files as `.partial`, renamed together: a failure leaves neither at its path.
-    let outputs = seqflow::outfiles::Outputs::default();
-    for (path, data) in [(weights.as_path(), bytes.as_slice()), (out, text.as_bytes())] {
-        use std::io::Write as _;
-        let mut f = outputs.create(path)?;
-        if let Err(e) = f.write_all(data).and_then(|_| f.sync_all()) {
-            outputs.discard();
-            return Err(seqflow::Error::io(path, e).into());
-        }
-    }
-    outputs.commit()?;
+    // Both files complete before either is renamed into place.
+    seqflow::outfiles::write_files(&[(weights.as_path(), bytes.as_slice()), (out, text.as_bytes())])?;
     for note in &imported.notes {
         say!("seqflow import: {note}");
     }

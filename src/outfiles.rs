@@ -238,15 +238,36 @@ pub fn reopen_partial(path: &Path, len: u64, reclaim: bool) -> Result<File> {
     Ok(f)
 }
 
-/// Writes one whole file atomically: `.partial`, `write`, rename.
+/// Writes one whole file atomically: `.partial`, `write`, synced, rename.
 pub fn write_file(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
     let outputs = Outputs::default();
     let mut f = outputs.create(path)?;
-    if let Err(e) = write(&mut f) {
+    if let Err(e) = write(&mut f).and_then(|_| f.sync_all()) {
         outputs.discard();
         return Err(Error::io(path, e));
     }
     drop(f);
+    outputs.commit()
+}
+
+/// Writes several whole files that belong together (a model file and its weights): each as
+/// `.partial`, written and synced, and only when all are complete renamed one after the
+/// other. A failure before the renames (creating, writing, syncing any of them) removes
+/// every partial and leaves no file at any path.
+pub fn write_files(files: &[(&Path, &[u8])]) -> Result<()> {
+    use std::io::Write as _;
+    let outputs = Outputs::default();
+    for &(path, data) in files {
+        let written = outputs.create(path).and_then(|mut f| {
+            f.write_all(data)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io(path, e))
+        });
+        if let Err(e) = written {
+            outputs.discard();
+            return Err(e);
+        }
+    }
     outputs.commit()
 }
 

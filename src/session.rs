@@ -32,8 +32,8 @@ use crate::record::{Key, Reject, SinkMsg, Stats, StepBatch};
 use crate::sink::{OutputSchema, Sink};
 use crate::vocab::{Emit, FileFormat};
 
-/// The most workers a session runs (as `-w`).
-pub const MAX_WORKERS: usize = 1024;
+/// The most workers a session runs: as `-w`.
+pub use crate::pipeline::MAX_WORKERS;
 
 /// Identity fields a save records once a batch has fixed them.
 const KEY_TYPE: &str = "key type";
@@ -382,13 +382,15 @@ impl Session {
         })
     }
 
-    /// The key and time types, when a batch has fixed them (recorded in a save).
+    /// The key and time types, when a batch has fixed them or a loaded save recorded them
+    /// (written into a save, so that saving a loaded session before any push keeps them).
     fn type_fields(&self) -> Vec<(String, String)> {
-        self.encoder.as_ref().map_or_else(Vec::new, |e| {
-            vec![
-                (KEY_TYPE.into(), e.schema().key_type.to_string()),
-                (TIME_TYPE.into(), e.schema().time_type.to_string()),
-            ]
+        let types = match (&self.encoder, &self.saved_types) {
+            (Some(e), _) => Some((e.schema().key_type.to_string(), e.schema().time_type.to_string())),
+            (None, saved) => saved.clone(),
+        };
+        types.map_or_else(Vec::new, |(k, t)| {
+            vec![(KEY_TYPE.into(), k), (TIME_TYPE.into(), t)]
         })
     }
 

@@ -199,6 +199,27 @@ fn import_then_run_equals_running_the_onnx() {
         stderr(&o)
     );
     assert!(!refused.exists() && !refused.with_extension("safetensors").exists());
+    // A write that fails (a folder in the way of the model file's partial) leaves neither
+    // file, nor the weights' partial.
+    let blocked = dir.path().join("blocked").join("m.toml");
+    std::fs::create_dir_all(dir.path().join("blocked").join("m.toml.partial")).unwrap();
+    let onnx = fixtures().join("ts_cnn_causal_lstm").join("model.onnx");
+    let o = seqflow(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        blocked.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("m.toml.partial"),
+        "{}",
+        stderr(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("blocked"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["m.toml.partial"], "only the folder in the way is left");
     // A pipeline whose [model] path is the .onnx writes what the imported model file writes.
     let case = "ts_cnn_causal_lstm";
     let data = dir.path().join("data.parquet");

@@ -163,7 +163,7 @@ fn a_saved_session_goes_on_where_it_stopped_with_any_worker_count() {
         workers: 1,
         ..cfg.clone()
     };
-    let mut wrong = Session::load(&saves, model.clone(), cfg1).unwrap();
+    let mut wrong = Session::load(&saves, model.clone(), cfg1.clone()).unwrap();
     let rest = all.slice(half, 10);
     let t_at = rest.schema().index_of("ts").unwrap();
     let mut cols = rest.columns().to_vec();
@@ -178,6 +178,15 @@ fn a_saved_session_goes_on_where_it_stopped_with_any_worker_count() {
     fields[t_at] = arrow::datatypes::Field::new("ts", ms, false);
     let other_time = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap();
     let e = wrong.push(&other_time).unwrap_err().to_string();
+    assert!(e.contains("saved with"), "{e}");
+    // Saving a loaded session before any push keeps the types it was saved with.
+    let resaved = dir.path().join("resaved");
+    Session::load(&saves, model.clone(), cfg1.clone())
+        .unwrap()
+        .save(&resaved)
+        .unwrap();
+    let mut again = Session::load(&resaved, model.clone(), cfg1.clone()).unwrap();
+    let e = again.push(&other_time).unwrap_err().to_string();
     assert!(e.contains("saved with"), "{e}");
     // A loaded session can be finished at once: the output has the saved types.
     let cfg2 = SessionConfig {

@@ -251,11 +251,10 @@ impl Session {
     #[pyo3(signature = (path, model, workers=None))]
     fn load(py: Python<'_>, path: PathBuf, model: &Model, workers: Option<usize>) -> PyResult<Session> {
         let file = path.join("session.json");
-        let text = std::fs::read_to_string(&file).map_err(|e| {
+        let text = seqflow::outfiles::read_regular_string(&file).map_err(|e| {
             CheckpointError::new_err(format!(
-                "checkpoint {}: no saved session there ({}: {e})",
-                path.display(),
-                file.display()
+                "checkpoint {}: no saved session there ({e})",
+                path.display()
             ))
         })?;
         let mut settings: serde_json::Value = serde_json::from_str(&text)
@@ -424,8 +423,9 @@ fn run<'py>(
         fresh,
         ..RunOptions::default()
     };
-    if workers == 0 || workers > 1024 {
-        return Err(config_err(format!("workers = {workers} must be 1 to 1024")));
+    if workers == 0 || workers > seqflow::session::MAX_WORKERS {
+        let max = seqflow::session::MAX_WORKERS;
+        return Err(config_err(format!("workers = {workers} must be 1 to {max}")));
     }
     let stop = opts.stop.clone();
     let handle = std::thread::Builder::new()

@@ -113,11 +113,27 @@ pub fn enabled() -> bool {
 /// Whether this CPU runs the bf16 kernel: the fused kernel runs on AVX-512 and the CPU has
 /// AVX512_BF16.
 pub fn bf16_supported() -> bool {
+    isa() == Some(Isa::Avx512) && cpu_has_bf16()
+}
+
+/// Why the bf16 kernel does not run here (`None` when it does): for a model file's message.
+pub fn bf16_refusal() -> Option<String> {
+    match (bf16_supported(), cpu_has_bf16(), isa()) {
+        (true, ..) => None,
+        (_, false, _) => Some("this CPU has none".into()),
+        (_, true, None) => Some("the fused kernels are switched off (SEQFLOW_KERNEL=generic)".into()),
+        (_, true, Some(i)) => Some(format!(
+            "the AVX-512 kernel is switched off (SEQFLOW_KERNEL={})",
+            i.as_str()
+        )),
+    }
+}
+
+fn cpu_has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
-    let cpu = std::arch::is_x86_feature_detected!("avx512bf16");
+    return std::arch::is_x86_feature_detected!("avx512bf16");
     #[cfg(not(target_arch = "x86_64"))]
-    let cpu = false;
-    isa() == Some(Isa::Avx512) && cpu
+    false
 }
 
 /// 64 bytes of packed weights, aligned so that every vector load of the tile loop is: 16

@@ -241,16 +241,8 @@ impl Model {
             .layers
             .iter()
             .any(|l| matches!(l.kind, LayerKindConfig::Recurrent { .. }));
-        if config.precision == config::Precision::Bf16
-            && recurrent
-            && !crate::kernels::fused::bf16_supported()
-        {
-            let why = match std::env::var("SEQFLOW_KERNEL") {
-                Ok(v) if v == "generic" || v == "avx2" => {
-                    format!("this CPU has none, or the AVX-512 kernel is switched off (SEQFLOW_KERNEL={v})")
-                }
-                _ => "this CPU has none".to_string(),
-            };
+        let bf16 = config.precision == config::Precision::Bf16 && recurrent;
+        if let Some(why) = bf16.then(crate::kernels::fused::bf16_refusal).flatten() {
             return Err(Error::ModelConfig {
                 path: config.path.clone(),
                 msg: format!(

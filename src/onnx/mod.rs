@@ -585,7 +585,7 @@ impl<'g> Walker<'g> {
 
     /// One node on the data path: the tensor it makes, that tensor's axes, and its width.
     fn step(&mut self, n: &'g NodeProto, cur: &str, mut axes: Vec<Ax>, width: Option<usize>) -> Result<Flow> {
-        let out0 = n.output.first().cloned().unwrap_or_default();
+        let out0 = out_of(n);
         if n.input.first().map(String::as_str) != Some(cur) && !matches!(n.op_type.as_str(), "Add" | "Mul") {
             return Err(self.refuse_node(n, "reads the data as other than its first input"));
         }

@@ -239,9 +239,18 @@ fn run_with(
                 let reader = std::thread::Builder::new()
                     .name(format!("seqflow-read-{index}"))
                     .spawn_scoped(scope, || {
-                        let r = read(&mut |epoch, routed| {
-                            tx.send(Ok((epoch, routed)))
-                                .map_err(|_| Error::Runtime(STOPPED.into()))
+                        // A panic here must fail the run, not end the channel early as if
+                        // the input were done (the output would be committed short).
+                        let r = crate::guard::catch(|| {
+                            read(&mut |epoch, routed| {
+                                tx.send(Ok((epoch, routed)))
+                                    .map_err(|_| Error::Runtime(STOPPED.into()))
+                            })
+                        })
+                        .unwrap_or_else(|panic| {
+                            Err(Error::Runtime(format!(
+                                "worker {index}'s reader thread failed: {panic}"
+                            )))
                         });
                         if let Err(e) = r {
                             let _ = tx.send(Err(e));
@@ -259,7 +268,9 @@ fn run_with(
                         }
                     }
                 }
-                let _ = reader.join();
+                reader
+                    .join()
+                    .map_err(|_| format!("worker {index}'s reader thread failed"))?;
                 Ok(Stats::default())
             })
         })

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{Overrides, PipelineConfig};
-pub use exec::RunOptions;
+pub use exec::{RunOptions, MAX_WORKERS};
 pub use report::{Event, Observer, RunReport};
 
 use crate::error::Result;
