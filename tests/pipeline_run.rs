@@ -25,8 +25,9 @@ const BATCH_ROWS: usize = 5;
 const ROW_GROUP: usize = 13;
 
 /// Random keys (1 to 60 steps each, some with exactly one), interleaved at random but each
-/// key in time order, cut into 3 files of 13-row groups, and shuffled inside every 5-row
-/// epoch (timely does not order records within an epoch; seqflow must).
+/// key in time order, cut into 3 files (two of 13-row groups, the last of one group that
+/// several workers read in parts), and shuffled inside every 5-row epoch (timely does not
+/// order records within an epoch; seqflow must).
 fn interleaved_dataset(dir: &Path, seed: u64, width: usize) -> Vec<Row> {
     let mut rng = StdRng::seed_from_u64(seed);
     let keys = 40;
@@ -63,12 +64,14 @@ fn interleaved_dataset(dir: &Path, seed: u64, width: usize) -> Vec<Row> {
     let cuts = [0, all.len() / 3 + 4, 2 * all.len() / 3 - 2, all.len()];
     for f in 0..3 {
         let mut rows = all[cuts[f]..cuts[f + 1]].to_vec();
-        for group in rows.chunks_mut(ROW_GROUP) {
+        // The last file is one row group of many batches: several workers read it in parts.
+        let group = if f == 2 { rows.len() } else { ROW_GROUP };
+        for group in rows.chunks_mut(group) {
             for epoch in group.chunks_mut(BATCH_ROWS) {
                 epoch.shuffle(&mut rng);
             }
         }
-        write_parquet(&in_dir.join(format!("part-{f}.parquet")), &rows, ROW_GROUP);
+        write_parquet(&in_dir.join(format!("part-{f}.parquet")), &rows, group);
     }
     all
 }

@@ -135,7 +135,10 @@ fn run_with(
     }
     let marks = prepared.as_ref().map(|p| Arc::new(MarkClock::new(&p.config)));
     let local_rows: Option<u64> = (0..opts.workers)
-        .map(|w| plan.rows_for(opts.process * opts.workers + w, opts.workers * opts.processes))
+        .map(|w| {
+            let (index, peers) = (opts.process * opts.workers + w, opts.workers * opts.processes);
+            plan.rows_for(index, peers, cfg.source.batch_rows)
+        })
         .sum();
     (opts.observer)(&Event::Started { rows: local_rows });
     let cfg = Arc::new(cfg);
@@ -158,13 +161,15 @@ fn run_with(
             // Reads this worker's units, decoding and routing each batch, and hands each
             // (epoch, routed steps) to `deliver`.
             let read = |deliver: &mut dyn FnMut(u64, Routed) -> Result<()>| -> Result<()> {
-                for (u, unit) in plan.units_for(index, peers) {
-                    // Units wholly before the checkpoint are not read again.
-                    if (u as u64) < skip_before >> 32 {
+                for part in plan.parts_for(index, peers, cfg.source.batch_rows) {
+                    // Parts wholly before the checkpoint are not read again.
+                    if part.before(skip_before) {
                         continue;
                     }
+                    let u = part.unit;
+                    let unit = &plan.units[u];
                     let path = &plan.files[unit.file as usize].path;
-                    plan.read_unit(u, &names, cfg.source.batch_rows, |i, batch, first_row| {
+                    plan.read_part(&part, &names, cfg.source.batch_rows, |i, batch, first_row| {
                         if opts.stop.load(Ordering::Relaxed) {
                             return Err(Error::Runtime(STOPPED.into()));
                         }
