@@ -66,7 +66,7 @@ fn write_inputs(dir: &Path) {
         }
         // The last file is one row group of many batches, read in parts by several workers.
         let group = if f == 2 { rows.len() } else { 40 };
-        write_parquet(&dir.join(format!("in/part-{f}.parquet")), &rows, group);
+        write_parquet_pages(&dir.join(format!("in/part-{f}.parquet")), &rows, group, Some(7));
     }
 }
 
@@ -138,7 +138,7 @@ fn rows_of(path: &Path) -> Vec<String> {
 }
 
 fn spawn(dir: &Path, pipeline: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    seqflow_cmd()
         .current_dir(dir)
         .arg("run")
         .arg(pipeline)
@@ -258,7 +258,7 @@ fn crash_and_resume_with(emit: &str, out: &str, trials: usize, seed: u64, views:
         &views_in("ref"),
     );
     let started = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    let o = seqflow_cmd()
         .current_dir(d)
         .arg("run")
         .arg(&reference)
@@ -390,11 +390,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
+    seqflow_cmd().current_dir(dir).args(args).output().unwrap()
 }
 
 /// Exit 2 and one error paragraph holding every `needles`; no panic.
@@ -662,7 +658,7 @@ fn start_live_in(
     String,
 ) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    let mut child = seqflow_cmd()
         .current_dir(dir)
         .args(["run", "live.toml"])
         .args(args)

@@ -71,7 +71,7 @@ fn interleaved_dataset(dir: &Path, seed: u64, width: usize) -> Vec<Row> {
                 epoch.shuffle(&mut rng);
             }
         }
-        write_parquet(&in_dir.join(format!("part-{f}.parquet")), &rows, group);
+        write_parquet_pages(&in_dir.join(format!("part-{f}.parquet")), &rows, group, Some(7));
     }
     all
 }
@@ -163,7 +163,7 @@ fn two_processes_on_loopback_equal_one() {
     .unwrap();
     let out = dir.path().join("out/two.csv");
     let spawn = |i: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_seqflow"))
+        seqflow_cmd()
             .args([
                 "run",
                 p,

@@ -71,13 +71,30 @@ pub struct Plan {
     pub total_rows: Option<u64>,
 }
 
-/// Batches of a Parquet unit per part when several workers read (see [`Plan::parts_for`]).
-/// Four: a part then spans whole pages of a column as pyarrow writes them (1 MB, 262,144
-/// floats: four batches at the default 65,536 rows), so a page is rarely decompressed by
-/// two workers, and opening the file per part is amortized. (`-w 2`, one row group of
-/// 1,024,000 rows, LSTM h128: 0.45 s -> 0.43 s; the reading moved from one worker's 15% of
-/// the samples to half on each.)
-pub const PART_BATCHES: usize = 4;
+/// Rows a part holds at least when several workers share a Parquet unit (see
+/// [`Plan::parts_for`]): about one page of a float column as pyarrow and arrow-rs write them
+/// (1 MB = 262,144 values). A part decompresses the whole page it starts in, so smaller parts
+/// would decompress each page several times, and each part opens the file again. At the
+/// default 65,536 rows per batch that is four batches. (`-w 2`, one row group of 1,024,000
+/// rows, LSTM h128: 0.45 s -> 0.44 s; the reading moved from one worker's 15% of the samples
+/// to half on each.)
+pub const PART_ROWS: u64 = 262_144;
+
+/// [`PART_ROWS`], or in a debug build (the tests) `SEQFLOW_PART_ROWS`, so that the tests' small
+/// files are cut too. A release build ignores the variable: every process of a cluster must
+/// cut the same way.
+fn part_rows() -> u64 {
+    static ROWS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let asked = std::env::var("SEQFLOW_PART_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        match asked {
+            Some(n) if cfg!(debug_assertions) && n > 0 => n,
+            _ => PART_ROWS,
+        }
+    })
+}
 
 /// A run of consecutive batches of one unit: what one worker reads at a time.
 #[derive(Debug, Clone, PartialEq)]
@@ -561,31 +578,43 @@ impl Plan {
     /// The parts read by global worker `index` of `peers`: round-robin, so workers advance
     /// through the epochs together.
     ///
-    /// With one reader, a part is a whole unit. With several, a Parquet unit of many batches
-    /// is cut into parts of [`PART_BATCHES`] batches: a file of one large row group (what
-    /// pyarrow and polars write up to a million rows) is then read by every worker, not by
-    /// the first alone while the others wait for its routed rows. A batch's epoch stays its
-    /// unit's and its index in the unit (see [`epoch_of`]), so the epochs, and with them the
-    /// output and checkpoints, do not depend on how the units were cut.
+    /// With one reader, a part is a whole unit. With several, a Parquet unit of more than
+    /// [`PART_ROWS`] rows is cut into parts of that many rows, rounded up to whole batches: a
+    /// file of one large row group (pyarrow writes up to a million rows per group) is then
+    /// read by every worker, not by the first alone while the others wait for its routed
+    /// rows. A batch's epoch stays its unit's and its index in the unit (see [`epoch_of`]),
+    /// so the epochs, and with them the output and checkpoints, do not depend on the cut.
     pub fn parts_for(
         &self,
         index: usize,
         peers: usize,
         batch_rows: usize,
     ) -> impl Iterator<Item = Part> + '_ {
+        let per = part_rows().div_ceil(batch_rows.max(1) as u64).max(1) as usize;
+        self.parts_with(index, peers, batch_rows, per)
+    }
+
+    /// [`Plan::parts_for`] with parts of `per` batches.
+    fn parts_with(
+        &self,
+        index: usize,
+        peers: usize,
+        batch_rows: usize,
+        per: usize,
+    ) -> impl Iterator<Item = Part> + '_ {
         let batch_rows = batch_rows.max(1) as u64;
         self.units
             .iter()
             .enumerate()
             .flat_map(move |(u, unit)| {
-                let cut = match unit.rows {
-                    Some(rows) if peers > 1 => Some(rows.div_ceil(batch_rows) as usize),
-                    _ => None,
+                let batches = match unit.rows {
+                    Some(rows) if peers > 1 => rows.div_ceil(batch_rows) as usize,
+                    _ => 0,
                 };
-                let per = PART_BATCHES;
-                let (n, len) = match cut {
-                    Some(batches) if batches > per => (batches.div_ceil(per), Some(per)),
-                    _ => (1, None),
+                let (n, len) = if batches > per {
+                    (batches.div_ceil(per), Some(per))
+                } else {
+                    (1, None)
                 };
                 (0..n).map(move |k| Part {
                     unit: u,
@@ -600,8 +629,15 @@ impl Plan {
 
     /// Rows of the parts a worker reads, when known.
     pub fn rows_for(&self, index: usize, peers: usize, batch_rows: usize) -> Option<u64> {
+        let parts: Vec<Part> = self.parts_for(index, peers, batch_rows).collect();
+        self.rows_of(&parts, batch_rows)
+    }
+
+    /// Rows of `parts`, when known.
+    fn rows_of(&self, parts: &[Part], batch_rows: usize) -> Option<u64> {
         let batch_rows = batch_rows.max(1) as u64;
-        self.parts_for(index, peers, batch_rows as usize)
+        parts
+            .iter()
             .map(|p| {
                 let rows = self.units[p.unit].rows?;
                 let from = (p.first_batch as u64 * batch_rows).min(rows);
@@ -700,7 +736,7 @@ mod tests {
         for peers in 1..=5 {
             let mut seen: Vec<(usize, usize)> = Vec::new();
             for w in 0..peers {
-                let parts: Vec<Part> = p.parts_for(w, peers, batch_rows).collect();
+                let parts: Vec<Part> = p.parts_with(w, peers, batch_rows, 4).collect();
                 let mut last = None;
                 for part in &parts {
                     if peers == 1 {
@@ -726,7 +762,7 @@ mod tests {
         }
         // Two readers: the 16-batch unit is read half by each.
         let firsts = |w| -> Vec<(usize, usize)> {
-            p.parts_for(w, 2, batch_rows)
+            p.parts_with(w, 2, batch_rows, 4)
                 .map(|x| (x.unit, x.first_batch))
                 .collect()
         };
@@ -734,14 +770,28 @@ mod tests {
         assert_eq!(firsts(1), [(0, 4), (0, 12), (2, 0), (3, 0)]);
         // Rows per worker add up (known while no text file is among a worker's parts).
         let known = plan(rows[..4].iter().map(|&r| unit(r)).collect());
+        let rows_of = |w, peers| {
+            let parts: Vec<Part> = known.parts_with(w, peers, batch_rows, 4).collect();
+            known.rows_of(&parts, batch_rows).unwrap()
+        };
         for peers in 1..=4 {
-            let sum: u64 = (0..peers)
-                .map(|w| known.rows_for(w, peers, batch_rows).unwrap())
-                .sum();
+            let sum: u64 = (0..peers).map(|w| rows_of(w, peers)).sum();
             assert_eq!(sum, 15_500 + 4000 + 4001 + 7, "{peers} workers");
         }
-        assert_eq!(known.rows_for(0, 2, batch_rows), Some(4000 + 4000 + 4000 + 1));
-        assert_eq!(known.rows_for(1, 2, batch_rows), Some(4000 + 3500 + 4000 + 7));
+        assert_eq!(rows_of(0, 2), 4000 + 4000 + 4000 + 1);
+        assert_eq!(rows_of(1, 2), 4000 + 3500 + 4000 + 7);
+        // A unit of PART_ROWS rows or fewer is never cut; one more row cuts it in two.
+        for (rows, parts) in [(PART_ROWS, 1), (PART_ROWS + 1, 2)] {
+            let p = plan(vec![unit(Some(rows)), unit(Some(0))]);
+            let n = (0..2)
+                .map(|w| p.parts_for(w, 2, 65_536).filter(|x| x.unit == 0).count())
+                .sum::<usize>();
+            assert_eq!(n, parts, "{rows} rows");
+        }
+        // An empty row group is one part that reads nothing.
+        let empty = plan(vec![unit(Some(0))]);
+        assert_eq!(empty.parts_with(0, 2, batch_rows, 4).count(), 1);
+        assert_eq!(empty.rows_for(0, 2, batch_rows), Some(0));
     }
 
     #[test]

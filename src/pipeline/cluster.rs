@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 
 /// Sent first on every connection: "seqflow1" in ASCII, so a stranger is told apart.
 const MAGIC: u64 = 0x7365_7166_6c6f_7731;
+/// The connect loop's pause between rounds of dialing and accepting: from `PAUSE_MIN` again
+/// after a process connected, doubling to `PAUSE_MAX` while none does. Processes started
+/// together connect within milliseconds, and one started later waits at most `PAUSE_MAX`
+/// for this one to accept it (a fixed 100 ms pause cost up to that much at every start;
+/// 50 wake-ups a second while waiting cost nothing to speak of).
+const PAUSE_MIN: Duration = Duration::from_millis(2);
+const PAUSE_MAX: Duration = Duration::from_millis(20);
 
 /// How often a waiting process says what it waits for.
 const TELL_EVERY: Duration = Duration::from_secs(5);
@@ -96,7 +103,7 @@ pub fn connect(
             observer(&Event::Warning(&msg));
         }
     };
-    let mut pause = Duration::from_millis(2);
+    let (mut pause, mut left) = (PAUSE_MIN, usize::MAX);
     loop {
         // Dial the processes before this one.
         for peer in 0..me {
@@ -172,9 +179,12 @@ pub fn connect(
             )));
         }
         tell(&waiting, &mut last_told);
-        // From 2 ms, doubling to 100: processes started together connect within
-        // milliseconds (a fixed 100 ms cost up to that much at every multi-process start).
+        pause = if waiting.len() < left {
+            PAUSE_MIN
+        } else {
+            (pause * 2).min(PAUSE_MAX)
+        };
+        left = waiting.len();
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }

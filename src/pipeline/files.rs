@@ -158,7 +158,7 @@ fn run_with(
             let prep = Prep::new(columns);
             let names: Vec<&str> = columns.names().collect();
             let mut in_flight: VecDeque<u64> = VecDeque::new();
-            // Reads this worker's units, decoding and routing each batch, and hands each
+            // Reads this worker's parts, decoding and routing each batch, and hands each
             // (epoch, routed steps) to `deliver`.
             let read = |deliver: &mut dyn FnMut(u64, Routed) -> Result<()>| -> Result<()> {
                 for part in plan.parts_for(index, peers, cfg.source.batch_rows) {

@@ -25,6 +25,12 @@ pub struct Row {
 
 /// Writes rows as Parquet with string keys, int64 times and float32 features `f0..`.
 pub fn write_parquet(path: &Path, rows: &[Row], row_group_rows: usize) {
+    write_parquet_pages(path, rows, row_group_rows, None);
+}
+
+/// [`write_parquet`] with data pages of at most `page_rows` rows (small pages: a part of a
+/// row group starts and ends inside pages and skips whole ones).
+pub fn write_parquet_pages(path: &Path, rows: &[Row], row_group_rows: usize, page_rows: Option<usize>) {
     let width = rows.first().map_or(2, |r| r.feats.len());
     let mut fields = vec![
         Field::new("key", DataType::Utf8, false),
@@ -42,12 +48,22 @@ pub fn write_parquet(path: &Path, rows: &[Row], row_group_rows: usize) {
         )));
     }
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build();
+    let mut props = WriterProperties::builder().set_max_row_group_row_count(Some(row_group_rows.max(1)));
+    if let Some(n) = page_rows {
+        props = props.set_data_page_row_count_limit(n).set_write_batch_size(n);
+    }
+    let props = props.build();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
+}
+
+/// The seqflow binary, with `SEQFLOW_PART_ROWS` low so that several workers cut the tests'
+/// small Parquet row groups into parts (a debug build's hook; see `input::files::PART_ROWS`).
+pub fn seqflow_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seqflow"));
+    c.env("SEQFLOW_PART_ROWS", "20");
+    c
 }
 
 /// Saves a model built in code as `dir/m.toml` + `dir/m.safetensors` and loads it back.
@@ -76,10 +92,7 @@ pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Runs the seqflow binary.
 pub fn seqflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqflow"))
-        .args(args)
-        .output()
-        .expect("binary runs")
+    seqflow_cmd().args(args).output().expect("binary runs")
 }
 
 /// `--output path`.
@@ -271,7 +284,7 @@ pub fn free_port() -> u16 {
 
 /// Starts `seqflow run` and returns it with the address it listens on.
 pub fn start_live(pipeline: &Path, args: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    let mut child = seqflow_cmd()
         .arg("run")
         .arg(pipeline)
         .args(args)
@@ -301,7 +314,7 @@ pub fn start_subscribed(
     pipeline: &str,
     args: &[&str],
 ) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    let mut child = seqflow_cmd()
         .current_dir(dir)
         .args(["run", pipeline])
         .args(args)
@@ -389,7 +402,7 @@ pub fn broker_file_reference(dir: &Path, msgs: &[(String, String)]) -> Vec<Strin
         "[source]\nformat = \"jsonl\"\npath = \"all.jsonl\"\nkey = \"sensor\"\ntime = \"ts\"\nfeatures = [\"a\", \"b\"]\n\
          [model]\npath = \"m.toml\"\n[output]\nformat = \"jsonl\"\npath = \"ref.jsonl\"\n",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_seqflow"))
+    let o = seqflow_cmd()
         .current_dir(dir)
         .arg("run")
         .arg(&p)
