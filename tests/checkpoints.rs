@@ -771,3 +771,97 @@ fn no_checkpoint_is_taken_after_a_worker_failed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(sorted_lines(&d.join("out/pred.csv")), want);
 }
+
+/// One Parquet file of one row group (6 keys x 60 steps, 36 batches of 10 rows, 7-row pages),
+/// with `nan` in one cell of batch 21 when `broken` (under nan = "error" the run fails there)
+/// or, fixed, 0.5.
+fn one_row_group_input(dir: &Path, broken: bool) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let mut rows = Vec::new();
+    for t in 0..60i64 {
+        for k in 0..6i64 {
+            let bad = rows.len() == 215;
+            let y = match (bad, broken) {
+                (true, true) => f32::NAN,
+                (true, false) => 0.5,
+                _ => (t as f32 * 0.1 + k as f32).cos(),
+            };
+            rows.push(Row {
+                key: format!("k{k}"),
+                time: t,
+                feats: vec![(k * t) as f32 * 0.01, y],
+            });
+        }
+    }
+    write_parquet_pages(&dir.join("in/all.parquet"), &rows, rows.len(), Some(7));
+}
+
+#[test]
+fn a_run_failed_inside_a_large_row_group_resumes_from_inside_a_part() {
+    // Several workers read the row group in parts; the failed run's last checkpoint falls
+    // somewhere in it. Resumed with parts of 2, 3 and 5 batches (so that the checkpoint is
+    // inside a part of at least one of them: it is before batch 21), every resume must give
+    // the uninterrupted run's rows.
+    let pipeline = |dir: &Path, checkpoint: bool| {
+        let ck = if checkpoint {
+            "[checkpoint]\ndir = \"state\"\nevery_epochs = 1\nkeep = 3\n"
+        } else {
+            ""
+        };
+        write_pipeline(
+            dir,
+            "p.toml",
+            &format!(
+                "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
+                 batch_rows = 10\n[model]\npath = \"m.toml\"\n[output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n{ck}"
+            ),
+        );
+    };
+    let root = tempfile::tempdir().unwrap();
+    let reference = root.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    one_row_group_input(&reference, false);
+    save_model(&reference, &model());
+    pipeline(&reference, false);
+    let o = run_in(&reference, &["run", "p.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = sorted_lines(&reference.join("out/pred.csv"));
+    assert_eq!(
+        want.len(),
+        6 * 30 + 1,
+        "a prediction every other step (the max pool), and the header"
+    );
+
+    let failed = root.path().join("failed");
+    std::fs::create_dir_all(&failed).unwrap();
+    one_row_group_input(&failed, true);
+    save_model(&failed, &model());
+    pipeline(&failed, true);
+    let o = run_in(&failed, &["run", "p.toml", "-w", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let (ckpt, _) = newest(&failed);
+    let name = ckpt.file_name().unwrap().to_str().unwrap().to_string();
+    let boundary: u64 = name.trim_start_matches("ckpt-").parse().unwrap();
+    assert!(
+        (1..=21).contains(&boundary),
+        "{name}: a checkpoint inside the row group, before the bad row"
+    );
+    one_row_group_input(&failed, false);
+    for (rows, workers) in [("20", "2"), ("30", "3"), ("50", "2")] {
+        let d = root.path().join(format!("resume-{rows}"));
+        copy_dir(&failed, &d);
+        let o = seqflow_cmd()
+            .env("SEQFLOW_PART_ROWS", rows)
+            .current_dir(&d)
+            .args(["run", "p.toml", "--resume", "-w", workers])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("resumed from"), "{}", stderr(&o));
+        assert_eq!(
+            sorted_lines(&d.join("out/pred.csv")),
+            want,
+            "resumed at {boundary} with parts of {rows} rows on {workers} workers"
+        );
+    }
+}
