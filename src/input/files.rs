@@ -72,7 +72,7 @@ pub struct Plan {
 }
 
 /// Rows a part holds at least when several workers share a Parquet unit (see
-/// [`Plan::parts_for`]): about one page of a float column as pyarrow and arrow-rs write them
+/// [`Plan::parts`]): about one page of a float column as pyarrow and arrow-rs write them
 /// (1 MB = 262,144 values). A part decompresses the whole page it starts in, so smaller parts
 /// would decompress each page several times, and each part opens the file again. At the
 /// default 65,536 rows per batch that is four batches. (`-w 2`, one row group of 1,024,000
@@ -575,66 +575,48 @@ impl Plan {
         })
     }
 
-    /// The parts read by global worker `index` of `peers`: round-robin, so workers advance
-    /// through the epochs together.
+    /// Every part of the plan, in epoch order, for `readers` readers.
     ///
     /// With one reader, a part is a whole unit. With several, a Parquet unit of more than
     /// [`PART_ROWS`] rows is cut into parts of that many rows, rounded up to whole batches: a
     /// file of one large row group (pyarrow writes up to a million rows per group) is then
     /// read by every worker, not by the first alone while the others wait for its routed
     /// rows. A batch's epoch stays its unit's and its index in the unit (see [`epoch_of`]),
-    /// so the epochs, and with them the output and checkpoints, do not depend on the cut.
-    pub fn parts_for(
-        &self,
-        index: usize,
-        peers: usize,
-        batch_rows: usize,
-    ) -> impl Iterator<Item = Part> + '_ {
+    /// so the epochs, and with them the output and checkpoints, do not depend on the cut or
+    /// on which reader reads which part.
+    pub fn parts(&self, readers: usize, batch_rows: usize) -> Vec<Part> {
         let per = part_rows().div_ceil(batch_rows.max(1) as u64).max(1) as usize;
-        self.parts_with(index, peers, batch_rows, per)
+        self.cut(readers, batch_rows, per)
     }
 
-    /// [`Plan::parts_for`] with parts of `per` batches.
-    fn parts_with(
-        &self,
-        index: usize,
-        peers: usize,
-        batch_rows: usize,
-        per: usize,
-    ) -> impl Iterator<Item = Part> + '_ {
+    /// [`Plan::parts`] with parts of `per` batches.
+    fn cut(&self, readers: usize, batch_rows: usize, per: usize) -> Vec<Part> {
         let batch_rows = batch_rows.max(1) as u64;
-        self.units
-            .iter()
-            .enumerate()
-            .flat_map(move |(u, unit)| {
-                let batches = match unit.rows {
-                    Some(rows) if peers > 1 => rows.div_ceil(batch_rows) as usize,
-                    _ => 0,
-                };
-                let (n, len) = if batches > per {
-                    (batches.div_ceil(per), Some(per))
-                } else {
-                    (1, None)
-                };
-                (0..n).map(move |k| Part {
+        let mut parts = Vec::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            let batches = match unit.rows {
+                Some(rows) if readers > 1 => rows.div_ceil(batch_rows) as usize,
+                _ => 0,
+            };
+            if batches > per {
+                parts.extend((0..batches.div_ceil(per)).map(|k| Part {
                     unit: u,
-                    first_batch: k * len.unwrap_or(0),
-                    batches: len,
-                })
-            })
-            .enumerate()
-            .filter(move |(p, _)| p % peers == index)
-            .map(|(_, part)| part)
-    }
-
-    /// Rows of the parts a worker reads, when known.
-    pub fn rows_for(&self, index: usize, peers: usize, batch_rows: usize) -> Option<u64> {
-        let parts: Vec<Part> = self.parts_for(index, peers, batch_rows).collect();
-        self.rows_of(&parts, batch_rows)
+                    first_batch: k * per,
+                    batches: Some(per),
+                }));
+            } else {
+                parts.push(Part {
+                    unit: u,
+                    first_batch: 0,
+                    batches: None,
+                });
+            }
+        }
+        parts
     }
 
     /// Rows of `parts`, when known.
-    fn rows_of(&self, parts: &[Part], batch_rows: usize) -> Option<u64> {
+    pub fn rows_of(&self, parts: &[Part], batch_rows: usize) -> Option<u64> {
         let batch_rows = batch_rows.max(1) as u64;
         parts
             .iter()
@@ -727,71 +709,83 @@ mod tests {
     }
 
     #[test]
-    fn parts_cover_every_batch_once_in_epoch_order_for_any_worker_count() {
+    fn parts_cover_every_batch_once_in_epoch_order() {
         let batch_rows = 1000;
         // 16 batches (four parts), exactly 4 (one), 5 (two), 1, and a text file (rows unknown).
         let rows = [Some(15_500), Some(4000), Some(4001), Some(7), None];
         let p = plan(rows.iter().map(|&r| unit(r)).collect());
         let batches = |u: usize| rows[u].map_or(1, |r: u64| r.div_ceil(batch_rows as u64) as usize);
-        for peers in 1..=5 {
-            let mut seen: Vec<(usize, usize)> = Vec::new();
-            for w in 0..peers {
-                let parts: Vec<Part> = p.parts_with(w, peers, batch_rows, 4).collect();
-                let mut last = None;
-                for part in &parts {
-                    if peers == 1 {
-                        assert_eq!(
-                            (part.first_batch, part.batches),
-                            (0, None),
-                            "one reader reads units whole"
-                        );
-                    }
-                    let n = part.batches.unwrap_or(batches(part.unit) - part.first_batch);
-                    let end = (part.first_batch + n).min(batches(part.unit));
-                    let first = epoch_of(part.unit, part.first_batch);
-                    assert!(last < Some(first), "worker {w} of {peers} goes back in epochs");
-                    last = Some(epoch_of(part.unit, end - 1));
-                    seen.extend((part.first_batch..end).map(|b| (part.unit, b)));
-                }
+        for readers in 1..=3 {
+            let parts = p.cut(readers, batch_rows, 4);
+            if readers == 1 {
+                assert!(
+                    parts.iter().all(|x| (x.first_batch, x.batches) == (0, None)),
+                    "one reader reads units whole"
+                );
             }
-            seen.sort();
+            let mut seen: Vec<(usize, usize)> = Vec::new();
+            for part in &parts {
+                let n = part.batches.unwrap_or(batches(part.unit) - part.first_batch);
+                let end = (part.first_batch + n).min(batches(part.unit));
+                seen.extend((part.first_batch..end).map(|b| (part.unit, b)));
+            }
+            // In epoch order, so that any subsequence a reader takes in order is too.
+            let epochs: Vec<u64> = seen.iter().map(|&(u, b)| epoch_of(u, b)).collect();
+            assert!(
+                epochs.windows(2).all(|w| w[0] < w[1]),
+                "{readers} readers: epochs out of order"
+            );
             let all: Vec<(usize, usize)> = (0..rows.len())
                 .flat_map(|u| (0..batches(u)).map(move |b| (u, b)))
                 .collect();
-            assert_eq!(seen, all, "{peers} workers");
+            assert_eq!(seen, all, "{readers} readers");
         }
-        // Two readers: the 16-batch unit is read half by each.
-        let firsts = |w| -> Vec<(usize, usize)> {
-            p.parts_with(w, 2, batch_rows, 4)
-                .map(|x| (x.unit, x.first_batch))
-                .collect()
-        };
-        assert_eq!(firsts(0), [(0, 0), (0, 8), (1, 0), (2, 4), (4, 0)]);
-        assert_eq!(firsts(1), [(0, 4), (0, 12), (2, 0), (3, 0)]);
-        // Rows per worker add up (known while no text file is among a worker's parts).
+        let firsts: Vec<(usize, usize)> = p
+            .cut(2, batch_rows, 4)
+            .iter()
+            .map(|x| (x.unit, x.first_batch))
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                (0, 0),
+                (0, 4),
+                (0, 8),
+                (0, 12),
+                (1, 0),
+                (2, 0),
+                (2, 4),
+                (3, 0),
+                (4, 0)
+            ]
+        );
+        // Rows add up over any split of the parts (known while no text file is among them).
         let known = plan(rows[..4].iter().map(|&r| unit(r)).collect());
-        let rows_of = |w, peers| {
-            let parts: Vec<Part> = known.parts_with(w, peers, batch_rows, 4).collect();
-            known.rows_of(&parts, batch_rows).unwrap()
-        };
-        for peers in 1..=4 {
-            let sum: u64 = (0..peers).map(|w| rows_of(w, peers)).sum();
-            assert_eq!(sum, 15_500 + 4000 + 4001 + 7, "{peers} workers");
-        }
-        assert_eq!(rows_of(0, 2), 4000 + 4000 + 4000 + 1);
-        assert_eq!(rows_of(1, 2), 4000 + 3500 + 4000 + 7);
+        let parts = known.cut(2, batch_rows, 4);
+        assert_eq!(known.rows_of(&parts, batch_rows), Some(15_500 + 4000 + 4001 + 7));
+        let every_other = |r: usize| -> Vec<Part> { parts.iter().skip(r).step_by(2).cloned().collect() };
+        assert_eq!(
+            known.rows_of(&every_other(0), batch_rows),
+            Some(4000 + 4000 + 4000 + 1)
+        );
+        assert_eq!(
+            known.rows_of(&every_other(1), batch_rows),
+            Some(4000 + 3500 + 4000 + 7)
+        );
+        assert_eq!(
+            p.rows_of(&p.cut(2, batch_rows, 4), batch_rows),
+            None,
+            "a text file's rows are unknown"
+        );
         // A unit of PART_ROWS rows or fewer is never cut; one more row cuts it in two.
         for (rows, parts) in [(PART_ROWS, 1), (PART_ROWS + 1, 2)] {
-            let p = plan(vec![unit(Some(rows)), unit(Some(0))]);
-            let n = (0..2)
-                .map(|w| p.parts_for(w, 2, 65_536).filter(|x| x.unit == 0).count())
-                .sum::<usize>();
-            assert_eq!(n, parts, "{rows} rows");
+            let p = plan(vec![unit(Some(rows))]);
+            assert_eq!(p.parts(2, 65_536).len(), parts, "{rows} rows");
         }
         // An empty row group is one part that reads nothing.
         let empty = plan(vec![unit(Some(0))]);
-        assert_eq!(empty.parts_with(0, 2, batch_rows, 4).count(), 1);
-        assert_eq!(empty.rows_for(0, 2, batch_rows), Some(0));
+        assert_eq!(empty.cut(2, batch_rows, 4).len(), 1);
+        assert_eq!(empty.rows_of(&empty.cut(2, batch_rows, 4), batch_rows), Some(0));
     }
 
     #[test]

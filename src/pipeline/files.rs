@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use super::exec::{collector, execute, report, setup_views, Feed, RunOptions};
 use super::report::{count, Event, RunReport};
 use crate::error::{Error, Result};
 use crate::input::arrow::{route_batch, Origin};
-use crate::input::files::{epoch_of, FileSource, Plan};
+use crate::input::files::{epoch_of, FileSource, Part, Plan};
 use crate::input::{Prep, Routed};
 use crate::model::Model;
 use crate::outfiles::Outputs;
@@ -134,12 +134,20 @@ fn run_with(
         }
     }
     let marks = prepared.as_ref().map(|p| Arc::new(MarkClock::new(&p.config)));
-    let local_rows: Option<u64> = (0..opts.workers)
-        .map(|w| {
-            let (index, peers) = (opts.process * opts.workers + w, opts.workers * opts.processes);
-            plan.rows_for(index, peers, cfg.source.batch_rows)
-        })
-        .sum();
+    // This process's parts: every `processes`-th of the plan's, cut for all workers. Its
+    // workers take them in order, each as it is free to read (so worker 0, which also
+    // writes the output, and a worker with more keys take fewer); each worker's parts are
+    // then in epoch order, and which worker reads a part changes nothing downstream.
+    let mine: Arc<Vec<Part>> = Arc::new(
+        plan.parts(opts.workers * opts.processes, cfg.source.batch_rows)
+            .into_iter()
+            .enumerate()
+            .filter(|(p, _)| p % opts.processes == opts.process)
+            .map(|(_, part)| part)
+            .collect(),
+    );
+    let next_part = Arc::new(AtomicUsize::new(0));
+    let local_rows = plan.rows_of(&mine, cfg.source.batch_rows);
     (opts.observer)(&Event::Started { rows: local_rows });
     let cfg = Arc::new(cfg);
     let start = Instant::now();
@@ -152,6 +160,7 @@ fn run_with(
     let prefetch = opts.workers < cores;
     let feed: Arc<Feed> = {
         let (plan, cfg, opts, board) = (plan.clone(), cfg.clone(), opts.clone(), board.clone());
+        let (mine, next_part) = (mine.clone(), next_part.clone());
         Arc::new(move |worker, input, _side, probe, _collector| {
             let (index, peers) = (worker.index(), worker.peers());
             let columns = &cfg.source.columns;
@@ -161,7 +170,7 @@ fn run_with(
             // Reads this worker's parts, decoding and routing each batch, and hands each
             // (epoch, routed steps) to `deliver`.
             let read = |deliver: &mut dyn FnMut(u64, Routed) -> Result<()>| -> Result<()> {
-                for part in plan.parts_for(index, peers, cfg.source.batch_rows) {
+                while let Some(part) = mine.get(next_part.fetch_add(1, Ordering::Relaxed)) {
                     // Parts wholly before the checkpoint are not read again.
                     if part.before(skip_before) {
                         continue;
@@ -169,7 +178,7 @@ fn run_with(
                     let u = part.unit;
                     let unit = &plan.units[u];
                     let path = &plan.files[unit.file as usize].path;
-                    plan.read_part(&part, &names, cfg.source.batch_rows, |i, batch, first_row| {
+                    plan.read_part(part, &names, cfg.source.batch_rows, |i, batch, first_row| {
                         if opts.stop.load(Ordering::Relaxed) {
                             return Err(Error::Runtime(STOPPED.into()));
                         }
