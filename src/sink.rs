@@ -792,7 +792,9 @@ impl BackgroundSink {
 /// Measured on 2 cores: a writer thread pays off when encoding is a large share of the work
 /// (128 float columns: `-w 1` 4.1 s -> 3.5 s, `-w 2` 3.2 s -> 2.5 s) and costs when it is not
 /// (1 column: demo `-w 2` scaling 1.83x -> 1.67x, a third busy thread on two cores; live
-/// latency: the flush crosses threads). So: a thread for wide outputs of file runs only.
+/// latency: the flush crosses threads). So: a thread for wide outputs of file runs, and for
+/// file runs whose workers leave a core spare (one column, demo `-w 1` on 2 cores beside its
+/// reader thread: 0.99-1.03 s -> 0.93-0.99 s).
 pub enum SinkHandle {
     /// Written by worker 0 itself.
     Inline(Box<Sink>),

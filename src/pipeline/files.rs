@@ -104,7 +104,13 @@ fn run_with(
     if let (Some(m), false) = (&resume, view_setup.specs.is_empty()) {
         view_setup.restore = durable::restore_from_output(&cfg, m, schema.arrow());
     }
-    let wide = cfg.output.names.len() >= SinkHandle::WIDE;
+    // With fewer workers than cores, each worker gets a reader thread, and the output a
+    // writer thread: decoding and routing (Parquet, casts, hashing keys: 10-30% of a job)
+    // and encoding the output then overlap the model. Wide outputs get a writer thread in
+    // any case (their encoding is the largest cost).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spare_core = opts.workers < cores;
+    let background = spare_core || cfg.output.names.len() >= SinkHandle::WIDE;
     let open = || {
         if let Some(t) = &cfg.output.broker {
             return Ok(SinkSlot::Open(t.connect(schema)?));
@@ -115,7 +121,7 @@ fn run_with(
             }
             _ => Sink::create(&cfg.output.file, schema, outputs)?,
         };
-        Ok(SinkSlot::Open(SinkHandle::new(sink, wide)))
+        Ok(SinkSlot::Open(SinkHandle::new(sink, background)))
     };
     let mut collector = collector(
         &cfg,
@@ -154,10 +160,7 @@ fn run_with(
     // The dashboard sees the inputs of the keys it follows (read on process 0).
     let board = collector.as_ref().and_then(|c| c.board.clone());
     board_out.clone_from(&board);
-    // A reader thread per worker when this process's workers leave cores idle: decoding and
-    // routing (Parquet, casts, hashing keys: 10-20% of a job) then overlap the model.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let prefetch = opts.workers < cores;
+    let prefetch = spare_core;
     let feed: Arc<Feed> = {
         let (plan, cfg, opts, board) = (plan.clone(), cfg.clone(), opts.clone(), board.clone());
         let (mine, next_part) = (mine.clone(), next_part.clone());
