@@ -673,6 +673,10 @@ enum Cmd {
     Flush(crossbeam_channel::Sender<Option<String>>),
     /// Push what is written to the file (a checkpoint) and report the commit point.
     Commit(crossbeam_channel::Sender<std::result::Result<(CommitPoint, File), String>>),
+    /// Write what is queued and finish the file: the end of a run that went well. (A
+    /// channel that ends without it abandons the file unfinished, as a dropped [`Sink`]
+    /// is: no CSV header or Parquet footer written after a failure.)
+    Close,
 }
 
 /// A [`Sink`] on its own thread. Worker 0 hands each batch over a bounded channel and goes
@@ -697,8 +701,13 @@ impl BackgroundSink {
             .name("seqflow-sink".into())
             .spawn(move || {
                 let mut first: Option<Error> = None;
+                let mut closing = false;
                 for cmd in rx {
                     match cmd {
+                        Cmd::Close => {
+                            closing = true;
+                            break;
+                        }
                         Cmd::Write(b) => {
                             if first.is_none() {
                                 if let Err(e) = sink.write(&b) {
@@ -713,12 +722,12 @@ impl BackgroundSink {
                                     first = Some(e);
                                 }
                             }
-                            let _ = ack.send(first.as_ref().map(|e| e.to_string()));
+                            let _ = ack.send(first.as_ref().map(reason));
                         }
                         Cmd::Commit(ack) => {
                             let r = match &first {
-                                Some(e) => Err(e.to_string()),
-                                None => sink.mark_point().map_err(|e| e.to_string()),
+                                Some(e) => Err(reason(e)),
+                                None => sink.mark_point().map_err(|e| reason(&e)),
                             };
                             let _ = ack.send(r);
                         }
@@ -726,7 +735,8 @@ impl BackgroundSink {
                 }
                 match first {
                     Some(e) => Err(e),
-                    None => sink.close().map(|_| sink.rows),
+                    None if closing => sink.close().map(|_| sink.rows),
+                    None => Ok(0),
                 }
             })
             .expect("spawn the sink thread");
@@ -779,10 +789,33 @@ impl BackgroundSink {
 
     /// Writes what is queued, closes the file and returns the rows written.
     pub fn close(&mut self) -> Result<u64> {
-        drop(self.tx.take());
+        if let Some(tx) = self.tx.take() {
+            // A writer that already stopped says why at the join.
+            let _ = tx.send(Cmd::Close);
+        }
         match self.thread.take() {
             None => Ok(0),
             Some(t) => t.join().map_err(|_| self.gone())?,
+        }
+    }
+}
+
+/// What went wrong, for the caller to put under the output's path again: an output
+/// error's message alone (its path would be named twice), anything else whole.
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Output { msg, .. } => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Drop for BackgroundSink {
+    /// Dropped without [`BackgroundSink::close`] (a run that failed first): the writer
+    /// abandons the file unfinished and is joined, not left running.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -793,8 +826,9 @@ impl BackgroundSink {
 /// (128 float columns: `-w 1` 4.1 s -> 3.5 s, `-w 2` 3.2 s -> 2.5 s) and costs when it is not
 /// (1 column: demo `-w 2` scaling 1.83x -> 1.67x, a third busy thread on two cores; live
 /// latency: the flush crosses threads). So: a thread for wide outputs of file runs, and for
-/// file runs whose workers leave a core spare (one column, demo `-w 1` on 2 cores beside its
-/// reader thread: 0.99-1.03 s -> 0.93-0.99 s).
+/// file runs whose workers leave a core spare, where it is not a third busy thread (one
+/// column, demo `-w 1` on 2 cores beside its reader thread: 1.03-1.05 s -> 0.97-1.05 s; the
+/// LSTM h128 + head job unchanged).
 pub enum SinkHandle {
     /// Written by worker 0 itself.
     Inline(Box<Sink>),

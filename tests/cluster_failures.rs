@@ -124,10 +124,17 @@ fn a_peer_that_never_starts_is_named_after_the_connect_timeout() {
     let ports = [free_port(), free_port()];
     let hosts = hostfile(dir.path(), ports);
     // Process 0 waits for process 1; process 1 (alone, in another run) dials process 0.
-    for (me, missing) in [("0", 1), ("1", 0)] {
+    // Process 0 also with its output on stdout: the output it opened before waiting must
+    // not be finished (a CSV header) when the run fails.
+    let cases = [("0", 1, false), ("1", 0, false), ("0", 1, true)];
+    for (me, missing, stdout) in cases {
+        let mut args = vec!["--connect-timeout", "2"];
+        if stdout {
+            args.extend(["--output", "-"]);
+        }
         let started = Instant::now();
         let out = finish(
-            spawn(&p, &hosts, me, &["--connect-timeout", "2"]),
+            spawn(&p, &hosts, me, &args),
             Duration::from_secs(30),
             "a process waiting for a peer",
         );

@@ -181,7 +181,7 @@ fn run_with(
                     let u = part.unit;
                     let unit = &plan.units[u];
                     let path = &plan.files[unit.file as usize].path;
-                    plan.read_part(part, &names, cfg.source.batch_rows, |i, batch, first_row| {
+                    let read = plan.read_part(part, &names, cfg.source.batch_rows, |i, batch, first_row| {
                         if opts.stop.load(Ordering::Relaxed) {
                             return Err(Error::Runtime(STOPPED.into()));
                         }
@@ -197,7 +197,12 @@ fn run_with(
                             first_row,
                         };
                         deliver(epoch, route_batch(&batch, &map, columns, &prep, at, peers)?)
-                    })?;
+                    });
+                    if read.is_err() {
+                        // The run fails: the other workers take no new part.
+                        next_part.store(mine.len(), Ordering::Relaxed);
+                    }
+                    read?;
                 }
                 Ok(())
             };
