@@ -735,7 +735,9 @@ fn read_series(
     }
     let (schema, _) = crate::input::files::schema_of(o.path, o.format, &[])?;
     let cols = [o.key, o.time, column];
-    for batch in crate::input::files::batches(o.path, o.format, &schema, None, Some(&cols), 65_536)? {
+    for batch in
+        crate::input::files::batches(o.path, o.format, &schema, Default::default(), Some(&cols), 65_536)?
+    {
         let batch = batch?;
         let (Some(k), Some(t), Some(v)) = (
             batch.column_by_name(o.key),

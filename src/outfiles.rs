@@ -241,12 +241,7 @@ pub fn reopen_partial(path: &Path, len: u64, reclaim: bool) -> Result<File> {
 /// Writes one whole file atomically: `.partial`, `write`, synced, rename.
 pub fn write_file(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
     let outputs = Outputs::default();
-    let mut f = outputs.create(path)?;
-    if let Err(e) = write(&mut f).and_then(|_| f.sync_all()) {
-        outputs.discard();
-        return Err(Error::io(path, e));
-    }
-    drop(f);
+    write_partial(&outputs, path, write)?;
     outputs.commit()
 }
 
@@ -258,17 +253,27 @@ pub fn write_files(files: &[(&Path, &[u8])]) -> Result<()> {
     use std::io::Write as _;
     let outputs = Outputs::default();
     for &(path, data) in files {
-        let written = outputs.create(path).and_then(|mut f| {
-            f.write_all(data)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io(path, e))
-        });
-        if let Err(e) = written {
-            outputs.discard();
-            return Err(e);
-        }
+        write_partial(&outputs, path, |f| f.write_all(data))?;
     }
     outputs.commit()
+}
+
+/// `path`'s partial in `outputs`, written by `write` and synced; on a failure every partial
+/// of `outputs` is removed.
+fn write_partial(
+    outputs: &Outputs,
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    let written = outputs.create(path).and_then(|mut f| {
+        write(&mut f)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(path, e))
+    });
+    if written.is_err() {
+        outputs.discard();
+    }
+    written
 }
 
 /// The identity of a path for comparisons: its canonical form (the directory resolved when

@@ -433,6 +433,12 @@ fn csv_inputs_broken_in(dir: &Path, broken: bool, file: i64, at: i64) {
 }
 
 fn csv_pipeline(dir: &Path, features: &str, checkpoint: bool) -> PathBuf {
+    pipeline_of(dir, "csv", features, checkpoint)
+}
+
+/// `p.toml`: `format` files in `in/`, `features`, 10-row epochs, CSV predictions in
+/// `out/pred.csv`; a checkpoint every epoch when `checkpoint`.
+fn pipeline_of(dir: &Path, format: &str, features: &str, checkpoint: bool) -> PathBuf {
     let ck = if checkpoint {
         "[checkpoint]\ndir = \"state\"\nevery_epochs = 1\nkeep = 3\n"
     } else {
@@ -442,7 +448,7 @@ fn csv_pipeline(dir: &Path, features: &str, checkpoint: bool) -> PathBuf {
         dir,
         "p.toml",
         &format!(
-            "[source]\nformat = \"csv\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = {features}\n\
+            "[source]\nformat = \"{format}\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = {features}\n\
              batch_rows = 10\nrejects = \"out/rejects.jsonl\"\n\
              [model]\npath = \"m.toml\"\n[output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n{ck}"
         ),
@@ -802,21 +808,7 @@ fn a_run_failed_inside_a_large_row_group_resumes_from_inside_a_part() {
     // somewhere in it. Resumed with parts of 2, 3 and 5 batches (so that the checkpoint is
     // inside a part of at least one of them: it is before batch 21), every resume must give
     // the uninterrupted run's rows.
-    let pipeline = |dir: &Path, checkpoint: bool| {
-        let ck = if checkpoint {
-            "[checkpoint]\ndir = \"state\"\nevery_epochs = 1\nkeep = 3\n"
-        } else {
-            ""
-        };
-        write_pipeline(
-            dir,
-            "p.toml",
-            &format!(
-                "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\nfeatures = [\"f0\", \"f1\"]\n\
-                 batch_rows = 10\n[model]\npath = \"m.toml\"\n[output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n{ck}"
-            ),
-        );
-    };
+    let pipeline = |dir: &Path, checkpoint: bool| pipeline_of(dir, "parquet", "[\"f0\", \"f1\"]", checkpoint);
     let root = tempfile::tempdir().unwrap();
     let reference = root.path().join("reference");
     std::fs::create_dir_all(&reference).unwrap();

@@ -96,6 +96,11 @@ fn part_rows() -> u64 {
     })
 }
 
+/// Whole batches holding at least `rows` rows (one at least).
+fn batches_per_part(rows: u64, batch_rows: usize) -> usize {
+    rows.div_ceil(batch_rows.max(1) as u64).max(1) as usize
+}
+
 /// A run of consecutive batches of one unit: what one worker reads at a time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -117,9 +122,13 @@ impl Part {
     }
 }
 
-/// Which rows of a unit to read: `skip` rows, then `take` (or all the rest).
+/// Which rows of a file to read: all of them by default; of a Parquet file, one row group,
+/// and of what is read, `skip` rows and then `take` (or all the rest). Other formats read a
+/// file whole.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rows {
+    /// The row group (Parquet).
+    pub row_group: Option<usize>,
     /// Rows skipped first.
     pub skip: usize,
     /// Rows read then; `None`: to the end.
@@ -335,39 +344,18 @@ fn schema_unguarded(path: &Path, format: FileFormat, floats: &[String]) -> Resul
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
 
 /// Opens a reader of `path` (whose schema [`schema_of`] read) in batches of `batch_rows`;
-/// Parquet reads only `row_group` (if given) and the columns named in `columns` (if given).
+/// Parquet reads only `rows` (a row group, a range; see [`Rows`]) and the columns named in `columns`
+/// (if given).
 pub fn batches(
     path: &Path,
     format: FileFormat,
     schema: &SchemaRef,
-    row_group: Option<usize>,
-    columns: Option<&[&str]>,
-    batch_rows: usize,
-) -> Result<Batches> {
-    batches_of(
-        path,
-        format,
-        schema,
-        row_group,
-        columns,
-        batch_rows,
-        Rows::default(),
-    )
-}
-
-/// [`batches`] of some of the rows (Parquet only; other formats read a unit whole).
-fn batches_of(
-    path: &Path,
-    format: FileFormat,
-    schema: &SchemaRef,
-    row_group: Option<usize>,
-    columns: Option<&[&str]>,
-    batch_rows: usize,
     rows: Rows,
+    columns: Option<&[&str]>,
+    batch_rows: usize,
 ) -> Result<Batches> {
-    let opened =
-        crate::guard::catch(|| batches_unguarded(path, format, schema, row_group, columns, batch_rows, rows))
-            .unwrap_or_else(|msg| Err(corrupt(path, format, &msg)))?;
+    let opened = crate::guard::catch(|| batches_unguarded(path, format, schema, rows, columns, batch_rows))
+        .unwrap_or_else(|msg| Err(corrupt(path, format, &msg)))?;
     Ok(Box::new(Guarded {
         inner: opened,
         path: path.to_path_buf(),
@@ -380,11 +368,11 @@ fn batches_unguarded(
     path: &Path,
     format: FileFormat,
     schema: &SchemaRef,
-    row_group: Option<usize>,
+    rows: Rows,
     columns: Option<&[&str]>,
     batch_rows: usize,
-    rows: Rows,
 ) -> Result<Batches> {
+    let row_group = rows.row_group;
     let at = path.to_path_buf();
     let read_err = move |e: arrow::error::ArrowError| Error::Data {
         path: at.clone(),
@@ -493,7 +481,7 @@ fn bad_json_line(path: &Path) -> Option<Error> {
 /// Every row of a whole file, all columns (side tables, replay).
 pub fn read_all(path: &Path, format: FileFormat) -> Result<Vec<RecordBatch>> {
     let (schema, _) = schema_of(path, format, &[])?;
-    batches(path, format, &schema, None, None, 65_536)?.collect()
+    batches(path, format, &schema, Rows::default(), None, 65_536)?.collect()
 }
 
 impl Plan {
@@ -585,8 +573,7 @@ impl Plan {
     /// so the epochs, and with them the output and checkpoints, do not depend on the cut or
     /// on which reader reads which part.
     pub fn parts(&self, readers: usize, batch_rows: usize) -> Vec<Part> {
-        let per = part_rows().div_ceil(batch_rows.max(1) as u64).max(1) as usize;
-        self.cut(readers, batch_rows, per)
+        self.cut(readers, batch_rows, batches_per_part(part_rows(), batch_rows))
     }
 
     /// [`Plan::parts`] with parts of `per` batches.
@@ -661,17 +648,17 @@ impl Plan {
         let file = &self.files[unit.file as usize];
         let skip = part.first_batch * batch_rows.max(1);
         let rows = Rows {
+            row_group: unit.row_group,
             skip,
             take: part.batches.map(|b| b * batch_rows.max(1)),
         };
-        let reader = batches_of(
+        let reader = batches(
             &file.path,
             self.format,
             &file.schema,
-            unit.row_group,
+            rows,
             Some(columns),
             batch_rows,
-            rows,
         )?;
         let mut first_row = unit.first_row + skip as u64;
         for (i, batch) in reader.enumerate() {
@@ -780,7 +767,8 @@ mod tests {
         // A unit of PART_ROWS rows or fewer is never cut; one more row cuts it in two.
         for (rows, parts) in [(PART_ROWS, 1), (PART_ROWS + 1, 2)] {
             let p = plan(vec![unit(Some(rows))]);
-            assert_eq!(p.parts(2, 65_536).len(), parts, "{rows} rows");
+            let per = batches_per_part(PART_ROWS, 65_536);
+            assert_eq!((per, p.cut(2, 65_536, per).len()), (4, parts), "{rows} rows");
         }
         // An empty row group is one part that reads nothing.
         let empty = plan(vec![unit(Some(0))]);

@@ -141,8 +141,8 @@ fn run_with(
     }
     let marks = prepared.as_ref().map(|p| Arc::new(MarkClock::new(&p.config)));
     // This process's parts: every `processes`-th of the plan's, cut for all workers. Its
-    // workers take them in order, each as it is free to read (so worker 0, which also
-    // writes the output, and a worker with more keys take fewer); each worker's parts are
+    // workers take them in order, each as it is free to read (so a worker with more keys,
+    // or worker 0 when it writes the output itself, takes fewer); each worker's parts are
     // then in epoch order, and which worker reads a part changes nothing downstream.
     let mine: Arc<Vec<Part>> = Arc::new(
         plan.parts(opts.workers * opts.processes, cfg.source.batch_rows)
@@ -160,7 +160,6 @@ fn run_with(
     // The dashboard sees the inputs of the keys it follows (read on process 0).
     let board = collector.as_ref().and_then(|c| c.board.clone());
     board_out.clone_from(&board);
-    let prefetch = spare_core;
     let feed: Arc<Feed> = {
         let (plan, cfg, opts, board) = (plan.clone(), cfg.clone(), opts.clone(), board.clone());
         let (mine, next_part) = (mine.clone(), next_part.clone());
@@ -246,7 +245,7 @@ fn run_with(
                     worker.step_or_park_while(None, || probe.less_equal(&oldest));
                 }
             };
-            if !prefetch {
+            if !spare_core {
                 read(&mut |epoch, routed| {
                     feed_one(epoch, routed);
                     Ok(())
