@@ -19,9 +19,24 @@ use crate::model::{Model, Packed, StateArena, Workspace};
 use crate::record::{OutBatch, SinkMsg, Stats};
 use crate::vocab::Emit;
 
-/// Rows per model call: bounds the scratch memory (an LSTM's input projection holds up to
-/// `128 x 4H` floats per block, its outputs `rows x H`) while keeping wavefronts wide.
+/// Rows per model call over whole sequences (`sequence_end` without a causal model, and
+/// windows): bounds the scratch memory (an LSTM's input projection holds up to `128 x 4H`
+/// floats per block, its outputs `rows x H`) while keeping wavefronts wide.
 const CALL_ROWS: usize = 16_384;
+
+/// Rows per streamed call ([`advance`]). Why smaller than [`CALL_ROWS`]: a call's layers
+/// each write their output for every row before the next layer reads it, so the call's
+/// buffers should stay in cache between layers. Measured on the whole job (LSTM 8->128 ->
+/// Linear(1), 1024 keys x 1000 steps, one worker) against 16,384 rows: -4% wall clock in f32,
+/// -7% in bf16, -10% on the demo's CNN-LSTM; 1,024 to 4,096 rows were alike, 8,192 a little
+/// slower, 65,536 slower than 16,384 (BENCHMARKS.md, "Fifth pass").
+const STREAM_ROWS: usize = 4_096;
+
+/// Keys a streamed call's wavefronts hold at least, when the epoch has that many: a key's
+/// steps beyond `STREAM_ROWS / STREAM_KEYS` continue in a later call (its state carried), so
+/// an epoch of a few long runs still fills the kernel's register tiles and row blocks
+/// instead of running them a handful of keys wide.
+const STREAM_KEYS: usize = 64;
 
 /// What an emitter borrows from its processor for one call.
 pub struct Ctx<'a> {
@@ -399,8 +414,11 @@ impl Emitter {
 }
 
 /// Streams the epoch's runs through the model, carrying each key's state in `arena`, in
-/// calls of at most `CALL_ROWS` rows (a run longer than what is left of a call continues in
-/// the next one). `emit(key, step, values)` gets every output row, call by call.
+/// calls of at most `STREAM_ROWS` rows: whole runs while they fit, and at most
+/// `STREAM_ROWS / STREAM_KEYS` steps of a key per call when fewer keys than `STREAM_KEYS`
+/// would fill it (the rest of a run continues in a later call). A key's results do not
+/// depend on how its steps are cut into calls; only the order of the output rows does.
+/// `emit(key, step, values)` gets every output row, call by call.
 fn advance(
     model: &Model,
     ws: &mut Workspace,
@@ -415,14 +433,15 @@ fn advance(
     let mut lens: Vec<usize> = Vec::new();
     let mut slots: Vec<u32> = Vec::new();
     while !queue.is_empty() {
+        let cap = STREAM_ROWS / queue.len().min(STREAM_KEYS);
         call.clear();
         let mut rows = 0;
         for run in queue.drain(..) {
-            if rows >= CALL_ROWS {
+            if rows >= STREAM_ROWS {
                 next.push(run);
                 continue;
             }
-            let take = run.len.min(CALL_ROWS - rows);
+            let take = run.len.min(cap).min(STREAM_ROWS - rows);
             call.push(Run { len: take, ..run });
             rows += take;
             if take < run.len {
@@ -610,5 +629,79 @@ impl Windows {
             }
         }
         cx.send(batch, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::builder::ModelBuilder;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// `advance` over epochs of a few keys with long runs (cut into calls of at most
+    /// `STREAM_ROWS / STREAM_KEYS` steps per key), of many keys with short runs (whole runs,
+    /// several calls), and of both: every step is emitted once, and every key's outputs are
+    /// bit for bit those of its whole sequence run offline in one call.
+    #[test]
+    fn cutting_runs_into_calls_changes_no_result() {
+        let model = ModelBuilder::new(3, 11)
+            .recurrent("lstm", "lstm", 16, 2)
+            .linear("head", 2)
+            .build()
+            .unwrap();
+        let cap = STREAM_ROWS / STREAM_KEYS;
+        let few_long = vec![3 * cap + 5, 2 * STREAM_ROWS, 1, cap];
+        let many_short = vec![40; 300];
+        let mixed: Vec<usize> = (0..90)
+            .map(|k| if k % 9 == 0 { 700 } else { 1 + k % 13 })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(5);
+        for lens in [few_long, many_short, mixed] {
+            let mut acc = Accepted {
+                width: 3,
+                ..Default::default()
+            };
+            for (key, &len) in lens.iter().enumerate() {
+                let start = acc.times.len();
+                for t in 0..len {
+                    acc.feats.extend((0..3).map(|_| rng.random_range(-1.0f32..1.0)));
+                    acc.times.push(t as i64);
+                }
+                acc.runs.push(Run {
+                    key: key as u32,
+                    start,
+                    len,
+                });
+            }
+            let mut arena = model.new_arena();
+            for _ in &lens {
+                arena.alloc();
+            }
+            let (mut ws, mut packed) = (Workspace::default(), Packed::default());
+            let mut got: Vec<Vec<Option<Vec<f32>>>> = lens.iter().map(|&l| vec![None; l]).collect();
+            advance(&model, &mut ws, &mut packed, &mut arena, &acc, |key, a, vals| {
+                let run = acc.runs[key as usize];
+                let step = &mut got[key as usize][a - run.start];
+                assert!(step.is_none(), "key {key} step {} emitted twice", a - run.start);
+                *step = Some(vals.to_vec());
+            });
+            for (run, got) in acc.runs.iter().zip(&got) {
+                let x = &acc.feats[run.start * 3..(run.start + run.len) * 3];
+                let offline = model.forward_sequence(x, run.len);
+                for (t, step) in got.iter().enumerate() {
+                    let step = step
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("key {} step {t} not emitted", run.key));
+                    assert_eq!(
+                        step.as_slice(),
+                        &offline.data[t * 2..(t + 1) * 2],
+                        "key {} (of {} steps) step {t}",
+                        run.key,
+                        run.len
+                    );
+                }
+            }
+        }
     }
 }
