@@ -35,7 +35,8 @@ const STREAM_ROWS: usize = 4_096;
 /// Keys a streamed call's wavefronts hold at least, when the epoch has that many: a key's
 /// steps beyond `STREAM_ROWS / STREAM_KEYS` continue in a later call (its state carried), so
 /// an epoch of a few long runs still fills the kernel's register tiles and row blocks
-/// instead of running them a handful of keys wide.
+/// instead of running them a handful of keys wide. (The same job over a key-sorted log, 64
+/// keys per epoch: 0.72-0.73 s with this, 0.74-0.76 s calls of 4 whole runs.)
 const STREAM_KEYS: usize = 64;
 
 /// What an emitter borrows from its processor for one call.
