@@ -12,8 +12,8 @@
 //!
 //! Each push is one epoch: its rows are ordered by (key, time, row) as a pipeline orders an
 //! epoch's, a step not after its key's last one is rejected as late or duplicate. Output
-//! rows come worker by worker, grouped by key in the order keys were first seen, each key's
-//! in time order.
+//! rows come worker by worker, each key's in time order, keys interleaved (sort by key and
+//! time for a canonical order).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -628,8 +628,8 @@ impl FusedCell {
     /// state (`h`, which a GRU reads) and the output (`out`), each with its row stride: row
     /// `r`'s vector `q` is at `r * stride + q * lanes`. Every vector of those rows exists.
     ///
-    /// Why across rows: one row's gates are a few chains of about 13 dependent operations
-    /// (the exponential's polynomial, then the reciprocal), so row by row the vector units
+    /// Why across rows: one row's gates are a few chains of about 11 dependent operations
+    /// (the exponential's polynomial, then a division), so row by row the vector units
     /// mostly wait on latency. Here each stage runs over every row before the next stage, so
     /// `M` independent chains are in flight. The operations per value do not depend on `M`,
     /// so neither do the results: a partial panel's rows come here one at a time

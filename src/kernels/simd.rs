@@ -287,14 +287,19 @@ impl Vector for Avx2 {
 /// `1 / (1 + 2^(scale x))` for `N` vectors stage by stage, `x` first raised to `low`.
 ///
 /// Stage by stage: one value's gate is a chain of about 11 dependent operations, so `N`
-/// independent chains keep the vector units busy. `low` keeps `2^(scale x)` finite and the
-/// quotient a normal number; above, [`Vector::exp2_n`] goes to zero.
+/// independent chains keep the vector units busy. `low` keeps `scale x` within
+/// [`Vector::exp2_n`]'s domain (at most 127: the AVX2 version builds `2^n` in exponent bits,
+/// which would wrap past it and turn a saturated sigmoid into 1) and the quotient a normal
+/// number; above, `exp2_n` goes to zero.
 ///
 /// Why a division and not the hardware reciprocal estimate refined by Newton's method (what
-/// this used before): `vdivps` is one operation beside the FMA pipes, where the estimate and
-/// its refinement were three, two of them FMAs competing with the tile's products. Measured
-/// on AMD Zen 5 (`cargo bench --bench step`, LSTM h128): the step 3-4% faster with AVX-512
-/// and 3% with AVX2, and correctly rounded instead of within 2^-27.
+/// this used before): on AMD Zen 5 `vdivps` is one operation on the divider, where the
+/// estimate and its refinement took three with AVX-512 (`vrcp14ps` and one step) and five
+/// with AVX2 (`vrcpps` and two), the steps' FMAs competing with the tile's products for the
+/// FMA pipes. Measured there (`cargo bench --bench step`, LSTM h128): the step 3-4% faster
+/// with AVX-512 and 3% with AVX2, and correctly rounded instead of within 2^-27. Not
+/// measured on Intel, whose 512-bit division issues on the FMA ports; at h128 there are 5
+/// divisions per 16 units and row against 544 product FMAs.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn logistic_n<V: Vector, const N: usize>(mut x: [V; N], scale: f32, low: f32) -> [V; N] {

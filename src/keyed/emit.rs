@@ -1,14 +1,14 @@
 //! The emit modes. Each [`Emitter`] owns exactly the per-key buffers its mode needs:
 //!
 //! - `every_step`: the model state of every key (an arena); all accepted steps of all keys
-//!   go through [`Model::advance`] in a few large packed calls (every wavefront batches all
-//!   keys that still have a step), and every output is emitted at once;
+//!   go through [`Model::advance`] in packed calls of many keys (each wavefront batches
+//!   every key of the call that still has a step), and every output is emitted at once;
 //! - `sequence_end`: causal models advance the same way and keep each key's outputs (all,
 //!   or only the last) until the sequence ends; other models keep the inputs and run
 //!   [`Model::forward`] over the whole sequence at the end. Live runs end a key's sequence
 //!   after an idle timeout;
 //! - `window`: a ring of the key's last `size` inputs; every `hop` steps the window is run
-//!   from a fresh state, all windows due in an epoch in one call.
+//!   from a fresh state, the windows due in an epoch in calls of up to `CALL_ROWS` rows.
 
 use std::collections::VecDeque;
 
@@ -21,22 +21,22 @@ use crate::vocab::Emit;
 
 /// Rows per model call over whole sequences (`sequence_end` without a causal model, and
 /// windows): bounds the scratch memory (an LSTM's input projection holds up to `128 x 4H`
-/// floats per block, its outputs `rows x H`) while keeping wavefronts wide.
+/// floats per block, its outputs `rows x H`) while keeping wavefronts wide. A target, not a
+/// bound: one sequence or window longer than this is still one call.
 const CALL_ROWS: usize = 16_384;
 
 /// Rows per streamed call ([`advance`]). Why smaller than [`CALL_ROWS`]: a call's layers
 /// each write their output for every row before the next layer reads it, so the call's
 /// buffers should stay in cache between layers. Measured on the whole job (LSTM 8->128 ->
 /// Linear(1), 1024 keys x 1000 steps, one worker) against 16,384 rows: -4% wall clock in f32,
-/// -7% in bf16, -10% on the demo's CNN-LSTM; 1,024 to 4,096 rows were alike, 8,192 a little
-/// slower, 65,536 slower than 16,384 (BENCHMARKS.md, "Fifth pass").
+/// -6% in bf16, -6 to -10% on the demo's CNN-LSTM; 1,024 to 8,192 rows were alike within the
+/// noise, 65,536 slower than 16,384 (BENCHMARKS.md, "Fifth pass").
 const STREAM_ROWS: usize = 4_096;
 
-/// Keys a streamed call's wavefronts hold at least, when the epoch has that many: a key's
-/// steps beyond `STREAM_ROWS / STREAM_KEYS` continue in a later call (its state carried), so
-/// an epoch of a few long runs still fills the kernel's register tiles and row blocks
-/// instead of running them a handful of keys wide. (The same job over a key-sorted log, 64
-/// keys per epoch: 0.72-0.73 s with this, 0.74-0.76 s calls of 4 whole runs.)
+/// Keys a streamed call holds at least, when that many are left ([`next_call`]): so that an
+/// epoch of a few long runs still fills the kernel's register tiles and row blocks instead
+/// of running them a handful of keys wide. (The same job over a key-sorted log, 64 keys per
+/// epoch: 0.72-0.73 s with this, 0.74-0.76 s in calls of 4 whole runs.)
 const STREAM_KEYS: usize = 64;
 
 /// What an emitter borrows from its processor for one call.
@@ -414,11 +414,45 @@ impl Emitter {
     }
 }
 
-/// Streams the epoch's runs through the model, carrying each key's state in `arena`, in
-/// calls of at most `STREAM_ROWS` rows: whole runs while they fit, and at most
-/// `STREAM_ROWS / STREAM_KEYS` steps of a key per call when fewer keys than `STREAM_KEYS`
-/// would fill it (the rest of a run continues in a later call). A key's results do not
-/// depend on how its steps are cut into calls; only the order of the output rows does.
+/// Cuts the next streamed call off `queue` into `call`; what is left of `queue` (the rest of
+/// each cut run, then the runs not taken) stays in `queue`, in order, with `spare` as
+/// scratch. The call has at most `STREAM_ROWS` rows. When the whole queue fits, it is the
+/// call, every run whole. Otherwise a key gives at most `STREAM_ROWS / min(keys left,
+/// STREAM_KEYS)` steps (64 while 64 or more keys are left; an equal share of the call when
+/// fewer are), so the call holds at least `min(keys left, STREAM_KEYS)` keys; the rest of a
+/// run continues in a later call, with its state.
+fn next_call(queue: &mut Vec<Run>, call: &mut Vec<Run>, spare: &mut Vec<Run>) {
+    let total: usize = queue.iter().map(|r| r.len).sum();
+    let cap = if total <= STREAM_ROWS {
+        usize::MAX
+    } else {
+        STREAM_ROWS / queue.len().min(STREAM_KEYS)
+    };
+    call.clear();
+    spare.clear();
+    let mut rows = 0;
+    for run in queue.drain(..) {
+        if rows >= STREAM_ROWS {
+            spare.push(run);
+            continue;
+        }
+        let take = run.len.min(cap).min(STREAM_ROWS - rows);
+        call.push(Run { len: take, ..run });
+        rows += take;
+        if take < run.len {
+            spare.push(Run {
+                key: run.key,
+                start: run.start + take,
+                len: run.len - take,
+            });
+        }
+    }
+    std::mem::swap(queue, spare);
+}
+
+/// Streams the epoch's runs through the model in the calls [`next_call`] cuts, carrying
+/// each key's state in `arena` from call to call. A key's results do not depend on the cut;
+/// only the order of the output rows does (each key's in time order, keys interleaved).
 /// `emit(key, step, values)` gets every output row, call by call.
 fn advance(
     model: &Model,
@@ -429,31 +463,11 @@ fn advance(
     mut emit: impl FnMut(u32, usize, &[f32]),
 ) {
     let mut queue: Vec<Run> = acc.runs.clone();
-    let mut next = Vec::new();
-    let mut call: Vec<Run> = Vec::new();
+    let (mut call, mut spare) = (Vec::new(), Vec::new());
     let mut lens: Vec<usize> = Vec::new();
     let mut slots: Vec<u32> = Vec::new();
     while !queue.is_empty() {
-        let cap = STREAM_ROWS / queue.len().min(STREAM_KEYS);
-        call.clear();
-        let mut rows = 0;
-        for run in queue.drain(..) {
-            if rows >= STREAM_ROWS {
-                next.push(run);
-                continue;
-            }
-            let take = run.len.min(cap).min(STREAM_ROWS - rows);
-            call.push(Run { len: take, ..run });
-            rows += take;
-            if take < run.len {
-                next.push(Run {
-                    key: run.key,
-                    start: run.start + take,
-                    len: run.len - take,
-                });
-            }
-        }
-        std::mem::swap(&mut queue, &mut next);
+        next_call(&mut queue, &mut call, &mut spare);
         lens.clear();
         lens.extend(call.iter().map(|r| r.len));
         slots.clear();
@@ -640,67 +654,149 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// `advance` over epochs of a few keys with long runs (cut into calls of at most
-    /// `STREAM_ROWS / STREAM_KEYS` steps per key), of many keys with short runs (whole runs,
-    /// several calls), and of both: every step is emitted once, and every key's outputs are
-    /// bit for bit those of its whole sequence run offline in one call.
+    /// Runs of `lens`, steps numbered from 0 in key order.
+    fn runs_of(lens: &[usize]) -> Vec<Run> {
+        let mut start = 0;
+        lens.iter()
+            .enumerate()
+            .map(|(key, &len)| {
+                start += len;
+                Run {
+                    key: key as u32,
+                    start: start - len,
+                    len,
+                }
+            })
+            .collect()
+    }
+
+    /// The cut's contract, over random epochs: calls of at most `STREAM_ROWS` rows, each key
+    /// at most once per call and giving at most `STREAM_ROWS / min(keys left, STREAM_KEYS)`
+    /// steps, at least `min(keys left, STREAM_KEYS)` keys per call, the whole queue as one
+    /// call of whole runs when it fits, and every key's steps in order, each exactly once.
+    #[test]
+    fn calls_are_cut_as_documented() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut shapes: Vec<Vec<usize>> = vec![vec![64; 1024], vec![150; 1000], vec![200; 64], vec![100; 65]];
+        shapes.push(vec![5000, 3000, 1, 700]);
+        shapes.push((0..63).map(|_| 1).chain([200]).collect());
+        for _ in 0..200 {
+            let keys = rng.random_range(1..300);
+            let long = rng.random_range(1..3000);
+            shapes.push((0..keys).map(|_| rng.random_range(1..=long)).collect());
+        }
+        for lens in shapes {
+            let mut queue = runs_of(&lens);
+            let (mut call, mut spare) = (Vec::new(), Vec::new());
+            let mut next_step: Vec<usize> = queue.iter().map(|r| r.start).collect();
+            while !queue.is_empty() {
+                let (left, total) = (queue.len(), queue.iter().map(|r| r.len).sum::<usize>());
+                let before = queue.clone();
+                next_call(&mut queue, &mut call, &mut spare);
+                let rows: usize = call.iter().map(|r| r.len).sum();
+                assert!(rows <= STREAM_ROWS, "{lens:?}: a call of {rows} rows");
+                assert!(
+                    call.len() >= left.min(STREAM_KEYS),
+                    "{lens:?}: {} keys of {left}",
+                    call.len()
+                );
+                if total <= STREAM_ROWS {
+                    assert_eq!(call.len(), before.len(), "{lens:?}: a queue that fits is cut");
+                    assert!(queue.is_empty());
+                } else {
+                    let cap = STREAM_ROWS / left.min(STREAM_KEYS);
+                    assert!(
+                        call.iter().all(|r| r.len <= cap),
+                        "{lens:?}: more than {cap} steps"
+                    );
+                }
+                let mut seen = std::collections::HashSet::new();
+                for r in &call {
+                    assert!(seen.insert(r.key), "{lens:?}: key {} twice in a call", r.key);
+                    assert!(r.len > 0);
+                    assert_eq!(
+                        r.start, next_step[r.key as usize],
+                        "{lens:?}: key {} out of order",
+                        r.key
+                    );
+                    next_step[r.key as usize] += r.len;
+                }
+            }
+            for (r, &end) in runs_of(&lens).iter().zip(&next_step) {
+                assert_eq!(end, r.start + r.len, "{lens:?}: key {} not finished", r.key);
+            }
+        }
+    }
+
+    /// `advance` over two epochs (the second from the state the first left), for few keys
+    /// with long runs (cut), many keys with short runs (whole, several calls), both mixed,
+    /// and runs just past the per-key cap: every key's outputs, in the order emitted, are
+    /// bit for bit those of its whole sequence run offline in one call, with the same input
+    /// steps (a stride-2 convolution emits every other step, so the tags are checked too).
     #[test]
     fn cutting_runs_into_calls_changes_no_result() {
         let model = ModelBuilder::new(3, 11)
+            .conv1d("conv", 4, 3, 2, 1, "causal")
             .recurrent("lstm", "lstm", 16, 2)
             .linear("head", 2)
             .build()
             .unwrap();
-        let cap = STREAM_ROWS / STREAM_KEYS;
-        let few_long = vec![3 * cap + 5, 2 * STREAM_ROWS, 1, cap];
-        let many_short = vec![40; 300];
-        let mixed: Vec<usize> = (0..90)
-            .map(|k| if k % 9 == 0 { 700 } else { 1 + k % 13 })
-            .collect();
+        let cases: Vec<Vec<usize>> = vec![
+            vec![5000, 3000, 1, 700],
+            vec![40; 300],
+            vec![200; 64],
+            vec![100; 65],
+            (0..90)
+                .map(|k| if k % 9 == 0 { 700 } else { 1 + k % 13 })
+                .collect(),
+        ];
         let mut rng = StdRng::seed_from_u64(5);
-        for lens in [few_long, many_short, mixed] {
-            let mut acc = Accepted {
-                width: 3,
-                ..Default::default()
-            };
-            for (key, &len) in lens.iter().enumerate() {
-                let start = acc.times.len();
-                for t in 0..len {
-                    acc.feats.extend((0..3).map(|_| rng.random_range(-1.0f32..1.0)));
-                    acc.times.push(t as i64);
-                }
-                acc.runs.push(Run {
-                    key: key as u32,
-                    start,
-                    len,
-                });
-            }
+        for lens in cases {
+            let keys = lens.len();
             let mut arena = model.new_arena();
-            for _ in &lens {
+            for _ in 0..keys {
                 arena.alloc();
             }
             let (mut ws, mut packed) = (Workspace::default(), Packed::default());
-            let mut got: Vec<Vec<Option<Vec<f32>>>> = lens.iter().map(|&l| vec![None; l]).collect();
-            advance(&model, &mut ws, &mut packed, &mut arena, &acc, |key, a, vals| {
-                let run = acc.runs[key as usize];
-                let step = &mut got[key as usize][a - run.start];
-                assert!(step.is_none(), "key {key} step {} emitted twice", a - run.start);
-                *step = Some(vals.to_vec());
-            });
-            for (run, got) in acc.runs.iter().zip(&got) {
-                let x = &acc.feats[run.start * 3..(run.start + run.len) * 3];
-                let offline = model.forward_sequence(x, run.len);
-                for (t, step) in got.iter().enumerate() {
-                    let step = step
-                        .as_ref()
-                        .unwrap_or_else(|| panic!("key {} step {t} not emitted", run.key));
-                    assert_eq!(
-                        step.as_slice(),
-                        &offline.data[t * 2..(t + 1) * 2],
-                        "key {} (of {} steps) step {t}",
-                        run.key,
-                        run.len
-                    );
+            // Each key's whole input, and what `advance` emitted for it: (input step, values).
+            let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); keys];
+            let mut got: Vec<Vec<(usize, Vec<f32>)>> = vec![Vec::new(); keys];
+            for epoch in 0..2 {
+                let mut acc = Accepted {
+                    width: 3,
+                    ..Default::default()
+                };
+                // The second epoch: other lengths, so that cuts fall elsewhere.
+                let epoch_lens: Vec<usize> = lens
+                    .iter()
+                    .map(|&l| if epoch == 0 { l } else { l / 2 + 3 })
+                    .collect();
+                acc.runs = runs_of(&epoch_lens);
+                let done: Vec<usize> = inputs.iter().map(|x| x.len() / 3).collect();
+                for (key, &len) in epoch_lens.iter().enumerate() {
+                    for t in 0..len {
+                        let row: Vec<f32> = (0..3).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                        acc.feats.extend(&row);
+                        acc.times.push((done[key] + t) as i64);
+                        inputs[key].extend(&row);
+                    }
+                }
+                advance(&model, &mut ws, &mut packed, &mut arena, &acc, |key, a, vals| {
+                    let run = acc.runs[key as usize];
+                    got[key as usize].push((done[key as usize] + a - run.start, vals.to_vec()));
+                });
+            }
+            for (key, got) in got.iter().enumerate() {
+                let offline = model.forward_sequence(&inputs[key], inputs[key].len() / 3);
+                let want: Vec<(usize, Vec<f32>)> = offline
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| (t as usize, offline.data[i * 2..(i + 1) * 2].to_vec()))
+                    .collect();
+                assert_eq!(got.len(), want.len(), "{lens:?}: key {key}'s output count");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g, w, "{lens:?}: key {key} (emitted, offline)");
                 }
             }
         }
