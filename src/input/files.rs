@@ -135,7 +135,9 @@ pub struct Rows {
     pub take: Option<usize>,
 }
 
-/// The epoch of batch `batch` of unit `unit`.
+/// The epoch of batch `batch` of unit `unit`: the unit in the high 32 bits, the batch in the
+/// low (the file reader refuses a unit of more than 2^32 batches rather than let its epochs
+/// run into the next unit's).
 pub fn epoch_of(unit: usize, batch: usize) -> u64 {
     ((unit as u64) << 32) | batch as u64
 }
