@@ -136,10 +136,26 @@ pub struct Rows {
 }
 
 /// The epoch of batch `batch` of unit `unit`: the unit in the high 32 bits, the batch in the
-/// low (the file reader refuses a unit of more than 2^32 batches rather than let its epochs
-/// run into the next unit's).
+/// low ([`Plan::read_part`] refuses a unit of more batches, see [`batch_number`], rather than
+/// let its epochs run into the next unit's).
 pub fn epoch_of(unit: usize, batch: usize) -> u64 {
     ((unit as u64) << 32) | batch as u64
+}
+
+/// `index` as the number of a batch of `path`'s row group (or whole file), or the error that
+/// it does not fit the 32 bits [`epoch_of`] gives it.
+fn batch_number(path: &Path, row_group: Option<usize>, index: usize, batch_rows: usize) -> Result<usize> {
+    if index <= u32::MAX as usize {
+        return Ok(index);
+    }
+    Err(Error::Data {
+        path: path.to_path_buf(),
+        msg: format!(
+            "more than 2^32 record batches of {batch_rows} rows in one {}; raise `batch_rows` in \
+             [source]",
+            if row_group.is_some() { "row group" } else { "file" }
+        ),
+    })
 }
 
 impl FileSource {
@@ -666,7 +682,8 @@ impl Plan {
         for (i, batch) in reader.enumerate() {
             let batch = batch?;
             let n = batch.num_rows() as u64;
-            f(part.first_batch + i, batch, first_row)?;
+            let index = batch_number(&file.path, unit.row_group, part.first_batch + i, batch_rows)?;
+            f(index, batch, first_row)?;
             first_row += n;
         }
         Ok(())
@@ -695,6 +712,22 @@ mod tests {
             first_row: 0,
             rows,
         }
+    }
+
+    #[test]
+    fn a_unit_of_more_batches_than_an_epoch_numbers_is_refused() {
+        let path = Path::new("big.parquet");
+        let last = u32::MAX as usize;
+        assert_eq!(batch_number(path, Some(3), last, 1).unwrap(), last);
+        let err = batch_number(path, Some(3), last + 1, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("big.parquet")
+                && err.contains("one row group")
+                && err.contains("raise `batch_rows`"),
+            "{err}"
+        );
+        let err = batch_number(path, None, last + 1, 1).unwrap_err().to_string();
+        assert!(err.contains("one file"), "{err}");
     }
 
     #[test]

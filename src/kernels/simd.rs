@@ -310,10 +310,7 @@ unsafe fn logistic_n<V: Vector, const N: usize>(mut x: [V; N], scale: f32, low: 
         }
         let mut d = V::exp2_n(x);
         for d in d.iter_mut() {
-            *d = V::add(*d, V::splat(1.0));
-        }
-        for d in d.iter_mut() {
-            *d = V::div(V::splat(1.0), *d);
+            *d = V::div(V::splat(1.0), V::add(*d, V::splat(1.0)));
         }
         d
     }

@@ -33,7 +33,7 @@ const CALL_ROWS: usize = 16_384;
 /// noise, 65,536 slower than 16,384 (BENCHMARKS.md, "Fifth pass").
 const STREAM_ROWS: usize = 4_096;
 
-/// Keys a streamed call holds at least, when that many are left ([`next_call`]): so that an
+/// Keys a streamed call holds at least, when that many are left ([`Pending::next_call`]): so that an
 /// epoch of a few long runs still fills the kernel's register tiles and row blocks instead
 /// of running them a handful of keys wide. (The same job over a key-sorted log, 64 keys per
 /// epoch: 0.72-0.73 s with this, 0.74-0.76 s in calls of 4 whole runs.)
@@ -414,43 +414,66 @@ impl Emitter {
     }
 }
 
-/// Cuts the next streamed call off `queue` into `call`; what is left of `queue` (the rest of
-/// each cut run, then the runs not taken) stays in `queue`, in order, with `spare` as
-/// scratch. The call has at most `STREAM_ROWS` rows. When the whole queue fits, it is the
-/// call, every run whole. Otherwise a key gives at most `STREAM_ROWS / min(keys left,
-/// STREAM_KEYS)` steps (64 while 64 or more keys are left; an equal share of the call when
-/// fewer are), so the call holds at least `min(keys left, STREAM_KEYS)` keys; the rest of a
-/// run continues in a later call, with its state.
-fn next_call(queue: &mut Vec<Run>, call: &mut Vec<Run>, spare: &mut Vec<Run>) {
-    let total: usize = queue.iter().map(|r| r.len).sum();
-    let cap = if total <= STREAM_ROWS {
-        usize::MAX
-    } else {
-        STREAM_ROWS / queue.len().min(STREAM_KEYS)
-    };
-    call.clear();
-    spare.clear();
-    let mut rows = 0;
-    for run in queue.drain(..) {
-        if rows >= STREAM_ROWS {
-            spare.push(run);
-            continue;
-        }
-        let take = run.len.min(cap).min(STREAM_ROWS - rows);
-        call.push(Run { len: take, ..run });
-        rows += take;
-        if take < run.len {
-            spare.push(Run {
-                key: run.key,
-                start: run.start + take,
-                len: run.len - take,
-            });
-        }
-    }
-    std::mem::swap(queue, spare);
+/// The epoch's runs not streamed yet: `runs[head..]`, in order, `rows` steps in all. A call
+/// takes a prefix, and the rest of each run it cut goes back just before the runs it did not
+/// reach, so cutting a call costs its own runs only, not the whole queue.
+struct Pending {
+    runs: Vec<Run>,
+    head: usize,
+    rows: usize,
 }
 
-/// Streams the epoch's runs through the model in the calls [`next_call`] cuts, carrying
+impl Pending {
+    fn new(runs: &[Run]) -> Pending {
+        Pending {
+            runs: runs.to_vec(),
+            head: 0,
+            rows: runs.iter().map(|r| r.len).sum(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.runs.len()
+    }
+
+    /// Cuts the next streamed call into `call` (`rest` is scratch). The call has at most
+    /// `STREAM_ROWS` rows. When every pending run fits, it is the call, every run whole.
+    /// Otherwise a key gives at most `STREAM_ROWS / min(keys left, STREAM_KEYS)` steps (64
+    /// while 64 or more keys are left; an equal share of the call when fewer are), so the
+    /// call holds at least `min(keys left, STREAM_KEYS)` keys; the rest of a run continues
+    /// in a later call, with its state.
+    fn next_call(&mut self, call: &mut Vec<Run>, rest: &mut Vec<Run>) {
+        let keys = self.runs.len() - self.head;
+        let cap = if self.rows <= STREAM_ROWS {
+            usize::MAX
+        } else {
+            STREAM_ROWS / keys.min(STREAM_KEYS)
+        };
+        call.clear();
+        rest.clear();
+        let (mut rows, mut end) = (0, self.head);
+        while end < self.runs.len() && rows < STREAM_ROWS {
+            let run = self.runs[end];
+            let take = run.len.min(cap).min(STREAM_ROWS - rows);
+            call.push(Run { len: take, ..run });
+            if take < run.len {
+                rest.push(Run {
+                    key: run.key,
+                    start: run.start + take,
+                    len: run.len - take,
+                });
+            }
+            rows += take;
+            end += 1;
+        }
+        // At most one rest per run taken, so they fit in the taken runs' slots.
+        self.head = end - rest.len();
+        self.runs[self.head..end].copy_from_slice(rest);
+        self.rows -= rows;
+    }
+}
+
+/// Streams the epoch's runs through the model in the calls [`Pending::next_call`] cuts, carrying
 /// each key's state in `arena` from call to call. A key's results do not depend on the cut;
 /// only the order of the output rows does (each key's in time order, keys interleaved).
 /// `emit(key, step, values)` gets every output row, call by call.
@@ -462,12 +485,12 @@ fn advance(
     acc: &Accepted,
     mut emit: impl FnMut(u32, usize, &[f32]),
 ) {
-    let mut queue: Vec<Run> = acc.runs.clone();
-    let (mut call, mut spare) = (Vec::new(), Vec::new());
+    let mut pending = Pending::new(&acc.runs);
+    let (mut call, mut rest) = (Vec::new(), Vec::new());
     let mut lens: Vec<usize> = Vec::new();
     let mut slots: Vec<u32> = Vec::new();
-    while !queue.is_empty() {
-        next_call(&mut queue, &mut call, &mut spare);
+    while !pending.is_empty() {
+        pending.next_call(&mut call, &mut rest);
         lens.clear();
         lens.extend(call.iter().map(|r| r.len));
         slots.clear();
@@ -686,25 +709,27 @@ mod tests {
             shapes.push((0..keys).map(|_| rng.random_range(1..=long)).collect());
         }
         for lens in shapes {
-            let mut queue = runs_of(&lens);
-            let (mut call, mut spare) = (Vec::new(), Vec::new());
-            let mut next_step: Vec<usize> = queue.iter().map(|r| r.start).collect();
-            while !queue.is_empty() {
-                let (left, total) = (queue.len(), queue.iter().map(|r| r.len).sum::<usize>());
-                let before = queue.clone();
-                next_call(&mut queue, &mut call, &mut spare);
+            let runs = runs_of(&lens);
+            let mut pending = Pending::new(&runs);
+            let (mut call, mut rest) = (Vec::new(), Vec::new());
+            let mut next_step: Vec<usize> = runs.iter().map(|r| r.start).collect();
+            while !pending.is_empty() {
+                let left = &pending.runs[pending.head..];
+                let (keys, total) = (left.len(), left.iter().map(|r| r.len).sum::<usize>());
+                assert_eq!(pending.rows, total, "{lens:?}: steps pending miscounted");
+                pending.next_call(&mut call, &mut rest);
                 let rows: usize = call.iter().map(|r| r.len).sum();
                 assert!(rows <= STREAM_ROWS, "{lens:?}: a call of {rows} rows");
                 assert!(
-                    call.len() >= left.min(STREAM_KEYS),
-                    "{lens:?}: {} keys of {left}",
+                    call.len() >= keys.min(STREAM_KEYS),
+                    "{lens:?}: {} keys of {keys}",
                     call.len()
                 );
                 if total <= STREAM_ROWS {
-                    assert_eq!(call.len(), before.len(), "{lens:?}: a queue that fits is cut");
-                    assert!(queue.is_empty());
+                    assert_eq!(call.len(), keys, "{lens:?}: a queue that fits is cut");
+                    assert!(pending.is_empty());
                 } else {
-                    let cap = STREAM_ROWS / left.min(STREAM_KEYS);
+                    let cap = STREAM_ROWS / keys.min(STREAM_KEYS);
                     assert!(
                         call.iter().all(|r| r.len <= cap),
                         "{lens:?}: more than {cap} steps"

@@ -184,22 +184,6 @@ fn run_with(
                         if opts.stop.load(Ordering::Relaxed) {
                             return Err(Error::Runtime(STOPPED.into()));
                         }
-                        if i > u32::MAX as usize {
-                            // An epoch holds a unit's batch number in its low 32 bits.
-                            return Err(Error::Data {
-                                path: path.clone(),
-                                msg: format!(
-                                    "more than 2^32 record batches of {} rows in one {}; raise \
-                                     `batch_rows` in [source]",
-                                    cfg.source.batch_rows,
-                                    if plan.format == FileFormat::Parquet {
-                                        "row group"
-                                    } else {
-                                        "file"
-                                    }
-                                ),
-                            });
-                        }
                         let epoch = epoch_of(u, i);
                         if epoch < skip_before {
                             return Ok(());
