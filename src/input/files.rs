@@ -136,7 +136,7 @@ pub struct Rows {
 }
 
 /// The epoch of batch `batch` of unit `unit`: the unit in the high 32 bits, the batch in the
-/// low ([`Plan::read_part`] refuses a unit of more batches, see [`batch_number`], rather than
+/// low ([`Plan::read_part`] refuses a unit of more batches rather than
 /// let its epochs run into the next unit's).
 pub fn epoch_of(unit: usize, batch: usize) -> u64 {
     ((unit as u64) << 32) | batch as u64
