@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod outfiles;
+pub mod parquet_out;
 pub mod pipeline;
 pub mod record;
 pub mod replay;

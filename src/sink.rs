@@ -15,13 +15,10 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::outfiles::Outputs;
+use crate::parquet_out::{Layout, PredictionWriter};
 use crate::record::{KeyColumn, OutBatch, Reject};
 use crate::vocab::FileFormat;
 
@@ -137,7 +134,7 @@ impl Write for Checked {
 }
 
 enum Writer {
-    Parquet(Box<ArrowWriter<File>>),
+    Parquet(Box<PredictionWriter>),
     Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
     /// Arrow IPC file format (to a file: the footer makes it seekable).
@@ -273,7 +270,7 @@ impl Sink {
             let n = batch.num_rows() as u64;
             let path = self.display.clone();
             match self.writer.as_mut().expect("sink is open") {
-                Writer::Parquet(w) => w.write(&batch).map_err(|e| out_err(&path, e))?,
+                Writer::Parquet(w) => w.write_batch(&batch).map_err(|e| out_err(&path, e))?,
                 _ => unreachable!("parquet"),
             }
             self.rows += n;
@@ -300,33 +297,12 @@ impl Sink {
                 let Some(f) = file else {
                     unreachable!("the pipeline config refuses parquet on stdout")
                 };
-                // Dictionaries pay off for keys (repeated) but not for predictions (nearly
-                // all distinct): dictionary-encoding float columns took 36% of a run's time.
-                let props = WriterProperties::builder()
-                    .set_compression(match cfg.compression {
-                        crate::vocab::Compression::Snappy => Compression::SNAPPY,
-                        crate::vocab::Compression::Zstd => Compression::ZSTD(ZstdLevel::default()),
-                        crate::vocab::Compression::None => Compression::UNCOMPRESSED,
-                    })
-                    .set_max_row_group_row_count(Some(cfg.row_group_rows))
-                    .set_dictionary_enabled(false)
-                    .set_column_dictionary_enabled(ColumnPath::from(schema.key_name.as_str()), true)
-                    // Min/max of float predictions are rarely queried and cost a sixth of the
-                    // writer's encoding time on wide outputs; keys and times keep theirs.
-                    .set_statistics_enabled(match cfg.statistics {
-                        true => EnabledStatistics::Page,
-                        false => EnabledStatistics::None,
-                    })
-                    .set_column_statistics_enabled(
-                        ColumnPath::from(schema.key_name.as_str()),
-                        EnabledStatistics::Page,
-                    )
-                    .set_column_statistics_enabled(
-                        ColumnPath::from(schema.time_name.as_str()),
-                        EnabledStatistics::Page,
-                    )
-                    .build();
-                let w = ArrowWriter::try_new(f, arrow_schema.clone(), Some(props))
+                let layout = Layout {
+                    row_group_rows: cfg.row_group_rows,
+                    codec: cfg.compression,
+                    statistics: cfg.statistics,
+                };
+                let w = PredictionWriter::new(f, arrow_schema.clone(), layout)
                     .map_err(|e| out_err(&display, e))?;
                 Writer::Parquet(Box::new(w))
             }
@@ -380,7 +356,7 @@ impl Sink {
         let path = self.display.clone();
         let footer = match self.writer.as_mut().expect("sink is open") {
             Writer::Parquet(w) => {
-                w.sync().map_err(|e| Error::io(&path, e))?;
+                w.sync().map_err(|e| out_err(&path, e))?;
                 Some(
                     parquet_footer(&self.arrow_schema, w.flushed_row_groups())
                         .map_err(|e| out_err(&path, e))?,
@@ -446,6 +422,19 @@ impl Sink {
 
     /// Converts predictions to an Arrow batch with the output schema.
     pub fn to_record_batch(&self, b: &OutBatch) -> Result<RecordBatch> {
+        let (keys, times) = self.key_time(b)?;
+        let mut cols = vec![keys, times];
+        let columns = crate::kernels::transpose::columns(&b.values, b.len(), b.width);
+        cols.extend(
+            columns
+                .into_iter()
+                .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
+        );
+        RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(|e| out_err(&self.display, e))
+    }
+
+    /// The key and time columns of predictions, cast back to the input's types.
+    fn key_time(&self, b: &OutBatch) -> Result<(ArrayRef, ArrayRef)> {
         let err = |e: arrow::error::ArrowError| out_err(&self.display, e);
         let keys: ArrayRef = match &b.keys {
             KeyColumn::Int(v) => Arc::new(Int64Array::from(v.clone())),
@@ -467,14 +456,7 @@ impl Sink {
             }
             t => cast(&times, t).map_err(err)?,
         };
-        let mut cols = vec![keys, times];
-        let columns = crate::kernels::transpose::columns(&b.values, b.len(), b.width);
-        cols.extend(
-            columns
-                .into_iter()
-                .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
-        );
-        RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(err)
+        Ok((keys, times))
     }
 
     /// The first error the text stream met, with the path.
@@ -500,10 +482,20 @@ impl Sink {
     }
 
     fn write_batch(&mut self, b: &OutBatch) -> Result<()> {
-        let rb = self.to_record_batch(b)?;
         let path = self.display.clone();
+        if let Some(Writer::Parquet(_)) = &self.writer {
+            // Straight into the row group's columns: no Arrow batch of predictions.
+            let (keys, times) = self.key_time(b)?;
+            if let Some(Writer::Parquet(w)) = self.writer.as_mut() {
+                w.write(&keys, &times, &b.values[..b.len() * b.width])
+                    .map_err(|e| out_err(&path, e))?;
+            }
+            self.rows += b.len() as u64;
+            return Ok(());
+        }
+        let rb = self.to_record_batch(b)?;
         match self.writer.as_mut().expect("sink is open") {
-            Writer::Parquet(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            Writer::Parquet(_) => unreachable!("written above"),
             Writer::Csv(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
             Writer::Json(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
             Writer::ArrowFile(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
@@ -542,7 +534,7 @@ impl Sink {
         }
         let r = match self.writer.take() {
             None => Ok(()),
-            Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| out_err(&path, e)),
+            Some(Writer::Parquet(w)) => w.close().map_err(|e| out_err(&path, e)),
             Some(Writer::Csv(w)) => w.into_inner().flush().map_err(|e| Error::io(&path, e)),
             Some(Writer::Json(mut w)) => w
                 .finish()

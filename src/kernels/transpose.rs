@@ -13,29 +13,38 @@ use std::arch::x86_64::*;
 const B: usize = 8;
 
 /// The `w` columns of `n` row-major rows (`values[r * w + c]`), each in row order.
+pub fn columns(values: &[f32], n: usize, w: usize) -> Vec<Vec<f32>> {
+    let mut cols: Vec<Vec<f32>> = (0..w).map(|_| Vec::with_capacity(n)).collect();
+    append(values, n, w, &mut cols);
+    cols
+}
+
+/// Appends `n` row-major rows (`values[r * w + c]`) to `w` columns, each in row order.
 ///
 /// Columns are built by appending, block of rows by block of rows, so nothing is
 /// zero-filled first; a block of 8 rows (4 KB at 128 outputs) stays in L1 while every
 /// column takes its values.
-pub fn columns(values: &[f32], n: usize, w: usize) -> Vec<Vec<f32>> {
+pub fn append(values: &[f32], n: usize, w: usize, cols: &mut [Vec<f32>]) {
     assert!(
-        values.len() >= n * w,
-        "columns: {} values for {n} x {w}",
-        values.len()
+        values.len() >= n * w && cols.len() == w,
+        "transpose: {} values for {n} x {w}, {} columns",
+        values.len(),
+        cols.len()
     );
-    let mut cols: Vec<Vec<f32>> = (0..w).map(|_| Vec::with_capacity(n)).collect();
+    for c in cols.iter_mut() {
+        c.reserve(n);
+    }
     let whole = n / B * B;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: AVX is present; rows 0..whole are inside `values` (asserted above).
-        unsafe { blocks_avx(values, whole, w, &mut cols) };
+        unsafe { blocks_avx(values, whole, w, cols) };
     } else {
-        blocks_scalar(values, 0, whole, w, &mut cols);
+        blocks_scalar(values, 0, whole, w, cols);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    blocks_scalar(values, 0, whole, w, &mut cols);
-    blocks_scalar(values, whole, n, w, &mut cols);
-    cols
+    blocks_scalar(values, 0, whole, w, cols);
+    blocks_scalar(values, whole, n, w, cols);
 }
 
 /// Rows `r0..r1` appended to the columns one value at a time.
@@ -144,6 +153,17 @@ mod tests {
         let values: Vec<f32> = (0..n * w).map(|i| (i as f32).sin()).collect();
         let mut cols: Vec<Vec<f32>> = vec![Vec::new(); w];
         blocks_scalar(&values, 0, n, w, &mut cols);
+        assert_eq!(cols, columns(&values, n, w));
+    }
+
+    #[test]
+    fn appending_parts_equals_the_whole() {
+        let (n, w) = (45, 11);
+        let values: Vec<f32> = (0..n * w).map(|i| i as f32).collect();
+        let mut cols: Vec<Vec<f32>> = vec![Vec::new(); w];
+        for (r0, r1) in [(0, 13), (13, 14), (14, 30), (30, 45)] {
+            append(&values[r0 * w..r1 * w], r1 - r0, w, &mut cols);
+        }
         assert_eq!(cols, columns(&values, n, w));
     }
 }
