@@ -12,7 +12,9 @@
 //!    from a model file and PyTorch weights, run offline over whole sequences or streamed
 //!    step by step with per-key state in an arena;
 //! 3. [`record`]: what flows through the dataflow (columnar step and output batches,
-//!    rejects, counters) and the stable key hash that routes keys;
+//!    rejects, counters) and the stable key hash that routes keys; [`parquet_out`]:
+//!    predictions to Parquet with the fewest copies (typed column writers, each prediction
+//!    column's codec kept only where it pays);
 //! 4. [`input`]: the one input layer: file plans and readers, live line readers, column
 //!    mapping, normalization and the NaN policy, routing; [`sink`]: output writers;
 //!    [`latency`]: the latency histogram; [`checkpoint`]: checkpoint folders, manifests

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float32Array, RecordBatch};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, ZstdLevel};
@@ -36,7 +36,7 @@ use parquet::errors::{ParquetError, Result};
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::ColumnPath;
+use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use crate::vocab::Compression as Codec;
 
@@ -71,13 +71,16 @@ enum State {
         /// Makes the key and time columns' Arrow writers, row group by row group.
         head: ArrowRowGroupWriterFactory,
     },
-    /// Finished, or failed while opening.
+    /// Finished, or failed: nothing more can be written.
     Closed,
 }
 
 /// A Parquet file of predictions: key, time, then `width` required Float32 columns.
 pub struct PredictionWriter {
     schema: SchemaRef,
+    /// The Parquet schema of `schema`, converted once (a type Parquet cannot hold is
+    /// refused when the writer is made, not at its first row group).
+    parquet: SchemaDescriptor,
     /// The key and time fields alone: what the Arrow column writers cover.
     head_schema: SchemaRef,
     layout: Layout,
@@ -92,17 +95,30 @@ pub struct PredictionWriter {
 }
 
 impl PredictionWriter {
-    /// A writer of `schema` (key, time, then Float32 columns) into `file`, which must be
-    /// empty and positioned at its start.
+    /// A writer of `schema` (key, time, then required Float32 columns) into `file`, which
+    /// must be empty and positioned at its start.
     pub fn new(file: File, schema: SchemaRef, layout: Layout) -> Result<PredictionWriter> {
-        let width = schema
-            .fields()
-            .len()
-            .checked_sub(2)
-            .ok_or_else(|| ParquetError::General("an output has a key and a time column".into()))?;
-        let head_schema = Arc::new(Schema::new(schema.fields()[..2].to_vec()));
+        let fields = schema.fields();
+        if fields.len() < 2 {
+            return Err(general("an output has a key and a time column"));
+        }
+        if let Some(f) = fields[2..]
+            .iter()
+            .find(|f| f.data_type() != &DataType::Float32 || f.is_nullable())
+        {
+            return Err(general(&format!(
+                "prediction column `{}` is {}{}, not a required Float32",
+                f.name(),
+                if f.is_nullable() { "nullable " } else { "" },
+                f.data_type()
+            )));
+        }
+        let parquet = ArrowSchemaConverter::new().convert(&schema)?;
+        let head_schema = Arc::new(Schema::new(fields[..2].to_vec()));
+        let width = fields.len() - 2;
         Ok(PredictionWriter {
             schema,
+            parquet,
             head_schema,
             layout: Layout {
                 row_group_rows: layout.row_group_rows.max(1),
@@ -119,11 +135,22 @@ impl PredictionWriter {
 
     /// Appends `n` rows: their keys and times, and `values` row-major (`n` x width).
     pub fn write(&mut self, keys: &ArrayRef, times: &ArrayRef, values: &[f32]) -> Result<()> {
+        if matches!(self.state, State::Closed) {
+            return Err(closed());
+        }
         let n = keys.len();
         let width = self.columns.len();
+        if times.len() != n || values.len() != n * width {
+            return Err(general(&format!(
+                "{n} keys, {} times and {} values for {width} outputs per row",
+                times.len(),
+                values.len()
+            )));
+        }
         let mut done = 0;
         while done < n {
             let take = (self.layout.row_group_rows - self.rows).min(n - done);
+            self.make_room(take);
             self.keys.push(keys.slice(done, take));
             self.times.push(times.slice(done, take));
             crate::kernels::transpose::append(
@@ -143,18 +170,23 @@ impl PredictionWriter {
 
     /// Appends a record batch of the output's schema (a resumed run's committed rows).
     pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if matches!(self.state, State::Closed) {
+            return Err(closed());
+        }
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(general("a batch of another schema than the output's"));
+        }
         let n = batch.num_rows();
         let mut done = 0;
         while done < n {
             let take = (self.layout.row_group_rows - self.rows).min(n - done);
+            self.make_room(take);
             let part = batch.slice(done, take);
             self.keys.push(part.column(0).clone());
             self.times.push(part.column(1).clone());
             for (col, array) in self.columns.iter_mut().zip(&part.columns()[2..]) {
-                let floats = array
-                    .as_any()
-                    .downcast_ref::<Float32Array>()
-                    .ok_or_else(|| ParquetError::General("a prediction column is not Float32".into()))?;
+                // The schema was checked: these are Float32 columns.
+                let floats = array.as_any().downcast_ref::<Float32Array>().expect("Float32");
                 col.extend_from_slice(floats.values());
             }
             self.rows += take;
@@ -166,11 +198,32 @@ impl PredictionWriter {
         Ok(())
     }
 
-    /// Writes the rows gathered so far as a row group (nothing when there are none).
+    /// Room for `more` rows in every column: doubling, but never past a row group, so a
+    /// full row group holds `row_group_rows` values per column and no more.
+    fn make_room(&mut self, more: usize) {
+        let need = self.rows + more;
+        for col in &mut self.columns {
+            if col.capacity() < need {
+                let grown = need.max(2 * col.capacity()).min(self.layout.row_group_rows);
+                col.reserve_exact(grown - col.len());
+            }
+        }
+    }
+
+    /// Writes the rows gathered so far as a row group (nothing when there are none). After
+    /// a failure the writer is closed: the file is abandoned, never finished.
     pub fn flush(&mut self) -> Result<()> {
         if self.rows == 0 {
             return Ok(());
         }
+        let r = self.write_row_group();
+        if r.is_err() {
+            self.state = State::Closed;
+        }
+        r
+    }
+
+    fn write_row_group(&mut self) -> Result<()> {
         self.open()?;
         let State::Open { writer, head } = &mut self.state else {
             return Err(closed());
@@ -195,7 +248,7 @@ impl PredictionWriter {
         for col in &mut self.columns {
             let mut c = rg
                 .next_column()?
-                .ok_or_else(|| ParquetError::General("more prediction columns than the schema's".into()))?;
+                .ok_or_else(|| general("more prediction columns than the schema's"))?;
             c.typed::<FloatType>().write_batch(col, None, None)?;
             c.close()?;
             col.clear();
@@ -222,6 +275,28 @@ impl PredictionWriter {
             State::Open { writer, .. } => writer.flushed_row_groups(),
             _ => &[],
         }
+    }
+
+    /// The footer (file metadata, its length, the magic) that makes the row groups flushed
+    /// so far a complete file when appended after them: what a checkpoint records.
+    pub fn footer(&self) -> Result<Vec<u8>> {
+        use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
+        let row_groups = self.flushed_row_groups();
+        let rows = row_groups.iter().map(|r| r.num_rows()).sum();
+        let meta = FileMetaData::new(
+            1,
+            rows,
+            Some("seqflow checkpoint".into()),
+            None,
+            Arc::new(self.parquet.clone()),
+            None,
+        );
+        let meta = ParquetMetaData::new(meta, row_groups.to_vec());
+        let mut out = Vec::new();
+        ParquetMetaDataWriter::new(&mut out, &meta)
+            .with_preserve_page_index_locations(false)
+            .finish()?;
+        Ok(out)
     }
 
     /// Writes the last row group and the footer.
@@ -275,8 +350,7 @@ impl PredictionWriter {
         }
         let mut props = props.build();
         add_encoded_arrow_schema_to_metadata(&self.schema, &mut props);
-        let parquet = ArrowSchemaConverter::new().convert(&self.schema)?;
-        let writer = SerializedFileWriter::new(file, parquet.root_schema_ptr(), Arc::new(props))?;
+        let writer = SerializedFileWriter::new(file, self.parquet.root_schema_ptr(), Arc::new(props))?;
         let head = ArrowRowGroupWriterFactory::new(&writer, self.head_schema.clone());
         self.state = State::Open {
             writer: Box::new(writer),
@@ -286,8 +360,12 @@ impl PredictionWriter {
     }
 }
 
+fn general(msg: &str) -> ParquetError {
+    ParquetError::General(msg.into())
+}
+
 fn closed() -> ParquetError {
-    ParquetError::General("the Parquet writer is closed".into())
+    general("the Parquet writer is closed (finished, or failed earlier)")
 }
 
 /// Whether `codec` shrinks the first values of a column by at least
@@ -309,7 +387,7 @@ fn pays(codec: Codec, values: &[f32]) -> bool {
 mod tests {
     use super::*;
     use arrow::array::{Date32Array, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field};
+    use arrow::datatypes::Field;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
@@ -475,5 +553,77 @@ mod tests {
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
         assert_eq!(reader.schema(), &schema);
         assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+    }
+
+    #[test]
+    fn bad_batches_and_failed_writes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let schema = schema(DataType::Int64, DataType::Int64, 2);
+        let k: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let t: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let mut w = PredictionWriter::new(
+            File::create(&path).unwrap(),
+            schema.clone(),
+            layout(2, Codec::Snappy),
+        )
+        .unwrap();
+        let e = w.write(&k, &t, &[0.0; 6]).unwrap_err().to_string();
+        assert!(e.contains("3 keys, 2 times and 6 values for 2 outputs"), "{e}");
+        let nullable = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("y", DataType::Float32, true),
+        ]));
+        let e = PredictionWriter::new(File::create(&path).unwrap(), nullable, layout(2, Codec::Snappy))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`y` is nullable Float32"), "{e}");
+
+        // A file that cannot be written: the row group fails (its pages are larger than the
+        // writer's buffer), and so does all that follows.
+        std::fs::write(&path, b"").unwrap();
+        let read_only = File::open(&path).unwrap();
+        let mut w = PredictionWriter::new(read_only, schema, layout(4096, Codec::None)).unwrap();
+        let k: ArrayRef = Arc::new(Int64Array::from_iter_values(0..4096));
+        let values = noise(2 * 4096, 5);
+        let e = w.write(&k, &k, &values).unwrap_err().to_string();
+        assert!(e.contains("Bad file descriptor"), "{e}");
+        let e = w.write(&k, &k, &values).unwrap_err().to_string();
+        assert!(e.contains("failed earlier"), "{e}");
+        assert!(w.close().is_err());
+    }
+
+    /// What a checkpoint does (flush, sync, measure, footer), before any row and after
+    /// some: the committed bytes plus the footer read back as the rows written so far.
+    #[test]
+    fn synced_bytes_and_footer_are_a_complete_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let schema = schema(DataType::Int64, DataType::Int64, 3);
+        let file = File::create(&path).unwrap();
+        let measure = file.try_clone().unwrap();
+        let mut w = PredictionWriter::new(file, schema, layout(1000, Codec::Snappy)).unwrap();
+        let check = |w: &mut PredictionWriter, rows: i64| {
+            w.flush().unwrap();
+            w.sync().unwrap();
+            let len = measure.metadata().unwrap().len() as usize;
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.truncate(len);
+            bytes.extend(w.footer().unwrap());
+            let copy = path.with_extension("committed");
+            std::fs::write(&copy, bytes).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&copy).unwrap()).unwrap();
+            assert_eq!(reader.metadata().file_metadata().num_rows(), rows);
+            let read: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+            assert_eq!(read as i64, rows);
+        };
+        check(&mut w, 0);
+        let k: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1500));
+        w.write(&k, &k, &noise(4500, 9)).unwrap();
+        check(&mut w, 1500);
+        w.write(&k, &k, &noise(4500, 10)).unwrap();
+        check(&mut w, 3000);
     }
 }

@@ -31,7 +31,7 @@ pub struct OutputFile {
     pub path: Option<PathBuf>,
     /// Parquet rows per row group (buffered in memory until full).
     pub row_group_rows: usize,
-    /// Parquet compression.
+    /// Parquet compression (of each prediction column only where it pays: `parquet_out`).
     pub compression: crate::vocab::Compression,
     /// Parquet: min/max statistics for the prediction columns too (the key and time columns
     /// always have them, for readers that skip row groups by key or time).
@@ -357,10 +357,7 @@ impl Sink {
         let footer = match self.writer.as_mut().expect("sink is open") {
             Writer::Parquet(w) => {
                 w.sync().map_err(|e| out_err(&path, e))?;
-                Some(
-                    parquet_footer(&self.arrow_schema, w.flushed_row_groups())
-                        .map_err(|e| out_err(&path, e))?,
-                )
+                Some(w.footer().map_err(|e| out_err(&path, e))?)
             }
             _ => None,
         };
@@ -551,31 +548,6 @@ impl Sink {
         };
         self.checked(r)
     }
-}
-
-/// The Parquet footer (file metadata, its length, the magic) that makes the row groups
-/// flushed so far a complete file when appended after them.
-fn parquet_footer(
-    schema: &SchemaRef,
-    row_groups: &[parquet::file::metadata::RowGroupMetaData],
-) -> parquet::errors::Result<Vec<u8>> {
-    use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataWriter};
-    let descr = parquet::arrow::ArrowSchemaConverter::new().convert(schema)?;
-    let rows = row_groups.iter().map(|r| r.num_rows()).sum();
-    let meta = FileMetaData::new(
-        1,
-        rows,
-        Some("seqflow checkpoint".into()),
-        None,
-        Arc::new(descr),
-        None,
-    );
-    let meta = ParquetMetaData::new(meta, row_groups.to_vec());
-    let mut out = Vec::new();
-    ParquetMetaDataWriter::new(&mut out, &meta)
-        .with_preserve_page_index_locations(false)
-        .finish()?;
-    Ok(out)
 }
 
 /// The rejects file: one JSON object per rejected step.

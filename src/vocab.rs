@@ -161,7 +161,9 @@ impl LineFormat {
     }
 }
 
-/// Parquet compression of an output.
+/// Parquet compression of an output: the key and time columns always get it; a prediction
+/// column only when it shrinks the column's first values by 3% or more
+/// (`parquet_out::MIN_SAVING_PERCENT`), else that column is stored uncompressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
