@@ -123,6 +123,10 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                 let mut written = 0u64;
                 let mut passthrough: Vec<SinkMsg> = Vec::new();
                 let mut out: Vec<SinkMsg> = Vec::new();
+                // One epoch per activation: its predictions go downstream (to the writer
+                // thread) while the next is computed, instead of several epochs' worth at
+                // once, each tens of MB for a wide output, fresh pages every one.
+                let again = worker.activator_for(info.address.clone());
                 move |(input, frontier), output| {
                     input.for_each_stamp(|cap, data| {
                         let Some(&time) = cap.least() else { return };
@@ -177,6 +181,19 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                 let mut session = output.session(&cap);
                                 for m in out.drain(..) {
                                     session.give((0, m));
+                                }
+                                if stash.keys().next().is_some_and(|e| !frontier.less_equal(e)) {
+                                    // More epochs are ready: the rest of this activation
+                                    // (the end of input among it) waits for them. The
+                                    // final counters' capability follows the input, so
+                                    // the epoch just done is complete downstream now.
+                                    if let (Some(cap), Some(t)) =
+                                        (final_cap.as_mut(), frontier.frontier().as_option())
+                                    {
+                                        cap.downgrade(t);
+                                    }
+                                    again.activate();
+                                    return;
                                 }
                             }
                             _ => break,
