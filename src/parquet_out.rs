@@ -60,6 +60,13 @@ pub struct Layout {
     pub codec: Codec,
     /// Min/max statistics for the prediction columns too.
     pub statistics: bool,
+    /// The file will replace an existing one when the run commits. Its row groups are
+    /// then sent to disk as they are written: ext4 writes a file renamed over another out
+    /// before the rename returns (`auto_da_alloc`), and a run's whole output at once was a
+    /// stall at the end (0.38 s for 525 MB, a third of the run). A new name costs nothing
+    /// at the rename, and the kernel writes the file out after the run, so nothing is sent
+    /// early then.
+    pub replaces: bool,
 }
 
 /// The file, before and after its writer exists.
@@ -92,6 +99,8 @@ pub struct PredictionWriter {
     rows: usize,
     /// Row groups written (the key and time writers are numbered by it).
     row_groups: usize,
+    /// Bytes of the file sent to disk ([`Layout::replaces`]).
+    sent: u64,
 }
 
 impl PredictionWriter {
@@ -130,6 +139,7 @@ impl PredictionWriter {
             columns: vec![Vec::new(); width],
             rows: 0,
             row_groups: 0,
+            sent: 0,
         })
     }
 
@@ -256,6 +266,12 @@ impl PredictionWriter {
         rg.close()?;
         self.rows = 0;
         self.row_groups += 1;
+        if self.layout.replaces {
+            writer.flush()?;
+            let end = writer.bytes_written() as u64;
+            send_to_disk(writer.inner(), self.sent, end - self.sent);
+            self.sent = end;
+        }
         Ok(())
     }
 
@@ -360,6 +376,27 @@ impl PredictionWriter {
     }
 }
 
+/// Starts writing `len` bytes of `file` from `from` to disk, without waiting for them. A
+/// failure is not reported here: this only moves work earlier (an I/O error surfaces where
+/// it would have).
+fn send_to_disk(file: &File, from: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, len);
+}
+
 fn general(msg: &str) -> ParquetError {
     ParquetError::General(msg.into())
 }
@@ -402,6 +439,7 @@ mod tests {
             row_group_rows,
             codec,
             statistics: false,
+            replaces: false,
         }
     }
 
@@ -442,7 +480,11 @@ mod tests {
         let mut w = PredictionWriter::new(
             File::create(&path).unwrap(),
             schema.clone(),
-            layout(1000, Codec::Snappy),
+            // As when replacing an earlier output: row groups are sent to disk as they come.
+            Layout {
+                replaces: true,
+                ..layout(1000, Codec::Snappy)
+            },
         )
         .unwrap();
         let n = 2600;

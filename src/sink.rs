@@ -301,6 +301,7 @@ impl Sink {
                     row_group_rows: cfg.row_group_rows,
                     codec: cfg.compression,
                     statistics: cfg.statistics,
+                    replaces: cfg.path.as_ref().is_some_and(|p| p.exists()),
                 };
                 let w = PredictionWriter::new(f, arrow_schema.clone(), layout)
                     .map_err(|e| out_err(&display, e))?;
