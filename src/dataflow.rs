@@ -187,10 +187,15 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                     // (the end of input among it) waits for them. The
                                     // final counters' capability follows the input, so
                                     // the epoch just done is complete downstream now.
-                                    if let (Some(cap), Some(t)) =
-                                        (final_cap.as_mut(), frontier.frontier().as_option())
-                                    {
-                                        cap.downgrade(t);
+                                    // Checkpoint parts written meanwhile are announced
+                                    // now: the collector commits a checkpoint only once
+                                    // every worker's part is in.
+                                    drop(session);
+                                    if let Some(cap) = final_cap.as_mut() {
+                                        if let Some(t) = frontier.frontier().as_option() {
+                                            cap.downgrade(t);
+                                        }
+                                        writes.send_done(cap, output);
                                     }
                                     again.activate();
                                     return;

@@ -51,6 +51,9 @@ const PROBE_VALUES: usize = 16_384;
 /// row group can be a handful of rows).
 const MIN_PROBE_VALUES: usize = 1_024;
 
+/// A replacing output is sent to disk in pieces of at least this many bytes.
+const SEND_BYTES: u64 = 8 << 20;
+
 /// How the output is laid out: the part of the sink's configuration Parquet needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
@@ -267,10 +270,14 @@ impl PredictionWriter {
         self.rows = 0;
         self.row_groups += 1;
         if self.layout.replaces {
+            // Whole pages, 8 MB at least: a live run writes a small row group every epoch,
+            // and a page sent while half written would be dirtied (and waited on) again.
             writer.flush()?;
-            let end = writer.bytes_written() as u64;
-            send_to_disk(writer.inner(), self.sent, end - self.sent);
-            self.sent = end;
+            let end = writer.bytes_written() as u64 & !4095;
+            if end >= self.sent + SEND_BYTES {
+                send_to_disk(writer.inner(), self.sent, end - self.sent);
+                self.sent = end;
+            }
         }
         Ok(())
     }
@@ -385,12 +392,7 @@ fn send_to_disk(file: &File, from: u64, len: u64) {
         use std::os::fd::AsRawFd;
         // SAFETY: a valid open descriptor; the call reads no memory of ours.
         unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+            libc::sync_file_range(file.as_raw_fd(), from as _, len as _, libc::SYNC_FILE_RANGE_WRITE);
         }
     }
     #[cfg(not(target_os = "linux"))]

@@ -301,7 +301,11 @@ impl Sink {
                     row_group_rows: cfg.row_group_rows,
                     codec: cfg.compression,
                     statistics: cfg.statistics,
-                    replaces: cfg.path.as_ref().is_some_and(|p| p.exists()),
+                    // Anything at the path, a dangling link too, is replaced by the rename.
+                    replaces: cfg
+                        .path
+                        .as_ref()
+                        .is_some_and(|p| std::fs::symlink_metadata(p).is_ok()),
                 };
                 let w = PredictionWriter::new(f, arrow_schema.clone(), layout)
                     .map_err(|e| out_err(&display, e))?;

@@ -857,3 +857,59 @@ fn a_run_failed_inside_a_large_row_group_resumes_from_inside_a_part() {
         );
     }
 }
+
+#[test]
+fn checkpoints_commit_while_the_run_goes_not_only_at_its_end() {
+    // 120 epochs of 30 rows through a model slow enough that the reader (on its own thread)
+    // keeps several epochs queued, a checkpoint after each epoch, and a NaN (refused) in
+    // epoch 110. A checkpoint is committed once every worker's part is in: the parts must be
+    // announced while epochs are still queued (the worker takes one per activation), or the
+    // failed run keeps none from late in its input.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let mut rows = Vec::new();
+    for t in 0..600i64 {
+        for k in 0..6i64 {
+            let bad = rows.len() == 3300;
+            rows.push(Row {
+                key: format!("k{k}"),
+                time: t,
+                feats: vec![
+                    if bad {
+                        f32::NAN
+                    } else {
+                        (t as f32 * 0.1 + k as f32).sin()
+                    },
+                    0.5,
+                ],
+            });
+        }
+    }
+    write_parquet_pages(&d.join("in/all.parquet"), &rows, rows.len(), Some(60));
+    save_model(
+        d,
+        &ModelBuilder::new(2, 5)
+            .recurrent("lstm", "lstm", 96, 2)
+            .linear("head", 1),
+    );
+    write_pipeline(
+        d,
+        "p.toml",
+        "[source]\nformat = \"parquet\"\npath = \"in\"\nkey = \"key\"\ntime = \"t\"\n\
+         features = [\"f0\", \"f1\"]\nbatch_rows = 30\n[model]\npath = \"m.toml\"\n\
+         [output]\nformat = \"csv\"\npath = \"out/pred.csv\"\n\
+         [checkpoint]\ndir = \"state\"\nevery_epochs = 1\nkeep = 3\n",
+    );
+    let o = run_in(d, &["run", "p.toml", "-w", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let (ckpt, _) = newest(d);
+    let name = ckpt.file_name().unwrap().to_str().unwrap().to_string();
+    let boundary: u64 = name.trim_start_matches("ckpt-").parse().unwrap();
+    // Epochs are numbered row group << 32 | batch: the bad row is in batch 110 of the one
+    // row group.
+    assert!(
+        (90..=110).contains(&boundary),
+        "{name}: the last checkpoint before the bad row is near it"
+    );
+}
