@@ -178,6 +178,8 @@ impl<'scope> KeyedModel<'scope> for StreamVec<'scope, u64, Inbound> {
                                 let (cap, batches) = stash.remove(&e).expect("an epoch");
                                 let refs: Vec<&StepBatch> = batches.iter().collect();
                                 processor.process_epoch(&refs, &mut out);
+                                drop(refs);
+                                batches.into_iter().for_each(StepBatch::recycle);
                                 let mut session = output.session(&cap);
                                 for m in out.drain(..) {
                                     session.give((0, m));

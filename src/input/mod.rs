@@ -57,7 +57,7 @@ impl Routed {
                 KeyRef::Str(_) => KeyColumn::empty_str(),
             };
             self.batches = (0..self.peers)
-                .map(|_| StepBatch::new(self.source, proto.new_like()))
+                .map(|_| StepBatch::reuse(self.source, &proto))
                 .collect();
         }
         let b = &mut self.batches[key.route(self.peers)];
