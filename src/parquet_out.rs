@@ -1,10 +1,11 @@
 //! Predictions to Parquet, with as few passes over the values as the format allows.
 //!
 //! Why not arrow-rs' `ArrowWriter`: it writes every primitive column through a gather by
-//! index (`write_gather`), so each prediction was copied into a fresh index vector's order
-//! before being encoded, even in columns without nulls; and it compresses every column with
-//! the file's codec, though float predictions are noise to snappy (a wide LSTM output came
-//! out 0.01% *larger* compressed, for 0.15 s of a 1 s run's writer thread). Here:
+//! index (`write_gather`): a vector of all the column's indices is built, then every value
+//! is copied by index into a fresh vector before being encoded, even in columns without
+//! nulls. And it compresses every column with the file's codec, though float predictions are
+//! noise to snappy (a wide LSTM output came out 0.01% *larger* compressed, for 0.15 s of a
+//! 1 s run's writer thread). Here:
 //!
 //! - A row group's predictions are kept as columns: each batch's row-major values are
 //!   transposed once, straight into the row group's column buffers (`kernels::transpose`).
@@ -19,6 +20,9 @@
 //!   [`MIN_SAVING_PERCENT`] is stored uncompressed in the whole file. (Parquet records the
 //!   codec per column chunk, and every reader honours it.) A first row group of fewer than
 //!   1,024 rows tells too little, and every column keeps the codec.
+//!
+//! - A file that will replace another sends its row groups to disk as they are written
+//!   ([`Layout::replaces`]).
 //!
 //! The file writer is therefore created at the first row group (or at the first checkpoint
 //! or close, whichever comes first); until then the file is empty.
