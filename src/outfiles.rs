@@ -358,3 +358,19 @@ pub fn read_regular_string(path: &Path) -> Result<String> {
 pub fn is_broken_pipe(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::BrokenPipe
 }
+
+/// Starts writing `len` bytes of `file` from `from` to disk, without waiting for them. A
+/// failure is not reported here: this only moves work earlier (an I/O error surfaces where
+/// it would have).
+pub fn send_to_disk(file: &File, from: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from as _, len as _, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, len);
+}

@@ -21,9 +21,6 @@
 //!   codec per column chunk, and every reader honours it.) A first row group of fewer than
 //!   1,024 rows tells too little, and every column keeps the codec.
 //!
-//! - A file that will replace another sends its row groups to disk as they are written
-//!   ([`Layout::replaces`]).
-//!
 //! The file writer is therefore created at the first row group (or at the first checkpoint
 //! or close, whichever comes first); until then the file is empty.
 
@@ -55,9 +52,6 @@ const PROBE_VALUES: usize = 16_384;
 /// row group can be a handful of rows).
 const MIN_PROBE_VALUES: usize = 1_024;
 
-/// A replacing output is sent to disk in pieces of at least this many bytes.
-const SEND_BYTES: u64 = 8 << 20;
-
 /// How the output is laid out: the part of the sink's configuration Parquet needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
@@ -67,13 +61,6 @@ pub struct Layout {
     pub codec: Codec,
     /// Min/max statistics for the prediction columns too.
     pub statistics: bool,
-    /// The file will replace an existing one when the run commits. Its row groups are
-    /// then sent to disk as they are written: ext4 writes a file renamed over another out
-    /// before the rename returns (`auto_da_alloc`), and a run's whole output at once was a
-    /// stall at the end (0.38 s for 525 MB, a third of the run). A new name costs nothing
-    /// at the rename, and the kernel writes the file out after the run, so nothing is sent
-    /// early then.
-    pub replaces: bool,
 }
 
 /// The file, before and after its writer exists.
@@ -106,8 +93,6 @@ pub struct PredictionWriter {
     rows: usize,
     /// Row groups written (the key and time writers are numbered by it).
     row_groups: usize,
-    /// Bytes of the file sent to disk ([`Layout::replaces`]).
-    sent: u64,
 }
 
 impl PredictionWriter {
@@ -146,7 +131,6 @@ impl PredictionWriter {
             columns: vec![Vec::new(); width],
             rows: 0,
             row_groups: 0,
-            sent: 0,
         })
     }
 
@@ -273,16 +257,9 @@ impl PredictionWriter {
         rg.close()?;
         self.rows = 0;
         self.row_groups += 1;
-        if self.layout.replaces {
-            // Whole pages, 8 MB at least: a live run writes a small row group every epoch,
-            // and a page sent while half written would be dirtied (and waited on) again.
-            writer.flush()?;
-            let end = writer.bytes_written() as u64 & !4095;
-            if end >= self.sent + SEND_BYTES {
-                send_to_disk(writer.inner(), self.sent, end - self.sent);
-                self.sent = end;
-            }
-        }
+        // The row group reaches the file now (not at the next one): a replacing output is
+        // sent to disk as the file grows (`Sink`).
+        writer.flush()?;
         Ok(())
     }
 
@@ -387,22 +364,6 @@ impl PredictionWriter {
     }
 }
 
-/// Starts writing `len` bytes of `file` from `from` to disk, without waiting for them. A
-/// failure is not reported here: this only moves work earlier (an I/O error surfaces where
-/// it would have).
-fn send_to_disk(file: &File, from: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; the call reads no memory of ours.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), from as _, len as _, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, from, len);
-}
-
 fn general(msg: &str) -> ParquetError {
     ParquetError::General(msg.into())
 }
@@ -445,7 +406,6 @@ mod tests {
             row_group_rows,
             codec,
             statistics: false,
-            replaces: false,
         }
     }
 
@@ -486,11 +446,7 @@ mod tests {
         let mut w = PredictionWriter::new(
             File::create(&path).unwrap(),
             schema.clone(),
-            // As when replacing an earlier output: row groups are sent to disk as they come.
-            Layout {
-                replaces: true,
-                ..layout(1000, Codec::Snappy)
-            },
+            layout(1000, Codec::Snappy),
         )
         .unwrap();
         let n = 2600;

@@ -153,9 +153,21 @@ pub struct Sink {
     display: PathBuf,
     /// A second handle on the output file: synced and measured at checkpoints.
     file: Option<File>,
+    /// An output that will replace an existing file when the run commits: the bytes of it
+    /// sent to disk so far. ext4 writes a file renamed over another out before the rename
+    /// returns (`auto_da_alloc`), and a run's whole output at once was a stall at its end
+    /// (0.38 s for 525 MB of Parquet, a third of the run), so such a file is sent to disk
+    /// as it grows. A new name costs nothing at the rename, and the kernel writes the file
+    /// out after the run: nothing is sent early then (`None`).
+    early: Option<u64>,
     /// Rows written.
     pub rows: u64,
 }
+
+/// A replacing output is sent to disk in whole pages, this many bytes at least: a live run
+/// writes a little every epoch, and a page sent while half written is dirtied (and waited
+/// on) again.
+const SEND_BYTES: u64 = 8 << 20;
 
 /// What a checkpoint records of an output: its committed length and rows, and for Parquet
 /// the footer that makes those bytes a complete file.
@@ -301,11 +313,6 @@ impl Sink {
                     row_group_rows: cfg.row_group_rows,
                     codec: cfg.compression,
                     statistics: cfg.statistics,
-                    // Anything at the path, a dangling link too, is replaced by the rename.
-                    replaces: cfg
-                        .path
-                        .as_ref()
-                        .is_some_and(|p| std::fs::symlink_metadata(p).is_ok()),
                 };
                 let w = PredictionWriter::new(f, arrow_schema.clone(), layout)
                     .map_err(|e| out_err(&display, e))?;
@@ -349,6 +356,13 @@ impl Sink {
             writer: Some(writer),
             health,
             display,
+            // Anything at the path, a dangling link too, is replaced by the rename.
+            early: (sync.is_some()
+                && cfg
+                    .path
+                    .as_ref()
+                    .is_some_and(|p| std::fs::symlink_metadata(p).is_ok()))
+            .then_some(0),
             file: sync,
             rows: 0,
         })
@@ -408,6 +422,7 @@ impl Sink {
             health: None,
             display: PathBuf::from("-"),
             file: None,
+            early: None,
             rows: 0,
         }
     }
@@ -480,7 +495,22 @@ impl Sink {
             return Ok(());
         }
         let r = self.write_batch(b);
-        self.checked(r)
+        self.checked(r)?;
+        self.send_early();
+        Ok(())
+    }
+
+    /// A replacing output's bytes written since the last send, to disk (see `early`).
+    fn send_early(&mut self) {
+        let (Some(sent), Some(file)) = (self.early.as_mut(), self.file.as_ref()) else {
+            return;
+        };
+        let Ok(meta) = file.metadata() else { return };
+        let end = meta.len() & !4095;
+        if end >= *sent + SEND_BYTES {
+            crate::outfiles::send_to_disk(file, *sent, end - *sent);
+            *sent = end;
+        }
     }
 
     fn write_batch(&mut self, b: &OutBatch) -> Result<()> {
@@ -519,7 +549,9 @@ impl Sink {
             Writer::ArrowFile(w) => w.flush().map_err(|e| out_err(&path, e)),
             Writer::ArrowStream(w) => w.flush().map_err(|e| out_err(&path, e)),
         };
-        self.checked(r)
+        self.checked(r)?;
+        self.send_early();
+        Ok(())
     }
 
     /// Closes the file (Parquet footer written). It stays `PATH.partial` until the run's
@@ -919,5 +951,76 @@ impl SinkHandle {
             SinkHandle::Mqtt(s) => s.close(),
             SinkHandle::Kafka(s) => s.close(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::{Compression, FileFormat};
+
+    /// An output replacing a file is sent to disk as it grows, and comes out whole.
+    #[test]
+    fn a_replacing_output_is_sent_early_and_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        std::fs::write(&path, "the earlier run's output\n").unwrap();
+        let cfg = OutputFile {
+            format: FileFormat::Csv,
+            path: Some(path.clone()),
+            row_group_rows: 1000,
+            compression: Compression::Snappy,
+            statistics: false,
+        };
+        let schema = OutputSchema {
+            key_name: "k".into(),
+            key_type: DataType::Int64,
+            time_name: "t".into(),
+            time_type: DataType::Int64,
+            names: (0..8).map(|j| format!("y{j}")).collect(),
+        };
+        let outputs = Outputs::default();
+        let mut sink = Sink::create(&cfg, schema, &outputs).unwrap();
+        assert_eq!(sink.early, Some(0), "the path holds a file: it will be replaced");
+        let rows = 200_000;
+        for chunk in 0..4 {
+            let n = rows / 4;
+            let mut b = OutBatch::new(KeyColumn::Int(Vec::new()), 8);
+            for r in 0..n {
+                let row = chunk * n + r;
+                b.keys.push(crate::record::KeyRef::Int(row as i64 % 7));
+                b.times.push(row as i64);
+                b.values.extend((0..8).map(|j| (row * 8 + j) as f32 * 0.001));
+            }
+            sink.write(&b).unwrap();
+        }
+        let sent = sink.early.unwrap();
+        assert!(sent >= SEND_BYTES && sent % 4096 == 0, "sent {sent} bytes early");
+        sink.close().unwrap();
+        outputs.commit().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), rows + 1);
+        assert_eq!(lines[0], "k,t,y0,y1,y2,y3,y4,y5,y6,y7");
+        assert_eq!(
+            lines[rows],
+            format!(
+                "{},{},{}",
+                (rows - 1) % 7,
+                rows - 1,
+                (0..8)
+                    .map(|j| format!("{}", ((rows - 1) * 8 + j) as f32 * 0.001))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        );
+
+        // A new name: nothing is sent early.
+        let fresh = OutputFile {
+            path: Some(dir.path().join("new.csv")),
+            ..cfg
+        };
+        let sink = Sink::create(&fresh, sink.schema.clone(), &outputs).unwrap();
+        assert_eq!(sink.early, None);
     }
 }
