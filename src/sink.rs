@@ -995,7 +995,10 @@ mod tests {
             sink.write(&b).unwrap();
         }
         let sent = sink.early.unwrap();
-        assert!(sent >= SEND_BYTES && sent.is_multiple_of(4096), "sent {sent} bytes early");
+        assert!(
+            sent >= SEND_BYTES && sent.is_multiple_of(4096),
+            "sent {sent} bytes early"
+        );
         sink.close().unwrap();
         outputs.commit().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
