@@ -149,7 +149,8 @@ impl KeyColumn {
         match self {
             KeyColumn::Int(v) => v.clear(),
             KeyColumn::Str { offsets, bytes } => {
-                offsets.truncate(1);
+                offsets.clear();
+                offsets.push(0);
                 bytes.clear();
             }
         }
@@ -241,6 +242,10 @@ static SPARE_STEPS: std::sync::Mutex<Vec<StepBatch>> = std::sync::Mutex::new(Vec
 /// Step batches kept for reuse at most.
 const SPARE_STEPS_MAX: usize = 8;
 
+/// A batch with room for more features than this is not kept: one outsized batch (a 16 MB
+/// MQTT payload at a wide input) would otherwise be held, and handed out, for good.
+const SPARE_STEPS_MAX_FEATURES: usize = 16 << 20;
+
 impl StepBatch {
     /// An empty batch from `source` with keys of the kind of `keys`: a recycled one (with
     /// its room) when there is one.
@@ -265,6 +270,9 @@ impl StepBatch {
         self.times.clear();
         self.features.clear();
         self.arrivals.clear();
+        if self.features.capacity() > SPARE_STEPS_MAX_FEATURES {
+            return;
+        }
         if let Ok(mut spares) = SPARE_STEPS.lock() {
             if spares.len() < SPARE_STEPS_MAX {
                 spares.push(self);

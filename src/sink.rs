@@ -250,6 +250,8 @@ impl Sink {
                 let file = outputs.adopt(path, commit.bytes)?;
                 let mut sink = Self::open(cfg, schema, Some(file), commit.bytes == 0)?;
                 sink.rows = commit.rows;
+                // The committed bytes were synced with the checkpoint: not sent again.
+                sink.early = sink.early.map(|_| commit.bytes & !4095);
                 sink
             }
         };
@@ -1025,5 +1027,6 @@ mod tests {
         };
         let sink = Sink::create(&fresh, sink.schema.clone(), &outputs).unwrap();
         assert_eq!(sink.early, None);
+        outputs.remove_all();
     }
 }

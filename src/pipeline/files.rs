@@ -215,6 +215,8 @@ fn run_with(
                             board.inputs(&b);
                         }
                         input.send((dest as u64, SourceMsg::Steps(b)));
+                    } else {
+                        b.recycle();
                     }
                 }
                 // Counters travel with their epoch, so a checkpoint holds exactly those

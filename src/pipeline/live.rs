@@ -310,6 +310,8 @@ fn run_with(
                                 }
                                 rows += b.len();
                                 input.send((dest as u64, SourceMsg::Steps(b)));
+                            } else {
+                                b.recycle();
                             }
                         }
                         if !lb.rejects.is_empty() {
