@@ -136,9 +136,6 @@ impl PredictionWriter {
 
     /// Appends `n` rows: their keys and times, and `values` row-major (`n` x width).
     pub fn write(&mut self, keys: &ArrayRef, times: &ArrayRef, values: &[f32]) -> Result<()> {
-        if matches!(self.state, State::Closed) {
-            return Err(closed());
-        }
         let n = keys.len();
         let width = self.columns.len();
         if times.len() != n || values.len() != n * width {
@@ -148,48 +145,48 @@ impl PredictionWriter {
                 values.len()
             )));
         }
+        self.append(keys, times, |columns, at, len| {
+            let rows = &values[at * width..(at + len) * width];
+            crate::kernels::transpose::append(rows, len, width, columns);
+        })
+    }
+
+    /// Appends a record batch of the output's schema (a resumed run's committed rows).
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(general("a batch of another schema than the output's"));
+        }
+        // The schema was checked: these are Float32 columns.
+        let floats: Vec<&Float32Array> = batch.columns()[2..]
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<Float32Array>().expect("Float32"))
+            .collect();
+        self.append(batch.column(0), batch.column(1), |columns, at, len| {
+            for (col, f) in columns.iter_mut().zip(&floats) {
+                col.extend_from_slice(&f.values()[at..at + len]);
+            }
+        })
+    }
+
+    /// Appends rows of `keys` and `times` (checked of one length), cut at row group ends;
+    /// `values(columns, at, len)` appends the predictions of rows `at..at + len`.
+    fn append(
+        &mut self,
+        keys: &ArrayRef,
+        times: &ArrayRef,
+        mut values: impl FnMut(&mut [Vec<f32>], usize, usize),
+    ) -> Result<()> {
+        if matches!(self.state, State::Closed) {
+            return Err(closed());
+        }
+        let n = keys.len();
         let mut done = 0;
         while done < n {
             let take = (self.layout.row_group_rows - self.rows).min(n - done);
             self.make_room(take);
             self.keys.push(keys.slice(done, take));
             self.times.push(times.slice(done, take));
-            crate::kernels::transpose::append(
-                &values[done * width..(done + take) * width],
-                take,
-                width,
-                &mut self.columns,
-            );
-            self.rows += take;
-            done += take;
-            if self.rows == self.layout.row_group_rows {
-                self.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends a record batch of the output's schema (a resumed run's committed rows).
-    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        if matches!(self.state, State::Closed) {
-            return Err(closed());
-        }
-        if batch.schema().fields() != self.schema.fields() {
-            return Err(general("a batch of another schema than the output's"));
-        }
-        let n = batch.num_rows();
-        let mut done = 0;
-        while done < n {
-            let take = (self.layout.row_group_rows - self.rows).min(n - done);
-            self.make_room(take);
-            let part = batch.slice(done, take);
-            self.keys.push(part.column(0).clone());
-            self.times.push(part.column(1).clone());
-            for (col, array) in self.columns.iter_mut().zip(&part.columns()[2..]) {
-                // The schema was checked: these are Float32 columns.
-                let floats = array.as_any().downcast_ref::<Float32Array>().expect("Float32");
-                col.extend_from_slice(floats.values());
-            }
+            values(&mut self.columns, done, take);
             self.rows += take;
             done += take;
             if self.rows == self.layout.row_group_rows {

@@ -441,41 +441,7 @@ impl Sink {
 
     /// Converts predictions to an Arrow batch with the output schema.
     pub fn to_record_batch(&self, b: &OutBatch) -> Result<RecordBatch> {
-        let (keys, times) = self.key_time(b)?;
-        let mut cols = vec![keys, times];
-        let columns = crate::kernels::transpose::columns(&b.values, b.len(), b.width);
-        cols.extend(
-            columns
-                .into_iter()
-                .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
-        );
-        RecordBatch::try_new(self.arrow_schema.clone(), cols).map_err(|e| out_err(&self.display, e))
-    }
-
-    /// The key and time columns of predictions, cast back to the input's types.
-    fn key_time(&self, b: &OutBatch) -> Result<(ArrayRef, ArrayRef)> {
-        let err = |e: arrow::error::ArrowError| out_err(&self.display, e);
-        let keys: ArrayRef = match &b.keys {
-            KeyColumn::Int(v) => Arc::new(Int64Array::from(v.clone())),
-            KeyColumn::Str { offsets, bytes } => Arc::new(StringArray::from_iter_values(
-                offsets.windows(2).map(|w| &bytes[w[0] as usize..w[1] as usize]),
-            )),
-        };
-        let keys = match (&self.schema.key_type, &b.keys) {
-            // u64 keys past i64::MAX travel as their bits.
-            (DataType::UInt64, KeyColumn::Int(v)) => Arc::new(arrow::array::UInt64Array::from_iter_values(
-                v.iter().map(|&k| k as u64),
-            )) as ArrayRef,
-            (t, _) => cast(&keys, t).map_err(err)?,
-        };
-        let times: ArrayRef = Arc::new(Int64Array::from(b.times.clone()));
-        let times = match &self.schema.time_type {
-            DataType::Date32 => {
-                cast(&cast(&times, &DataType::Int32).map_err(err)?, &DataType::Date32).map_err(err)?
-            }
-            t => cast(&times, t).map_err(err)?,
-        };
-        Ok((keys, times))
+        record_batch(&self.schema, &self.arrow_schema, &self.display, b)
     }
 
     /// The first error the text stream met, with the path.
@@ -516,24 +482,20 @@ impl Sink {
     }
 
     fn write_batch(&mut self, b: &OutBatch) -> Result<()> {
-        let path = self.display.clone();
-        if let Some(Writer::Parquet(_)) = &self.writer {
-            // Straight into the row group's columns: no Arrow batch of predictions.
-            let (keys, times) = self.key_time(b)?;
-            if let Some(Writer::Parquet(w)) = self.writer.as_mut() {
-                w.write(&keys, &times, &b.values[..b.len() * b.width])
-                    .map_err(|e| out_err(&path, e))?;
-            }
-            self.rows += b.len() as u64;
-            return Ok(());
-        }
-        let rb = self.to_record_batch(b)?;
+        let (schema, display) = (&self.schema, &self.display);
+        let batch = || record_batch(schema, &self.arrow_schema, display, b);
+        let err = |e: arrow::error::ArrowError| out_err(display, e);
         match self.writer.as_mut().expect("sink is open") {
-            Writer::Parquet(_) => unreachable!("written above"),
-            Writer::Csv(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
-            Writer::Json(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
-            Writer::ArrowFile(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
-            Writer::ArrowStream(w) => w.write(&rb).map_err(|e| out_err(&path, e))?,
+            // Straight into the row group's columns: no Arrow batch of predictions.
+            Writer::Parquet(w) => {
+                let (keys, times) = key_time(schema, display, b)?;
+                w.write(&keys, &times, &b.values[..b.len() * b.width])
+                    .map_err(|e| out_err(display, e))?
+            }
+            Writer::Csv(w) => w.write(&batch()?).map_err(err)?,
+            Writer::Json(w) => w.write(&batch()?).map_err(err)?,
+            Writer::ArrowFile(w) => w.write(&batch()?).map_err(err)?,
+            Writer::ArrowStream(w) => w.write(&batch()?).map_err(err)?,
         }
         self.rows += b.len() as u64;
         Ok(())
@@ -587,6 +549,51 @@ impl Sink {
         };
         self.checked(r)
     }
+}
+
+/// Predictions as an Arrow batch of the output's schema (`display` names the output in
+/// errors).
+fn record_batch(
+    schema: &OutputSchema,
+    arrow_schema: &SchemaRef,
+    display: &Path,
+    b: &OutBatch,
+) -> Result<RecordBatch> {
+    let (keys, times) = key_time(schema, display, b)?;
+    let mut cols = vec![keys, times];
+    let columns = crate::kernels::transpose::columns(&b.values, b.len(), b.width);
+    cols.extend(
+        columns
+            .into_iter()
+            .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
+    );
+    RecordBatch::try_new(arrow_schema.clone(), cols).map_err(|e| out_err(display, e))
+}
+
+/// The key and time columns of predictions, cast back to the input's types.
+fn key_time(schema: &OutputSchema, display: &Path, b: &OutBatch) -> Result<(ArrayRef, ArrayRef)> {
+    let err = |e: arrow::error::ArrowError| out_err(display, e);
+    let keys: ArrayRef = match &b.keys {
+        KeyColumn::Int(v) => Arc::new(Int64Array::from(v.clone())),
+        KeyColumn::Str { offsets, bytes } => Arc::new(StringArray::from_iter_values(
+            offsets.windows(2).map(|w| &bytes[w[0] as usize..w[1] as usize]),
+        )),
+    };
+    let keys = match (&schema.key_type, &b.keys) {
+        // u64 keys past i64::MAX travel as their bits.
+        (DataType::UInt64, KeyColumn::Int(v)) => Arc::new(arrow::array::UInt64Array::from_iter_values(
+            v.iter().map(|&k| k as u64),
+        )) as ArrayRef,
+        (t, _) => cast(&keys, t).map_err(err)?,
+    };
+    let times: ArrayRef = Arc::new(Int64Array::from(b.times.clone()));
+    let times = match &schema.time_type {
+        DataType::Date32 => {
+            cast(&cast(&times, &DataType::Int32).map_err(err)?, &DataType::Date32).map_err(err)?
+        }
+        t => cast(&times, t).map_err(err)?,
+    };
+    Ok((keys, times))
 }
 
 /// The rejects file: one JSON object per rejected step.
