@@ -148,17 +148,15 @@ fn report() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
         .join("criterion");
-    let median_ns = |path: String| -> Option<f64> {
-        let text = std::fs::read_to_string(dir.join(path)).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["median"]["point_estimate"].as_f64()
+    let json = |path: String| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(path)).ok()?).ok()
     };
+    let median_ns = |path: String| json(path)?["median"]["point_estimate"].as_f64();
     // The fastest sample: the like-for-like of the peak, itself the best of 5 (on a shared
     // machine the median carries other tenants' load: on a Zen 3 host, LSTM h128 at B = 64
     // had a 157 us median and a 121 us fastest sample in one run).
     let fastest_ns = |path: String| -> Option<f64> {
-        let text = std::fs::read_to_string(dir.join(path)).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let v = json(path)?;
         let (times, iters) = (v["times"].as_array()?, v["iters"].as_array()?);
         times
             .iter()

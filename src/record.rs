@@ -237,10 +237,7 @@ pub struct StepBatch {
 /// the reader thread's time on a 65,536-row epoch). Workers hand the batches of a processed
 /// epoch back here ([`StepBatch::recycle`]) and readers take them ([`StepBatch::reuse`]). A
 /// few at most: about what a run has in flight.
-static SPARE_STEPS: std::sync::Mutex<Vec<StepBatch>> = std::sync::Mutex::new(Vec::new());
-
-/// Step batches kept for reuse at most.
-const SPARE_STEPS_MAX: usize = 8;
+static SPARE_STEPS: Pool<StepBatch> = Pool::new(8);
 
 /// A batch with room for more features than this is not kept: one outsized batch (a 16 MB
 /// MQTT payload at a wide input) would otherwise be held, and handed out, for good.
@@ -250,11 +247,7 @@ impl StepBatch {
     /// An empty batch from `source` with keys of the kind of `keys`: a recycled one (with
     /// its room) when there is one.
     pub fn reuse(source: u32, keys: &KeyColumn) -> StepBatch {
-        let spare = SPARE_STEPS.lock().ok().and_then(|mut spares| {
-            let i = spares.iter().position(|b| b.keys.same_kind(keys))?;
-            Some(spares.swap_remove(i))
-        });
-        match spare {
+        match SPARE_STEPS.take_by(|spares| spares.iter().position(|b| b.keys.same_kind(keys))) {
             Some(mut b) => {
                 b.source = source;
                 b
@@ -270,13 +263,8 @@ impl StepBatch {
         self.times.clear();
         self.features.clear();
         self.arrivals.clear();
-        if self.features.capacity() > SPARE_STEPS_MAX_FEATURES {
-            return;
-        }
-        if let Ok(mut spares) = SPARE_STEPS.lock() {
-            if spares.len() < SPARE_STEPS_MAX {
-                spares.push(self);
-            }
+        if self.features.capacity() <= SPARE_STEPS_MAX_FEATURES {
+            SPARE_STEPS.give(self);
         }
     }
 
@@ -375,8 +363,45 @@ pub struct OutBatch {
 /// being filled while another is written.
 static SPARE_VALUES: Spares = Spares::new();
 
-/// A bounded pool of emptied value buffers.
-struct Spares(std::sync::Mutex<Vec<Vec<f32>>>);
+/// A bounded pool, shared by threads, of emptied buffers waiting to be filled again: what
+/// [`SPARE_VALUES`] and [`SPARE_STEPS`] are.
+struct Pool<T> {
+    items: std::sync::Mutex<Vec<T>>,
+    max: usize,
+}
+
+impl<T> Pool<T> {
+    const fn new(max: usize) -> Pool<T> {
+        Pool {
+            items: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    /// The item `pick` chooses among those kept, if any.
+    fn take_by(&self, pick: impl FnOnce(&[T]) -> Option<usize>) -> Option<T> {
+        let mut items = self.items.lock().ok()?;
+        let i = pick(&items)?;
+        Some(items.swap_remove(i))
+    }
+
+    /// Keeps `item` if fewer than the maximum are kept (dropped otherwise).
+    fn give(&self, item: T) {
+        if let Ok(mut items) = self.items.lock() {
+            if items.len() < self.max {
+                items.push(item);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.items.lock().unwrap().len()
+    }
+}
+
+/// The pool of emptied value buffers.
+struct Spares(Pool<Vec<f32>>);
 
 impl Spares {
     /// Buffers kept at most.
@@ -385,18 +410,14 @@ impl Spares {
     const MIN_FLOATS: usize = 1 << 16;
 
     const fn new() -> Spares {
-        Spares(std::sync::Mutex::new(Vec::new()))
+        Spares(Pool::new(Self::MAX))
     }
 
     /// The largest spare (or a new buffer), with room for `need` floats; empty.
     fn take(&self, need: usize) -> Vec<f32> {
         let spare = (need > 0)
-            .then(|| self.0.lock().ok())
-            .flatten()
-            .and_then(|mut s| {
-                let i = (0..s.len()).max_by_key(|&i| s[i].capacity())?;
-                Some(s.swap_remove(i))
-            });
+            .then(|| self.0.take_by(|s| (0..s.len()).max_by_key(|&i| s[i].capacity())))
+            .flatten();
         let mut v = spare.unwrap_or_default();
         v.reserve(need);
         v
@@ -407,11 +428,7 @@ impl Spares {
             return;
         }
         v.clear();
-        if let Ok(mut spare) = self.0.lock() {
-            if spare.len() < Self::MAX {
-                spare.push(v);
-            }
-        }
+        self.0.give(v);
     }
 }
 
@@ -707,10 +724,10 @@ mod tests {
         for i in 0..Spares::MAX + 2 {
             pool.give(Vec::with_capacity(Spares::MIN_FLOATS + i));
         }
-        assert_eq!(pool.0.lock().unwrap().len(), Spares::MAX);
+        assert_eq!(pool.0.len(), Spares::MAX);
         assert_eq!(pool.take(1).capacity(), Spares::MIN_FLOATS + Spares::MAX - 1);
         // Asking for nothing takes nothing.
         assert_eq!(pool.take(0).capacity(), 0);
-        assert_eq!(pool.0.lock().unwrap().len(), Spares::MAX - 1);
+        assert_eq!(pool.0.len(), Spares::MAX - 1);
     }
 }
